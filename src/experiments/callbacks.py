@@ -1,0 +1,43 @@
+"""Small Lightning callbacks the programs attach to every run."""
+import random
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class StepSeeding(Callback):
+    """Reseed python, numpy and torch from (seed, global_step) before every training batch.
+
+    Restoring one RNG state at resume is not enough for a bit-identical continuation (the DataLoader
+    draws from the global RNG at iterator creation, at different points in a fresh and a resumed fit);
+    a per-step seed makes every batch's randomness a pure function of the step."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        s = (self.seed * 1_000_003 + trainer.global_step) % (2**32)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+
+def summary_line(row: dict, keys, max_epochs: int | None) -> str:
+    """One console line for a finished epoch: the task's summary keys and the epoch's wall time."""
+    parts = [f"epoch {row['epoch'] + 1}/{max_epochs}"]
+    for key in keys:
+        if key in row:
+            value = row[key]
+            parts.append(f"{key} {value:.2%}" if key.startswith("coverage/") else f"{key} {value:.4g}")
+    if "time/epoch_s" in row:
+        parts.append(f"{row['time/epoch_s']:.1f}s")
+    return " | ".join(parts)
+
+
+def console_print(trainer, line: str) -> None:
+    """Print above the progress bar when there is one."""
+    bar = trainer.progress_bar_callback
+    if bar is not None and hasattr(bar, "print"):
+        bar.print(line)
+    else:
+        print(line, flush=True)

@@ -1,0 +1,98 @@
+"""Atomic checkpoint writes with a sha256 sidecar, and safe loading (`weights_only=True` only)."""
+import hashlib
+import io
+import os
+import pickle
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from experiments.errors import UserError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+    return Path(str(path) + ".sha256")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target: a process
+    killed at any moment leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> str:
+    """Serialise, then write the file and its sha256 sidecar atomically. Returns the hash."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(sidecar(path), f"{digest}  {Path(path).name}\n".encode())
+    return digest
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Give an already written checkpoint a second name (hard link where possible), atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    atomic_write_bytes(sidecar(dst), sidecar(src).read_text().replace(src.name, dst.name).encode())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic and hashed."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save_checkpoint(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(Path(path), map_location=map_location)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """Open a checkpoint without unpickling arbitrary objects. Every failure is a UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} is not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand \d+", str(e))
+        what = found.group(1) or found.group(0) if found else "not a plain tensor or value"
+        raise UserError(f"{path} holds a pickled object ({what}); refusing to unpickle it, since loading it could "
+                        f"run arbitrary code. Only checkpoints of plain tensors and values are accepted")
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    return ckpt

@@ -1,0 +1,180 @@
+"""When checkpoints are written and what each one holds.
+
+Every `every_n_epochs` epochs, the final epoch always (so the last checkpoint matches the last history
+entry), `last.ckpt` after every epoch, optionally the `save_top_k` best by `monitor`, and one on SIGTERM.
+Besides Lightning's own keys, each checkpoint holds only plain values and tensors:
+`config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
+(name, version, git commit, library versions) and `run` (finished / preempted flags).
+"""
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import lightning
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+import experiments
+from experiments.callbacks import console_print, summary_line
+from experiments.checkpoint.io import copy_checkpoint, sidecar
+
+LAST = "last.ckpt"
+
+
+def epoch_name(epoch: int) -> str:
+    return f"epoch={epoch:04d}.ckpt"
+
+
+def git_commit() -> str:
+    """The framework's git commit ('+dirty' when the tree has uncommitted changes), or 'unknown'."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def framework_info() -> dict:
+    return {"name": "experiments", "version": experiments.__version__, "git_commit": git_commit(),
+            "torch": str(torch.__version__), "lightning": str(lightning.__version__)}
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]) + [random.getstate()[0]],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+
+
+class CheckpointPolicy(Checkpoint):
+    def __init__(self, dirpath: str, every_n_epochs: int = 1, save_last: bool = True, save_top_k: int = 0,
+                 monitor: str | None = None, mode: str = "min", run_config: dict | None = None):
+        if every_n_epochs < 1:
+            raise ValueError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
+        if save_top_k > 0 and not monitor:
+            raise ValueError("checkpoint.save_top_k > 0 needs checkpoint.monitor (a metric name)")
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs, self.save_last = every_n_epochs, save_last
+        self.save_top_k, self.monitor, self.mode = save_top_k, monitor, mode
+        self.config = run_config or {}
+        self.framework = framework_info()
+        self.history: list[dict] = []
+        self.best: list[dict] = []  # [{"score", "epoch", "path"}], best first
+        self._finished = False
+        self._preempted = False
+        self._last_saved_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return "CheckpointPolicy"
+
+    # ---- what goes into every checkpoint ----
+    def state_dict(self) -> dict:
+        return {"best": [dict(b) for b in self.best]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = [dict(b) for b in state.get("best", [])]
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["config"] = self.config
+        checkpoint["history"] = [dict(row) for row in self.history]
+        checkpoint["rng"] = rng_state()
+        checkpoint["framework"] = self.framework
+        checkpoint["run"] = {"finished": self._finished, "preempted": self._preempted}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.history = [dict(row) for row in checkpoint.get("history", [])]
+        if "rng" in checkpoint:
+            restore_rng_state(checkpoint["rng"])
+
+    # ---- when ----
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # A Checkpoint callback runs after the task's own on_train_epoch_end, so the task's
+        # epoch_metrics are complete here: record the history row, print it, then write.
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        row = {"epoch": epoch, "global_step": trainer.global_step}
+        row.update({k: float(v) for k, v in getattr(pl_module, "epoch_metrics", {}).items()})
+        row["time/epoch_s"] = time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter())
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        console_print(trainer, summary_line(row, getattr(pl_module, "summary_keys", ()), trainer.max_epochs))
+        self._finished = epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        names = []
+        if (epoch + 1) % self.every_n_epochs == 0 or self._finished:
+            names.append(epoch_name(epoch))
+        best, evicted = self._update_top_k(row)
+        names += best
+        if self.save_last:
+            names.append(LAST)
+        self._write(trainer, names)
+        for name in evicted:  # only after the new checkpoint is safely on disk
+            for p in (self.dirpath / name, sidecar(self.dirpath / name)):
+                p.unlink(missing_ok=True)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Cluster preemption: Lightning turns SIGTERM into SIGTERMException after the current batch.
+        if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
+            self._preempted = True
+            self._write(trainer, [LAST])
+            self._preempted = False
+
+    def _update_top_k(self, row: dict) -> tuple[list[str], list[str]]:
+        """Returns (names to write, names evicted from the top k)."""
+        if self.save_top_k <= 0:
+            return [], []
+        if self.monitor not in row:
+            raise KeyError(f"checkpoint.monitor={self.monitor!r} is not a metric of this task; "
+                           f"metrics are: {sorted(k for k in row if k not in ('epoch', 'global_step'))}")
+        score = row[self.monitor]
+        sign = 1 if self.mode == "min" else -1
+        candidates = sorted(self.best + [{"score": score, "epoch": row["epoch"], "path": None}],
+                            key=lambda b: (sign * b["score"], b["epoch"]))
+        keep, dropped = candidates[: self.save_top_k], candidates[self.save_top_k:]
+        name = None
+        for b in keep:
+            if b["path"] is None:
+                name = b["path"] = f"best-epoch={row['epoch']:04d}.ckpt"
+        self.best = keep
+        return ([name] if name else []), [b["path"] for b in dropped if b["path"]]
+
+    def _write(self, trainer, names: list[str]) -> None:
+        if not names:
+            return
+        first = self.dirpath / names[0]
+        trainer.save_checkpoint(first, weights_only=False)  # the full training state
+        for name in names[1:]:
+            copy_checkpoint(first, self.dirpath / name)
+        self._last_saved_step = trainer.global_step
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / LAST
+
+    @property
+    def best_path(self) -> Path | None:
+        return self.dirpath / self.best[0]["path"] if self.best else None

@@ -1,0 +1,78 @@
+"""Console entry points. Hydra composes the config; user mistakes become one line and exit status 2."""
+import os
+import sys
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e)
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} {cause}"
+    text = text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "")
+    return " ".join(text.split())
+
+
+def _run(task_fn, config_name: str) -> None:
+    if not (CONF_DIR / f"{config_name}.yaml").exists():
+        print(f"error: config folder {CONF_DIR} not found; install the project with 'pip install -e .' "
+              f"from its checkout", file=sys.stderr)
+        sys.exit(2)
+    # Let composition errors reach us instead of Hydra's multi-line report, so each is one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from experiments.config_schema import register
+    from experiments.errors import UserError
+
+    register()
+    quiet_libraries()
+    codes = []
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
+    def main(cfg):
+        try:
+            codes.append(task_fn(cfg))
+        except UserError as e:  # caught inside the job, so that a multirun goes on with the other jobs
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            codes.append(2)
+            _remove_empty_run_dir()
+
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(max(codes) if codes else 0)
+
+
+def _remove_empty_run_dir() -> None:
+    """Hydra creates the run directory before the job starts; a job refused at once leaves none behind."""
+    from hydra.core.hydra_config import HydraConfig
+
+    path = Path(HydraConfig.get().runtime.output_dir)
+    for p in (path, path.parent, path.parent.parent):
+        try:
+            p.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            break
+
+
+def quiet_libraries() -> None:
+    """Keep the console for what the run says: Lightning's tips and device banners go to WARNING."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
+def train_main() -> None:
+    from experiments.train import train
+
+    _run(train, "train")

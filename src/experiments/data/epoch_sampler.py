@@ -1,0 +1,74 @@
+"""A batch sampler whose order is a pure function of (seed, epoch), resumable mid-epoch.
+
+Lightning calls `set_epoch` before each epoch; `iterations` records which epochs were really iterated
+so that a test (and the task) can check that the epoch reached the sampler.
+"""
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class IndexedTensor(Dataset):
+    """`dataset[index_tensor]` returns the whole batch in one indexing operation."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: torch.Tensor):
+        if len(self.tensors) == 1:
+            return self.tensors[0][index]
+        return tuple(t[index] for t in self.tensors)
+
+
+class EpochBatchSampler(Sampler):
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+        self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
+        self.iterations: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch_indices(self, epoch: int) -> list[torch.Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.num_items, generator=g)
+        else:
+            order = torch.arange(self.num_items)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __len__(self) -> int:
+        # Always the full epoch: Lightning counts batches already done when it resumes mid-epoch.
+        full, rest = divmod(self.num_items, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self):
+        self.iterations.append(self.epoch)
+        epoch, done = self.resume_at
+        self.resume_at = (-1, 0)
+        yield from self.batch_indices(self.epoch)[done if epoch == self.epoch else 0:]
+
+    def state_dict(self, batches_done: int) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint data order has seed {state['seed']}, this run has seed {self.seed}")
+        self.epoch = state["epoch"]
+        self.resume_at = (state["epoch"], state["batches_done"])
+
+
+def batches_done(trainer) -> int:
+    """Training batches finished in the current epoch (a checkpoint taken mid-epoch resumes after them)."""
+    if trainer is None:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed

@@ -1,0 +1,9 @@
+"""Errors a user can fix: the programs print them as one line and exit with status 2."""
+
+
+class UserError(Exception):
+    """Bad input: a config, a path or a request that cannot work as given. The message says how to fix it."""
+
+
+class StageFailure(Exception):
+    """A validation stage found a problem (exit status 1)."""

@@ -1,0 +1,103 @@
+"""Run identity and auto-resume.
+
+A run's directory is `<outputs>/<experiment>/<overrides that change the result>` (hydra/default.yaml).
+Running the same command again lands in the same directory; `decide` then resumes from `last.ckpt`,
+reports a finished run, or refuses when the stored config differs from the new one.
+"""
+import datetime
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from experiments.checkpoint.io import load_checkpoint
+from experiments.errors import UserError
+
+RUN_CONFIG = "run.yaml"
+CHECKPOINTS = "checkpoints"
+SUPERSEDED = "superseded"
+
+
+def run_id(override_dirname: str) -> str:
+    """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
+    name = override_dirname.replace("/", "~") or "default"
+    if len(name) > 150:  # file systems cap a name at 255 bytes
+        name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def flatten(d, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not d and prefix:
+            out[prefix[:-1]] = {}
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def config_diff(old: dict, new: dict, ignore: list[str]) -> list[str]:
+    """Lines 'key: old -> new' for every result-defining key that differs."""
+    def ignored(key: str) -> bool:
+        return any(key == i or key.startswith(i + ".") for i in ignore)
+    a, b = flatten(old), flatten(new)
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if ignored(key):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return lines
+
+
+@dataclass
+class Decision:
+    action: str  # "fresh" | "resume" | "finished"
+    ckpt_path: Path | None = None
+    epoch: int | None = None
+
+
+def supersede(run_dir: Path) -> Path | None:
+    """Move an earlier run's state aside (nothing is deleted) so that a new run can start."""
+    items = [p for p in (run_dir / RUN_CONFIG, run_dir / CHECKPOINTS) if p.exists()]
+    if not items:
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = run_dir / SUPERSEDED / stamp
+    dest.mkdir(parents=True)
+    for p in items:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+def decide(run_dir: Path, config: dict, resume: str, ignore: list[str]) -> Decision:
+    stored_path = run_dir / RUN_CONFIG
+    if stored_path.exists():
+        stored = yaml.safe_load(stored_path.read_text()) or {}
+        diff = config_diff(stored, config, ignore)
+        if diff:
+            shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+            raise UserError(
+                f"{run_dir} holds a run with a different config ({shown}). Rerun with resume=never to "
+                f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs")
+    last = run_dir / CHECKPOINTS / "last.ckpt"
+    if not last.exists():
+        return Decision("fresh")
+    try:
+        ckpt = load_checkpoint(last)
+    except UserError as e:
+        raise UserError(f"cannot resume: {e}. Move it away or rerun with resume=never")
+    run = ckpt.get("run", {})
+    if run.get("finished"):
+        return Decision("finished", last, ckpt.get("epoch"))
+    return Decision("resume", last, ckpt.get("epoch"))
+
+
+def write_run_config(run_dir: Path, config: dict) -> None:
+    path = run_dir / RUN_CONFIG
+    if not path.exists():
+        path.write_text(yaml.safe_dump(config, sort_keys=False))

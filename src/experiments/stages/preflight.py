@@ -1,0 +1,116 @@
+"""Preflight stages: run by train.py before any training, in seconds, on real batches."""
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from experiments.errors import StageFailure
+from experiments.stages.config_check import check_config
+from experiments.stages.registry import StageResult, stage
+
+
+@dataclass
+class PreflightContext:
+    cfg: Any
+    task: Any = None
+    datamodule: Any = None
+    batches: int = 3
+
+    def real_batches(self) -> list:
+        loader = self.datamodule.train_dataloader()
+        batches = list(itertools.islice(iter(loader), self.batches))
+        if not batches:
+            raise StageFailure("the training data loader yields no batch")
+        return batches
+
+
+def _loss(task, batch, batch_idx: int) -> torch.Tensor:
+    out = task.training_step(batch, batch_idx)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        raise StageFailure(f"training_step must return a scalar loss tensor, got {type(loss).__name__}")
+    return loss
+
+
+@stage("config")
+def config_stage(ctx) -> StageResult:
+    checked = check_config(ctx.cfg)
+    return StageResult(name="config", details=f"{checked} config nodes match their targets' signatures")
+
+
+@stage("forward_backward")
+def forward_backward(ctx) -> StageResult:
+    """One real batch through forward, loss and backward, on a copy of the task."""
+    task = copy.deepcopy(ctx.task).train()
+    batch = ctx.real_batches()[0]
+    loss = _loss(task, batch, 0)
+    if not torch.isfinite(loss):
+        raise StageFailure(f"the loss of a real batch is {loss.item()}")
+    loss.backward()
+    return StageResult(name="forward_backward", details=f"loss {loss.item():.4g} on a batch of real data",
+                       metrics={"loss": loss.item()})
+
+
+@stage("gradients")
+def gradients(ctx) -> StageResult:
+    """Every trainable parameter gets a finite gradient on every batch, non-zero on at least one."""
+    task = copy.deepcopy(ctx.task).train()
+    params = {n: p for n, p in task.named_parameters() if p.requires_grad}
+    if not params:
+        raise StageFailure("the model has no trainable parameter")
+    nonzero = set()
+    batches = ctx.real_batches()
+    for i, batch in enumerate(batches):
+        task.zero_grad(set_to_none=True)
+        _loss(task, batch, i).backward()
+        for n, p in params.items():
+            if p.grad is None:
+                continue
+            if not torch.isfinite(p.grad).all():
+                raise StageFailure(f"parameter {n} has a non-finite gradient on real batch {i}")
+            if p.grad.abs().sum() > 0:
+                nonzero.add(n)
+    never = sorted(set(params) - nonzero)
+    if never:
+        shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
+        raise StageFailure(f"{len(never)} trainable parameter(s) got no gradient in {len(batches)} real batches: {shown}")
+    return StageResult(name="gradients", details=f"{len(params)} trainable tensors, all with finite, non-zero gradients")
+
+
+@stage("finite")
+def finite(ctx) -> StageResult:
+    """No NaN or Inf in parameters, buffers, or the outputs of a real batch."""
+    for n, t in itertools.chain(ctx.task.named_parameters(), ctx.task.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise StageFailure(f"{n} holds NaN or Inf")
+    with torch.no_grad():
+        loss = _loss(copy.deepcopy(ctx.task), ctx.real_batches()[0], 0)
+    if not torch.isfinite(loss):
+        raise StageFailure(f"loss on a real batch is {loss.item()}")
+    return StageResult(name="finite", details="parameters, buffers and loss are finite")
+
+
+@stage("optimizer_step")
+def optimizer_step(ctx) -> StageResult:
+    """One real optimizer step on a copy: every trainable parameter moves, every frozen one stays
+    bit-identical (a frozen tensor left in the optimizer would drift through weight decay)."""
+    task = copy.deepcopy(ctx.task).train()
+    opt = task.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    opt = opt[0] if isinstance(opt, (list, tuple)) else opt
+    before = {n: p.detach().clone() for n, p in task.named_parameters()}
+    opt.zero_grad(set_to_none=True)
+    _loss(task, ctx.real_batches()[0], 0).backward()
+    opt.step()
+    frozen = [n for n, p in task.named_parameters() if not p.requires_grad]
+    moved_frozen = [n for n in frozen if not torch.equal(before[n], dict(task.named_parameters())[n])]
+    if moved_frozen:
+        raise StageFailure(f"frozen parameter(s) changed after one optimizer step: {', '.join(moved_frozen[:5])}")
+    stuck = [n for n, p in task.named_parameters() if p.requires_grad and torch.equal(before[n], p)]
+    if stuck:
+        raise StageFailure(f"trainable parameter(s) did not change after one optimizer step (not in the "
+                           f"optimizer, or lr 0?): {', '.join(stuck[:5])}")
+    return StageResult(name="optimizer_step",
+                       details=f"{len(before) - len(frozen)} trainable tensors moved, {len(frozen)} frozen stayed")

@@ -1,0 +1,52 @@
+"""One registry of validation stages, shared by train.py (preflight) and verify.py (checkpoint stages).
+
+A stage is a small function `stage(ctx) -> StageResult | None`; it raises StageFailure with one line
+that names the problem. `run_stages` times each one and stops at the first failure.
+"""
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from experiments.errors import StageFailure
+
+STAGES: dict[str, Callable] = {}
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str = "pass"  # pass | fail | skip
+    seconds: float = 0.0
+    details: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def stage(name: str):
+    def register(fn):
+        if name in STAGES:
+            raise ValueError(f"stage {name!r} registered twice")
+        STAGES[name] = fn
+        return fn
+    return register
+
+
+def skip(reason: str) -> StageResult:
+    return StageResult(name="", status="skip", details=reason)
+
+
+def run_stages(names, ctx, stop_on_failure: bool = True) -> list[StageResult]:
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise KeyError(f"unknown validation stage(s) {unknown}; known: {sorted(STAGES)}")
+    results = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            result = STAGES[name](ctx) or StageResult(name=name)
+        except StageFailure as e:
+            result = StageResult(name=name, status="fail", details=str(e))
+        result.name, result.seconds = name, time.perf_counter() - t0
+        results.append(result)
+        if result.status == "fail" and stop_on_failure:
+            break
+    return results

@@ -1,0 +1,171 @@
+"""Training and evaluation of the Ternary VAE v5.5 (dual VAE with cross-injection).
+
+Contract with the framework: `epoch_metrics` holds this epoch's figures (train averages after
+`on_train_epoch_end`, validation figures after `on_validation_epoch_end`); the checkpoint policy
+copies it into the run history.
+"""
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from experiments.data.ternary_ops import NUM_OPERATIONS
+from experiments.metrics import ternary as tm
+from experiments.models.ternary_vae_v5_5 import DualVAE
+
+TRAIN_TERMS = ("loss", "ce_a", "ce_b", "kl_a", "kl_b", "entropy_gap")
+
+
+class TernaryVAETask(L.LightningModule):
+    summary_keys = ("train/loss", "coverage/recon_a", "coverage/recon_b", "coverage/sampled_a", "entropy/latent_a")
+
+    def __init__(
+        self,
+        model: DualVAE,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        rho_min: float = 0.1,
+        rho_max: float = 0.7,
+        rho_ramp_epochs: int = 400,
+        lambda3_base: float = 0.3,
+        lambda3_amplitude: float = 0.15,
+        lambda3_period: int = 30,
+        beta_a_start: float = 0.3,
+        beta_a_end: float = 0.8,
+        beta_b_start: float = 0.0,
+        beta_b_end: float = 0.5,
+        beta_warmup_epochs: int = 50,
+        free_bits: float = 0.5,
+        eps_kl: float = 5e-4,
+        coverage_samples: int = 19683,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.rho_min, self.rho_max, self.rho_ramp_epochs = rho_min, rho_max, rho_ramp_epochs
+        self.lambda3_base, self.lambda3_amplitude, self.lambda3_period = lambda3_base, lambda3_amplitude, lambda3_period
+        self.beta_a = (beta_a_start, beta_a_end)
+        self.beta_b = (beta_b_start, beta_b_end)
+        self.beta_warmup_epochs = beta_warmup_epochs
+        self.free_bits, self.eps_kl = free_bits, eps_kl
+        self.coverage_samples, self.seed = coverage_samples, seed
+        self.epoch_metrics: dict[str, float] = {}
+        self._sums = torch.zeros(len(TRAIN_TERMS))
+        self._batches = 0
+
+    # ---- schedules (functions of the epoch only, so a resumed run follows the same curve) ----
+    def rho(self, epoch: int) -> float:
+        ramp = min(1.0, epoch / max(1, self.rho_ramp_epochs))
+        return self.rho_min + (self.rho_max - self.rho_min) * ramp
+
+    def lambda3(self, epoch: int) -> float:
+        phase = 2 * math.pi * (epoch % self.lambda3_period) / self.lambda3_period + math.pi / 2
+        return self.lambda3_base + self.lambda3_amplitude * math.cos(phase)
+
+    def betas(self, epoch: int) -> tuple[float, float]:
+        t = min(1.0, epoch / max(1, self.beta_warmup_epochs))
+        return tuple(start + (end - start) * t for start, end in (self.beta_a, self.beta_b))
+
+    # ---- loss ----
+    def compute_loss(self, x: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, detached terms in TRAIN_TERMS order)."""
+        out = self.model(x, self.rho(epoch))
+        target = (x + 1).long().reshape(-1)
+        batch = x.shape[0]
+        ce_a = F.cross_entropy(out["logits_a"].reshape(-1, 3), target, reduction="sum") / batch
+        ce_b = F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum") / batch
+        kl_a, kl_a_raw = tm.kl_free_bits(out["mu_a"], out["logvar_a"], self.free_bits)
+        kl_b, kl_b_raw = tm.kl_free_bits(out["mu_b"], out["logvar_b"], self.free_bits)
+        gap = (tm.gaussian_batch_entropy(out["z_a"], self.eps_kl) - tm.gaussian_batch_entropy(out["z_b"], self.eps_kl)).abs()
+        beta_a, beta_b = self.betas(epoch)
+        loss = ce_a + beta_a * kl_a + ce_b + beta_b * kl_b + self.lambda3(epoch) * gap
+        terms = torch.stack([loss, ce_a, ce_b, kl_a_raw, kl_b_raw, gap]).detach()
+        return loss, terms
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss, terms = self.compute_loss(batch, self.current_epoch)
+        self._sums += terms
+        self._batches += 1
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.
+        self._sums.zero_()
+        self._batches = 0
+
+    def on_train_epoch_end(self) -> None:
+        means = (self._sums / max(1, self._batches)).tolist()
+        train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
+        train["train/rho"] = self.rho(self.current_epoch)
+        self.epoch_metrics.update(train)
+        self.log_dict(train)
+
+    # ---- evaluation over all 19,683 operations ----
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"mu_a": [], "mu_b": [], "ok_a": 0, "ok_b": 0, "ok_a_mixed": 0, "loss": 0.0, "n": 0}
+
+    @torch.no_grad()
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        v, rho = self._val, self.rho(self.current_epoch)
+        enc = self.model.encode(batch)
+        mu_a, mu_b = enc["mu_a"], enc["mu_b"]
+        ops = batch.long()
+        pred_a = tm.trits_from_logits(self.model.decoder_a(mu_a))
+        pred_b = tm.trits_from_logits(self.model.decoder_b(mu_b))
+        pred_mixed = tm.trits_from_logits(self.model.decoder_a((1 - rho) * mu_a + rho * mu_b))
+        v["ok_a"] += (pred_a == ops).all(-1).sum().item()
+        v["ok_b"] += (pred_b == ops).all(-1).sum().item()
+        v["ok_a_mixed"] += (pred_mixed == ops).all(-1).sum().item()
+        out = self.model(batch, rho, sample=False)
+        target = (batch + 1).long().reshape(-1)
+        v["loss"] += (F.cross_entropy(out["logits_a"].reshape(-1, 3), target, reduction="sum")
+                      + F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum")).item()
+        v["n"] += len(batch)
+        v["mu_a"].append(mu_a)
+        v["mu_b"].append(mu_b)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.epoch_metrics.update(self.evaluate_collected(self._val, self.current_epoch))
+        self.log_dict({k: v for k, v in self.epoch_metrics.items() if not k.startswith("train/")})
+
+    def evaluate_collected(self, v: dict, epoch: int) -> dict[str, float]:
+        n = v["n"]
+        metrics = {
+            "val/ce": v["loss"] / n,
+            "coverage/recon_a": v["ok_a"] / n,
+            "coverage/recon_b": v["ok_b"] / n,
+            "coverage/recon_a_mixed": v["ok_a_mixed"] / n,
+            "entropy/latent_a": tm.histogram_entropy(torch.cat(v["mu_a"])),
+            "entropy/latent_b": tm.histogram_entropy(torch.cat(v["mu_b"])),
+        }
+        metrics.update(self.sampled_coverage(epoch))
+        return metrics
+
+    @torch.no_grad()
+    def sampled_coverage(self, epoch: int) -> dict[str, float]:
+        """Distinct operations among `coverage_samples` categorical draws from z ~ N(0, I), per decoder.
+        Its own generator, seeded by (seed, epoch): evaluation never moves the training RNG."""
+        g = torch.Generator(device="cpu").manual_seed(self.seed * 7919 + epoch)
+        z = torch.randn(self.coverage_samples, self.model.latent_dim, generator=g).to(self.device)
+        out = {"coverage/samples": float(self.coverage_samples)}
+        for name, decoder in (("a", self.model.decoder_a), ("b", self.model.decoder_b)):
+            trits = tm.sample_trits(decoder(z).cpu(), generator=g)
+            out[f"coverage/sampled_{name}"] = tm.distinct_fraction(trits, NUM_OPERATIONS)
+        return out
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ---- accumulators travel with a mid-epoch (preemption) checkpoint ----
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["task_epoch_state"] = {"sums": self._sums.clone(), "batches": self._batches}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("task_epoch_state")
+        if state is not None:
+            self._sums, self._batches = state["sums"].clone(), state["batches"]

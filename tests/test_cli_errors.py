@@ -1,0 +1,36 @@
+"""Bad input: one clear line, a non-zero exit, no traceback, and no run directory left behind."""
+import pytest
+
+from conftest import FAST, run_train
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_epoch=2", "max_epoch"),                  # unknown key
+    ("experiment=no_such_experiment", "no_such_experiment"),  # experiment that does not exist
+    ("seed=abc", "seed"),                                  # wrong type, top-level schema
+    ("trainer.max_epochs=abc", "trainer.max_epochs"),      # wrong type, checked against Trainer's signature
+    ("+model.latnt_dim=3", "latnt_dim"),                   # unknown key added on purpose, not a parameter
+    ("resume=sometimes", "resume"),                        # not one of the allowed values
+])
+def test_bad_config_is_one_line(workdir, override, expected):
+    r = run_train(*FAST, override, cwd=workdir, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not list(workdir.glob("outputs/**/*")), "a failed start must leave no run directory behind"
+
+
+def test_did_you_mean(workdir):
+    r = run_train(*FAST, "+task.learning_rate=0.1", cwd=workdir, timeout=60)
+    assert r.returncode == 2
+    assert "task.learning_rate" in r.stderr
+
+
+def test_cfg_job_prints_composed_config(workdir):
+    r = run_train("--cfg", "job", "experiment=ternary_v5_5", cwd=workdir, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "_target_: experiments.models.ternary_vae_v5_5.DualVAE" in r.stdout
+    assert "max_epochs: 20" in r.stdout
+    assert not (workdir / "outputs").exists()
