@@ -5,9 +5,8 @@ Training batches are whole index tensors drawn from a permutation that is a pure
 """
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from experiments.data.epoch_sampler import EpochBatchSampler, IndexedTensor, batches_done
+from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done
 
 NUM_TRITS = 9
 NUM_OPERATIONS = 3**NUM_TRITS
@@ -33,13 +32,13 @@ class TernaryOpsDataModule(L.LightningDataModule):
         self.operations = all_operations().float()
         self.train_sampler = EpochBatchSampler(len(self.operations), batch_size, seed, shuffle=True)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(IndexedTensor(self.operations), sampler=self.train_sampler, batch_size=None)
+    def train_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.operations, self.train_sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> BatchLoader:
         # Validation scores every operation once, in order.
-        order = EpochBatchSampler(len(self.operations), self.val_batch_size, self.seed, shuffle=False)
-        return DataLoader(IndexedTensor(self.operations), sampler=order, batch_size=None)
+        return BatchLoader(self.operations, EpochBatchSampler(len(self.operations), self.val_batch_size, self.seed,
+                                                              shuffle=False))
 
     def example_batch(self) -> torch.Tensor:
         """A real training batch, for preflight and verify."""

@@ -27,10 +27,11 @@ class PreflightContext:
 
 
 def _loss(task, batch, batch_idx: int) -> torch.Tensor:
-    out = task.training_step(batch, batch_idx)
+    """A task's `training_loss(batch, batch_idx)`: the scalar its training step minimises."""
+    out = task.training_loss(batch, batch_idx)
     loss = out["loss"] if isinstance(out, dict) else out
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-        raise StageFailure(f"training_step must return a scalar loss tensor, got {type(loss).__name__}")
+        raise StageFailure(f"training_loss must return a scalar loss tensor, got {type(loss).__name__}")
     return loss
 
 

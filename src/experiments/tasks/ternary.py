@@ -84,11 +84,15 @@ class TernaryVAETask(L.LightningModule):
         terms = torch.stack([loss, ce_a, ce_b, kl_a_raw, kl_b_raw, gap]).detach()
         return loss, terms
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """The scalar to minimise for one batch (preflight runs exactly this)."""
         loss, terms = self.compute_loss(batch, self.current_epoch)
         self._sums += terms
         self._batches += 1
         return loss
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.training_loss(batch, batch_idx)
 
     def on_train_epoch_start(self) -> None:
         # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.

@@ -1,0 +1,120 @@
+"""What a checkpoint holds, that it opens with weights_only=True, atomic writes, and safe loading."""
+import os
+import pickle
+import hashlib
+
+import pytest
+import torch
+
+from conftest import FAST, run_train
+from experiments.checkpoint import io as ckpt_io
+from experiments.checkpoint.io import load_checkpoint, save_checkpoint
+from experiments.errors import UserError
+from experiments.checkpoint.size import checkpoint_size_report
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    r = run_train(*FAST, "trainer.max_epochs=3", "checkpoint.every_n_epochs=2", "checkpoint.save_top_k=2",
+                  "checkpoint.monitor=coverage/recon_b", "checkpoint.mode=max", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (rd,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    return rd
+
+
+def test_policy_writes_every_n_final_last_and_top_k(trained):
+    names = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
+    # every 2 epochs -> epoch 1; the final epoch (2) always; top-2 by recon_b; last
+    assert "epoch=0001.ckpt" in names and "epoch=0002.ckpt" in names and "last.ckpt" in names
+    assert "epoch=0000.ckpt" not in names
+    best = [n for n in names if n.startswith("best-")]
+    assert len(best) == 2
+    last = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    scores = {row["epoch"]: row["coverage/recon_b"] for row in last["history"]}
+    top2 = sorted(scores, key=lambda e: -scores[e])[:2]
+    assert sorted(best) == sorted(f"best-epoch={e:04d}.ckpt" for e in top2)
+
+
+def test_checkpoint_contents_are_plain_and_complete(trained):
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["run"] == {"finished": True, "preempted": False}
+    assert ckpt["config"]["model"]["latent_dim"] == 16 and ckpt["config"]["seed"] == 0
+    assert [row["epoch"] for row in ckpt["history"]] == [0, 1, 2]
+    assert ckpt["history"][-1]["epoch"] == ckpt["epoch"], "the last checkpoint matches the last history entry"
+    assert {"coverage/recon_a", "coverage/sampled_a", "entropy/latent_a", "train/loss"} <= set(ckpt["history"][-1])
+    assert set(ckpt["rng"]) == {"python", "numpy", "torch"}
+    assert ckpt["framework"]["name"] == "experiments" and ckpt["framework"]["git_commit"]
+    assert ckpt["TernaryOpsDataModule"]["train_sampler"] == {"seed": 0, "epoch": 2, "batches_done": 77}
+    # the sidecar records the file's sha256
+    digest = (trained / "checkpoints" / "last.ckpt.sha256").read_text().split()[0]
+    assert digest == hashlib.sha256((trained / "checkpoints" / "last.ckpt").read_bytes()).hexdigest()
+
+
+def test_checkpoint_size_is_near_parameters_plus_adam(trained):
+    report = checkpoint_size_report(trained / "checkpoints" / "last.ckpt")
+    assert report["minimum_bytes"] >= report["parameters"] * 4 * 3  # fp32 weights + two Adam moments
+    assert report["ratio"] < 1.1, report
+
+
+def test_write_is_atomic_when_killed_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def die(*a):
+        raise KeyboardInterrupt  # stands in for the process dying before the rename
+
+    monkeypatch.setattr(ckpt_io.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"].item() == 1, "the previous checkpoint must survive intact"
+
+
+class Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pickled_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Payload(str(marker))}, evil)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable checkpoint"),
+    (b"hello, not a checkpoint", "not a readable checkpoint"),
+])
+def test_unreadable_files_are_user_errors(tmp_path, content, message):
+    p = tmp_path / "bad.ckpt"
+    p.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(p)
+
+
+def test_truncated_checkpoint_is_a_user_error(trained, tmp_path):
+    data = (trained / "checkpoints" / "last.ckpt").read_bytes()
+    p = tmp_path / "truncated.ckpt"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(p)
+
+
+def test_resume_refuses_a_pickled_last_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+    first = run_train(*FAST, "trainer.max_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0
+    (rd,) = (tmp_path / "outputs" / "ternary_v5_5").iterdir()
+    torch.save({"run": {"finished": False}, "x": Payload(str(marker))}, rd / "checkpoints" / "last.ckpt")
+    r = run_train(*FAST, "trainer.max_epochs=1", cwd=tmp_path)
+    assert r.returncode == 2 and "refusing to unpickle" in r.stderr
+    assert not marker.exists()
+    assert os.path.exists(rd / "checkpoints" / "last.ckpt")

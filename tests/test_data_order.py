@@ -1,0 +1,45 @@
+"""The data order is a pure function of (seed, epoch), it reaches the sampler, and resumes mid-epoch."""
+import torch
+
+from experiments.data.epoch_sampler import EpochBatchSampler
+from experiments.data.ternary_ops import TernaryOpsDataModule
+
+
+def test_order_is_a_function_of_seed_and_epoch():
+    a, b = EpochBatchSampler(100, 32, seed=3), EpochBatchSampler(100, 32, seed=3)
+    a.set_epoch(2), b.set_epoch(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    first = torch.cat(list(a))
+    a.set_epoch(3)
+    assert not torch.equal(first, torch.cat(list(a))), "each epoch must draw a new order"
+    assert sorted(first.tolist()) == list(range(100)), "an epoch visits every item once"
+    c = EpochBatchSampler(100, 32, seed=4)
+    c.set_epoch(2)
+    assert not torch.equal(first, torch.cat(list(c)))
+
+
+def test_mid_epoch_resume_skips_done_batches_only_in_that_epoch():
+    s = EpochBatchSampler(100, 10, seed=0)
+    s.load_state_dict({"seed": 0, "epoch": 4, "batches_done": 3})
+    s.set_epoch(4)
+    assert len(s) == 10  # Lightning needs the full epoch length
+    resumed = list(s)
+    assert len(resumed) == 7
+    assert all(torch.equal(x, y) for x, y in zip(resumed, s.batch_indices(4)[3:]))
+    s.set_epoch(5)
+    assert len(list(s)) == 10
+
+
+def test_the_epoch_reaches_the_sampler_in_a_real_fit(tmp_path):
+    import lightning as L
+
+    from experiments.models.ternary_vae_v5_5 import DualVAE
+    from experiments.tasks.ternary import TernaryVAETask
+
+    dm = TernaryOpsDataModule(batch_size=4096, seed=0)
+    task = TernaryVAETask(DualVAE(), coverage_samples=100)
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=dm)
+    assert dm.train_sampler.iterations == [0, 1, 2]
