@@ -11,9 +11,8 @@ FAST = ["logger=none", "data.batch_size=256", "task.coverage_samples=2000", "tra
 
 
 def env() -> dict:
-    e = dict(os.environ)
-    e.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="")
-    e.pop("HYDRA_FULL_ERROR")
+    e = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    e.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
     return e
 
 

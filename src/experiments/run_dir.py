@@ -74,7 +74,7 @@ def supersede(run_dir: Path) -> Path | None:
     return dest
 
 
-def decide(run_dir: Path, config: dict, resume: str, ignore: list[str]) -> Decision:
+def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     stored_path = run_dir / RUN_CONFIG
     if stored_path.exists():
         stored = yaml.safe_load(stored_path.read_text()) or {}

@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> int:
         moved = rd.supersede(run_dir)
         if moved:
             print(f"resume=never: the earlier run in {run_dir} was moved to {moved}", flush=True)
-    decision = rd.decide(run_dir, config, cfg.resume, ignore)
+    decision = rd.decide(run_dir, config, ignore)
     if decision.action == "finished" and not cfg.preflight_only:
         print(f"Run already complete (epoch {decision.epoch + 1}): {run_dir}\n"
               f"last checkpoint: {decision.ckpt_path}\nNothing to train; rerun with resume=never to train it again.",

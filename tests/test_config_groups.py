@@ -1,0 +1,22 @@
+"""Every option of every config group composes and passes the signature check."""
+import pytest
+from hydra import compose, initialize_config_dir
+
+from experiments.cli import CONF_DIR
+from experiments.config_schema import register
+from experiments.stages.config_check import check_config
+
+register()
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "debug"])
+@pytest.mark.parametrize("logger", ["wandb", "csv", "none"])
+def test_group_options_compose_and_check(trainer, logger):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=ternary_v5_5", f"trainer={trainer}", f"logger={logger}"])
+    assert check_config(cfg) == (6 if logger != "none" else 5)
+    assert cfg.trainer.accelerator == ("gpu" if trainer == "gpu" else "cpu")
+    if trainer == "gpu":
+        assert cfg.trainer.precision == "bf16-mixed"
+    if logger == "wandb":
+        assert cfg.logger.offline is True, "wandb must stay offline unless the user says otherwise"
