@@ -34,3 +34,17 @@ def test_cfg_job_prints_composed_config(workdir):
     assert "_target_: experiments.models.ternary_vae_v5_5.DualVAE" in r.stdout
     assert "max_epochs: 20" in r.stdout
     assert not (workdir / "outputs").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("checkpoint.every_n_epochs=0", "checkpoint.every_n_epochs must be >= 1"),
+    ("checkpoint.mode=sideways", "checkpoint.mode must be 'min' or 'max'"),
+    ("validation.preflight=[config,no_such_stage]", "unknown validation stage"),
+])
+def test_bad_settings_found_after_composition_are_one_line_too(workdir, override, expected):
+    r = run_train(*FAST, override, cwd=workdir, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
+    assert not list(workdir.glob("outputs/**/run.yaml")) and not list(workdir.glob("outputs/**/*.ckpt"))

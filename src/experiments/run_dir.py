@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.checkpoint.io import load_checkpoint
+from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
@@ -62,8 +62,9 @@ class Decision:
 
 
 def supersede(run_dir: Path) -> Path | None:
-    """Move an earlier run's state aside (nothing is deleted) so that a new run can start."""
-    items = [p for p in (run_dir / RUN_CONFIG, run_dir / CHECKPOINTS) if p.exists()]
+    """Move an earlier run's state aside (nothing is deleted) so that a new run can start: its config,
+    checkpoints and logger output alike."""
+    items = [p for p in run_dir.iterdir() if p.name != SUPERSEDED] if run_dir.exists() else []
     if not items:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -75,16 +76,23 @@ def supersede(run_dir: Path) -> Path | None:
 
 
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
-    stored_path = run_dir / RUN_CONFIG
+    stored_path, last = run_dir / RUN_CONFIG, run_dir / CHECKPOINTS / "last.ckpt"
+    stored = None
     if stored_path.exists():
-        stored = yaml.safe_load(stored_path.read_text()) or {}
+        try:
+            stored = yaml.safe_load(stored_path.read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{stored_path} is not valid YAML ({' '.join(str(e).split())[:200]}); "
+                            f"rerun with resume=never to start over")
+    elif last.exists():  # the checkpoint holds the config too
+        stored = load_checkpoint(last).get("config")
+    if stored is not None:
         diff = config_diff(stored, config, ignore)
         if diff:
             shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise UserError(
                 f"{run_dir} holds a run with a different config ({shown}). Rerun with resume=never to "
                 f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs")
-    last = run_dir / CHECKPOINTS / "last.ckpt"
     if not last.exists():
         return Decision("fresh")
     try:
@@ -100,4 +108,4 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
 def write_run_config(run_dir: Path, config: dict) -> None:
     path = run_dir / RUN_CONFIG
     if not path.exists():
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        atomic_write_bytes(path, yaml.safe_dump(config, sort_keys=False).encode())

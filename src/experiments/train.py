@@ -96,8 +96,8 @@ def train(cfg: DictConfig) -> int:
         print("preflight_only=true: all preflight stages passed; not training.", flush=True)
         return EXIT_OK
 
+    trainer, policy = build_trainer(cfg, run_dir, config)  # may refuse the checkpoint settings: before run.yaml
     rd.write_run_config(run_dir, config)
-    trainer, policy = build_trainer(cfg, run_dir, config)
     n_params = sum(p.numel() for p in model.parameters())
     if decision.action == "resume":
         print(f"Resuming {run_dir} from {decision.ckpt_path} (epoch {decision.epoch + 1} done)", flush=True)

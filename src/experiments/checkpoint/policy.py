@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import experiments
 from experiments.callbacks import console_print, summary_line
 from experiments.checkpoint.io import copy_checkpoint, sidecar
+from experiments.errors import UserError
 
 LAST = "last.ckpt"
 
@@ -69,11 +70,11 @@ class CheckpointPolicy(Checkpoint):
     def __init__(self, dirpath: str, every_n_epochs: int = 1, save_last: bool = True, save_top_k: int = 0,
                  monitor: str | None = None, mode: str = "min", run_config: dict | None = None):
         if every_n_epochs < 1:
-            raise ValueError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise UserError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
         if mode not in ("min", "max"):
-            raise ValueError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
+            raise UserError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
         if save_top_k > 0 and not monitor:
-            raise ValueError("checkpoint.save_top_k > 0 needs checkpoint.monitor (a metric name)")
+            raise UserError("checkpoint.save_top_k > 0 needs checkpoint.monitor (a metric name)")
         self.dirpath = Path(dirpath)
         self.every_n_epochs, self.save_last = every_n_epochs, save_last
         self.save_top_k, self.monitor, self.mode = save_top_k, monitor, mode
@@ -123,7 +124,7 @@ class CheckpointPolicy(Checkpoint):
         row["time/epoch_s"] = time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter())
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         console_print(trainer, summary_line(row, getattr(pl_module, "summary_keys", ()), trainer.max_epochs))
-        self._finished = epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        self._finished = self._is_final(trainer, epoch)
         names = []
         if (epoch + 1) % self.every_n_epochs == 0 or self._finished:
             names.append(epoch_name(epoch))
@@ -136,6 +137,12 @@ class CheckpointPolicy(Checkpoint):
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
 
+    @staticmethod
+    def _is_final(trainer, epoch: int) -> bool:
+        by_epochs = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        by_steps = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        return by_epochs or by_steps or trainer.should_stop
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Cluster preemption: Lightning turns SIGTERM into SIGTERMException after the current batch.
         if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
@@ -147,9 +154,11 @@ class CheckpointPolicy(Checkpoint):
         """Returns (names to write, names evicted from the top k)."""
         if self.save_top_k <= 0:
             return [], []
-        if self.monitor not in row:
-            raise KeyError(f"checkpoint.monitor={self.monitor!r} is not a metric of this task; "
-                           f"metrics are: {sorted(k for k in row if k not in ('epoch', 'global_step'))}")
+        if self.monitor not in row:  # a typo, or an epoch without validation
+            print(f"warning: checkpoint.monitor={self.monitor!r} is not among epoch {row['epoch']}'s metrics "
+                  f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; no best checkpoint this epoch",
+                  flush=True)
+            return [], []
         score = row[self.monitor]
         sign = 1 if self.mode == "min" else -1
         candidates = sorted(self.best + [{"score": score, "epoch": row["epoch"], "path": None}],

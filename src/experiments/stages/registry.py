@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from experiments.errors import StageFailure
+from experiments.errors import StageFailure, UserError
 
 STAGES: dict[str, Callable] = {}
 
@@ -37,7 +37,7 @@ def skip(reason: str) -> StageResult:
 def run_stages(names, ctx, stop_on_failure: bool = True) -> list[StageResult]:
     unknown = [n for n in names if n not in STAGES]
     if unknown:
-        raise KeyError(f"unknown validation stage(s) {unknown}; known: {sorted(STAGES)}")
+        raise UserError(f"unknown validation stage(s) {unknown}; known: {sorted(STAGES)}")
     results = []
     for name in names:
         t0 = time.perf_counter()

@@ -96,6 +96,7 @@ class TernaryVAETask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.
+        self.epoch_metrics = {}  # an epoch without validation must not inherit the last one's figures
         self._sums.zero_()
         self._batches = 0
 
