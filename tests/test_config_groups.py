@@ -16,6 +16,7 @@ def test_group_options_compose_and_check(trainer, logger):
         cfg = compose("train", overrides=["experiment=ternary_v5_5", f"trainer={trainer}", f"logger={logger}"])
     assert check_config(cfg) == (6 if logger != "none" else 5)
     assert cfg.trainer.accelerator == ("gpu" if trainer == "gpu" else "cpu")
+    assert cfg.trainer.max_epochs == (2 if trainer == "debug" else 20), "the preset must not undo trainer=debug"
     if trainer == "gpu":
         assert cfg.trainer.precision == "bf16-mixed"
     if logger == "wandb":

@@ -73,6 +73,9 @@ def quiet_libraries() -> None:
 
 
 def train_main() -> None:
-    from experiments.train import train
+    def train(cfg):  # torch and Lightning load only once the config has composed
+        from experiments.train import train as run
+
+        return run(cfg)
 
     _run(train, "train")

@@ -2,6 +2,7 @@
 
 Group nodes (model, data, task, trainer, ...) are checked against their `_target_` signatures instead
 (stages/config_check.py)."""
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -41,10 +42,16 @@ class TrainSchema:
     logger: Any = None
 
 
+def run_id(override_dirname: str) -> str:
+    """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
+    name = override_dirname.replace("/", "~") or "default"
+    if len(name) > 150:  # file systems cap a name at 255 bytes
+        name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
 def register() -> None:
     from omegaconf import OmegaConf
-
-    from experiments.run_dir import run_id
 
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
     if not OmegaConf.has_resolver("run_id"):

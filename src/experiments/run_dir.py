@@ -5,7 +5,6 @@ Running the same command again lands in the same directory; `decide` then resume
 reports a finished run, or refuses when the stored config differs from the new one.
 """
 import datetime
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +12,12 @@ from pathlib import Path
 import yaml
 
 from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint
+from experiments.config_schema import run_id  # noqa: F401  (the directory name of a run)
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
 CHECKPOINTS = "checkpoints"
 SUPERSEDED = "superseded"
-
-
-def run_id(override_dirname: str) -> str:
-    """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
-    name = override_dirname.replace("/", "~") or "default"
-    if len(name) > 150:  # file systems cap a name at 255 bytes
-        name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name
 
 
 def flatten(d, prefix: str = "") -> dict:

@@ -71,7 +71,9 @@ def _matches(value: Any, hint) -> bool:
 
 
 def _fmt(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 def check_node(key: str, node: dict, supplied: set[str]) -> None:
