@@ -1,6 +1,5 @@
 """What a checkpoint holds, that it opens with weights_only=True, atomic writes, and safe loading."""
 import os
-import pickle
 import hashlib
 
 import pytest

@@ -7,7 +7,6 @@ from conftest import FAST, run_train
 from experiments.data.ternary_ops import TernaryOpsDataModule
 from experiments.errors import UserError
 from experiments.models.ternary_vae_v5_5 import DualVAE
-from experiments.stages import preflight  # noqa: F401
 from experiments.stages.config_check import check_config
 from experiments.stages.preflight import PreflightContext
 from experiments.stages.registry import run_stages

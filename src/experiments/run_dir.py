@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 
 from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint
-from experiments.config_schema import run_id  # noqa: F401  (the directory name of a run)
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
@@ -69,6 +68,10 @@ def supersede(run_dir: Path) -> Path | None:
 
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     stored_path, last = run_dir / RUN_CONFIG, run_dir / CHECKPOINTS / "last.ckpt"
+    try:
+        ckpt = load_checkpoint(last) if last.exists() else None
+    except UserError as e:
+        raise UserError(f"cannot resume: {e}. Move it away or rerun with resume=never")
     stored = None
     if stored_path.exists():
         try:
@@ -76,8 +79,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
         except yaml.YAMLError as e:
             raise UserError(f"{stored_path} is not valid YAML ({' '.join(str(e).split())[:200]}); "
                             f"rerun with resume=never to start over")
-    elif last.exists():  # the checkpoint holds the config too
-        stored = load_checkpoint(last).get("config")
+    elif ckpt is not None:  # the checkpoint holds the config too
+        stored = ckpt.get("config")
     if stored is not None:
         diff = config_diff(stored, config, ignore)
         if diff:
@@ -85,12 +88,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
             raise UserError(
                 f"{run_dir} holds a run with a different config ({shown}). Rerun with resume=never to "
                 f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs")
-    if not last.exists():
+    if ckpt is None:
         return Decision("fresh")
-    try:
-        ckpt = load_checkpoint(last)
-    except UserError as e:
-        raise UserError(f"cannot resume: {e}. Move it away or rerun with resume=never")
     run = ckpt.get("run", {})
     if run.get("finished"):
         return Decision("finished", last, ckpt.get("epoch"))

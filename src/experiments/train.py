@@ -12,8 +12,6 @@ from experiments import run_dir as rd
 from experiments.callbacks import StepSeeding
 from experiments.checkpoint.io import AtomicCheckpointIO
 from experiments.errors import UserError
-from experiments.stages import preflight  # noqa: F401  (registers the preflight stages)
-from experiments.stages.config_check import check_config
 from experiments.stages.preflight import PreflightContext
 from experiments.stages.registry import run_stages
 

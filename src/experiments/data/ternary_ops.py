@@ -40,10 +40,6 @@ class TernaryOpsDataModule(L.LightningDataModule):
         return BatchLoader(self.operations, EpochBatchSampler(len(self.operations), self.val_batch_size, self.seed,
                                                               shuffle=False))
 
-    def example_batch(self) -> torch.Tensor:
-        """A real training batch, for preflight and verify."""
-        return self.operations[self.train_sampler.batch_indices(0)[0]]
-
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}
 

@@ -65,8 +65,6 @@ def _matches(value: Any, hint) -> bool:
         return isinstance(value, dict)
     if isinstance(value, dict) and "_target_" in value:
         return True  # a nested node, checked on its own
-    if isinstance(hint, type) and hint in (int, float, bool, str):
-        return False
     return True  # classes, callables, protocols: a value of them cannot be written in YAML anyway
 
 

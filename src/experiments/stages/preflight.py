@@ -1,7 +1,7 @@
 """Preflight stages: run by train.py before any training, in seconds, on real batches."""
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,13 +17,15 @@ class PreflightContext:
     task: Any = None
     datamodule: Any = None
     batches: int = 3
+    _batches: list | None = field(default=None, repr=False)
 
     def real_batches(self) -> list:
-        loader = self.datamodule.train_dataloader()
-        batches = list(itertools.islice(iter(loader), self.batches))
-        if not batches:
+        """The first `batches` training batches, read once and shared by every stage."""
+        if self._batches is None:
+            self._batches = list(itertools.islice(iter(self.datamodule.train_dataloader()), self.batches))
+        if not self._batches:
             raise StageFailure("the training data loader yields no batch")
-        return batches
+        return self._batches
 
 
 def _loss(task, batch, batch_idx: int) -> torch.Tensor:

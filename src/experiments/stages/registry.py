@@ -30,10 +30,6 @@ def stage(name: str):
     return register
 
 
-def skip(reason: str) -> StageResult:
-    return StageResult(name="", status="skip", details=reason)
-
-
 def run_stages(names, ctx, stop_on_failure: bool = True) -> list[StageResult]:
     unknown = [n for n in names if n not in STAGES]
     if unknown:
