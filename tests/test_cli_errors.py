@@ -48,3 +48,12 @@ def test_bad_settings_found_after_composition_are_one_line_too(workdir, override
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
     assert not list(workdir.glob("outputs/**/run.yaml")) and not list(workdir.glob("outputs/**/*.ckpt"))
+
+
+def test_paths_with_equals_and_commas_pass_as_one_value():
+    from experiments.cli import quote_path_values
+
+    run = "ckpt=outputs/ternary_v5_5/seed=1,trainer.max_epochs=40/checkpoints/epoch=0004.ckpt"
+    assert quote_path_values(run) == "ckpt='outputs/ternary_v5_5/seed=1,trainer.max_epochs=40/checkpoints/epoch=0004.ckpt'"
+    assert quote_path_values("seed=0,1,2") == "seed=0,1,2"  # a sweep stays a sweep
+    assert quote_path_values("trainer.max_epochs=3") == "trainer.max_epochs=3"

@@ -15,11 +15,23 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def quote_path_values(arg: str) -> str:
+    """`key=value` where value itself holds '=' (our run directories and checkpoint names do:
+    `.../seed=1,trainer.max_epochs=40/checkpoints/epoch=0004.ckpt`) is no valid Hydra override; such a
+    value can only be a literal, so pass it quoted, commas included."""
+    key, sep, value = arg.partition("=")
+    if arg.startswith("-") or not sep or "=" not in value or value[:1] in "'\"":
+        return arg
+    quote = '"' if "'" in value else "'"
+    return f"{key}={quote}{value}{quote}"
+
+
 def _run(task_fn, config_name: str) -> None:
     if not (CONF_DIR / f"{config_name}.yaml").exists():
         print(f"error: config folder {CONF_DIR} not found; install the project with 'pip install -e .' "
               f"from its checkout", file=sys.stderr)
         sys.exit(2)
+    sys.argv = sys.argv[:1] + [quote_path_values(a) for a in sys.argv[1:]]
     # Let composition errors reach us instead of Hydra's multi-line report, so each is one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     import hydra
@@ -40,7 +52,8 @@ def _run(task_fn, config_name: str) -> None:
         except UserError as e:  # caught inside the job, so that a multirun goes on with the other jobs
             print(f"error: {e}", file=sys.stderr, flush=True)
             codes.append(2)
-            _remove_empty_run_dir()
+            if config_name == "train":
+                _remove_empty_run_dir()
 
     try:
         main()
@@ -79,3 +92,12 @@ def train_main() -> None:
         return run(cfg)
 
     _run(train, "train")
+
+
+def verify_main() -> None:
+    def verify(cfg):
+        from experiments.verify import verify as run
+
+        return run(cfg)
+
+    _run(verify, "verify")

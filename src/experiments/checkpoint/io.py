@@ -85,10 +85,11 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand \d+", str(e))
-        what = found.group(1) or found.group(0) if found else "not a plain tensor or value"
-        raise UserError(f"{path} holds a pickled object ({what}); refusing to unpickle it, since loading it could "
-                        f"run arbitrary code. Only checkpoints of plain tensors and values are accepted")
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if not found:  # garbage bytes, not an object: the file is simply unreadable
+            raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file)")
+        raise UserError(f"{path} holds a pickled object ({found.group(1)}); refusing to unpickle it, since loading "
+                        f"it could run arbitrary code. Only checkpoints of plain tensors and values are accepted")
     except Exception as e:  # torch raises many kinds on a torn or foreign file; all mean "unreadable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")

@@ -41,6 +41,11 @@ def run_stages(names, ctx, stop_on_failure: bool = True) -> list[StageResult]:
             result = STAGES[name](ctx) or StageResult(name=name)
         except StageFailure as e:
             result = StageResult(name=name, status="fail", details=str(e))
+        except UserError:
+            raise
+        except Exception as e:  # a stage that crashes has failed; say how, and go on with the others
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            result = StageResult(name=name, status="fail", details=f"crashed: {type(e).__name__}: {first}")
         result.name, result.seconds = name, time.perf_counter() - t0
         results.append(result)
         if result.status == "fail" and stop_on_failure:

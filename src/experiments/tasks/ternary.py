@@ -108,12 +108,43 @@ class TernaryVAETask(L.LightningModule):
         self.log_dict(train)
 
     # ---- evaluation over all 19,683 operations ----
+    # How verify.py judges each metric against the untrained control; others are reported, not judged.
+    higher_is_better = ("coverage/recon_a", "coverage/recon_b", "coverage/recon_a_mixed",
+                        "coverage/sampled_a", "coverage/sampled_b")
+    lower_is_better = ("val/ce",)
+    primary_metric = "coverage/recon_a"
+
+    @staticmethod
+    def _empty_val() -> dict:
+        return {"mu_a": [], "mu_b": [], "ok_a": 0, "ok_b": 0, "ok_a_mixed": 0, "loss": 0.0, "n": 0}
+
     def on_validation_epoch_start(self) -> None:
-        self._val = {"mu_a": [], "mu_b": [], "ok_a": 0, "ok_b": 0, "ok_a_mixed": 0, "loss": 0.0, "n": 0}
+        self._val = self._empty_val()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._accumulate(self._val, batch, self.current_epoch)
 
     @torch.no_grad()
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        v, rho = self._val, self.rho(self.current_epoch)
+    def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
+        """The per-epoch validation figures, computed outside a Trainer (verify.py)."""
+        self.eval()
+        v = self._empty_val()
+        for batch in datamodule.val_dataloader():
+            self._accumulate(v, batch.to(self.device), epoch)
+        return self.evaluate_collected(v, epoch)
+
+    @torch.no_grad()
+    def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
+        """(name, output, expected shape) of a forward pass, for verify.py's `predicts` stage."""
+        out = self.model(batch, self.rho(0), sample=False)
+        n, d = batch.shape[0], self.model.latent_dim
+        return [("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
+                ("logits_b", out["logits_b"], (n, self.model.input_dim, 3)),
+                ("mu_a", out["mu_a"], (n, d)), ("mu_b", out["mu_b"], (n, d))]
+
+    @torch.no_grad()
+    def _accumulate(self, v: dict, batch: torch.Tensor, epoch: int) -> None:
+        rho = self.rho(epoch)
         enc = self.model.encode(batch)
         mu_a, mu_b = enc["mu_a"], enc["mu_b"]
         ops = batch.long()

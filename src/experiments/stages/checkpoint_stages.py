@@ -1,0 +1,204 @@
+"""Checkpoint stages, run by verify.py on saved checkpoints (same registry as the preflight stages).
+
+Single-checkpoint stages look at `ctx.primary`; series stages at `ctx.series` (one checkpoint per epoch,
+in order). Every metric is computed on weights strictly loaded from a checkpoint; the untrained control
+is built separately and always labelled as such.
+"""
+import contextlib
+import copy
+import io
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments.checkpoint.io import sidecar
+from experiments.errors import StageFailure
+from experiments.stages.registry import StageResult, stage
+
+REQUIRED_KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "config", "history", "rng",
+                 "framework", "run")
+# A trained model must beat its untrained control by this much (absolute on [0, 1] metrics, relative on
+# losses) before a metric counts as evidence of training.
+CLEARLY_BETTER = 0.05
+
+
+def _skip(name: str, reason: str) -> StageResult:
+    return StageResult(name=name, status="skip", details=reason)
+
+
+@stage("loadable")
+def loadable(ctx) -> StageResult:
+    """Every checkpoint opened with weights_only=True (done while reading the input) and has the keys."""
+    for path, ckpt in ctx.ckpts.items():
+        missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+        if missing:
+            raise StageFailure(f"{path.name} lacks required key(s) {missing}")
+    return StageResult(name="loadable", details=f"{len(ctx.ckpts)} checkpoint(s) open with weights_only=True "
+                                                f"and hold {', '.join(REQUIRED_KEYS)}")
+
+
+@stage("integrity")
+def integrity(ctx) -> StageResult:
+    checked, unrecorded = 0, []
+    for path in ctx.ckpts:
+        if not sidecar(path).exists():
+            unrecorded.append(path.name)
+            continue
+        recorded = sidecar(path).read_text().split()[0]
+        actual = ctx.sha256(path)
+        if recorded != actual:
+            raise StageFailure(f"{path.name}: sha256 {actual[:16]}... differs from the {recorded[:16]}... "
+                               f"recorded when it was saved: the file changed after saving")
+        checked += 1
+    if not checked:
+        return _skip("integrity", "no recorded hash (.sha256 sidecar) to compare with")
+    note = f"; no recorded hash for {', '.join(unrecorded)}" if unrecorded else ""
+    return StageResult(name="integrity", details=f"{checked} file(s) match the sha256 recorded at save time{note}")
+
+
+@stage("restorable")
+def restorable(ctx) -> StageResult:
+    for path in ctx.ckpts:
+        ctx.trained(path)  # strict load; raises StageFailure naming the keys
+    return StageResult(name="restorable", details=f"strict load_state_dict into "
+                                                  f"{ctx.config['model']['_target_']} for {len(ctx.ckpts)} file(s)")
+
+
+@stage("predicts")
+def predicts(ctx) -> StageResult:
+    task, datamodule = ctx.trained(ctx.primary), ctx.datamodule()
+    batch = next(iter(datamodule.val_dataloader())).to(ctx.device)
+    shapes = []
+    for name, out, expected in task.check_outputs(batch):
+        if tuple(out.shape) != tuple(expected):
+            raise StageFailure(f"output {name} has shape {tuple(out.shape)}, expected {tuple(expected)}")
+        if not torch.isfinite(out).all():
+            raise StageFailure(f"output {name} holds NaN or Inf on real data")
+        shapes.append(f"{name} {tuple(out.shape)}")
+    return StageResult(name="predicts", details="finite outputs on a real batch: " + ", ".join(shapes))
+
+
+@stage("progress")
+def progress(ctx) -> StageResult:
+    if len(ctx.series) < 2:
+        return _skip("progress", "needs at least two checkpoints of different epochs")
+    epochs = [ctx.ckpts[p]["epoch"] for p in ctx.series]
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise StageFailure(f"checkpoint epochs are not strictly increasing: {epochs}")
+    monitor, mode = ctx.monitor()
+    first, last = (ctx.row(p).get(monitor) for p in (ctx.series[0], ctx.series[-1]))
+    if first is None or last is None:
+        raise StageFailure(f"monitored metric {monitor!r} is missing from the history at a checkpoint epoch")
+    improved = last < first if mode == "min" else last > first
+    if not improved:
+        raise StageFailure(f"{monitor} did not improve from epoch {epochs[0]} ({first:.6g}) to epoch "
+                           f"{epochs[-1]} ({last:.6g}), mode {mode}")
+    return StageResult(name="progress", details=f"epochs {epochs}; {monitor} {first:.6g} -> {last:.6g}",
+                       metrics={"epochs": epochs, f"{monitor}/first": first, f"{monitor}/last": last})
+
+
+@stage("weights_updated")
+def weights_updated(ctx) -> StageResult:
+    if len(ctx.series) < 2:
+        return _skip("weights_updated", "needs at least two checkpoints of different epochs")
+    frozen = {n for n, p in ctx.fresh_task().named_parameters() if not p.requires_grad}
+    diffs = {}
+    for a, b in zip(ctx.series, ctx.series[1:]):
+        sa, sb = ctx.ckpts[a]["state_dict"], ctx.ckpts[b]["state_dict"]
+        comparable = [k for k in sa if k in sb and sa[k].shape == sb[k].shape]  # `restorable` reports the rest
+        largest = max((sa[k].float() - sb[k].float()).abs().max().item() for k in comparable if k not in frozen)
+        moved = [k for k in frozen if k in comparable and not torch.equal(sa[k], sb[k])]
+        if moved:
+            raise StageFailure(f"frozen parameter(s) changed between {a.name} and {b.name}: {', '.join(moved[:5])}")
+        if largest == 0:
+            raise StageFailure(f"the weights of {b.name} equal those of {a.name}: nothing was trained between them")
+        diffs[f"{a.name}->{b.name}"] = largest
+    return StageResult(name="weights_updated", metrics={"max_abs_diff": diffs},
+                       details="largest |change| per pair: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+                       + (f"; {len(frozen)} frozen tensors unchanged" if frozen else ""))
+
+
+@stage("history_consistent")
+def history_consistent(ctx) -> StageResult:
+    latest = max(ctx.ckpts, key=lambda p: (len(ctx.ckpts[p]["history"]), ctx.ckpts[p]["global_step"]))
+    history = {row["epoch"]: row for row in ctx.ckpts[latest]["history"]}
+    if not history:
+        raise StageFailure(f"{latest.name} holds an empty history")
+    last_epoch = max(history)
+    saved_epochs = {c["epoch"] for p, c in ctx.ckpts.items() if not c["run"].get("preempted")}
+    if last_epoch not in saved_epochs:
+        raise StageFailure(f"the history ends at epoch {last_epoch} but no checkpoint holds that epoch "
+                           f"(checkpoint epochs: {sorted(saved_epochs)})")
+    for path, ckpt in ctx.ckpts.items():
+        own = ckpt["history"]
+        if not ckpt["run"].get("preempted") and (not own or own[-1]["epoch"] != ckpt["epoch"]):
+            raise StageFailure(f"{path.name} is at epoch {ckpt['epoch']} but its history ends at epoch "
+                               f"{own[-1]['epoch'] if own else None}")
+        for row in own:
+            if history.get(row["epoch"]) != row:
+                raise StageFailure(f"{path.name}: history row of epoch {row['epoch']} differs from {latest.name}'s")
+    return StageResult(name="history_consistent",
+                       details=f"history ends at epoch {last_epoch}, which has a checkpoint; "
+                               f"{len(ctx.ckpts)} file(s) agree with it row for row")
+
+
+@stage("resume_exact")
+def resume_exact(ctx) -> StageResult:
+    from omegaconf import OmegaConf
+
+    from experiments.train import build, build_trainer
+
+    if ctx.device != "cpu":
+        return _skip("resume_exact", "bit-for-bit comparison is promised on CPU only")
+    pairs = [(a, b) for a, b in zip(ctx.series, ctx.series[1:])]
+    if not pairs:
+        return _skip("resume_exact", "no later checkpoint to resume towards")
+    a, b = min(reversed(pairs), key=lambda ab: ctx.ckpts[ab[1]]["epoch"] - ctx.ckpts[ab[0]]["epoch"])
+    target = ctx.ckpts[b]
+    config = copy.deepcopy(target["config"])
+    config.pop("experiment", None)
+    cfg = OmegaConf.create(config)
+    cfg.trainer.max_epochs = target["epoch"] + 1
+    cfg.trainer.enable_progress_bar = False
+    cfg.logger = None
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        datamodule, model, task = build(cfg)
+        trainer, _ = build_trainer(cfg, Path(tmp), target["config"])
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(a), weights_only=True)
+        resumed = task.state_dict()
+    if trainer.global_step != target["global_step"]:
+        raise StageFailure(f"resumed from {a.name} to step {trainer.global_step}, but {b.name} is at step "
+                           f"{target['global_step']}")
+    differ = [k for k, v in target["state_dict"].items() if not torch.equal(v, resumed[k])]
+    if differ:
+        raise StageFailure(f"resuming {a.name} to epoch {target['epoch']} does not reproduce {b.name}: "
+                           f"{len(differ)} tensor(s) differ, e.g. {differ[0]}")
+    return StageResult(name="resume_exact", details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} "
+                                                    f"epoch(s): bit-identical to {b.name}")
+
+
+@stage("metrics")
+def metrics(ctx) -> StageResult:
+    epoch = ctx.ckpts[ctx.primary]["epoch"]
+    trained = ctx.trained(ctx.primary).evaluate(ctx.datamodule(), epoch)
+    control = ctx.fresh_task().to(ctx.device).evaluate(ctx.datamodule(), epoch)
+    task_cls = type(ctx.fresh_task())
+    higher, lower = getattr(task_cls, "higher_is_better", ()), getattr(task_cls, "lower_is_better", ())
+    rows, flagged = {}, []
+    for name, value in trained.items():
+        row = {"trained": value, "untrained_control": control.get(name)}
+        if name in higher or name in lower:
+            gain = value - control[name] if name in higher else control[name] - value
+            margin = CLEARLY_BETTER if name in higher else CLEARLY_BETTER * abs(control[name])
+            row["clearly_better"] = gain >= margin
+            if not row["clearly_better"]:
+                flagged.append(name)
+        rows[name] = row
+    primary = getattr(task_cls, "primary_metric", None)
+    details = (f"{len(rows)} metrics beside an untrained control (same architecture and seed); "
+               + (f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"))
+    if primary in flagged:
+        raise StageFailure(f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
+                           f"untrained control's {control[primary]:.4g}")
+    return StageResult(name="metrics", details=details, metrics=rows)

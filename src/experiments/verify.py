@@ -1,0 +1,185 @@
+"""The verification program: read checkpoints safely, rebuild from their own config, run the stages,
+print a table, write a report next to the checkpoint.
+
+Exit status: 0 every stage passed (or was skipped with a reason), 1 a stage failed, 2 unusable input.
+"""
+import datetime
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from experiments.checkpoint.io import load_checkpoint, sha256_file
+from experiments.errors import StageFailure, UserError
+from experiments.stages import checkpoint_stages  # noqa: F401  (registers the checkpoint stages)
+from experiments.stages.config_check import check_config
+from experiments.stages.registry import run_stages
+
+SINGLE = ["loadable", "integrity", "restorable", "predicts", "metrics"]
+SERIES = ["progress", "weights_updated", "history_consistent", "resume_exact"]
+SCHEMA = "experiments.verify/1"
+
+
+class VerifyContext:
+    def __init__(self, target: Path, device: str = "cpu"):
+        self.target, self.device = target, device
+        files = self._find(target)
+        self.ckpts = {p: load_checkpoint(p) for p in files}  # UserError on anything unsafe or unreadable
+        for p, c in self.ckpts.items():
+            if not isinstance(c.get("config"), dict) or "epoch" not in c or "state_dict" not in c:
+                raise UserError(f"{p} is not a checkpoint of this framework (no config, epoch or state_dict)")
+        self.series = self._series()
+        self.primary = target if target.is_file() else (self.series[-1] if self.series else files[-1])
+        self.config = self.ckpts[self.primary]["config"]
+        self._check_family()
+        self._trained, self._sha = {}, {}
+
+    @staticmethod
+    def _find(target: Path) -> list[Path]:
+        if not target.exists():
+            raise UserError(f"{target} does not exist; give a checkpoint file or a run directory")
+        if target.is_file():
+            return [target]
+        folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+        files = sorted(folder.glob("*.ckpt"))
+        if not files:
+            raise UserError(f"no checkpoint (*.ckpt) in {folder}")
+        return files
+
+    def _series(self) -> list[Path]:
+        """One file per finished epoch, in order; named epoch files first among hard-linked copies."""
+        by_epoch = {}
+        for p in sorted(self.ckpts, key=lambda p: (not p.name.startswith("epoch="), p.name)):
+            c = self.ckpts[p]
+            if not c.get("run", {}).get("preempted"):
+                by_epoch.setdefault(c["epoch"], p)
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def _check_family(self) -> None:
+        for key in ("model", "data", "task"):
+            node = self.config.get(key)
+            if not isinstance(node, dict) or "_target_" not in node:
+                raise UserError(f"{self.primary}: its config has no {key}._target_; unknown family")
+        try:
+            check_config(OmegaConf.create({k: v for k, v in self.config.items() if k in ("model", "data", "task")}))
+        except UserError as e:
+            raise UserError(f"{self.primary}: its stored config no longer matches the code: {e}")
+
+    # ---- helpers for the stages ----
+    def sha256(self, path: Path) -> str:
+        if path not in self._sha:
+            self._sha[path] = sha256_file(path)
+        return self._sha[path]
+
+    def datamodule(self):
+        dm = instantiate(self.config["data"], seed=self.config["seed"])
+        dm.prepare_data()
+        dm.setup("validate")
+        return dm
+
+    def fresh_task(self):
+        """An untrained model of the checkpoint's architecture, initialised as its run began (same seed).
+        Only the `metrics` stage's labelled control and structural checks use it."""
+        L.seed_everything(self.config["seed"], verbose=False)
+        return instantiate(self.config["task"], model=instantiate(self.config["model"]))
+
+    def trained(self, path: Path):
+        """The task with the checkpoint's weights, loaded strictly; a mismatch names every key."""
+        if path not in self._trained:
+            task = self.fresh_task()
+            state = self.ckpts[path]["state_dict"]
+            own = task.state_dict()
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
+                      if state[k].shape != own[k].shape]
+            if missing or unexpected or shapes:
+                raise StageFailure(f"{path.name} does not fit {self.config['model']['_target_']}: "
+                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape (file vs model) {shapes[:5]}")
+            task.load_state_dict(state, strict=True)
+            self._trained[path] = task.to(self.device).eval()
+        return self._trained[path]
+
+    def monitor(self) -> tuple[str, str]:
+        ck = self.config.get("checkpoint", {})
+        return ck.get("monitor") or "val/ce", ck.get("mode", "min")
+
+    def row(self, path: Path) -> dict:
+        epoch = self.ckpts[path]["epoch"]
+        return next((r for r in self.ckpts[path]["history"] if r["epoch"] == epoch), {})
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def report(ctx: VerifyContext, results, seconds: float) -> dict:
+    c = ctx.ckpts[ctx.primary]
+    return {
+        "schema": SCHEMA,
+        "input": str(ctx.target),
+        "checkpoint": {
+            "path": str(ctx.primary), "sha256": ctx.sha256(ctx.primary), "bytes": ctx.primary.stat().st_size,
+            "epoch": c["epoch"], "global_step": c["global_step"], "config_hash": config_hash(c["config"]),
+            "experiment": c["config"].get("experiment"), "framework_version": c["framework"].get("version"),
+            "git_commit": c["framework"].get("git_commit"),
+        },
+        "series": [str(p) for p in ctx.series] if ctx.target.is_dir() else [],
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "stages": [asdict(r) for r in results],
+        "passed": all(r.status != "fail" for r in results),
+    }
+
+
+def markdown(rep: dict) -> str:
+    ck = rep["checkpoint"]
+    lines = [f"# Verification of {Path(ck['path']).name}: {'PASSED' if rep['passed'] else 'FAILED'}", "",
+             f"- checkpoint: `{ck['path']}` (epoch {ck['epoch']}, step {ck['global_step']}, {ck['bytes']:,} bytes)",
+             f"- sha256: `{ck['sha256']}`", f"- config hash: `{ck['config_hash']}`",
+             f"- framework {ck['framework_version']}, commit `{ck['git_commit']}`; verified {rep['time']}", "",
+             "| stage | status | seconds | details |", "| --- | --- | --- | --- |"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {s['details']} |" for s in rep["stages"]]
+    for s in rep["stages"]:
+        if s["name"] == "metrics" and s["metrics"]:
+            lines += ["", "| metric | trained | untrained control | clearly better |", "| --- | --- | --- | --- |"]
+            for name, m in s["metrics"].items():
+                verdict = {True: "yes", False: "**no: proves nothing**"}.get(m.get("clearly_better"), "not judged")
+                lines.append(f"| {name} | {m['trained']:.6g} | {m['untrained_control']:.6g} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results) -> None:
+    for r in results:
+        print(f"{r.status:4s} {r.name:18s} {r.seconds:6.2f}s  {r.details}", flush=True)
+        if r.name == "metrics":
+            for name, m in r.metrics.items():
+                verdict = {True: "", False: "  <- not clearly better than untrained: proves nothing"}.get(
+                    m.get("clearly_better"), "  (not judged)")
+                print(f"       {name:24s} trained {m['trained']:10.6g}   untrained {m['untrained_control']:10.6g}{verdict}")
+
+
+def verify(cfg) -> int:
+    if not cfg.ckpt:
+        raise UserError("give a checkpoint or run directory: python verify.py ckpt=PATH")
+    t0 = time.perf_counter()
+    torch.set_grad_enabled(True)
+    ctx = VerifyContext(Path(str(cfg.ckpt)), device=cfg.device)
+    stages = list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
+    results = run_stages(stages, ctx, stop_on_failure=False)
+    if results and results[0].name == "loadable" and results[0].status == "fail":
+        raise UserError(results[0].details)
+    rep = report(ctx, results, time.perf_counter() - t0)
+    print_table(results)
+    out = Path(str(cfg.report)) if cfg.report else ctx.primary.parent / "verification" / f"{ctx.primary.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown(rep))
+    print(f"{'PASSED' if rep['passed'] else 'FAILED'} in {rep['seconds']:.1f}s; report: {out} (and .md)", flush=True)
+    return 0 if rep["passed"] else 1

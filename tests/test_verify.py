@@ -1,0 +1,194 @@
+"""verify.py: a real run passes every stage; each stage fails for the reason it exists; bad input is
+exit 2 with one line and nothing written."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, env, run_train
+from experiments.checkpoint.io import save_checkpoint
+
+ALL = ["loadable", "integrity", "restorable", "predicts", "progress", "weights_updated", "history_consistent",
+       "resume_exact", "metrics"]
+
+
+def run_verify(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "verify.py"), *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    r = run_train(*FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", "task.coverage_samples=19683",
+                  cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (rd,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    return rd
+
+
+@pytest.fixture
+def copy_run(run_dir, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("verification"))
+    return dst
+
+
+def stages(result) -> dict:
+    report = json.loads(result.read_text())
+    return {s["name"]: s for s in report["stages"]}
+
+
+def test_run_directory_passes_every_stage_and_writes_the_report(copy_run, tmp_path):
+    r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report_path = copy_run / "checkpoints" / "verification" / "epoch=0005.json"
+    rep = json.loads(report_path.read_text())
+    assert rep["passed"] and [s["name"] for s in rep["stages"]] == ALL
+    assert all(s["status"] == "pass" for s in rep["stages"]), [(s["name"], s["details"]) for s in rep["stages"]]
+    ck = rep["checkpoint"]
+    assert ck["epoch"] == 5 and ck["bytes"] == (copy_run / "checkpoints" / "epoch=0005.ckpt").stat().st_size
+    assert ck["sha256"] == (copy_run / "checkpoints" / "epoch=0005.ckpt.sha256").read_text().split()[0]
+    assert {"global_step", "config_hash", "framework_version", "git_commit"} <= set(ck)
+    metrics = {s["name"]: s for s in rep["stages"]}["metrics"]["metrics"]
+    assert metrics["coverage/recon_a"]["clearly_better"] is True
+    assert metrics["coverage/recon_a"]["untrained_control"] < 0.01
+    # sampled coverage of an untrained decoder is high too: the report must say it proves nothing
+    assert metrics["coverage/sampled_a"]["clearly_better"] is False
+    assert report_path.with_suffix(".md").read_text().startswith("# Verification of epoch=0005.ckpt: PASSED")
+    assert "trained" in r.stdout and "untrained" in r.stdout
+
+
+def test_single_checkpoint_runs_the_single_checkpoint_stages(copy_run, tmp_path):
+    r = run_verify(f"ckpt={copy_run / 'checkpoints' / 'epoch=0003.ckpt'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    names = list(stages(copy_run / "checkpoints" / "verification" / "epoch=0003.json"))
+    assert names == ["loadable", "integrity", "restorable", "predicts", "metrics"]
+
+
+def rewrite(path, change, keep_hash=True):
+    ckpt = torch.load(path, weights_only=True)
+    change(ckpt)
+    if keep_hash:
+        save_checkpoint(ckpt, path)
+    else:
+        torch.save(ckpt, path)
+
+
+def failed(copy_run, tmp_path, *extra):
+    r = run_verify(f"ckpt={copy_run}", *extra, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    return stages(copy_run / "checkpoints" / "verification" / "epoch=0005.json")
+
+
+def test_tampered_file_fails_integrity(copy_run, tmp_path):
+    def nudge(c):
+        c["state_dict"]["model.decoder_a.net.0.bias"][0] += 1e-3
+    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", nudge, keep_hash=False)
+    s = failed(copy_run, tmp_path)["integrity"]
+    assert s["status"] == "fail" and "epoch=0003.ckpt" in s["details"] and "changed after saving" in s["details"]
+
+
+def test_weights_equal_to_the_previous_checkpoint_fail_weights_updated(copy_run, tmp_path):
+    ck = copy_run / "checkpoints"
+    before = torch.load(ck / "epoch=0001.ckpt", weights_only=True)["state_dict"]
+    rewrite(ck / "epoch=0003.ckpt", lambda c: c.update(state_dict=before))
+    s = failed(copy_run, tmp_path)["weights_updated"]
+    assert s["status"] == "fail" and "equal those of epoch=0001.ckpt" in s["details"]
+
+
+def test_history_beyond_the_last_checkpoint_fails_history_consistent(copy_run, tmp_path):
+    ck = copy_run / "checkpoints"
+    for name in ("last.ckpt", "epoch=0005.ckpt", *[p.name for p in ck.glob("best-*.ckpt")]):
+        def extra_epoch(c):
+            c["history"].append(dict(c["history"][-1], epoch=c["epoch"] + 1))
+        rewrite(ck / name, extra_epoch)
+    s = failed(copy_run, tmp_path)["history_consistent"]
+    assert s["status"] == "fail" and "history ends at epoch 6 but no checkpoint holds that epoch" in s["details"]
+
+
+def test_wrong_architecture_fails_restorable_naming_keys(copy_run, tmp_path):
+    def shrink(c):
+        c["state_dict"]["model.decoder_b.out.weight"] = torch.zeros(27, 64)
+        del c["state_dict"]["model.decoder_b.out.bias"]
+    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", shrink)
+    s = failed(copy_run, tmp_path)["restorable"]
+    assert "model.decoder_b.out.bias" in s["details"] and "(27, 64) vs (27, 128)" in s["details"]
+
+
+def test_a_step_that_does_not_reproduce_fails_resume_exact(copy_run, tmp_path):
+    def nudge(c):
+        c["state_dict"]["model.decoder_a.net.0.bias"][0] += 1e-3
+    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", nudge)
+    s = failed(copy_run, tmp_path, "stages=[resume_exact]")["resume_exact"]
+    assert s["status"] == "fail" and "does not reproduce epoch=0005.ckpt" in s["details"]
+
+
+def test_loss_that_rises_fails_progress(copy_run, tmp_path):
+    ck = copy_run / "checkpoints"
+    for name in [p.name for p in ck.glob("*.ckpt")]:
+        def worse(c):
+            for row in c["history"]:
+                if row["epoch"] == 5:
+                    row["val/ce"] = 1e6
+        rewrite(ck / name, worse)
+    s = failed(copy_run, tmp_path, "stages=[progress]")["progress"]
+    assert s["status"] == "fail" and "did not improve" in s["details"]
+
+
+def test_untrained_weights_fail_metrics(copy_run, tmp_path):
+    fresh = torch.load(copy_run / "checkpoints" / "epoch=0001.ckpt", weights_only=True)
+    torch.manual_seed(0)
+    from experiments.models.ternary_vae_v5_5 import DualVAE
+    state = {f"model.{k}": v for k, v in DualVAE().state_dict().items()}
+    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", lambda c: c.update(state_dict=state))
+    s = failed(copy_run, tmp_path, "stages=[metrics]")["metrics"]
+    assert s["status"] == "fail" and "not clearly better than the untrained control" in s["details"]
+    assert fresh is not None
+
+
+class Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def bad_inputs(tmp_path, run_dir):
+    data = (run_dir / "checkpoints" / "epoch=0005.ckpt").read_bytes()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 3])
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.ckpt")
+    torch.save({"state_dict": {}, "x": Payload(str(tmp_path / "pwned"))}, tmp_path / "evil.ckpt")
+    ckpt = torch.load(run_dir / "checkpoints" / "epoch=0005.ckpt", weights_only=True)
+    ckpt["config"]["model"]["_target_"] = "experiments.models.gone.Model"
+    torch.save(ckpt, tmp_path / "unknown_family.ckpt")
+    ckpt["config"]["model"] = {"_target_": "experiments.models.ternary_vae_v5_5.DualVAE", "latent_size": 16}
+    torch.save(ckpt, tmp_path / "stale_config.ckpt")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing.ckpt", "does not exist"),
+    ("empty", "no checkpoint"),
+    ("truncated.ckpt", "not a readable checkpoint"),
+    ("text.ckpt", "not a readable checkpoint"),
+    ("foreign.ckpt", "not a checkpoint of this framework"),
+    ("evil.ckpt", "refusing to unpickle"),
+    ("unknown_family.ckpt", "cannot import"),
+    ("stale_config.ckpt", "no longer matches the code"),
+])
+def test_bad_input_is_exit_2_one_line_nothing_written(run_dir, tmp_path, name, message):
+    bad_inputs(tmp_path, run_dir)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = run_verify(f"ckpt={tmp_path / name}", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing may be written"
+    assert not (tmp_path / "pwned").exists()
