@@ -192,3 +192,18 @@ def test_bad_input_is_exit_2_one_line_nothing_written(run_dir, tmp_path, name, m
     assert "Traceback" not in r.stdout + r.stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing may be written"
     assert not (tmp_path / "pwned").exists()
+
+
+def test_nan_weights_fail_predicts(copy_run, tmp_path):
+    def poison(c):
+        c["state_dict"]["model.decoder_b.out.weight"][0, 0] = float("nan")
+    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", poison)
+    s = failed(copy_run, tmp_path, "stages=[predicts]")["predicts"]
+    assert s["status"] == "fail" and "logits_b holds NaN or Inf" in s["details"]
+
+
+def test_missing_required_key_fails_loadable_as_unusable_input(copy_run, tmp_path):
+    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", lambda c: c.pop("rng"))
+    r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
+    assert r.returncode == 2 and "epoch=0003.ckpt lacks required key(s) ['rng']" in r.stderr
+    assert not (copy_run / "checkpoints" / "verification").exists()
