@@ -1,7 +1,9 @@
 """When checkpoints are written and what each one holds.
 
 Every `every_n_epochs` epochs, the final epoch always (so the last checkpoint matches the last history
-entry), `last.ckpt` after every epoch, optionally the `save_top_k` best by `monitor`, and one on SIGTERM.
+entry), `last.ckpt` every `last_every_n_epochs` epochs and whenever another file is written, optionally
+the `save_top_k` best by `monitor`, and one on SIGTERM. A run killed without warning redoes at most
+`last_every_n_epochs` epochs.
 Besides Lightning's own keys, each checkpoint holds only plain values and tensors:
 `config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
 (name, version, git commit, library versions) and `run` (finished / preempted flags).
@@ -68,15 +70,17 @@ def restore_rng_state(state: dict) -> None:
 
 class CheckpointPolicy(Checkpoint):
     def __init__(self, dirpath: str, every_n_epochs: int = 1, save_last: bool = True, save_top_k: int = 0,
-                 monitor: str | None = None, mode: str = "min", run_config: dict | None = None):
-        if every_n_epochs < 1:
-            raise UserError(f"checkpoint.every_n_epochs must be >= 1, got {every_n_epochs}")
+                 monitor: str | None = None, mode: str = "min", last_every_n_epochs: int = 1,
+                 run_config: dict | None = None):
+        for key, value in (("every_n_epochs", every_n_epochs), ("last_every_n_epochs", last_every_n_epochs)):
+            if value < 1:
+                raise UserError(f"checkpoint.{key} must be >= 1, got {value}")
         if mode not in ("min", "max"):
             raise UserError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
         if save_top_k > 0 and not monitor:
             raise UserError("checkpoint.save_top_k > 0 needs checkpoint.monitor (a metric name)")
         self.dirpath = Path(dirpath)
-        self.every_n_epochs, self.save_last = every_n_epochs, save_last
+        self.every_n_epochs, self.save_last, self.last_every_n_epochs = every_n_epochs, save_last, last_every_n_epochs
         self.save_top_k, self.monitor, self.mode = save_top_k, monitor, mode
         self.config = run_config or {}
         self.framework = framework_info()
@@ -130,8 +134,8 @@ class CheckpointPolicy(Checkpoint):
             names.append(epoch_name(epoch))
         best, evicted = self._update_top_k(row)
         names += best
-        if self.save_last:
-            names.append(LAST)
+        if self.save_last and ((epoch + 1) % self.last_every_n_epochs == 0 or self._finished or names):
+            names.append(LAST)  # whenever anything is written, last.ckpt is the newest state
         self._write(trainer, names)
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
@@ -154,10 +158,11 @@ class CheckpointPolicy(Checkpoint):
         """Returns (names to write, names evicted from the top k)."""
         if self.save_top_k <= 0:
             return [], []
-        if self.monitor not in row:  # a typo, or an epoch without validation
-            print(f"warning: checkpoint.monitor={self.monitor!r} is not among epoch {row['epoch']}'s metrics "
-                  f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; no best checkpoint this epoch",
-                  flush=True)
+        if self.monitor not in row:  # an epoch without evaluation, or a typo: say so if it never appears
+            if self._finished and not any(self.monitor in r for r in self.history):
+                print(f"warning: checkpoint.monitor={self.monitor!r} appeared in no epoch's metrics "
+                      f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; no best checkpoint was kept",
+                      flush=True)
             return [], []
         score = row[self.monitor]
         sign = 1 if self.mode == "min" else -1

