@@ -5,6 +5,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,9 +36,7 @@ class TrainingBar(TQDMProgressBar):
     """Lightning's bar for training only: validation is one short pass, summarised in the epoch line."""
 
     def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+        return Tqdm(disable=True)  # disabled at construction, so it never draws
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict):
