@@ -113,7 +113,8 @@ def test_scoring_wrong_shape_is_wrong_and_pass_at_2():
     target = np.array([[1, 2], [3, 4]])
     padded = np.array([[1, 2, 0], [3, 4, 0]])  # right cells, wrong shape
     assert not am.exact(padded, target)
-    assert am.cell_accuracy(padded, target) == 1.0  # cells alone would call it right: exactness does not
+    assert am.cell_accuracy(padded, target) == 0.0  # right cells inside a wrong shape earn nothing
+    assert am.cell_accuracy(np.array([[1, 2], [3, 0]]), target) == 0.75
     results = [
         {"task": "a", "attempts": [padded, target], "target": target},
         {"task": "a", "attempts": [target, None], "target": target},

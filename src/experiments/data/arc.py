@@ -180,6 +180,12 @@ class ArcDataModule(L.LightningDataModule):
             self.train_examples = [e for t in training for e in examples_of(t, "train") + examples_of(t, "test")]
             self.train_examples += [e for t in evaluation for e in examples_of(t, "train")]
             self.eval_examples = [e for t in evaluation for e in examples_of(t, "test")]
+        if format == "champion":  # a query needs a demonstration other than itself for its context
+            self.without_context = sum(1 for e in self.train_examples + self.eval_examples if not e.context)
+            self.train_examples = [e for e in self.train_examples if e.context]
+            self.eval_examples = [e for e in self.eval_examples if e.context]
+        else:
+            self.without_context = 0
         if not self.train_examples or not self.eval_examples:
             raise ValueError("the task selection holds no example; widen data.max_side or data.max_tasks")
         self.train_sampler = EpochBatchSampler(len(self.train_examples), batch_size, seed, shuffle=True)
@@ -187,7 +193,9 @@ class ArcDataModule(L.LightningDataModule):
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
         return (f"ARC: {tasks} evaluation tasks, {len(self.train_examples)} training pairs, "
-                f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)")
+                f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)"
+                + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
+                   f"context" if self.without_context else ""))
 
     def train_dataloader(self) -> ArcLoader:
         return ArcLoader(self.train_examples, self.train_sampler, self.format, self.dihedral, self.colours, self.seed)

@@ -9,11 +9,11 @@ def exact(pred: np.ndarray | None, target: np.ndarray) -> bool:
 
 
 def cell_accuracy(pred: np.ndarray | None, target: np.ndarray) -> float:
-    """Fraction of the target's cells predicted right; cells outside a wrong-shaped prediction are wrong."""
-    if pred is None:
+    """Fraction of the target's cells predicted right; 0 for a prediction of the wrong shape (a grid with
+    extra rows or columns around the right cells is a wrong answer, not a nearly right one)."""
+    if pred is None or pred.shape != target.shape:
         return 0.0
-    h, w = min(pred.shape[0], target.shape[0]), min(pred.shape[1], target.shape[1])
-    return float((pred[:h, :w] == target[:h, :w]).sum()) / target.size
+    return float((pred == target).sum()) / target.size
 
 
 def rank_attempts(candidates: list[np.ndarray | None], k: int = 2) -> list[np.ndarray | None]:

@@ -87,9 +87,11 @@ def progress(ctx) -> StageResult:
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
         raise StageFailure(f"checkpoint epochs are not strictly increasing: {epochs}")
     monitor, mode = ctx.monitor()
-    first, last = (ctx.row(p).get(monitor) for p in (ctx.series[0], ctx.series[-1]))
-    if first is None or last is None:
-        raise StageFailure(f"monitored metric {monitor!r} is missing from the history at a checkpoint epoch")
+    scored = [p for p in ctx.series if ctx.row(p).get(monitor) is not None]  # epochs that evaluated
+    if len(scored) < 2:
+        return _skip("progress", f"fewer than two checkpoints at epochs that measured {monitor!r}")
+    first, last = ctx.row(scored[0])[monitor], ctx.row(scored[-1])[monitor]
+    epochs = [ctx.ckpts[p]["epoch"] for p in scored]
     improved = last < first if mode == "min" else last > first
     if not improved:
         raise StageFailure(f"{monitor} did not improve from epoch {epochs[0]} ({first:.6g}) to epoch "
@@ -159,6 +161,8 @@ def resume_exact(ctx) -> StageResult:
     config = copy.deepcopy(target["config"])
     config.pop("experiment", None)
     cfg = OmegaConf.create(config)
+    # Stop after the target's epoch. Weights depend on the epoch only through schedules that are functions
+    # of the epoch; a schedule reading max_epochs would need this stage to stop by other means.
     cfg.trainer.max_epochs = target["epoch"] + 1
     cfg.trainer.enable_progress_bar = False
     cfg.logger = None
