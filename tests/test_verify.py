@@ -11,7 +11,7 @@ import torch
 from conftest import FAST, ROOT, env, run_train
 from experiments.checkpoint.io import save_checkpoint
 
-ALL = ["loadable", "integrity", "restorable", "predicts", "progress", "weights_updated", "history_consistent",
+ALL = ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "progress", "weights_updated", "history_consistent",
        "resume_exact", "metrics"]
 
 
@@ -48,7 +48,10 @@ def test_run_directory_passes_every_stage_and_writes_the_report(copy_run, tmp_pa
     report_path = copy_run / "checkpoints" / "verification" / "epoch=0005.json"
     rep = json.loads(report_path.read_text())
     assert rep["passed"] and [s["name"] for s in rep["stages"]] == ALL
-    assert all(s["status"] == "pass" for s in rep["stages"]), [(s["name"], s["details"]) for s in rep["stages"]]
+    by_name = {s["name"]: s for s in rep["stages"]}
+    assert by_name["frozen_identical"]["status"] == "skip"  # v5.5 has no frozen parts
+    assert all(s["status"] == "pass" for s in rep["stages"] if s["name"] != "frozen_identical"), \
+        [(s["name"], s["details"]) for s in rep["stages"]]
     ck = rep["checkpoint"]
     assert ck["epoch"] == 5 and ck["bytes"] == (copy_run / "checkpoints" / "epoch=0005.ckpt").stat().st_size
     assert ck["sha256"] == (copy_run / "checkpoints" / "epoch=0005.ckpt.sha256").read_text().split()[0]
@@ -66,7 +69,7 @@ def test_single_checkpoint_runs_the_single_checkpoint_stages(copy_run, tmp_path)
     r = run_verify(f"ckpt={copy_run / 'checkpoints' / 'epoch=0003.ckpt'}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     names = list(stages(copy_run / "checkpoints" / "verification" / "epoch=0003.json"))
-    assert names == ["loadable", "integrity", "restorable", "predicts", "metrics"]
+    assert names == ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics"]
 
 
 def rewrite(path, change, keep_hash=True):

@@ -40,11 +40,14 @@ class TrainSchema:
     trainer: Any = None
     checkpoint: Any = None
     logger: Any = None
+    callbacks: Any = None          # {name: _target_ node}: extra Lightning callbacks of a preset
+    frozen_checkpoint: Any = None  # hyperbolic Ternary variants: where their frozen parts come from
 
 
 def run_id(override_dirname: str) -> str:
     """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
-    name = override_dirname.replace("/", "~") or "default"
+    # quotes are the command line's (cli.quote_path_values), not part of the value
+    name = override_dirname.replace("/", "~").replace("'", "").replace('"', "") or "default"
     if len(name) > 150:  # file systems cap a name at 255 bytes
         name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
     return name

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class StageFailure(Exception):
     """A validation stage found a problem (exit status 1)."""
+
+
+class RunStopped(Exception):
+    """A callback stopped training on purpose (e.g. coverage collapsed); the last checkpoint on disk is
+    the last good one (exit status 1)."""

@@ -40,7 +40,8 @@ def config_diff(old: dict, new: dict, ignore: list[str]) -> list[str]:
     for key in sorted(set(a) | set(b)):
         if ignored(key):
             continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        # A key that an older config lacks equals a null: new optional settings default to null (off).
+        if a.get(key) != b.get(key):
             lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
     return lines
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import run_dir as rd
 from experiments.callbacks import StepSeeding
 from experiments.checkpoint.io import AtomicCheckpointIO
-from experiments.errors import UserError
+from experiments.errors import RunStopped, UserError
 from experiments.stages.preflight import PreflightContext
 from experiments.stages.registry import run_stages
 
@@ -43,6 +43,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict):
     # _partial_: the run config holds _target_ nodes that must stay plain values, not be built
     policy = instantiate(cfg.checkpoint, _partial_=True)(dirpath=str(run_dir / rd.CHECKPOINTS), run_config=config)
     callbacks = [StepSeeding(cfg.seed), policy]
+    callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TrainingBar(refresh_rate=cfg.progress_refresh_rate))
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
@@ -53,7 +54,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict):
 
 def print_stages(results) -> None:
     for r in results:
-        print(f"preflight {r.status:4s} {r.name:16s} {r.seconds:6.2f}s  {r.details}", flush=True)
+        details = "(the error below)" if r.status == "fail" else r.details
+        print(f"preflight {r.status:4s} {r.name:16s} {r.seconds:6.2f}s  {details}", flush=True)
 
 
 def train(cfg: DictConfig) -> int:
@@ -83,7 +85,8 @@ def train(cfg: DictConfig) -> int:
     datamodule.prepare_data()
     datamodule.setup("fit")
     stages = [s for s in cfg.validation.preflight if s != "config"]
-    results += run_stages(stages, PreflightContext(cfg, task, datamodule, batches=cfg.validation.batches))
+    results += run_stages(stages, PreflightContext(cfg, task, datamodule, batches=cfg.validation.batches,
+                                                   experiment=experiment, resume_from=decision.ckpt_path))
     print_stages(results)
     failed = [r for r in results if r.status == "fail"]
     if failed:
@@ -96,10 +99,12 @@ def train(cfg: DictConfig) -> int:
     trainer, policy = build_trainer(cfg, run_dir, config)  # may refuse the checkpoint settings: before run.yaml
     rd.write_run_config(run_dir, config)
     n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    sizes = f"{n_params:,} parameters" + (f", {n_trainable:,} trainable" if n_trainable != n_params else "")
     if decision.action == "resume":
         print(f"Resuming {run_dir} from {decision.ckpt_path} (epoch {decision.epoch + 1} done)", flush=True)
     else:
-        print(f"Training {experiment} ({n_params:,} parameters) in {run_dir}", flush=True)
+        print(f"Training {experiment} ({sizes}) in {run_dir}", flush=True)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(decision.ckpt_path) if decision.ckpt_path else None,
                     weights_only=True)
@@ -107,6 +112,11 @@ def train(cfg: DictConfig) -> int:
         print(f"SIGTERM: saved {policy.last_path} at step {trainer.global_step}; rerun the same command to resume.",
               flush=True)
         return EXIT_PREEMPTED
+    except RunStopped as e:
+        done = policy.history[-1]["epoch"] + 1 if policy.history else 0
+        kept = f"last good checkpoint: {policy.last_path} (epoch {done})" if policy.last_path.exists() else "no checkpoint was written"
+        print(f"error: {e}. {kept}", flush=True)
+        return EXIT_FAILED
     print(f"Run directory: {run_dir}\nlast checkpoint: {policy.last_path}", flush=True)
     if policy.best_path:
         print(f"best checkpoint ({policy.monitor}={policy.best[0]['score']:.6g}): {policy.best_path}", flush=True)

@@ -21,7 +21,7 @@ from experiments.stages import checkpoint_stages  # noqa: F401  (registers the c
 from experiments.stages.config_check import check_config
 from experiments.stages.registry import run_stages
 
-SINGLE = ["loadable", "integrity", "restorable", "predicts", "metrics"]
+SINGLE = ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics"]
 SERIES = ["progress", "weights_updated", "history_consistent", "resume_exact"]
 SCHEMA = "experiments.verify/1"
 
@@ -88,6 +88,28 @@ class VerifyContext:
         Only the `metrics` stage's labelled control and structural checks use it."""
         L.seed_everything(self.config["seed"], verbose=False)
         return instantiate(self.config["task"], model=instantiate(self.config["model"]))
+
+    def control_task(self):
+        """The untrained control of the `metrics` stage. For variants built on frozen parts, those parts
+        are as the run loaded them (from the recorded source file when it is still there and unchanged,
+        else the checkpoint's own) and only what the run trained is re-initialised. Returns (task, note)."""
+        task = self.fresh_task()
+        frozen = self.ckpts[self.primary].get("frozen")
+        if not frozen:
+            return task, "fresh initialisation, same architecture and seed"
+        from experiments.checkpoint.frozen import source_parts
+        from experiments.tasks.ternary_hyperbolic import FROZEN_PARTS
+
+        src = frozen["source"]
+        if src.get("allow_random"):
+            return task, "random frozen parts, as the run had them (allow_random=true)"
+        path = Path(src.get("path") or "")
+        if path.is_file() and sha256_file(path) == src.get("sha256"):
+            state, note = load_checkpoint(path)["state_dict"], f"frozen parts from the run's source {path}"
+        else:
+            state, note = self.ckpts[self.primary]["state_dict"], "frozen parts from this checkpoint (source file gone or changed)"
+        task.load_state_dict({**task.state_dict(), **source_parts(state, FROZEN_PARTS)}, strict=True)
+        return task, note + "; the trained parts re-initialised"
 
     def trained(self, path: Path):
         """The task with the checkpoint's weights, loaded strictly; a mismatch names every key."""

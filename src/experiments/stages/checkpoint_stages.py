@@ -79,6 +79,40 @@ def predicts(ctx) -> StageResult:
     return StageResult(name="predicts", details="finite outputs on a real batch: " + ", ".join(shapes))
 
 
+@stage("frozen_identical")
+def frozen_identical(ctx) -> StageResult:
+    """Variants built on frozen parts: the parts frozen for the whole run are byte-identical to the
+    source checkpoint's (per-part sha256 recorded at load time; tensor by tensor when the file is there)."""
+    from experiments.checkpoint.frozen import source_parts
+    from experiments.checkpoint.io import load_checkpoint, sha256_file
+    from experiments.tasks.ternary_hyperbolic import parts_digest
+
+    frozen = ctx.ckpts[ctx.primary].get("frozen")
+    if not frozen:
+        return _skip("frozen_identical", "this model has no frozen parts")
+    src, parts = frozen["source"], frozen["always_frozen"]
+    if src.get("allow_random"):
+        return _skip("frozen_identical", "frozen parts are RANDOM (trained with frozen_checkpoint.allow_random=true)")
+    state = ctx.ckpts[ctx.primary]["state_dict"]
+    changed = [p for p in parts if parts_digest(state, [p]) != src["part_digests"][p]]
+    if changed:
+        raise StageFailure(f"frozen part(s) {', '.join(changed)} differ from what was loaded from {src['path']}")
+    path = Path(src["path"])
+    if not path.is_file():
+        note = f"source {path} is gone: compared with the sha256 recorded at load time only"
+    else:
+        source = source_parts(load_checkpoint(path)["state_dict"], parts)
+        differ = [k for k, v in source.items() if not torch.equal(v, state[k])]
+        if differ:
+            raise StageFailure(f"{len(differ)} frozen tensor(s) differ from {path}, e.g. {differ[0]}")
+        same_file = sha256_file(path) == src["sha256"]
+        note = f"tensor by tensor against {path}" + ("" if same_file else " (the file changed since, these tensors did not)")
+    trained = [p for p in frozen["ever_trained"]]
+    return StageResult(name="frozen_identical", details=f"{', '.join(parts)} byte-identical to the source ({note})"
+                       + (f"; trained on purpose: {', '.join(trained)}" if trained else ""),
+                       metrics={"source": src["path"], "always_frozen": parts, "ever_trained": trained})
+
+
 @stage("progress")
 def progress(ctx) -> StageResult:
     if len(ctx.series) < 2:
@@ -104,7 +138,12 @@ def progress(ctx) -> StageResult:
 def weights_updated(ctx) -> StageResult:
     if len(ctx.series) < 2:
         return _skip("weights_updated", "needs at least two checkpoints of different epochs")
-    frozen = {n for n, p in ctx.fresh_task().named_parameters() if not p.requires_grad}
+    recorded = ctx.ckpts[ctx.series[-1]].get("frozen")
+    if recorded:  # parts frozen for the whole run (a homeostasis-unfrozen encoder may move)
+        frozen = {n for n in ctx.ckpts[ctx.series[-1]]["state_dict"] if n.split(".")[1:2] and
+                  n.split(".")[1] in recorded["always_frozen"]}
+    else:
+        frozen = {n for n, p in ctx.fresh_task().named_parameters() if not p.requires_grad}
     diffs = {}
     for a, b in zip(ctx.series, ctx.series[1:]):
         sa, sb = ctx.ckpts[a]["state_dict"], ctx.ckpts[b]["state_dict"]
@@ -186,7 +225,8 @@ def resume_exact(ctx) -> StageResult:
 def metrics(ctx) -> StageResult:
     epoch = ctx.ckpts[ctx.primary]["epoch"]
     trained = ctx.trained(ctx.primary).evaluate(ctx.datamodule(), epoch)
-    control = ctx.fresh_task().to(ctx.device).evaluate(ctx.datamodule(), epoch)
+    control_task, control_note = ctx.control_task()
+    control = control_task.to(ctx.device).evaluate(ctx.datamodule(), epoch)
     task_cls = type(ctx.fresh_task())
     higher, lower = getattr(task_cls, "higher_is_better", ()), getattr(task_cls, "lower_is_better", ())
     rows, flagged = {}, []
@@ -200,7 +240,7 @@ def metrics(ctx) -> StageResult:
                 flagged.append(name)
         rows[name] = row
     primary = getattr(task_cls, "primary_metric", None)
-    details = (f"{len(rows)} metrics beside an untrained control (same architecture and seed); "
+    details = (f"{len(rows)} metrics beside an untrained control ({control_note}); "
                + (f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"))
     if primary in flagged:
         raise StageFailure(f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "

@@ -113,6 +113,12 @@ def check_config(cfg: DictConfig) -> int:
         if isinstance(node, dict) and "_target_" in node:
             check_node(key, node, SUPPLIED.get(key, set()))
             checked += 1
+        elif key == "callbacks" and isinstance(node, dict):
+            for name, child in node.items():
+                if not (isinstance(child, dict) and "_target_" in child):
+                    raise UserError(f"callbacks.{name} must be a config node with a _target_")
+                check_node(f"callbacks.{name}", child, set())
+                checked += 1
     return checked
 
 

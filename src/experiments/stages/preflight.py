@@ -2,6 +2,7 @@
 import copy
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ class PreflightContext:
     task: Any = None
     datamodule: Any = None
     batches: int = 3
+    experiment: str | None = None     # the preset's name: its row of the frozen-checkpoint compatibility matrix
+    resume_from: Path | None = None   # the checkpoint a resumed run continues from
     _batches: list | None = field(default=None, repr=False)
 
     def real_batches(self) -> list:
@@ -117,3 +120,40 @@ def optimizer_step(ctx) -> StageResult:
                            f"optimizer, or lr 0?): {', '.join(stuck[:5])}")
     return StageResult(name="optimizer_step",
                        details=f"{len(before) - len(frozen)} trainable tensors moved, {len(frozen)} frozen stayed")
+
+
+@stage("frozen_checkpoint")
+def frozen_checkpoint(ctx) -> StageResult:
+    """Variants built on frozen parts: find, check and load them (checkpoint/frozen.py). Must run before
+    the stages that train a copy of the task."""
+    from omegaconf import OmegaConf
+
+    from experiments.checkpoint.frozen import load_frozen_parts
+
+    node = ctx.cfg.get("frozen_checkpoint")
+    if node is None:
+        return StageResult(name="frozen_checkpoint", status="skip", details="this experiment has no frozen parts")
+    node = OmegaConf.to_container(node, resolve=True)
+    account = load_frozen_parts(ctx.task, node, ctx.experiment, Path(ctx.cfg.paths.outputs), ctx.resume_from)
+    return StageResult(name="frozen_checkpoint", details=account, metrics={"source": dict(ctx.task.frozen_source)})
+
+
+@stage("frozen_coverage")
+def frozen_coverage(ctx) -> StageResult:
+    """Reconstruction coverage of the frozen path (decoder A on encoder A's mean) over all operations,
+    after loading: below frozen_checkpoint.min_coverage the run stops before training."""
+    node = ctx.cfg.get("frozen_checkpoint")
+    if node is None:
+        return StageResult(name="frozen_coverage", status="skip", details="this experiment has no frozen parts")
+    coverage = ctx.task.evaluate(ctx.datamodule)["coverage/recon_a"]
+    ctx.task.train()
+    threshold = float(node.get("min_coverage", 0.95))
+    if ctx.task.frozen_source.get("allow_random"):
+        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} from RANDOM frozen parts "
+                           f"(allow_random=true: threshold {threshold:.0%} not enforced)", metrics={"coverage": coverage})
+    if coverage < threshold:
+        raise StageFailure(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
+                           f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
+                           f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source")
+    return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",
+                       metrics={"coverage": coverage})
