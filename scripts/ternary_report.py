@@ -85,7 +85,7 @@ def main() -> int:
         origin = "RANDOM frozen parts (allow_random)"
     else:
         p = Path(source["path"])
-        origin = f"frozen parts from {p.parents[2].name}/{p.parents[1].name}/{p.name}"
+        origin = "frozen parts from " + "/".join(p.parts[-4:-2] + (p.name,))
     right.set_title(f"{config.get('experiment')}, {origin}", fontsize=9)
     fig.tight_layout()
     out = args.out or args.run_dir / "report" / "ternary_report.png"

@@ -68,6 +68,14 @@ def test_callback_refuses_a_task_without_encoder_a_in_the_optimizer():
         Homeostasis().setup(None, HyperbolicTernaryTask(HyperbolicTernaryVAE()), "fit")
 
 
+def test_callback_refuses_ddp():
+    from experiments.errors import UserError
+
+    task = HyperbolicTernaryTask(HyperbolicTernaryVAE(), encoder_b_lr_scale=0.1, encoder_a_lr_scale=0.05)
+    with pytest.raises(UserError, match="cannot run under DDP"):
+        Homeostasis().setup(SimpleNamespace(world_size=2), task, "fit")
+
+
 def test_a_frozen_encoder_does_not_move_under_adamw_weight_decay():
     torch.manual_seed(0)
     task = HyperbolicTernaryTask(HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1,

@@ -145,7 +145,7 @@ def test_partial_freeze_homeostasis_in_a_real_run_and_verified(source):
     src, trained = frozen_state(source["ckpt"]), frozen_state(run / "checkpoints" / "last.ckpt")
     assert all(torch.equal(src[k], trained[k]) for k in src if k.startswith("model.decoder_a."))
     assert not all(torch.equal(src[k], trained[k]) for k in src if k.startswith("model.encoder_b."))
-    v = verify(run, source["root"])  # resume_exact resumes across the controller's state
+    v = verify(run, source["root"])  # resume_exact restores the controller's state (A unfrozen) from the file
     assert v.returncode == 0, v.stdout + v.stderr
 
 

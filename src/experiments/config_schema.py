@@ -32,6 +32,7 @@ class TrainSchema:
     resume: Resume = Resume.auto
     preflight_only: bool = False
     progress_refresh_rate: int = 20
+    sweep_name: Any = None
     paths: Paths = field(default_factory=Paths)
     validation: Validation = field(default_factory=Validation)
     model: Any = None
@@ -53,9 +54,18 @@ def run_id(override_dirname: str) -> str:
     return name
 
 
+def gpu_precision() -> str:
+    """bf16 mixed precision where the GPU supports it (Ampere and later), else fp16 mixed."""
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+
+
 def register() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id)
+    if not OmegaConf.has_resolver("gpu_precision"):
+        OmegaConf.register_new_resolver("gpu_precision", gpu_precision)

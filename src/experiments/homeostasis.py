@@ -69,6 +69,11 @@ class Homeostasis(Callback):
         self.controller.load_state_dict(state)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer is not None and trainer.world_size > 1:
+            # DDP syncs gradients only of tensors that required them when the model was wrapped: an
+            # encoder unfrozen later would train apart on every process.
+            raise UserError("callbacks.homeostasis cannot run under DDP (trainer=ddp): use one process per run, "
+                            "or remove the homeostasis callback")
         if getattr(pl_module, "encoder_a_lr_scale", None) is None:
             raise UserError("callbacks.homeostasis needs encoder A in the optimizer: set task.encoder_a_lr_scale "
                             "(e.g. 0.05), or remove the homeostasis callback")

@@ -127,7 +127,8 @@ class CheckpointPolicy(Checkpoint):
         row.update({k: float(v) for k, v in getattr(pl_module, "epoch_metrics", {}).items()})
         row["time/epoch_s"] = time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter())
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
-        console_print(trainer, summary_line(row, getattr(pl_module, "summary_keys", ()), trainer.max_epochs))
+        if trainer.is_global_zero:
+            console_print(trainer, summary_line(row, getattr(pl_module, "summary_keys", ()), trainer.max_epochs))
         self._finished = self._is_final(trainer, epoch)
         names = []
         if (epoch + 1) % self.every_n_epochs == 0 or self._finished:
@@ -137,6 +138,8 @@ class CheckpointPolicy(Checkpoint):
         if self.save_last and ((epoch + 1) % self.last_every_n_epochs == 0 or self._finished or names):
             names.append(LAST)  # whenever anything is written, last.ckpt is the newest state
         self._write(trainer, names)
+        if not trainer.is_global_zero:  # DDP: one process owns the files
+            return
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
@@ -180,8 +183,8 @@ class CheckpointPolicy(Checkpoint):
         if not names:
             return
         first = self.dirpath / names[0]
-        trainer.save_checkpoint(first, weights_only=False)  # the full training state
-        for name in names[1:]:
+        trainer.save_checkpoint(first, weights_only=False)  # the full training state (written by rank 0 only)
+        for name in names[1:] if trainer.is_global_zero else ():
             copy_checkpoint(first, self.dirpath / name)
         self._last_saved_step = trainer.global_step
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from experiments.data import arc_format as af
-from experiments.data.epoch_sampler import EpochBatchSampler, batches_done
+from experiments.data.epoch_sampler import EpochBatchSampler, batches_done, shard
 
 FORMATS = ("decoder_only", "encoder_decoder", "champion")
 
@@ -198,7 +198,7 @@ class ArcDataModule(L.LightningDataModule):
                    f"context" if self.without_context else ""))
 
     def train_dataloader(self) -> ArcLoader:
-        return ArcLoader(self.train_examples, self.train_sampler, self.format, self.dihedral, self.colours, self.seed)
+        return ArcLoader(self.train_examples, shard(self.train_sampler, self.trainer), self.format, self.dihedral, self.colours, self.seed)
 
     def val_dataloader(self) -> EvalLoader:
         return EvalLoader(self.eval_examples, self.eval_batch_size)

@@ -32,8 +32,12 @@ class EpochBatchSampler(Sampler):
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
+        self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
         self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
         self.iterations: list[int] = []
+
+    def set_shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -47,12 +51,16 @@ class EpochBatchSampler(Sampler):
         batches = list(order.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.world > 1:  # every rank takes as many batches: the order wraps round to fill the last turn
+            per_rank = -(-len(batches) // self.world)
+            batches = (batches + batches[: per_rank * self.world - len(batches)])[self.rank::self.world]
         return batches
 
     def __len__(self) -> int:
         # Always the full epoch: Lightning counts batches already done when it resumes mid-epoch.
         full, rest = divmod(self.num_items, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        total = full + (1 if rest and not self.drop_last else 0)
+        return -(-total // self.world)
 
     def __iter__(self):
         self.iterations.append(self.epoch)
@@ -68,6 +76,21 @@ class EpochBatchSampler(Sampler):
             raise ValueError(f"checkpoint data order has seed {state['seed']}, this run has seed {self.seed}")
         self.epoch = state["epoch"]
         self.resume_at = (state["epoch"], state["batches_done"])
+
+
+def shard(sampler: EpochBatchSampler, trainer) -> EpochBatchSampler:
+    """Give a training sampler this process's share of each epoch under DDP (no-op on one process)."""
+    if trainer is not None:
+        sampler.set_shard(trainer.global_rank, trainer.world_size)
+    return sampler
+
+
+def sum_over_ranks(module, value: torch.Tensor) -> torch.Tensor:
+    """A per-process sum (e.g. of an epoch's training losses), summed over all DDP processes."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size == 1:
+        return value
+    return trainer.strategy.reduce(value.detach().double().to(module.device), reduce_op="sum").cpu()
 
 
 def batches_done(trainer) -> int:

@@ -6,7 +6,7 @@ Training batches are whole index tensors drawn from a permutation that is a pure
 import lightning as L
 import torch
 
-from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done
+from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done, shard
 
 NUM_TRITS = 9
 NUM_OPERATIONS = 3**NUM_TRITS
@@ -33,7 +33,7 @@ class TernaryOpsDataModule(L.LightningDataModule):
         self.train_sampler = EpochBatchSampler(len(self.operations), batch_size, seed, shuffle=True)
 
     def train_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.operations, self.train_sampler)
+        return BatchLoader(self.operations, shard(self.train_sampler, self.trainer))
 
     def val_dataloader(self) -> BatchLoader:
         # Validation scores every operation once, in order.

@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done
+from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done, shard
 
 
 def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
@@ -73,7 +73,7 @@ class VideoDataModule(L.LightningDataModule):
         self.train_sampler = EpochBatchSampler(len(self.train), batch_size, seed, shuffle=True)
 
     def train_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.train, self.train_sampler)
+        return BatchLoader(self.train, shard(self.train_sampler, self.trainer))
 
     def val_dataloader(self) -> BatchLoader:
         return BatchLoader(self.val, EpochBatchSampler(len(self.val), self.batch_size, self.seed, shuffle=False))

@@ -192,6 +192,10 @@ def resume_exact(ctx) -> StageResult:
 
     if ctx.device != "cpu":
         return _skip("resume_exact", "bit-for-bit comparison is promised on CPU only")
+    trainer_cfg = ctx.config.get("trainer", {})
+    if "ddp" in str(trainer_cfg.get("strategy", "")) and trainer_cfg.get("devices", 1) not in (1, "1"):
+        return _skip("resume_exact", f"a {trainer_cfg.get('devices')}-process DDP run is replayed by its own "
+                                     f"processes: rerun its train.py command (tests/test_ddp.py checks DDP resume)")
     pairs = [(a, b) for a, b in zip(ctx.series, ctx.series[1:])]
     if not pairs:
         return _skip("resume_exact", "no later checkpoint to resume towards")

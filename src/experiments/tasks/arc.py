@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
+from experiments.data.epoch_sampler import sum_over_ranks
 from experiments.metrics.arc import rank_attempts, score
 
 ALLOWED = list(range(10)) + [af.EOL, af.EOS]  # what a decoder may emit
@@ -82,7 +83,8 @@ class ArcTask(L.LightningModule):
         self._sum, self._tokens = torch.zeros(()), 0
 
     def on_train_epoch_end(self) -> None:
-        train = {"train/loss": (self._sum / max(1, self._tokens)).item(), "train/tokens": float(self._tokens)}
+        total = sum_over_ranks(self, torch.stack([self._sum.detach().double(), torch.tensor(float(self._tokens))]))
+        train = {"train/loss": (total[0] / max(1, total[1])).item(), "train/tokens": total[1].item()}
         self.epoch_metrics.update(train)
         self.log_dict(train)
 
@@ -95,7 +97,7 @@ class ArcTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("task_epoch_state")
-        if state is not None:
+        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
             self._sum, self._tokens = state["sum"].clone(), state["tokens"]
 
     # ---- evaluation ----
@@ -121,7 +123,8 @@ class ArcTask(L.LightningModule):
         self.last_results = self._results
         self.epoch_metrics.update(score(self._results))
         self.log_dict({k: v for k, v in self.epoch_metrics.items() if k.startswith("arc/")})
-        write_submission(self._results, Path(self.trainer.default_root_dir) / "submission.json")
+        if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
+            write_submission(self._results, Path(self.trainer.default_root_dir) / "submission.json")
 
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from experiments.data.epoch_sampler import sum_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS
 from experiments.metrics import ternary as tm
 from experiments.models.ternary_vae_v5_5 import DualVAE
@@ -101,7 +102,9 @@ class TernaryVAETask(L.LightningModule):
         self._batches = 0
 
     def on_train_epoch_end(self) -> None:
-        means = (self._sums / max(1, self._batches)).tolist()
+        sums = sum_over_ranks(self, self._sums)  # DDP: every process trained on its share of the batches
+        batches = sum_over_ranks(self, torch.tensor(float(self._batches))).item()
+        means = (sums / max(1, batches)).tolist()
         train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
         train["train/rho"] = self.rho(self.current_epoch)
         self.epoch_metrics.update(train)
@@ -204,5 +207,5 @@ class TernaryVAETask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("task_epoch_state")
-        if state is not None:
+        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
             self._sums, self._batches = state["sums"].clone(), state["batches"]

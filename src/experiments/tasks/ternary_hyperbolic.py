@@ -19,6 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from experiments.data.epoch_sampler import sum_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS, operation_index
 from experiments.errors import UserError
 from experiments.metrics import hyperbolic as hm
@@ -166,7 +167,9 @@ class HyperbolicTernaryTask(L.LightningModule):
         self._batches = 0
 
     def on_train_epoch_end(self) -> None:
-        means = (self._sums / max(1, self._batches)).tolist()
+        sums = sum_over_ranks(self, self._sums)  # DDP: every process trained on its share of the batches
+        batches = sum_over_ranks(self, torch.tensor(float(self._batches))).item()
+        means = (sums / max(1, batches)).tolist()
         train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
         self.epoch_metrics.update(train)
         self.log_dict(train)
@@ -202,8 +205,10 @@ class HyperbolicTernaryTask(L.LightningModule):
         levels = self.levels_of(cat["index"].to(self._levels.device)).cpu()
         metrics = {"coverage/recon_a": cat["ok"].float().mean().item()}
         i, j = hm.metric_pairs(NUM_OPERATIONS, self.metric_pairs, self.seed)
-        by_index = torch.empty_like(cat["index"])
+        by_index = torch.full((NUM_OPERATIONS,), -1, dtype=torch.long)
         by_index[cat["index"]] = torch.arange(len(cat["index"]))  # rows of operations i and j
+        present = (by_index[i] >= 0) & (by_index[j] >= 0)  # a partial validation scores the pairs it has
+        i, j = i[present], j[present]
         padic = hm.padic_distance(i, j)
         for side in ("a", "b"):
             z = cat[f"z_hyp_{side}"].double()
@@ -239,7 +244,7 @@ class HyperbolicTernaryTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("task_epoch_state")
-        if state is not None:
+        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
             self._sums, self._batches = state["sums"].clone(), state["batches"]
         frozen = checkpoint.get("frozen")
         if frozen is not None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from experiments.data.epoch_sampler import sum_over_ranks
+
 
 class VideoTask(L.LightningModule):
     summary_keys = ("train/loss", "val/mse", "val/psnr", "val/ssim", "codes/used_fraction", "codes/perplexity")
@@ -47,7 +49,8 @@ class VideoTask(L.LightningModule):
         self._sum, self._batches = torch.zeros(()), 0
 
     def on_train_epoch_end(self) -> None:
-        train = {"train/loss": (self._sum / max(1, self._batches)).item()}
+        total = sum_over_ranks(self, torch.stack([self._sum.detach().double(), torch.tensor(float(self._batches))]))
+        train = {"train/loss": (total[0] / max(1, total[1])).item()}  # DDP: over every process's batches
         self.epoch_metrics.update(train)
         self.log_dict(train)
 
@@ -60,7 +63,7 @@ class VideoTask(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("task_epoch_state")
-        if state is not None:
+        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
             self._sum, self._batches = state["sum"].clone(), state["batches"]
 
     # ---- evaluation ----

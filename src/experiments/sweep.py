@@ -1,0 +1,259 @@
+"""Multirun sweeps that resume and summarise themselves.
+
+Each job of a sweep lands in the same run directory as the same single run would (conf/hydra/default.yaml),
+so rerunning a sweep command resumes unfinished jobs and skips finished ones. The sweep's own directory,
+`<paths.outputs>/sweeps/<sweep id>`, holds:
+- `plan.json`: the jobs' overrides (grid sweeps), written at the start;
+- `jobs/<num>.json`: each job's record (overrides, experiment, run directory, status, exit code, error),
+  written by the job itself at its start and end, so a crashed or killed sweep leaves an honest trace;
+- `summary.csv`, `summary.md`, `summary.png`: each job's final metrics and mean +- std over seeds per
+  group of jobs that differ only in their seed. `scripts/summarize.py SWEEP_DIR` rebuilds them any time.
+The sweep id is `sweep_name` when set, else the sweep's overrides (minus those outside a run's identity).
+"""
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+ENV_DIR, ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
+SKIP = ("epoch", "global_step", "time/epoch_s")
+
+
+def _identity_overrides(overrides, exclude) -> list[str]:
+    return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude)
+
+
+def _group_exclude(config) -> list[str]:
+    """Keys that do not tell groups apart: those outside a run's identity, and the seed."""
+    return sorted((set(config.hydra.job.config.override_dirname.exclude_keys) - {"experiment"}) | {"seed"})
+
+
+def sweep_id(config) -> str:
+    """`sweep_name` (a sweep preset's), then the command's overrides that change results, including
+    overrides of the preset's sweeper params: `arc_ablation`, `arc_ablation,seed=0`, `experiment=a,b,seed=0,1`."""
+    from experiments.config_schema import run_id
+
+    exclude = set(config.hydra.job.config.override_dirname.exclude_keys) - {"experiment"}
+    prefix = "hydra.sweeper.params."
+    overrides = [o[len(prefix):] for o in config.hydra.overrides.hydra if o.startswith(prefix)]
+    overrides += list(config.hydra.overrides.task)
+    parts = ([str(config.sweep_name)] if config.get("sweep_name") else []) + _identity_overrides(overrides, exclude)
+    return run_id(",".join(parts))
+
+
+def plan(config) -> list[list[str]] | None:
+    """The grid the basic sweeper will run (None for other sweepers, e.g. Optuna, whose jobs are decided
+    as they go)."""
+    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)[0]
+
+
+class SweepSummary(Callback):
+    """Hydra callback: opens the sweep directory at the start of a multirun and writes the summary at
+    its end. Jobs find the directory through EXPERIMENTS_SWEEP_DIR (inherited by launcher processes)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sid = sweep_id(config)
+        directory = Path(str(config.paths.outputs)) / "sweeps" / sid
+        (directory / "jobs").mkdir(parents=True, exist_ok=True)
+        grid = plan(config)
+        if grid is not None:
+            (directory / "plan.json").write_text(json.dumps({"sweep_id": sid, "jobs": grid,
+                                                             "group_exclude": _group_exclude(config)}, indent=1) + "\n")
+        os.environ[ENV_DIR], os.environ[ENV_ID] = str(directory), sid
+        print(f"Sweep directory: {directory}", flush=True)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        directory = Path(os.environ.get(ENV_DIR, ""))
+        if not directory.is_dir():
+            return
+        summary = write_summary(directory)
+        print(summary["text"], flush=True)
+
+
+def record_job(status: str, exit_code: int | None = None, error: str | None = None) -> None:
+    """A job of a multirun writes its own record into the sweep directory (no-op outside a sweep)."""
+    directory = os.environ.get(ENV_DIR)
+    if not directory or any(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return  # outside a sweep, or an extra DDP process of a job
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    exclude = (set(hc.job.config.override_dirname.exclude_keys) - {"experiment"}) | {"seed"}
+    record = {"num": int(hc.job.num), "overrides": list(hc.overrides.task),
+              "group": " ".join(_identity_overrides(hc.overrides.task, exclude)),
+              "experiment": hc.runtime.choices.get("experiment"), "run_dir": str(hc.runtime.output_dir),
+              "status": status, "exit_code": exit_code, "error": error,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = Path(directory) / "jobs" / f"{record['num']:04d}.json"
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+# ---- the summary (also scripts/summarize.py) ----
+def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
+    """(last history row, run flags) of a job's last checkpoint; (None, {}) when it has none."""
+    from experiments.checkpoint.io import load_checkpoint
+    from experiments.errors import UserError
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        return None, {}
+    try:
+        ckpt = load_checkpoint(last)
+    except UserError:
+        return None, {}
+    history = ckpt.get("history") or []
+    return (history[-1] if history else None), dict(ckpt.get("run", {}), config=ckpt.get("config", {}))
+
+
+def _judged(task_target: str | None) -> list[str]:
+    """The metrics a family is judged on (primary first), from its task class."""
+    if not task_target:
+        return []
+    import importlib
+
+    module, _, name = task_target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    keys = [getattr(cls, "primary_metric", None)] + list(getattr(cls, "higher_is_better", ())) + \
+        list(getattr(cls, "lower_is_better", ()))
+    return list(dict.fromkeys(k for k in keys if k))
+
+
+def collect(directory: Path) -> list[dict]:
+    """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics."""
+    directory = Path(directory)
+    records = {}
+    for p in sorted((directory / "jobs").glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except ValueError:
+            continue
+        records[r["num"]] = r
+    planned, exclude = [], {"seed"}
+    if (directory / "plan.json").exists():
+        plan_data = json.loads((directory / "plan.json").read_text())
+        planned, exclude = plan_data["jobs"], set(plan_data["group_exclude"])
+    rows = []
+    for num in sorted(set(range(len(planned))) | set(records)):
+        rec = records.get(num, {})
+        overrides = rec.get("overrides") or (planned[num] if num < len(planned) else [])
+        row = {"job": num, "overrides": " ".join(overrides), "experiment": rec.get("experiment"),
+               "seed": next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"), "0"),
+               "run_dir": rec.get("run_dir"), "error": rec.get("error") or ""}
+        final, run = _final_row(Path(rec["run_dir"])) if rec.get("run_dir") else (None, {})
+        status = rec.get("status", "not started")
+        if status == "running":  # the job's process died without its end record
+            status = "incomplete"
+        if status == "finished" and not run.get("finished"):
+            status = "incomplete"
+        row["status"] = status
+        row["epochs"] = final["epoch"] + 1 if final else 0
+        row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and isinstance(v, (int, float))}
+        row["judged"] = _judged((run.get("config") or {}).get("task", {}).get("_target_"))
+        row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"
+        rows.append(row)
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); std is nan for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    return mean, std
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per group (jobs equal but for the seed): n finished jobs, mean and std of each metric."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "finished":
+            groups.setdefault(r["group"], []).append(r)
+    out = []
+    for name, members in groups.items():
+        keys = sorted(set.intersection(*(set(m["metrics"]) for m in members)))
+        stats = {k: mean_std([m["metrics"][k] for m in members]) for k in keys}
+        out.append({"group": name, "n": len(members), "seeds": [m["seed"] for m in members], "stats": stats,
+                    "judged": members[0]["judged"]})
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v != v else f"{v:.4g}"
+
+
+def write_summary(directory: Path) -> dict:
+    directory = Path(directory)
+    rows = collect(directory)
+    groups = aggregate(rows)
+    metric_keys = sorted({k for r in rows for k in r["metrics"]})
+    # CSV: one line per job, every final metric
+    import csv
+
+    with open(directory / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error"] + metric_keys)
+        for r in rows:
+            w.writerow([r["job"], r["experiment"], r["seed"], r["status"], r["epochs"], r["overrides"], r["run_dir"],
+                        r["error"]] + [repr(r["metrics"][k]) if k in r["metrics"] else "" for k in metric_keys])
+    shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:6]
+    lines = [f"# Sweep {directory.name}", "",
+             f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished.", "",
+             "## Mean +- std over seeds (sample std; n/a for one seed)", "",
+             "| " + " | ".join(["group", "n", "seeds", *shown]) + " |", "|" + " --- |" * (3 + len(shown))]
+    for g in groups:
+        cells = [f"{_fmt(g['stats'][k][0])} +- {_fmt(g['stats'][k][1])}" if k in g["stats"] else "" for k in shown]
+        lines.append("| " + " | ".join([g["group"], str(g["n"]), ",".join(g["seeds"]), *cells]) + " |")
+    lines += ["", "## Jobs", "", "| " + " | ".join(["job", "overrides", "status", "epochs", *shown, "error"]) + " |",
+              "|" + " --- |" * (5 + len(shown))]
+    for r in rows:
+        cells = [_fmt(r["metrics"][k]) if k in r["metrics"] else "" for k in shown]
+        lines.append("| " + " | ".join([str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells,
+                                        r["error"].replace("|", "/")]) + " |")
+    (directory / "summary.md").write_text("\n".join(lines) + "\n")
+    if groups and shown:
+        _bar_chart(groups, shown[0], directory / "summary.png")
+    failed = [r for r in rows if r["status"] != "finished"]
+    table = "\n".join(lines[6:8 + len(groups)])
+    text = f"Sweep summary: {directory}/summary.md (.csv, .png); {lines[2]}\n{table}"
+    if failed:
+        text += "\nNot finished: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
+                                               + (f": {r['error']}" if r["error"] else "") for r in failed)
+    return {"rows": rows, "groups": groups, "text": text}
+
+
+def _bar_chart(groups: list[dict], metric: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [g["group"].replace("experiment=", "").replace(" ", "\n") + f"\n(n={g['n']})" for g in groups]
+    means = [g["stats"].get(metric, (float("nan"),))[0] for g in groups]
+    stds = [0.0 if (s := g["stats"].get(metric, (0, 0))[1]) != s else s for g in groups]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4.8))
+    bars = ax.bar(range(len(groups)), means, yerr=stds, capsize=5, color="tab:blue", alpha=0.8)
+    ax.bar_label(bars, labels=[f"{m:.3g}" for m in means], fontsize=8, padding=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(names, fontsize=7, rotation=25, ha="right")
+    ax.set_ylabel(f"{metric} (mean +- std over seeds)")
+    ax.set_title(f"{path.parent.name}: final {metric}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

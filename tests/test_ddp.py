@@ -1,0 +1,68 @@
+"""trainer=ddp on CPU: two processes over gloo through the real train.py. Each process trains on half of
+every epoch's batches, one process prints, and a run killed (both processes) after a checkpoint resumes
+to the same weights as a run never stopped."""
+import os
+import signal
+import subprocess
+import time
+
+import torch
+
+from conftest import FAST, env, run_train, train_cmd
+
+DDP = ["experiment=ternary_v5_5", "trainer=ddp", *FAST, "trainer.max_epochs=3"]
+STEPS_PER_EPOCH = 39  # 77 batches of 256 over 19,683 operations, split over 2 processes (the last wraps round)
+
+
+def ckpt_dir(root):
+    (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    return run / "checkpoints"
+
+
+def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    r = run_train(*DDP, cwd=whole, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("epoch 3/3 |") == 1  # one process speaks
+    last = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH and last["run"]["finished"]
+    assert sorted(p.name for p in ckpt_dir(whole).iterdir() if not p.name.startswith(".")) == sorted(
+        ["best-epoch=0002.ckpt", "best-epoch=0002.ckpt.sha256", "epoch=0002.ckpt", "epoch=0002.ckpt.sha256",
+         "last.ckpt", "last.ckpt.sha256"])
+    assert [row["epoch"] for row in last["history"]] == [0, 1, 2]
+
+    # the same run, both processes killed once the first epoch's checkpoint is on disk, then rerun
+    p = subprocess.Popen(train_cmd(*DDP), cwd=killed, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    for line in p.stdout:
+        if line.startswith("epoch 1/3 |"):
+            break
+    deadline = time.time() + 60
+    while time.time() < deadline and not (ckpt_dir(killed) / "last.ckpt").exists():
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    assert torch.load(ckpt_dir(killed) / "last.ckpt", weights_only=True)["epoch"] in (0, 1)
+    r = run_train(*DDP, cwd=killed, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Resuming" in r.stdout
+    resumed = torch.load(ckpt_dir(killed) / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == last["global_step"]
+    differ = [k for k, v in last["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
+    assert not differ, differ[:5]
+    assert [r["train/loss"] for r in resumed["history"]] == [r["train/loss"] for r in last["history"]]
+
+
+def test_ddp_jobs_of_a_sweep_land_in_their_own_run_directories(tmp_path):
+    """Lightning restarts the command line for each extra process: in a multirun that would rerun the
+    whole sweep elsewhere; each job's processes must share the job's single-run directory instead."""
+    r = run_train("-m", "experiment=ternary_v5_5", "trainer=ddp", "seed=0,1", *FAST, "trainer.max_epochs=1",
+                  cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "outputs" / "ternary_v5_5").iterdir())
+    assert len(runs) == 2 and [("seed=0" in n, "seed=1" in n) for n in runs] == [(True, False), (False, True)]
+    for name in runs:
+        last = torch.load(tmp_path / "outputs" / "ternary_v5_5" / name / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == STEPS_PER_EPOCH and last["run"]["finished"]
+    assert "2 of 2 jobs finished" in r.stdout
