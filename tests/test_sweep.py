@@ -146,3 +146,17 @@ def test_slurm_launcher_config_composes():
     assert r.returncode == 0, r.stderr
     launcher = yaml.safe_load(r.stdout.replace("# @package hydra.launcher", ""))
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["max_num_timeout"] == 3
+
+
+def test_sigterm_stops_the_whole_sweep_after_saving(workdir):
+    p = start_train(*SWEEP, cwd=workdir)
+    for line in p.stdout:
+        if line.startswith("epoch 1/3"):  # the first job is training
+            p.send_signal(signal.SIGTERM)
+            break
+    out = p.stdout.read()
+    assert p.wait(timeout=120) == 143, out
+    assert "the sweep stops" in out and "Training" not in out  # no later job started
+    jobs = sorted((sweep_dir(workdir) / "jobs").glob("*.json"))
+    assert [json.loads(j.read_text())["status"] for j in jobs] == ["preempted"]
+    assert (Path(json.loads(jobs[0].read_text())["run_dir"]) / "checkpoints" / "last.ckpt").exists()

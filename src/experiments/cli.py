@@ -80,6 +80,9 @@ def _run(task_fn, config_name: str) -> None:
             # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.
             codes[-1] = 0
         if config_name == "train" and HydraConfig.get().mode == RunMode.MULTIRUN:
+            if code == 143:  # preempted: the whole sweep stops here; rerunning it resumes this job first
+                print("SIGTERM: the sweep stops; rerun the same command to resume it.", flush=True)
+                raise SystemExit(143)
             return _objective(cfg) if code == 0 else float("nan")  # what an Optuna sweep minimises/maximises
 
     try:
