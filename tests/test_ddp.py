@@ -66,3 +66,15 @@ def test_ddp_jobs_of_a_sweep_land_in_their_own_run_directories(tmp_path):
         last = torch.load(tmp_path / "outputs" / "ternary_v5_5" / name / "checkpoints" / "last.ckpt", weights_only=True)
         assert last["global_step"] == STEPS_PER_EPOCH and last["run"]["finished"]
     assert "2 of 2 jobs finished" in r.stdout
+
+
+def test_a_ddp_job_that_fails_does_not_take_the_sweep_down(tmp_path):
+    """Both processes of each job stop the same way (a coverage guard that cannot be met). Lightning's
+    watcher in rank 0 kills it when an extra process exits non-zero: the sweep must still run every job
+    and report each failure."""
+    guard = "callbacks={guard: {_target_: experiments.homeostasis.CoverageGuard, threshold: 1.01, stop: true}}"
+    r = run_train("-m", "experiment=ternary_v5_5", "trainer=ddp", "seed=0,1,2", guard, *FAST, "trainer.max_epochs=2",
+                  cwd=tmp_path, timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("Training ternary_v5_5") == 3 and "0 of 3 jobs finished" in r.stdout
+    assert r.stdout.count("error: coverage/recon_a fell to") == 3  # one report per job, from rank 0
