@@ -98,3 +98,28 @@ def test_coverage_guard_warns_or_stops(capsys):
         CoverageGuard(threshold=0.95, stop=True).on_validation_end(stub_trainer(3), task)
     task.epoch_metrics["coverage/recon_a"] = 0.96
     CoverageGuard(threshold=0.95, stop=True).on_validation_end(stub_trainer(3), task)  # no stop above it
+
+
+def test_encoder_a_refrozen_after_training_stops_moving_despite_adam_state():
+    torch.manual_seed(0)
+    task = HyperbolicTernaryTask(HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1,
+                                 encoder_a_lr_scale=0.05, ce_weight=1.0)
+    opt = task.configure_optimizers()
+    x = torch.randint(-1, 2, (64, 9)).float()
+
+    def step():
+        opt.zero_grad()
+        task.compute_loss(x)[0].backward()
+        opt.step()
+
+    task.unfreeze_encoder_a()
+    before_training = {k: v.clone() for k, v in task.model.encoder_a.state_dict().items()}
+    step()
+    step()
+    trained = {k: v.clone() for k, v in task.model.encoder_a.state_dict().items()}
+    assert any(not torch.equal(before_training[k], trained[k]) for k in trained)  # it did train
+    assert any(opt.state[p] for p in task.model.encoder_a.parameters())  # and has AdamW moments
+    task.set_trainable("encoder_a", False)
+    step()
+    step()
+    assert all(torch.equal(trained[k], v) for k, v in task.model.encoder_a.state_dict().items())
