@@ -50,6 +50,7 @@ def _run(task_fn, config_name: str) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from experiments.ranks import process_rank
         from experiments.sweep import record_job
 
         record = record_job if config_name == "train" else (lambda *a, **k: None)
@@ -75,7 +76,7 @@ def _run(task_fn, config_name: str) -> None:
         code = codes[-1]
         status = {0: "finished", 143: "preempted"}.get(code, "failed")
         record(status, code, error)
-        if code and any(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        if code and process_rank():
             # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
             # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.
             codes[-1] = 0
@@ -147,7 +148,7 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    # DDP: the tasks sum their epoch figures over processes themselves (data/epoch_sampler.sum_over_ranks)
+    # DDP: the tasks sum their epoch figures over processes themselves (data/epoch_sampler.totals_over_ranks)
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 

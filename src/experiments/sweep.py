@@ -18,6 +18,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiments.ranks import process_rank
+
 ENV_DIR, ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
 SKIP = ("epoch", "global_step", "time/epoch_s")
 
@@ -26,9 +28,10 @@ def _identity_overrides(overrides, exclude) -> list[str]:
     return sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in exclude)
 
 
-def _group_exclude(config) -> list[str]:
-    """Keys that do not tell groups apart: those outside a run's identity, and the seed."""
-    return sorted((set(config.hydra.job.config.override_dirname.exclude_keys) - {"experiment"}) | {"seed"})
+def _group_exclude(exclude_keys) -> list[str]:
+    """Keys that do not tell groups apart: those outside a run's identity (the experiment is in it, though
+    Hydra's list holds it because it names a folder), and the seed."""
+    return sorted((set(exclude_keys) - {"experiment"}) | {"seed"})
 
 
 def sweep_id(config) -> str:
@@ -68,7 +71,9 @@ class SweepSummary(Callback):
         grid = plan(config)
         if grid is not None:
             (directory / "plan.json").write_text(json.dumps({"sweep_id": sid, "jobs": grid,
-                                                             "group_exclude": _group_exclude(config)}, indent=1) + "\n")
+                                                             "group_exclude": _group_exclude(
+                                                                 config.hydra.job.config.override_dirname.exclude_keys)},
+                                                            indent=1) + "\n")
         os.environ[ENV_DIR], os.environ[ENV_ID] = str(directory), sid
         print(f"Sweep directory: {directory}", flush=True)
 
@@ -83,7 +88,7 @@ class SweepSummary(Callback):
 def record_job(status: str, exit_code: int | None = None, error: str | None = None) -> None:
     """A job of a multirun writes its own record into the sweep directory (no-op outside a sweep)."""
     directory = os.environ.get(ENV_DIR)
-    if not directory or any(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+    if not directory or process_rank():
         return  # outside a sweep, or an extra DDP process of a job
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -91,7 +96,7 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return
-    exclude = (set(hc.job.config.override_dirname.exclude_keys) - {"experiment"}) | {"seed"}
+    exclude = _group_exclude(hc.job.config.override_dirname.exclude_keys)
     record = {"num": int(hc.job.num), "overrides": list(hc.overrides.task),
               "group": " ".join(_identity_overrides(hc.overrides.task, exclude)),
               "experiment": hc.runtime.choices.get("experiment"), "run_dir": str(hc.runtime.output_dir),

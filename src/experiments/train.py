@@ -16,6 +16,7 @@ from experiments import run_dir as rd
 from experiments.callbacks import StepSeeding
 from experiments.checkpoint.io import AtomicCheckpointIO
 from experiments.errors import RunStopped, UserError
+from experiments.ranks import process_rank
 from experiments.stages.preflight import PreflightContext
 from experiments.stages.registry import run_stages
 
@@ -50,13 +51,6 @@ class TrainingBar(TQDMProgressBar):
         return Tqdm(disable=True)  # disabled at construction, so it never draws
 
 
-def process_rank() -> int:
-    """Non-zero in any extra DDP process (Lightning-started: LOCAL_RANK; srun-started: SLURM_PROCID), 0
-    in the process the user started. Any non-zero rank variable counts: a Lightning-started process
-    inside an interactive SLURM allocation inherits SLURM_PROCID=0."""
-    return max(int(os.environ.get(k) or 0) for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
 def ddp_child_command(local_rank: int):
     """Lightning starts each extra DDP process by rerunning the command line; for a Hydra app it appends
     `hydra.run.dir=<run.dir>`. A job of a multirun would then rerun the whole sweep (`-m` and the sweep
@@ -65,8 +59,7 @@ def ddp_child_command(local_rank: int):
     from hydra.utils import get_original_cwd
 
     hc = HydraConfig.get()
-    overrides = [o for o in hc.overrides.task]
-    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"), *overrides,
+    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"), *hc.overrides.task,
                f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
                "hydra.output_subdir=null", "hydra.mode=RUN"]
     return command, get_original_cwd()

@@ -8,6 +8,7 @@ the compatible checkpoints found under the outputs root.
 Which experiments a variant may load from is the `frozen_checkpoint.compatibility` matrix in config
 (conf/frozen_checkpoint/default.yaml); a checkpoint's experiment is the name its own config records.
 """
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,18 @@ def describe(candidates: list[Candidate], limit: int = 4) -> str:
 
 
 def source_parts(state: dict, parts) -> dict:
-    return {k: v for k, v in state.items() if k.split(".")[:2][-1] in parts and k.startswith("model.")}
+    """The entries of a task's state dict that belong to `parts` (keys `model.<part>.*`)."""
+    return {k: v for k, v in state.items() if k.startswith("model.") and k.split(".")[1] in parts}
+
+
+def parts_digest(state: dict, parts) -> str:
+    """sha256 over the tensors of `parts`, in key order: recorded per part when the frozen parts are
+    loaded, so that verify.py can prove them unchanged even without the source file."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(source_parts(state, parts).items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def check_fit(source: dict, own: dict, path: Path) -> None:
@@ -127,7 +139,7 @@ def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, 
 def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from: Path | None = None) -> str:
     """Find, check and load the frozen parts into `task.model`. Returns a one-line account; raises
     StageFailure with one line naming the problem."""
-    from experiments.tasks.ternary_hyperbolic import FROZEN_PARTS, parts_digest
+    from experiments.tasks.ternary_hyperbolic import FROZEN_PARTS
 
     matrix = node.get("compatibility") or {}
     if variant not in matrix:

@@ -85,12 +85,22 @@ def shard(sampler: EpochBatchSampler, trainer) -> EpochBatchSampler:
     return sampler
 
 
-def sum_over_ranks(module, value: torch.Tensor) -> torch.Tensor:
-    """A per-process sum (e.g. of an epoch's training losses), summed over all DDP processes."""
+def totals_over_ranks(module, sums: torch.Tensor, count: int) -> tuple[torch.Tensor, float]:
+    """An epoch's per-process sums (e.g. of training losses) and their count (batches, tokens), summed
+    over all DDP processes in one reduction; unchanged on one process."""
     trainer = module._trainer
     if trainer is None or trainer.world_size == 1:
-        return value
-    return trainer.strategy.reduce(value.detach().double().to(module.device), reduce_op="sum").cpu()
+        return sums, float(count)
+    flat = torch.cat([sums.detach().double().reshape(-1), torch.tensor([float(count)], dtype=torch.float64)])
+    flat = trainer.strategy.reduce(flat.to(module.device), reduce_op="sum").cpu()
+    return flat[:-1].reshape(sums.shape), flat[-1].item()
+
+
+def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
+    """A mid-epoch checkpoint's partial epoch sums (`task_epoch_state`). Under DDP they are rank 0's, so
+    only rank 0 takes them back: the others start from zero instead of counting rank 0's share twice."""
+    state = checkpoint.get("task_epoch_state")
+    return state if state is not None and not getattr(module._trainer, "global_rank", 0) else None
 
 
 def batches_done(trainer) -> int:

@@ -83,9 +83,8 @@ def predicts(ctx) -> StageResult:
 def frozen_identical(ctx) -> StageResult:
     """Variants built on frozen parts: the parts frozen for the whole run are byte-identical to the
     source checkpoint's (per-part sha256 recorded at load time; tensor by tensor when the file is there)."""
-    from experiments.checkpoint.frozen import source_parts
+    from experiments.checkpoint.frozen import parts_digest, source_parts
     from experiments.checkpoint.io import load_checkpoint, sha256_file
-    from experiments.tasks.ternary_hyperbolic import parts_digest
 
     frozen = ctx.ckpts[ctx.primary].get("frozen")
     if not frozen:
@@ -140,8 +139,9 @@ def weights_updated(ctx) -> StageResult:
         return _skip("weights_updated", "needs at least two checkpoints of different epochs")
     recorded = ctx.ckpts[ctx.series[-1]].get("frozen")
     if recorded:  # parts frozen for the whole run (a homeostasis-unfrozen encoder may move)
-        frozen = {n for n in ctx.ckpts[ctx.series[-1]]["state_dict"] if n.split(".")[1:2] and
-                  n.split(".")[1] in recorded["always_frozen"]}
+        from experiments.checkpoint.frozen import source_parts
+
+        frozen = set(source_parts(ctx.ckpts[ctx.series[-1]]["state_dict"], recorded["always_frozen"]))
     else:
         frozen = {n for n, p in ctx.fresh_task().named_parameters() if not p.requires_grad}
     diffs = {}

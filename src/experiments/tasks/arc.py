@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
-from experiments.data.epoch_sampler import sum_over_ranks
+from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.metrics.arc import rank_attempts, score
 
 ALLOWED = list(range(10)) + [af.EOL, af.EOS]  # what a decoder may emit
@@ -83,8 +83,8 @@ class ArcTask(L.LightningModule):
         self._sum, self._tokens = torch.zeros(()), 0
 
     def on_train_epoch_end(self) -> None:
-        total = sum_over_ranks(self, torch.stack([self._sum.detach().double(), torch.tensor(float(self._tokens))]))
-        train = {"train/loss": (total[0] / max(1, total[1])).item(), "train/tokens": total[1].item()}
+        total, tokens = totals_over_ranks(self, self._sum, self._tokens)  # DDP: every process's share
+        train = {"train/loss": (total / max(1, tokens)).item(), "train/tokens": tokens}
         self.epoch_metrics.update(train)
         self.log_dict(train)
 
@@ -96,8 +96,8 @@ class ArcTask(L.LightningModule):
         checkpoint["task_epoch_state"] = {"sum": self._sum.clone(), "tokens": self._tokens}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("task_epoch_state")
-        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
+        state = epoch_state_for_this_rank(self, checkpoint)
+        if state is not None:
             self._sum, self._tokens = state["sum"].clone(), state["tokens"]
 
     # ---- evaluation ----

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from experiments.data.epoch_sampler import sum_over_ranks
+from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS
 from experiments.metrics import ternary as tm
 from experiments.models.ternary_vae_v5_5 import DualVAE
@@ -102,8 +102,7 @@ class TernaryVAETask(L.LightningModule):
         self._batches = 0
 
     def on_train_epoch_end(self) -> None:
-        sums = sum_over_ranks(self, self._sums)  # DDP: every process trained on its share of the batches
-        batches = sum_over_ranks(self, torch.tensor(float(self._batches))).item()
+        sums, batches = totals_over_ranks(self, self._sums, self._batches)  # DDP: every process's share
         means = (sums / max(1, batches)).tolist()
         train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
         train["train/rho"] = self.rho(self.current_epoch)
@@ -206,6 +205,6 @@ class TernaryVAETask(L.LightningModule):
         checkpoint["task_epoch_state"] = {"sums": self._sums.clone(), "batches": self._batches}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("task_epoch_state")
-        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
+        state = epoch_state_for_this_rank(self, checkpoint)
+        if state is not None:
             self._sums, self._batches = state["sums"].clone(), state["batches"]

@@ -13,13 +13,11 @@ Loss (each weight 0 switches its term off; every term is summed over the A and B
   + hierarchy_weight * level-mean hierarchy + richness_weight * richness shortfall
   + separation_weight * separation + ce_weight * CE(decoder A on encoder A's mean) (v5.12)
 """
-import hashlib
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 
-from experiments.data.epoch_sampler import sum_over_ranks
+from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS, operation_index
 from experiments.errors import UserError
 from experiments.metrics import hyperbolic as hm
@@ -29,16 +27,6 @@ from experiments.models.ternary_vae_v5_11 import HyperbolicTernaryVAE
 
 TRAIN_TERMS = ("loss", "radial", "geodesic", "hierarchy", "richness", "separation", "ce")
 FROZEN_PARTS = ("encoder_a", "encoder_b", "decoder_a")  # loaded from the source checkpoint
-
-
-def parts_digest(state: dict, parts) -> str:
-    """sha256 over the tensors of `parts` (keys `model.<part>.*`), in key order: recorded per part when
-    the frozen parts are loaded, so that verify.py can prove them unchanged even without the source file."""
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if k.split(".")[1] in parts):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class HyperbolicTernaryTask(L.LightningModule):
@@ -167,8 +155,7 @@ class HyperbolicTernaryTask(L.LightningModule):
         self._batches = 0
 
     def on_train_epoch_end(self) -> None:
-        sums = sum_over_ranks(self, self._sums)  # DDP: every process trained on its share of the batches
-        batches = sum_over_ranks(self, torch.tensor(float(self._batches))).item()
+        sums, batches = totals_over_ranks(self, self._sums, self._batches)  # DDP: every process's share
         means = (sums / max(1, batches)).tolist()
         train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
         self.epoch_metrics.update(train)
@@ -196,8 +183,12 @@ class HyperbolicTernaryTask(L.LightningModule):
     @torch.no_grad()
     def evaluate(self, datamodule, epoch: int = 0) -> dict[str, float]:
         """The per-epoch validation figures, computed outside a Trainer (verify.py)."""
+        return self.evaluate_collected(self._embed_all(datamodule))
+
+    @torch.no_grad()
+    def _embed_all(self, datamodule) -> list[dict]:
         self.eval()
-        return self.evaluate_collected([self._embed(b.to(self.device)) for b in datamodule.val_dataloader()])
+        return [self._embed(b.to(self.device)) for b in datamodule.val_dataloader()]
 
     @torch.no_grad()
     def evaluate_collected(self, parts: list[dict]) -> dict[str, float]:
@@ -230,8 +221,7 @@ class HyperbolicTernaryTask(L.LightningModule):
     @torch.no_grad()
     def radii_by_level(self, datamodule, side: str = "b") -> tuple[torch.Tensor, torch.Tensor]:
         """(levels, Poincare radii) of all operations, for reports."""
-        self.eval()
-        parts = [self._embed(b.to(self.device)) for b in datamodule.val_dataloader()]
+        parts = self._embed_all(datamodule)
         index = torch.cat([p["index"] for p in parts]).cpu()
         z = torch.cat([p[f"z_hyp_{side}"] for p in parts]).cpu().double()
         return self.levels_of(index.to(self._levels.device)).cpu(), hm.poincare_radius(z)
@@ -243,8 +233,8 @@ class HyperbolicTernaryTask(L.LightningModule):
                                 "always_frozen": self.always_frozen()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("task_epoch_state")
-        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
+        state = epoch_state_for_this_rank(self, checkpoint)
+        if state is not None:
             self._sums, self._batches = state["sums"].clone(), state["batches"]
         frozen = checkpoint.get("frozen")
         if frozen is not None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from experiments.data.epoch_sampler import sum_over_ranks
+from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 
 
 class VideoTask(L.LightningModule):
@@ -49,8 +49,8 @@ class VideoTask(L.LightningModule):
         self._sum, self._batches = torch.zeros(()), 0
 
     def on_train_epoch_end(self) -> None:
-        total = sum_over_ranks(self, torch.stack([self._sum.detach().double(), torch.tensor(float(self._batches))]))
-        train = {"train/loss": (total[0] / max(1, total[1])).item()}  # DDP: over every process's batches
+        total, batches = totals_over_ranks(self, self._sum, self._batches)  # DDP: every process's share
+        train = {"train/loss": (total / max(1, batches)).item()}
         self.epoch_metrics.update(train)
         self.log_dict(train)
 
@@ -62,8 +62,8 @@ class VideoTask(L.LightningModule):
         checkpoint["task_epoch_state"] = {"sum": self._sum.clone(), "batches": self._batches}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("task_epoch_state")
-        if state is not None and not getattr(self._trainer, "global_rank", 0):  # DDP: the file holds rank 0's partial sums; only rank 0 takes them (no double count)
+        state = epoch_state_for_this_rank(self, checkpoint)
+        if state is not None:
             self._sum, self._batches = state["sum"].clone(), state["batches"]
 
     # ---- evaluation ----
