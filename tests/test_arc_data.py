@@ -53,20 +53,32 @@ def test_encoder_decoder_format_shifts_the_target(dm):
     assert batch["src"][0, : len(af.grid_tokens(ex.query[0])[0])].tolist() == af.grid_tokens(ex.query[0])[0].tolist()
 
 
-def test_champion_context_pairs_share_a_canvas_and_never_hold_the_query(dm):
-    dm.format = "champion"
-    for epoch in range(2):
-        dm.train_sampler.set_epoch(epoch)
-        for batch in dm.train_dataloader():
-            ctx = batch["context"]
-            assert ctx.shape[1:3] == (2, 2)
-            assert (ctx[:, :, :, 0, 0] != af.PAD).all(), "every context grid is non-empty"
-    for ex in dm.train_examples + dm.eval_examples:
+def context_grids(batch: dict, b: int) -> list[np.ndarray]:
+    """The four context grids (pair 0 in, out, pair 1 in, out) of example b, rebuilt from its cell sequence."""
+    cells, rows, cols, which = (batch[k][b] for k in ("context", "context_rows", "context_cols", "context_which"))
+    real = cells != af.PAD
+    grids = []
+    for k in range(4):
+        at = real & (which == k)
+        grid = np.full((int(rows[at].max()) + 1, int(cols[at].max()) + 1), -1)
+        grid[rows[at].numpy(), cols[at].numpy()] = cells[at].numpy()
+        grids.append(grid)
+    return grids
+
+
+def test_champion_context_holds_two_pairs_and_never_the_query(dm):
+    batch = collate(dm.train_examples + dm.eval_examples, "champion")
+    for b, ex in enumerate(dm.train_examples + dm.eval_examples):
+        real = batch["context"][b] != af.PAD
+        assert real.sum() == sum(g.size for pair in ex.context for g in pair), "a context cell is missing"
+        assert not real[int(real.sum()):].any(), "padding only after the cells"
+        grids = context_grids(batch, b)
+        assert all(g.shape == want.shape and (g == want).all() for g, want in
+                   zip(grids, [g for pair in ex.context for g in pair])), "the cells do not rebuild the context grids"
         for ci, co in ex.context:
             same = ci.shape == ex.query[0].shape and (ci == ex.query[0]).all() and \
                 co.shape == ex.query[1].shape and (co == ex.query[1]).all()
             assert not same, f"{ex.task}: the query is one of its own context pairs"
-    dm.format = "encoder_decoder"
 
 
 def test_no_context_query_leak_on_every_batch_of_an_epoch():
@@ -74,14 +86,13 @@ def test_no_context_query_leak_on_every_batch_of_an_epoch():
     dm.train_sampler.set_epoch(0)
     seen = 0
     for batch in dm.train_dataloader():
-        ctx, src = batch["context"], batch["src"]
+        src = batch["src"]
         for b in range(src.shape[0]):
             query = af.tokens_to_grid(src[b][src[b] != af.PAD].tolist())
-            for p in range(2):
-                inp = ctx[b, p, 0]
-                h = int((inp[:, 0] != af.PAD).sum())
-                w = int((inp[0] != af.PAD).sum())
-                assert not (query.shape == (h, w) and (inp[:h, :w].numpy() == query).all()), "query in its context"
+            grids = context_grids(batch, b)
+            assert all(g.size > 0 and (g >= 0).all() for g in grids), "every context grid is whole"
+            for inp in grids[0::2]:
+                assert not (query.shape == inp.shape and (inp == query).all()), "query in its context"
             seen += 1
     assert seen == len(dm.train_examples)
 
@@ -158,3 +169,15 @@ def test_augmentation_round_trips_every_arc_agi_1_task():
 def test_arc_agi_2_is_selectable():
     dm = ArcDataModule(version="arcagi2", max_tasks=2, max_side=8)
     assert dm.train_examples and dm.eval_examples
+
+
+def test_evaluation_batches_hold_every_output_once_in_order_of_input_length():
+    from experiments.data.arc import tokens_of
+
+    dm = ArcDataModule(format="champion", max_tasks=18, max_side=10, eval_batch_size=4)
+    batches = list(dm.val_dataloader())
+    assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1)
+    flat = [ex for b in batches for ex in b]
+    assert sorted((ex.task, ex.index) for ex in flat) == sorted((ex.task, ex.index) for ex in dm.eval_examples)
+    lengths = [tokens_of(ex, "champion", output=False) for ex in flat]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]

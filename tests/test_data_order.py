@@ -43,3 +43,39 @@ def test_the_epoch_reaches_the_sampler_in_a_real_fit(tmp_path):
                         default_root_dir=tmp_path)
     trainer.fit(task, datamodule=dm)
     assert dm.train_sampler.iterations == [0, 1, 2]
+
+
+def test_bucketed_order_is_a_permutation_of_every_example_in_every_epoch():
+    from experiments.data.arc import ArcDataModule, tokens_of
+
+    dm = ArcDataModule(format="champion", max_tasks=60, max_side=10, batch_size=4, bucket_window=4)
+    n = len(dm.train_examples)
+    lengths = torch.tensor([tokens_of(e, "champion") for e in dm.train_examples])
+    spreads, unbucketed = [], []
+    plain = EpochBatchSampler(n, 4, seed=0)
+    for epoch in range(4):
+        dm.train_sampler.set_epoch(epoch)
+        batches = list(dm.train_sampler)
+        order = torch.cat(batches)
+        assert sorted(order.tolist()) == list(range(n)), f"epoch {epoch} is not a permutation of the examples"
+        assert all(torch.equal(x, y) for x, y in zip(batches, dm.train_sampler.batch_indices(epoch))), "f(seed, epoch)"
+        spreads.append(sum(int(lengths[b].max() - lengths[b].min()) for b in batches))
+        unbucketed.append(sum(int(lengths[b].max() - lengths[b].min()) for b in plain.batch_indices(epoch)))
+    assert sum(spreads) < 0.5 * sum(unbucketed), (spreads, unbucketed)
+    dm.train_sampler.set_epoch(0)
+    first = [b.tolist() for b in dm.train_sampler]
+    dm.train_sampler.set_epoch(1)
+    assert first != [b.tolist() for b in dm.train_sampler], "each epoch draws new batches"
+
+
+def test_bucketed_order_shards_over_processes_and_resumes_mid_epoch():
+    lengths = torch.randint(5, 500, (103,), generator=torch.Generator().manual_seed(0))
+    whole = EpochBatchSampler(103, 8, seed=1, lengths=lengths, bucket_window=4)
+    shards = [EpochBatchSampler(103, 8, seed=1, lengths=lengths, bucket_window=4) for _ in range(2)]
+    for rank, s in enumerate(shards):
+        s.set_shard(rank, 2)
+    seen = torch.cat([b for s in shards for b in s.batch_indices(3)])
+    assert set(seen.tolist()) == set(range(103)), "the two processes together see every example"
+    whole.load_state_dict({"seed": 1, "epoch": 3, "batches_done": 5})
+    whole.set_epoch(3)
+    assert all(torch.equal(x, y) for x, y in zip(list(whole), whole.batch_indices(3)[5:]))

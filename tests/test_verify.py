@@ -210,3 +210,11 @@ def test_missing_required_key_fails_loadable_as_unusable_input(copy_run, tmp_pat
     r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
     assert r.returncode == 2 and "epoch=0003.ckpt lacks required key(s) ['rng']" in r.stderr
     assert not (copy_run / "checkpoints" / "verification").exists()
+
+
+def test_a_replay_failure_names_the_commit_that_wrote_the_checkpoint():
+    from experiments.checkpoint.policy import git_commit
+    from experiments.stages.checkpoint_stages import _other_code
+
+    assert "written by commit 0123abc" in _other_code({"framework": {"git_commit": "0123abc"}})
+    assert _other_code({"framework": {"git_commit": git_commit().split("+")[0]}}) == ""

@@ -45,9 +45,13 @@ def build(cfg: DictConfig):
 
 
 class TrainingBar(TQDMProgressBar):
-    """Lightning's bar for training only: validation is one short pass, summarised in the epoch line."""
+    """Lightning's bar for training. Validation is usually one short pass, summarised in the epoch line; a
+    task whose evaluation is long work (`long_validation = True`: ARC decodes every held-out output) gets
+    a bar for it too."""
 
     def init_validation_tqdm(self):
+        if getattr(self.trainer.lightning_module, "long_validation", False):
+            return super().init_validation_tqdm()
         return Tqdm(disable=True)  # disabled at construction, so it never draws
 
 

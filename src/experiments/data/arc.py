@@ -71,15 +71,20 @@ def augment(ex: Example, aug: af.Augmentation) -> Example:
                    [(aug(i), aug(o)) for i, o in ex.context])
 
 
-def _pad(seqs: list[np.ndarray], value: int) -> torch.Tensor:
-    out = np.full((len(seqs), max(len(s) for s in seqs)), value, dtype=np.int64)
+GRID_TOKENS = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1  # a 30x30 grid with its row ends and EOS
+
+
+def _pad(seqs: list[np.ndarray], value: int, length: int | None = None) -> torch.Tensor:
+    out = np.full((len(seqs), length or max(len(s) for s in seqs)), value, dtype=np.int64)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return torch.from_numpy(out)
 
 
-def collate(examples: list[Example], fmt: str) -> dict[str, torch.Tensor]:
-    """Batch tensors for one format, padded to the longest sequence of the batch (not to 30x30)."""
+def collate(examples: list[Example], fmt: str, full_size: bool = False) -> dict[str, torch.Tensor]:
+    """Batch tensors for one format, padded to the longest sequence of the batch; `full_size`: every grid
+    padded to 30x30 instead (the public code's layout, the baseline of scripts/bench_arc_throughput.py)."""
+    grid = GRID_TOKENS if full_size else None
     if fmt == "decoder_only":
         seqs, first_target = [], []
         for ex in examples:
@@ -87,7 +92,7 @@ def collate(examples: list[Example], fmt: str) -> dict[str, torch.Tensor]:
             out, _, _ = af.grid_tokens(ex.query[1])
             seqs.append(np.concatenate([src, [af.SEP], out]))
             first_target.append(len(src))  # position whose next token is the first output token
-        tokens = _pad(seqs, af.PAD)
+        tokens = _pad(seqs, af.PAD, grid and 2 * grid + 1)
         inputs, targets = tokens[:, :-1].clone(), tokens[:, 1:].clone()
         steps = torch.arange(targets.shape[1]).unsqueeze(0)
         targets[steps < torch.tensor(first_target).unsqueeze(1)] = af.PAD  # loss on output tokens only
@@ -96,27 +101,43 @@ def collate(examples: list[Example], fmt: str) -> dict[str, torch.Tensor]:
     out = [af.grid_tokens(ex.query[1])[0] for ex in examples]
     pos = [af.positions_of(o) for o in out]
     batch = {
-        "src": _pad([s[0] for s in src], af.PAD), "src_rows": _pad([s[1] for s in src], 0),
-        "src_cols": _pad([s[2] for s in src], 0),
-        "tgt_in": _pad([np.concatenate([[af.BOS], o[:-1]]) for o in out], af.PAD),
-        "tgt_rows": _pad([p[0] for p in pos], 0), "tgt_cols": _pad([p[1] for p in pos], 0),
-        "targets": _pad(out, af.PAD),
+        "src": _pad([s[0] for s in src], af.PAD, grid), "src_rows": _pad([s[1] for s in src], 0, grid),
+        "src_cols": _pad([s[2] for s in src], 0, grid),
+        "tgt_in": _pad([np.concatenate([[af.BOS], o[:-1]]) for o in out], af.PAD, grid),
+        "tgt_rows": _pad([p[0] for p in pos], 0, grid), "tgt_cols": _pad([p[1] for p in pos], 0, grid),
+        "targets": _pad(out, af.PAD, grid),
     }
     if fmt == "champion":
-        batch["context"] = context_tensor([ex.context for ex in examples])
+        batch.update(context_cells([ex.context for ex in examples], full_size))
     return batch
 
 
-def context_tensor(contexts: list[list]) -> torch.Tensor:
-    """(B, 2 pairs, 2 roles, H, W), PAD outside each grid; the grids of a pair share one canvas."""
-    h = max(max(g.shape[0] for pair in c for g in pair) for c in contexts)
-    w = max(max(g.shape[1] for pair in c for g in pair) for c in contexts)
-    out = torch.full((len(contexts), 2, 2, h, w), af.PAD, dtype=torch.long)
-    for b, c in enumerate(contexts):
-        for p, pair in enumerate(c):
-            for r, g in enumerate(pair):
-                out[b, p, r, : g.shape[0], : g.shape[1]] = torch.from_numpy(np.array(g, dtype=np.int64))
-    return out
+def context_cells(contexts: list[list], full_size: bool = False) -> dict[str, torch.Tensor]:
+    """The champion's context as one sequence per example: the cells of pair 0's input and output, then
+    pair 1's, each grid row-major, with each cell's row, column and grid (pair x role: 0-3); padded with
+    PAD to the longest of the batch. `full_size`: every grid padded to 30x30 first (3,600 cells)."""
+    cells, rows, cols, which = [], [], [], []
+    for context in contexts:
+        parts = []
+        for k, g in enumerate(g for pair in context for g in pair):
+            h, w = (af.MAX_SIDE, af.MAX_SIDE) if full_size else g.shape
+            canvas = np.full((h, w), af.PAD, dtype=np.int64)
+            canvas[: g.shape[0], : g.shape[1]] = g
+            parts.append((canvas.reshape(-1), np.repeat(np.arange(h), w), np.tile(np.arange(w), h), np.full(h * w, k)))
+        for out, i in ((cells, 0), (rows, 1), (cols, 2), (which, 3)):
+            out.append(np.concatenate([part[i] for part in parts]))
+    return {"context": _pad(cells, af.PAD), "context_rows": _pad(rows, 0), "context_cols": _pad(cols, 0),
+            "context_which": _pad(which, 0)}
+
+
+def tokens_of(ex: Example, fmt: str, output: bool = True) -> int:
+    """Tokens an example puts into a batch: its input, its output (`output`: when known, i.e. in
+    training), the champion's context cells. What batching by length groups on."""
+    grid = lambda g: g.shape[0] * (g.shape[1] + 1) + 1  # noqa: E731
+    n = grid(ex.query[0]) + (grid(ex.query[1]) if output else 0) + (fmt == "decoder_only")
+    if fmt == "champion":
+        n += sum(g.size for pair in ex.context for g in pair)
+    return n
 
 
 class ArcLoader:
@@ -126,9 +147,10 @@ class ArcLoader:
 
     batch_sampler = None
 
-    def __init__(self, examples, sampler: EpochBatchSampler, fmt: str, dihedral: bool, colours: bool, seed: int):
+    def __init__(self, examples, sampler: EpochBatchSampler, fmt: str, dihedral: bool, colours: bool, seed: int,
+                 full_size: bool = False):
         self.examples, self.sampler, self.fmt = examples, sampler, fmt
-        self.dihedral, self.colours, self.seed = dihedral, colours, seed
+        self.dihedral, self.colours, self.seed, self.full_size = dihedral, colours, seed, full_size
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -142,14 +164,17 @@ class ArcLoader:
                     rng = np.random.default_rng([self.seed, self.sampler.epoch, i])
                     ex = augment(ex, af.Augmentation.random(rng, self.dihedral, self.colours))
                 chosen.append(ex)
-            yield collate(chosen, self.fmt)
+            yield collate(chosen, self.fmt, self.full_size)
 
 
 class EvalLoader:
-    """Evaluation batches are lists of raw examples: the task decodes them itself."""
+    """Evaluation batches are lists of raw examples, `batch_size` held-out outputs each, the task decodes
+    them itself (all views of a batch together). Sorted by the length of what is known before decoding
+    (input and context), so that the sequences of a batch are alike and end at about the same step."""
 
-    def __init__(self, examples, batch_size: int):
-        self.examples, self.batch_size = examples, batch_size
+    def __init__(self, examples, batch_size: int, fmt: str):
+        self.examples = sorted(examples, key=lambda ex: tokens_of(ex, fmt, output=False))
+        self.batch_size = batch_size
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.batch_size)
@@ -163,7 +188,7 @@ class ArcDataModule(L.LightningDataModule):
     def __init__(self, format: str = "encoder_decoder", version: str = "arcagi", split: str = "subset",
                  max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
                  batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
-                 seed: int = 0):
+                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
@@ -171,6 +196,7 @@ class ArcDataModule(L.LightningDataModule):
             raise ValueError(f"data.split must be 'subset' or 'full', got {split!r}")
         self.format, self.batch_size, self.eval_batch_size = format, batch_size, eval_batch_size
         self.dihedral, self.colours, self.seed = dihedral, colours, seed
+        self.full_size_padding = full_size_padding  # the benchmark's padded baseline; never faster
         training, evaluation = load_tasks(version)
         if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
             tasks = select(training, max_tasks, max_side, task_ids)
@@ -188,7 +214,9 @@ class ArcDataModule(L.LightningDataModule):
             self.without_context = 0
         if not self.train_examples or not self.eval_examples:
             raise ValueError("the task selection holds no example; widen data.max_side or data.max_tasks")
-        self.train_sampler = EpochBatchSampler(len(self.train_examples), batch_size, seed, shuffle=True)
+        lengths = [tokens_of(e, format) for e in self.train_examples]
+        self.train_sampler = EpochBatchSampler(len(self.train_examples), batch_size, seed, shuffle=True,
+                                               lengths=lengths, bucket_window=bucket_window)
 
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
@@ -198,10 +226,11 @@ class ArcDataModule(L.LightningDataModule):
                    f"context" if self.without_context else ""))
 
     def train_dataloader(self) -> ArcLoader:
-        return ArcLoader(self.train_examples, shard(self.train_sampler, self.trainer), self.format, self.dihedral, self.colours, self.seed)
+        return ArcLoader(self.train_examples, shard(self.train_sampler, self.trainer), self.format, self.dihedral,
+                         self.colours, self.seed, self.full_size_padding)
 
     def val_dataloader(self) -> EvalLoader:
-        return EvalLoader(self.eval_examples, self.eval_batch_size)
+        return EvalLoader(self.eval_examples, self.eval_batch_size, self.format)
 
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}

@@ -1,4 +1,5 @@
-"""A batch sampler whose order is a pure function of (seed, epoch), resumable mid-epoch.
+"""A batch sampler whose order is a pure function of (seed, epoch), resumable mid-epoch; optionally
+grouped by length (bucketing), so that a batch of variable-length sequences pads little.
 
 Lightning calls `set_epoch` before each epoch; `iterations` records which epochs were really iterated
 so that a test (and the task) can check that the epoch reached the sampler.
@@ -26,11 +27,20 @@ class BatchLoader:
 
 
 class EpochBatchSampler(Sampler):
-    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False):
+    """`lengths` (one per item) with `bucket_window` > 0: each epoch's shuffled order is cut into windows
+    of `bucket_window` batches, each window sorted by length and cut into batches, and the batches of
+    the epoch shuffled. Every item still comes once an epoch, and the order is still f(seed, epoch)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                 lengths=None, bucket_window: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if bucket_window < 0:
+            raise ValueError(f"bucket_window must be >= 0 (0: no bucketing), got {bucket_window}")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.lengths = None if lengths is None or not bucket_window else torch.as_tensor(lengths)
+        self.bucket_window = bucket_window
         self.epoch = 0
         self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
         self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
@@ -43,14 +53,16 @@ class EpochBatchSampler(Sampler):
         self.epoch = epoch
 
     def batch_indices(self, epoch: int) -> list[torch.Tensor]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.num_items, generator=g)
-        else:
-            order = torch.arange(self.num_items)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_items, generator=g) if self.shuffle else torch.arange(self.num_items)
+        if self.lengths is not None:
+            windows = order.split(self.batch_size * self.bucket_window)
+            order = torch.cat([w[self.lengths[w].argsort(stable=True)] for w in windows])
         batches = list(order.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.lengths is not None and self.shuffle:  # no epoch runs from short to long
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         if self.world > 1:  # every rank takes as many batches: the order wraps round to fill the last turn
             per_rank = -(-len(batches) // self.world)
             batches = (batches + batches[: per_rank * self.world - len(batches)])[self.rank::self.world]

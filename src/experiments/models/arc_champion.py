@@ -2,14 +2,16 @@
 demonstration pairs of the task + a bridge that joins the context vector to every token.
 
 Context encoder: each context cell embedded (canonical colour, its true row and column, which pair,
-input or output role), one transformer layer over the non-pad cells of both pairs together (so output
-cells attend to input cells), then attention pooling with a learned query into one vector.
+input or output role), one transformer layer over the cells of both pairs together (so output cells
+attend to input cells), then attention pooling with a learned query into one vector. The cells come as
+one sequence per example (`data.arc.context_cells`), padding only at its end.
 Bridge: concat(token, context) -> Linear -> ReLU -> LayerNorm, on encoder and decoder inputs.
 """
 import torch
 from torch import nn
 
 from experiments.data.arc_format import PAD
+from experiments.models.arc_attention import attend, encoder_block, key_mask, keys_values_of, query_of
 from experiments.models.arc_encoder_decoder import EncoderDecoder
 from experiments.models.arc_layers import ColourEmbedding, canonical_colours, grid2d
 
@@ -25,18 +27,15 @@ class ContextEncoder(nn.Module):
         self.pool = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.out = nn.Linear(d_model, d_context)
 
-    def forward(self, context: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-        """context (B, 2, 2, H, W) -> (B, d_context)."""
-        b, pairs, roles, h, w = context.shape
-        rows = torch.arange(h, device=context.device).view(1, 1, 1, h, 1).expand_as(context)
-        cols = torch.arange(w, device=context.device).view(1, 1, 1, 1, w).expand_as(context)
-        which = (torch.arange(pairs * roles, device=context.device).view(1, pairs, roles, 1, 1)).expand_as(context)
-        flat = lambda t: t.reshape(b, -1)  # noqa: E731
-        cells = flat(context)
-        x = self.embed(cells, mapping) + grid2d(flat(rows), flat(cols), self.d_model) + self.pair_role(flat(which))
-        pad = cells == PAD
-        x = self.layer(x, src_key_padding_mask=pad)
-        pooled, _ = self.pool(self.query.expand(b, -1, -1), x, x, key_padding_mask=pad)
+    def forward(self, batch: dict, mapping: torch.Tensor) -> torch.Tensor:
+        """The context cells (B, N) with their rows, columns and grids -> (B, d_context)."""
+        cells, b = batch["context"], batch["context"].shape[0]
+        x = (self.embed(cells, mapping) + grid2d(batch["context_rows"], batch["context_cols"], self.d_model)
+             + self.pair_role(batch["context_which"]))
+        mask = key_mask(cells != PAD)
+        x = encoder_block(self.layer, x, mask)
+        pooled = attend(self.pool, query_of(self.pool, self.query.expand(b, -1, -1)), *keys_values_of(self.pool, x),
+                        mask)
         return self.out(pooled.squeeze(1))
 
 
@@ -60,11 +59,13 @@ class Champion(nn.Module):
 
     def colour_map(self, batch: dict):
         # first appearance over the context grids, then the query input: one relabelling for the task
-        reference = torch.cat([batch["context"].reshape(batch["context"].shape[0], -1), batch["src"]], dim=1)
+        reference = torch.cat([batch["context"], batch["src"]], dim=1)
         return canonical_colours(reference)
 
     def condition(self, batch: dict, mapping):
-        vector = self.context(batch["context"], mapping)
+        return self._bridge_to(self.context(batch, mapping))
+
+    def _bridge_to(self, vector: torch.Tensor):
         return lambda h: self.bridge(h, vector)
 
     def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:
@@ -79,3 +80,12 @@ class Champion(nn.Module):
         memory = self.encode(batch, mapping, condition)
         return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
                            condition)
+
+    # ---- decoding with a key/value cache: the core's, with the context vector kept beside its state ----
+    def start(self, batch: dict) -> dict:
+        colours = self.colour_map(batch)
+        vector = self.context(batch, colours[0])
+        return {**self.core.start(batch, colours, self._bridge_to(vector)), "context": vector}
+
+    def step(self, state: dict, tokens, rows, cols) -> torch.Tensor:
+        return self.core.step(state, tokens, rows, cols, self._bridge_to(state["context"]))

@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from experiments.data.arc_format import PAD, VOCAB
-from experiments.models.arc_layers import (CANONICAL_VOCAB, ColourEmbedding, canonical_colours, causal_mask,
-                                           from_canonical_logits, grid2d, positions_1d)
+from experiments.models.arc_attention import (KVCache, additive, decoder_block, decoder_block_step, encoder_block,
+                                              key_mask, keys_values_of)
+from experiments.models.arc_layers import (CANONICAL_VOCAB, ColourEmbedding, canonical_colours,
+                                           from_canonical_logits, grid2d, sinusoid)
 
 
 class EncoderDecoder(nn.Module):
@@ -21,6 +23,7 @@ class EncoderDecoder(nn.Module):
                              f"got {positions!r}, {colours!r}")
         self.d_model, self.positions, self.equivariant = d_model, positions, colours == "equivariant"
         self.embed = ColourEmbedding(d_model, self.equivariant)
+        # torch's layers hold the parameters; the computation is arc_attention's
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
             encoder_layers, enable_nested_tensor=False)
@@ -30,10 +33,11 @@ class EncoderDecoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, CANONICAL_VOCAB if self.equivariant else VOCAB)
 
-    def _position(self, tokens, rows, cols):
+    def _position(self, rows, cols, start: int = 0):
+        """Grid2D: each token's (row, col). 1D: its index, counted from `start` (the tokens decoded before)."""
         if self.positions == "grid2d":
             return grid2d(rows, cols, self.d_model)
-        return positions_1d(tokens.shape[1], self.d_model, tokens.device).unsqueeze(0)
+        return sinusoid(torch.arange(start, start + rows.shape[1], device=rows.device), self.d_model).unsqueeze(0)
 
     def colour_map(self, batch: dict):
         return canonical_colours(batch["src"]) if self.equivariant else (None, None)
@@ -43,23 +47,56 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:
         src = batch["src"]
-        h = self.embed(src, mapping) + self._position(src, batch["src_rows"], batch["src_cols"])
+        h = self.embed(src, mapping) + self._position(batch["src_rows"], batch["src_cols"])
         if condition is not None:
             h = condition(h)
-        return self.encoder(h, src_key_padding_mask=src == PAD)
+        mask = key_mask(src != PAD)
+        for layer in self.encoder.layers:
+            h = encoder_block(layer, h, mask)
+        return h
+
+    def _logits(self, h, mapping, absent):
+        logits = self.head(self.norm(h))
+        return from_canonical_logits(logits, mapping, absent) if self.equivariant else logits
 
     def decode(self, memory, batch: dict, tgt_in, rows, cols, mapping=None, absent=None, condition=None):
-        h = self.embed(tgt_in, mapping) + self._position(tgt_in, rows, cols)
+        h = self.embed(tgt_in, mapping) + self._position(rows, cols)
         if condition is not None:
             h = condition(h)
-        causal = causal_mask(tgt_in.shape[1], tgt_in.device)
-        out = self.decoder(h, memory, tgt_mask=causal, tgt_is_causal=True,
-                           tgt_key_padding_mask=tgt_in == PAD, memory_key_padding_mask=batch["src"] == PAD)
-        logits = self.head(self.norm(out))
-        return from_canonical_logits(logits, mapping, absent) if self.equivariant else logits
+        memory_mask = key_mask(batch["src"] != PAD)
+        for layer in self.decoder.layers:
+            h = decoder_block(layer, h, keys_values_of(layer.multihead_attn, memory), memory_mask)
+        return self._logits(h, mapping, absent)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Teacher-forced logits (B, L_tgt, VOCAB) over the original tokens."""
         mapping, absent = self.colour_map(batch)
         memory = self.encode(batch, mapping)
         return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent)
+
+    # ---- decoding with a key/value cache ----
+    def start(self, batch: dict, colours=None, condition=None) -> dict:
+        """Encode the sources once; the decoder's cross-attention keys and values of that memory are
+        computed here, once; its self-attention cache starts empty. The champion
+        passes its colour relabelling (`colours`: mapping, absent) and its bridge (`condition`)."""
+        mapping, absent = colours or self.colour_map(batch)
+        memory = self.encode(batch, mapping, condition)
+        return {
+            "cache": KVCache(len(self.decoder.layers)),
+            "memory_kv": [tuple(t.contiguous() for t in keys_values_of(layer.multihead_attn, memory))
+                          for layer in self.decoder.layers],  # contiguous: read at every step
+            "memory_mask": additive(key_mask(batch["src"] != PAD), memory.dtype), "mapping": mapping, "absent": absent,
+        }
+
+    def step(self, state: dict, tokens: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+             condition=None) -> torch.Tensor:
+        """Logits (B, VOCAB) of the next token, given the previous one (B,) and the (row, col) at which
+        the next one will stand."""
+        cache, mapping = state["cache"], state["mapping"]
+        h = self.embed(tokens[:, None], mapping) + self._position(rows[:, None], cols[:, None], cache.length)
+        if condition is not None:
+            h = condition(h)
+        for i, layer in enumerate(self.decoder.layers):
+            h = decoder_block_step(layer, cache, i, h, state["memory_kv"][i], state["memory_mask"])
+        cache.advance(1)
+        return self._logits(h, mapping, state["absent"])[:, 0]

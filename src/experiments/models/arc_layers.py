@@ -18,11 +18,6 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def causal_mask(length: int, device) -> torch.Tensor:
-    """True where attention is not allowed: position t sees positions 0..t."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
-
-
 def positions_1d(length: int, dim: int, device) -> torch.Tensor:
     return sinusoid(torch.arange(length, device=device), dim)
 

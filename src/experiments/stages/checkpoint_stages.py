@@ -220,9 +220,20 @@ def resume_exact(ctx) -> StageResult:
     differ = [k for k, v in target["state_dict"].items() if not torch.equal(v, resumed[k])]
     if differ:
         raise StageFailure(f"resuming {a.name} to epoch {target['epoch']} does not reproduce {b.name}: "
-                           f"{len(differ)} tensor(s) differ, e.g. {differ[0]}")
+                           f"{len(differ)} tensor(s) differ, e.g. {differ[0]}{_other_code(target)}")
     return StageResult(name="resume_exact", details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} "
                                                     f"epoch(s): bit-identical to {b.name}")
+
+
+def _other_code(checkpoint: dict) -> str:
+    """Why a replay may differ: the checkpoint was written by other code, which may round differently."""
+    from experiments.checkpoint.policy import git_commit
+
+    written, here = checkpoint.get("framework", {}).get("git_commit", "unknown"), git_commit()
+    if written.split("+")[0] == here.split("+")[0]:
+        return ""
+    return (f"; it was written by commit {written} and this is {here}: replay it with the code that wrote it "
+            f"(training code changed since may round differently)")
 
 
 @stage("metrics")

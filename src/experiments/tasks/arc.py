@@ -1,8 +1,9 @@
 """Training and honest evaluation of the ARC baselines.
 
 Training: teacher-forced cross-entropy on output tokens. Evaluation: greedy autoregressive decoding (no
-teacher forcing) of each held-out test output under `eval_augmentations` views of the task (the first is
-the identity), each mapped back before voting; the two most voted grids are attempts 1 and 2. The
+teacher forcing, through the model's key/value cache: `arc_decoding.py`) of each held-out test output
+under `eval_augmentations` views of the task (the first is the identity), all views of an evaluation
+batch decoded together, each mapped back before voting; the two most voted grids are attempts 1 and 2. The
 output's size is part of the prediction. Each evaluation writes `submission.json` (ARC Prize format) in
 the run directory; the end of training writes `predictions.png`.
 """
@@ -18,32 +19,7 @@ from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
 from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.metrics.arc import rank_attempts, score
-
-ALLOWED = list(range(10)) + [af.EOL, af.EOS]  # what a decoder may emit
-
-
-class GridState:
-    """Tracks one sequence being decoded; stops it as soon as it can no longer spell a grid."""
-
-    def __init__(self):
-        self.row, self.col, self.width, self.done = 0, 0, None, False
-
-    def position(self) -> tuple[int, int]:
-        return self.row, self.col
-
-    def push(self, token: int) -> None:
-        if token == af.EOS:
-            self.done = True
-        elif token == af.EOL:
-            if self.col == 0 or (self.width is not None and self.col != self.width):
-                self.done = True  # empty or ragged row: not a grid
-            self.width, self.row, self.col = self.col, self.row + 1, 0
-            if self.row > af.MAX_SIDE:
-                self.done = True
-        else:
-            self.col += 1
-            if self.col > af.MAX_SIDE or (self.width is not None and self.col > self.width):
-                self.done = True
+from experiments.tasks.arc_decoding import CachedSteps, FullRecomputation, greedy
 
 
 class ArcTask(L.LightningModule):
@@ -52,6 +28,7 @@ class ArcTask(L.LightningModule):
     higher_is_better = ("arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@1", "arc/exact_task@2",
                         "arc/cell_accuracy", "arc/right_shape")
     primary_metric = "arc/cell_accuracy"
+    long_validation = True  # decoding every held-out output: the progress bar shows it
 
     def __init__(self, model, format: str = "encoder_decoder", lr: float = 1e-3, weight_decay: float = 0.01,
                  eval_augmentations: int = 1, max_decode_tokens: int = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1,
@@ -120,11 +97,11 @@ class ArcTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self._evaluating():
             return
-        self.last_results = self._results
-        self.epoch_metrics.update(score(self._results))
+        self.last_results = in_task_order(self._results)
+        self.epoch_metrics.update(score(self.last_results))
         self.log_dict({k: v for k, v in self.epoch_metrics.items() if k.startswith("arc/")})
         if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
-            write_submission(self._results, Path(self.trainer.default_root_dir) / "submission.json")
+            write_submission(self.last_results, Path(self.trainer.default_root_dir) / "submission.json")
 
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:
@@ -138,7 +115,7 @@ class ArcTask(L.LightningModule):
         results = []
         for examples in datamodule.val_dataloader():
             results += self.predict(examples)
-        return score(results)
+        return score(in_task_order(results))
 
     @torch.no_grad()
     def check_outputs(self, examples: list) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -151,79 +128,31 @@ class ArcTask(L.LightningModule):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def predict(self, examples: list) -> list[dict]:
-        """Results for `score`: each test output with its two attempts, voted over the views."""
+    def predict(self, examples: list, cached: bool = True) -> list[dict]:
+        """Results for `score`: each test output with its two attempts, voted over the views. All views of
+        all the given outputs are decoded together, as one batch."""
         was_training = self.training
         self.eval()
+        views = self.views()
+        seen = [augment(ex, view) for ex in examples for view in views]
         candidates = [[] for _ in examples]
-        for view in self.views():
-            seen = [augment(ex, view) for ex in examples]
-            for i, tokens in enumerate(self.greedy(seen)):
-                grid = af.tokens_to_grid(tokens)
-                candidates[i].append(None if grid is None else view.invert(grid))
+        for j, tokens in enumerate(self.greedy(seen, cached)):
+            grid = af.tokens_to_grid(tokens)
+            candidates[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
         self.train(was_training)
         return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1],
                  "attempts": rank_attempts(c, 2)} for ex, c in zip(examples, candidates)]
 
-    def greedy(self, examples: list) -> list[list[int]]:
-        """Autoregressive greedy decoding of each example's output from its input (and context)."""
-        n = len(examples)
-        states, generated = [GridState() for _ in range(n)], [[] for _ in range(n)]
-        allowed = torch.full((af.VOCAB,), float("-inf"), device=self.device)
-        allowed[ALLOWED] = 0.0
-        if self.format == "decoder_only":
-            prompts = [np.append(af.grid_tokens(ex.query[0])[0], af.SEP) for ex in examples]
-            step = self._decoder_only_step(prompts)
-        else:
-            step = self._encoder_decoder_step(examples)
-        for _ in range(self.max_decode_tokens):
-            active = [i for i in range(n) if not states[i].done]
-            if not active:
-                break
-            logits = step(generated, states)
-            chosen = (logits + allowed).argmax(-1).tolist()
-            for i in active:
-                generated[i].append(chosen[i])
-                states[i].push(chosen[i])
-        return generated
+    def greedy(self, examples: list, cached: bool = True, record: list | None = None) -> list[list[int]]:
+        """Greedy decoding of each example's output from its input (and context): through the model's
+        key/value cache, or (`cached=False`, the reference) by full recomputation at every step."""
+        steps = (CachedSteps if cached else FullRecomputation)(self.model, self.format, examples, self.device)
+        return greedy(steps, self.format, len(examples), self.max_decode_tokens, self.device, record)
 
-    def _encoder_decoder_step(self, examples):
-        batch = self._to_device(collate(examples, self.format))
-        mapping, absent = self.model.colour_map(batch)
-        condition = self.model.condition(batch, mapping)
-        memory = self.model.encode(batch, mapping, condition)
-        rows, cols = [[] for _ in examples], [[] for _ in examples]
 
-        def step(generated, states):
-            for i, s in enumerate(states):
-                r, c = s.position()
-                rows[i].append(r)
-                cols[i].append(c)
-            length = len(rows[0])
-            tgt = torch.full((len(examples), length), af.PAD, dtype=torch.long)
-            tgt[:, 0] = af.BOS
-            for i, g in enumerate(generated):
-                tgt[i, 1: len(g) + 1] = torch.tensor(g[: length - 1], dtype=torch.long)
-            tgt = tgt.to(self.device)
-            r = torch.tensor(rows, device=self.device).clamp(max=af.MAX_SIDE)
-            c = torch.tensor(cols, device=self.device).clamp(max=af.MAX_SIDE)
-            return self.model.decode(memory, batch, tgt, r, c, mapping, absent, condition)[:, -1]
-
-        return step
-
-    def _decoder_only_step(self, prompts):
-        def step(generated, states):
-            seqs = [np.concatenate([p, g]) if g else p for p, g in zip(prompts, generated)]
-            length = max(len(s) for s in seqs)
-            tokens = torch.full((len(seqs), length), af.PAD, dtype=torch.long)
-            last = []
-            for i, s in enumerate(seqs):
-                tokens[i, : len(s)] = torch.as_tensor(s)
-                last.append(len(s) - 1)
-            logits = self.model({"tokens": tokens.to(self.device)})
-            return logits[torch.arange(len(seqs)), torch.tensor(last)]
-
-        return step
+def in_task_order(results: list[dict]) -> list[dict]:
+    """Results by (task, output index): evaluation batches run in order of length."""
+    return sorted(results, key=lambda r: (r["task"], r["index"]))
 
 
 def write_submission(results: list[dict], path: Path) -> None:
