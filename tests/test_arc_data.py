@@ -127,9 +127,9 @@ def test_scoring_wrong_shape_is_wrong_and_pass_at_2():
     assert am.cell_accuracy(padded, target) == 0.0  # right cells inside a wrong shape earn nothing
     assert am.cell_accuracy(np.array([[1, 2], [3, 0]]), target) == 0.75
     results = [
-        {"task": "a", "attempts": [padded, target], "target": target},
-        {"task": "a", "attempts": [target, None], "target": target},
-        {"task": "b", "attempts": [None, None], "target": target},
+        {"task": "a", "index": 0, "attempts": [padded, target], "target": target},
+        {"task": "a", "index": 1, "attempts": [target, None], "target": target},
+        {"task": "b", "index": 0, "attempts": [None, None], "target": target},
     ]
     s = am.score(results)
     assert s["arc/exact_output@1"] == pytest.approx(1 / 3) and s["arc/exact_output@2"] == pytest.approx(2 / 3)
@@ -164,6 +164,29 @@ def test_augmentation_round_trips_every_arc_agi_1_task():
             aug = af.Augmentation(k, np.concatenate([[0], 1 + rng.permutation(9)]))
             for g in grids:
                 assert (aug.invert(aug(g)) == g).all(), task.id
+
+
+def test_arc_small_is_every_training_task_that_fits_10x10():
+    from omegaconf import OmegaConf
+
+    from experiments.cli import CONF_DIR
+
+    cfg = {k: v for k, v in OmegaConf.load(CONF_DIR / "data" / "arc_small.yaml").items() if k != "defaults"}
+    dm = ArcDataModule(**cfg)
+    assert len({e.task for e in dm.eval_examples}) == 178
+    assert (len(dm.train_examples), len(dm.eval_examples)) == (587, 190)
+    assert all(max(g.shape) <= 10 for e in dm.train_examples + dm.eval_examples for g in e.query)
+
+
+def test_per_output_record_of_one_result():
+    target = np.array([[1, 2], [3, 4]])
+    row = am.output_record({"task": "t", "index": 1, "attempts": [np.array([[1, 2], [3, 0]]), target],
+                            "target": target, "nll_bits": 0.5, "tokens": 7})
+    assert row == {"task": "t", "index": 1, "exact@1": 0, "exact@2": 1, "right_shape": 1, "cell_accuracy": 0.75,
+                   "nll_bits": 0.5, "tokens": 7}
+    s = am.score([{"task": "t", "index": 0, "attempts": [target, None], "target": target, "nll_bits": 1.5},
+                  {"task": "t", "index": 1, "attempts": [None, None], "target": target, "nll_bits": 0.5}])
+    assert s["arc/test_nll"] == 1.0  # the mean over outputs of each output's bits per token
 
 
 def test_arc_agi_2_is_selectable():

@@ -118,6 +118,24 @@ def test_arc_ablation_preset_plans_five_baselines_times_three_seeds():
                                                          for s in range(3))
     assert full.hydra.mode.name == "MULTIRUN" and sweep_id(full) == "arc_ablation"
     assert len(plan(quick)) == 5 and sweep_id(quick) == "arc_ablation,seed=0"  # its own sweep directory
+    assert list(full.sweep_chain) == experiments  # the comparison steps, each adding one component
+
+
+def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
+    from hydra import compose, initialize_config_dir
+
+    from experiments.cli import CONF_DIR
+    from experiments.config_schema import register
+    from experiments.sweep import plan
+
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["sweep=arc_ablation_cpu"], return_hydra_config=True)
+        job = compose("train", overrides=plan(cfg)[0])
+    jobs = plan(cfg)
+    assert len(jobs) == 10 and all("data=arc_small" in j for j in jobs)
+    assert sorted({j[0] for j in jobs}) == sorted(f"experiment={e}" for e in cfg.sweep_chain)
+    assert job.data.max_tasks is None and job.data.max_side == 10 and job.trainer.max_epochs == 80
 
 
 def test_optuna_sweep_returns_each_jobs_monitor_as_its_objective(workdir):

@@ -33,6 +33,7 @@ class TrainSchema:
     preflight_only: bool = False
     progress_refresh_rate: int = 20
     sweep_name: Any = None
+    sweep_chain: Any = None        # [experiment, ...]: the steps of a sweep's paired comparisons
     paths: Paths = field(default_factory=Paths)
     validation: Validation = field(default_factory=Validation)
     model: Any = None

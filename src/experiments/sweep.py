@@ -7,7 +7,11 @@ so rerunning a sweep command resumes unfinished jobs and skips finished ones. Th
 - `jobs/<num>.json`: each job's record (overrides, experiment, run directory, status, exit code, error),
   written by the job itself at its start and end, so a crashed or killed sweep leaves an honest trace;
 - `summary.csv`, `summary.md`, `summary.png`: each job's final metrics and mean +- std over seeds per
-  group of jobs that differ only in their seed. `scripts/summarize.py SWEEP_DIR` rebuilds them any time.
+  group of jobs that differ only in their seed;
+- `comparisons.csv`, `comparisons.png` (and a table in `summary.md`): paired, per-output comparisons of
+  each step of the sweep's chain (`sweep_chain`, else consecutive groups), for families that write
+  per-output records (comparisons.py).
+`scripts/summarize.py SWEEP_DIR` rebuilds them any time.
 The sweep id is `sweep_name` when set, else the sweep's overrides (minus those outside a run's identity).
 """
 import json
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiments import comparisons
 from experiments.ranks import process_rank
 
 ENV_DIR, ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
@@ -70,7 +75,8 @@ class SweepSummary(Callback):
         (directory / "jobs").mkdir(parents=True, exist_ok=True)
         grid = plan(config)
         if grid is not None:
-            (directory / "plan.json").write_text(json.dumps({"sweep_id": sid, "jobs": grid,
+            chain = list(config.get("sweep_chain") or []) or None
+            (directory / "plan.json").write_text(json.dumps({"sweep_id": sid, "jobs": grid, "chain": chain,
                                                              "group_exclude": _group_exclude(
                                                                  config.hydra.job.config.override_dirname.exclude_keys)},
                                                             indent=1) + "\n")
@@ -125,16 +131,21 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
     return (history[-1] if history else None), dict(ckpt.get("run", {}), config=ckpt.get("config", {}))
 
 
-def _judged(task_target: str | None) -> list[str]:
-    """The metrics a family is judged on (primary first), from its task class."""
+def _task_class(task_target: str | None):
     if not task_target:
-        return []
+        return None
     import importlib
 
     module, _, name = task_target.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
+        return None
+
+
+def _judged(cls) -> list[str]:
+    """The metrics a family is judged on (primary first), from its task class."""
+    if cls is None:
         return []
     keys = [getattr(cls, "primary_metric", None)] + list(getattr(cls, "higher_is_better", ())) + \
         list(getattr(cls, "lower_is_better", ()))
@@ -171,7 +182,8 @@ def collect(directory: Path) -> list[dict]:
         row["status"] = status
         row["epochs"] = final["epoch"] + 1 if final else 0
         row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and isinstance(v, (int, float))}
-        row["judged"] = _judged((run.get("config") or {}).get("task", {}).get("_target_"))
+        row["task_class"] = _task_class((run.get("config") or {}).get("task", {}).get("_target_"))
+        row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"
         rows.append(row)
     return rows
@@ -196,7 +208,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         keys = sorted(set.intersection(*(set(m["metrics"]) for m in members)))
         stats = {k: mean_std([m["metrics"][k] for m in members]) for k in keys}
         out.append({"group": name, "n": len(members), "seeds": [m["seed"] for m in members], "stats": stats,
-                    "judged": members[0]["judged"]})
+                    "judged": members[0]["judged"], "experiment": members[0]["experiment"],
+                    "run_dirs": [m["run_dir"] for m in members], "task_class": members[0]["task_class"]})
     return out
 
 
@@ -218,7 +231,7 @@ def write_summary(directory: Path) -> dict:
         for r in rows:
             w.writerow([r["job"], r["experiment"], r["seed"], r["status"], r["epochs"], r["overrides"], r["run_dir"],
                         r["error"]] + [repr(r["metrics"][k]) if k in r["metrics"] else "" for k in metric_keys])
-    shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:6]
+    shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
     lines = [f"# Sweep {directory.name}", "",
              f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished.", "",
              "## Mean +- std over seeds (sample std; n/a for one seed)", "",
@@ -232,6 +245,10 @@ def write_summary(directory: Path) -> dict:
         cells = [_fmt(r["metrics"][k]) if k in r["metrics"] else "" for k in shown]
         lines.append("| " + " | ".join([str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells,
                                         r["error"].replace("|", "/")]) + " |")
+    paired = _paired_comparisons(directory, groups)
+    if paired:
+        lines += ["", "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)", "",
+                  *comparisons.markdown(paired)]
     (directory / "summary.md").write_text("\n".join(lines) + "\n")
     if groups and shown:
         _bar_chart(groups, shown[0], directory / "summary.png")
@@ -241,7 +258,22 @@ def write_summary(directory: Path) -> dict:
     if failed:
         text += "\nNot finished: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
                                                + (f": {r['error']}" if r["error"] else "") for r in failed)
-    return {"rows": rows, "groups": groups, "text": text}
+    if paired:
+        text += "\nPaired comparisons:\n" + "\n".join(comparisons.markdown(paired))
+    return {"rows": rows, "groups": groups, "comparisons": paired, "text": text}
+
+
+def _paired_comparisons(directory: Path, groups: list[dict]) -> list[dict]:
+    """comparisons.csv and .png for the sweep's chain (plan.json), when its family writes per-output records."""
+    task_cls = next((g["task_class"] for g in groups if g["task_class"] is not None), None)
+    plan_path = directory / "plan.json"
+    chain = json.loads(plan_path.read_text()).get("chain") if plan_path.exists() else None
+    rows = comparisons.comparisons(groups, chain, task_cls) if task_cls is not None else []
+    if rows:
+        comparisons.write_csv(rows, directory / "comparisons.csv")
+        comparisons.draw(rows, directory / "comparisons.png", directory.name,
+                         set(getattr(task_cls, "higher_is_better", ())))
+    return rows
 
 
 def _bar_chart(groups: list[dict], metric: str, path: Path) -> None:

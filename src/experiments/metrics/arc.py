@@ -30,20 +30,47 @@ def rank_attempts(candidates: list[np.ndarray | None], k: int = 2) -> list[np.nd
     return [grids[key] for key in ranked[:k]] + [None] * (k - len(ranked[:k]))
 
 
+def output_record(r: dict) -> dict:
+    """One held-out output's row of `per_output.csv`: task, index, exact@1, exact@2 (pass@2), right_shape,
+    cell_accuracy (of attempt 1), nll_bits (teacher-forced, bits per output token) and tokens (the true
+    output's tokens, row ends and EOS included); nan / 0 where the result carries no likelihood."""
+    first, target = r["attempts"][0], r["target"]
+    return {"task": r["task"], "index": r["index"], "exact@1": int(exact(first, target)),
+            "exact@2": int(any(exact(a, target) for a in r["attempts"][:2])),
+            "right_shape": int(first is not None and first.shape == target.shape),
+            "cell_accuracy": cell_accuracy(first, target), "nll_bits": float(r.get("nll_bits", float("nan"))),
+            "tokens": int(r.get("tokens", 0))}
+
+
 def score(results: list[dict]) -> dict[str, float]:
-    """results: one dict per test output: task, attempts [grid|None, grid|None], target.
-    Exact match per output and per task (a task counts when all its outputs are right) with 1 and 2
-    attempts (pass@2), cell accuracy of attempt 1, and how many attempt-1 grids had the right shape."""
+    """results: one dict per test output: task, attempts [grid|None, grid|None], target, and (optional)
+    nll_bits. Exact match per output and per task (a task counts when all its outputs are right) with 1
+    and 2 attempts (pass@2), cell accuracy of attempt 1, how many attempt-1 grids had the right shape, and
+    the held-out likelihood: bits per output token, averaged over outputs."""
     if not results:
         return {}
-    at1 = [exact(r["attempts"][0], r["target"]) for r in results]
-    at2 = [any(exact(a, r["target"]) for a in r["attempts"][:2]) for r in results]
-    tasks = sorted({r["task"] for r in results})
-    by_task = lambda ok: [all(o for o, r in zip(ok, results) if r["task"] == t) for t in tasks]  # noqa: E731
-    shape = [r["attempts"][0] is not None and r["attempts"][0].shape == r["target"].shape for r in results]
-    return {
-        "arc/exact_output@1": float(np.mean(at1)), "arc/exact_output@2": float(np.mean(at2)),
-        "arc/exact_task@1": float(np.mean(by_task(at1))), "arc/exact_task@2": float(np.mean(by_task(at2))),
-        "arc/cell_accuracy": float(np.mean([cell_accuracy(r["attempts"][0], r["target"]) for r in results])),
-        "arc/right_shape": float(np.mean(shape)), "arc/outputs": float(len(results)), "arc/tasks": float(len(tasks)),
+    rows = [output_record(r) for r in results]
+    tasks = sorted({r["task"] for r in rows})
+    by_task = lambda key: [all(r[key] for r in rows if r["task"] == t) for t in tasks]  # noqa: E731
+    mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
+    out = {
+        "arc/exact_output@1": mean("exact@1"), "arc/exact_output@2": mean("exact@2"),
+        "arc/exact_task@1": float(np.mean(by_task("exact@1"))), "arc/exact_task@2": float(np.mean(by_task("exact@2"))),
+        "arc/cell_accuracy": mean("cell_accuracy"), "arc/right_shape": mean("right_shape"),
+        "arc/outputs": float(len(rows)), "arc/tasks": float(len(tasks)),
     }
+    if all("nll_bits" in r for r in results):
+        out["arc/test_nll"] = mean("nll_bits")
+    return out
+
+
+def nll_bits(logits, targets, pad: int):
+    """Teacher-forced negative log-likelihood of each sequence's targets (B, L) under logits (B, L, V), in
+    bits per target token (positions holding `pad` do not count); returns (bits (B,), tokens (B,))."""
+    import math
+
+    import torch.nn.functional as F
+
+    nats = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=pad, reduction="none")
+    tokens = (targets != pad).sum(1)
+    return nats.sum(1) / tokens.clamp(min=1) / math.log(2), tokens

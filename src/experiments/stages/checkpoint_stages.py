@@ -257,7 +257,8 @@ def metrics(ctx) -> StageResult:
     primary = getattr(task_cls, "primary_metric", None)
     details = (f"{len(rows)} metrics beside an untrained control ({control_note}); "
                + (f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"))
-    if primary in flagged:
-        raise StageFailure(f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
-                           f"untrained control's {control[primary]:.4g}")
+    if primary in flagged:  # a failure that still shows every figure beside its control
+        return StageResult(name="metrics", status="fail", metrics=rows,
+                           details=f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
+                                   f"untrained control's {control[primary]:.4g}")
     return StageResult(name="metrics", details=details, metrics=rows)

@@ -4,10 +4,15 @@ Training: teacher-forced cross-entropy on output tokens. Evaluation: greedy auto
 teacher forcing, through the model's key/value cache: `arc_decoding.py`) of each held-out test output
 under `eval_augmentations` views of the task (the first is the identity), all views of an evaluation
 batch decoded together, each mapped back before voting; the two most voted grids are attempts 1 and 2. The
-output's size is part of the prediction. Each evaluation writes `submission.json` (ARC Prize format) in
-the run directory; the end of training writes `predictions.png`.
+output's size is part of the prediction. Each evaluation also measures the teacher-forced likelihood of
+each true output (identity view; `arc/test_nll`, bits per output token) and writes `submission.json` (ARC
+Prize format) and `per_output.csv` (one row per held-out output, what a sweep's paired comparisons read;
+each evaluation's copy also under `eval/`) in the run directory; the end of training writes
+`predictions.png`.
 """
+import csv
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -18,15 +23,21 @@ import torch.nn.functional as F
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
 from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
-from experiments.metrics.arc import rank_attempts, score
+from experiments.metrics.arc import nll_bits, output_record, rank_attempts, score
 from experiments.tasks.arc_decoding import CachedSteps, FullRecomputation, greedy
 
 
 class ArcTask(L.LightningModule):
     summary_keys = ("train/loss", "arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@2",
-                    "arc/cell_accuracy", "arc/right_shape")
+                    "arc/cell_accuracy", "arc/right_shape", "arc/test_nll")
     higher_is_better = ("arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@1", "arc/exact_task@2",
                         "arc/cell_accuracy", "arc/right_shape")
+    lower_is_better = ("arc/test_nll",)
+    # A sweep's paired comparisons (comparisons.py): metric -> its column of per_output.csv; the binary
+    # ones also get an exact McNemar test.
+    paired_metrics = {"arc/test_nll": "nll_bits", "arc/cell_accuracy": "cell_accuracy",
+                      "arc/exact_output@2": "exact@2"}
+    binary_metrics = ("arc/exact_output@2",)
     primary_metric = "arc/cell_accuracy"
     long_validation = True  # decoding every held-out output: the progress bar shows it
 
@@ -101,7 +112,10 @@ class ArcTask(L.LightningModule):
         self.epoch_metrics.update(score(self.last_results))
         self.log_dict({k: v for k, v in self.epoch_metrics.items() if k.startswith("arc/")})
         if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
-            write_submission(self.last_results, Path(self.trainer.default_root_dir) / "submission.json")
+            run_dir = Path(self.trainer.default_root_dir)
+            write_submission(self.last_results, run_dir / "submission.json")
+            write_per_output(self.last_results, run_dir / "eval" / f"per_output_epoch={self.current_epoch:04d}.csv")
+            write_per_output(self.last_results, run_dir / "per_output.csv")
 
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:
@@ -139,9 +153,18 @@ class ArcTask(L.LightningModule):
         for j, tokens in enumerate(self.greedy(seen, cached)):
             grid = af.tokens_to_grid(tokens)
             candidates[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
+        bits, tokens = self.likelihood(examples)
         self.train(was_training)
         return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1],
-                 "attempts": rank_attempts(c, 2)} for ex, c in zip(examples, candidates)]
+                 "attempts": rank_attempts(c, 2), "nll_bits": float(b), "tokens": int(n)}
+                for ex, c, b, n in zip(examples, candidates, bits, tokens)]
+
+    @torch.no_grad()
+    def likelihood(self, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced bits per token of each true output (row ends and EOS included) under the model,
+        as given (the identity view), and its token count."""
+        batch = self._to_device(collate(examples, self.format))
+        return nll_bits(self.model(batch), batch["targets"], af.PAD)
 
     def greedy(self, examples: list, cached: bool = True, record: list | None = None) -> list[list[int]]:
         """Greedy decoding of each example's output from its input (and context): through the model's
@@ -153,6 +176,18 @@ class ArcTask(L.LightningModule):
 def in_task_order(results: list[dict]) -> list[dict]:
     """Results by (task, output index): evaluation batches run in order of length."""
     return sorted(results, key=lambda r: (r["task"], r["index"]))
+
+
+def write_per_output(results: list[dict], path: Path) -> None:
+    """One row per held-out output (metrics/arc.py `output_record`), written atomically."""
+    rows = [output_record(r) for r in results]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    tmp.replace(path)
 
 
 def write_submission(results: list[dict], path: Path) -> None:

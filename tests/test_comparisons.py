@@ -1,0 +1,163 @@
+"""Paired comparisons: the statistics against hand-computed cases, and a real 2-preset x 2-seed ARC sweep
+whose comparisons.csv holds what its runs' per_output.csv files give; verify.py reports arc/test_nll
+beside the untrained control's."""
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, env, run_train
+from experiments.comparisons import compare, mcnemar_exact, task_bootstrap_interval, verdict
+
+
+# ---- statistics, by hand ----
+def test_interval_of_two_tasks_spans_both_and_the_mean_is_over_outputs():
+    # task a: three outputs, each 1 better; task b: one output, no change. Mean over the 4 outputs: 0.75
+    # (not 0.5, the mean of the task means). Resamples of 2 tasks: (a, a) -> 1, (b, b) -> 0, (a, b) -> 0.75,
+    # with probability 1/4, 1/4, 1/2: the 2.5th and 97.5th percentiles are 0 and 1.
+    row = compare({("a", 0): 0, ("a", 1): 0, ("a", 2): 0, ("b", 0): 0},
+                  {("a", 0): 1, ("a", 1): 1, ("a", 2): 1, ("b", 0): 0}, higher_is_better=True, binary=False)
+    assert row["mean_diff"] == 0.75 and (row["ci_low"], row["ci_high"]) == (0.0, 1.0)
+    assert row["n_outputs"] == 4 and row["p_value"] is None and row["verdict"] == "not supported"
+
+
+def test_interval_of_three_tasks_where_one_carries_the_gain():
+    # differences 0, 0, 3 (one output per task). A resample's mean is k, the number of draws of the third
+    # task: P(k=0) = 8/27 > 2.5%, P(k <= 2) = 26/27 < 97.5%: the interval is [0, 3] although the mean is 1.
+    low, high = task_bootstrap_interval(np.array([0.0, 0.0, 3.0]), np.array(["x", "y", "z"]))
+    assert (low, high) == (0.0, 3.0)
+
+
+def test_interval_when_every_task_agrees_is_that_value_and_one_task_has_none():
+    low, high = task_bootstrap_interval(np.array([0.25, 0.25, 0.25, 0.25]), np.array(["a", "a", "b", "c"]))
+    assert (low, high) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in task_bootstrap_interval(np.array([1.0, 2.0]), np.array(["a", "a"])))
+
+
+def test_interval_resamples_tasks_not_outputs():
+    # 20 tasks, each with 10 outputs that all move together: +1 in 12 tasks, -1 in 8. Resampling outputs
+    # would treat 200 outputs as independent and give an interval about sqrt(10) times narrower.
+    tasks = np.repeat(np.arange(20), 10).astype(str)
+    diffs = np.repeat(np.array([1.0] * 12 + [-1.0] * 8), 10)
+    low, high = task_bootstrap_interval(diffs, tasks)
+    half_width_if_tasks = 1.96 * np.std(np.array([1.0] * 12 + [-1.0] * 8)) / np.sqrt(20)  # 0.429
+    assert low < 0.2 - 0.8 * half_width_if_tasks and high > 0.2 + 0.8 * half_width_if_tasks
+    assert low < 0 < high  # 12 of 20 tasks better is no evidence
+
+
+def test_mcnemar_exact_p_value_of_a_two_by_two_table():
+    # 8 outputs right only under the variant, 2 only under the baseline, 5 right under both, 5 under neither:
+    # p = 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * (1 + 10 + 45) / 1024 = 0.109375
+    baseline = np.array([0] * 8 + [1] * 2 + [1] * 5 + [0] * 5)
+    variant = np.array([1] * 8 + [0] * 2 + [1] * 5 + [0] * 5)
+    assert mcnemar_exact(baseline, variant) == pytest.approx(0.109375, abs=1e-12)
+    assert mcnemar_exact(variant, baseline) == pytest.approx(0.109375, abs=1e-12)
+    assert mcnemar_exact(np.array([1, 0]), np.array([1, 0])) == 1.0  # no discordant output
+    assert mcnemar_exact(np.zeros(6), np.ones(6)) == pytest.approx(2 / 64, abs=1e-12)
+
+
+def test_each_verdict():
+    assert verdict(0.01, 0.2, higher_is_better=True) == "helps"
+    assert verdict(-0.2, -0.01, higher_is_better=True) == "hurts"
+    assert verdict(-0.2, -0.01, higher_is_better=False) == "helps"  # e.g. bits per token went down
+    assert verdict(0.01, 0.2, higher_is_better=False) == "hurts"
+    assert verdict(-0.01, 0.2, higher_is_better=True) == "not supported"
+    assert verdict(0.0, 0.2, higher_is_better=True) == "not supported"  # touching 0 does not exclude it
+    assert verdict(float("nan"), float("nan"), higher_is_better=True) == "not supported"
+
+
+def test_binary_metric_gets_a_p_value():
+    base = {("a", 0): 0, ("b", 0): 1, ("c", 0): 0}
+    row = compare(base, {("a", 0): 1, ("b", 0): 1, ("c", 0): 1}, higher_is_better=True, binary=True)
+    assert row["p_value"] == pytest.approx(0.5) and row["mean_diff"] == pytest.approx(2 / 3)
+
+
+# ---- a real sweep ----
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def arc_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arc_sweep")
+    r = run_train("-m", "experiment=exp0_encoder_decoder,exp3_champion", "seed=0,1", "data=arc_tiny", "logger=none",
+                  "trainer.enable_progress_bar=false", "trainer.max_epochs=8", "validation.preflight=[config]", cwd=root, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (directory,) = (root / "outputs" / "sweeps").iterdir()
+    return root, directory, r.stdout
+
+
+def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_sweep):
+    import torch
+
+    root, directory, stdout = arc_sweep
+    jobs = [json.loads(p.read_text()) for p in sorted((directory / "jobs").glob("*.json"))]
+    assert len(jobs) == 4
+    per_output = {}
+    for job in jobs:
+        run_dir = root / job["run_dir"]  # relative to the sweep's working directory, or absolute
+        rows = read_rows(f"{run_dir}/per_output.csv")
+        assert list(rows[0]) == ["task", "index", "exact@1", "exact@2", "right_shape", "cell_accuracy", "nll_bits",
+                                 "tokens"]
+        assert len(rows) == 5  # arc_tiny: 5 held-out outputs
+        final = torch.load(f"{run_dir}/checkpoints/last.ckpt", weights_only=True)["history"][-1]
+        assert np.mean([float(x["nll_bits"]) for x in rows]) == pytest.approx(final["arc/test_nll"], rel=1e-9)
+        assert np.mean([float(x["cell_accuracy"]) for x in rows]) == pytest.approx(final["arc/cell_accuracy"], rel=1e-9)
+        per_output.setdefault(job["experiment"], []).append(rows)
+
+    table = read_rows(directory / "comparisons.csv")
+    assert [c for c in table[0]] == ["metric", "baseline", "variant", "mean_diff", "ci_low", "ci_high", "n_outputs",
+                                     "n_seeds", "p_value", "verdict"]
+    group = "data=arc_tiny experiment={} trainer.max_epochs=8".format
+    assert [(r["metric"], r["baseline"], r["variant"]) for r in table] == [
+        (m, group("exp0_encoder_decoder"), group("exp3_champion"))  # no chain declared: the sweep's order
+        for m in ("arc/test_nll", "arc/cell_accuracy", "arc/exact_output@2")]
+    for r, column in zip(table, ("nll_bits", "cell_accuracy", "exact@2")):
+        def seed_mean(experiment):
+            runs = per_output[experiment]
+            return {(x["task"], x["index"]): np.mean([float(run[i][column]) for run in runs])
+                    for i, x in enumerate(runs[0])}
+        base, var = seed_mean("exp0_encoder_decoder"), seed_mean("exp3_champion")
+        assert float(r["mean_diff"]) == pytest.approx(np.mean([var[k] - base[k] for k in base]), rel=1e-12, abs=1e-15)
+        assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
+        assert r["n_outputs"] == "5" and r["n_seeds"] == "2"
+        assert (r["p_value"] != "") == (column == "exact@2")
+        assert r["verdict"] in ("helps", "hurts", "not supported")
+    assert (directory / "comparisons.png").stat().st_size > 5000
+    summary = (directory / "summary.md").read_text()
+    assert "## Paired comparisons" in summary and "| arc/test_nll | exp0_encoder_decoder | exp3_champion |" in summary
+    assert "Paired comparisons:" in stdout
+
+
+def test_verify_reports_test_nll_beside_the_untrained_control(arc_sweep, tmp_path):
+    root, directory, _ = arc_sweep
+    job = json.loads((directory / "jobs" / "0003.json").read_text())
+    r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={root / job['run_dir']}", "stages=[metrics]"],
+                       cwd=root, env=env(), capture_output=True, text=True, timeout=300)
+    assert "arc/test_nll" in r.stdout, r.stdout + r.stderr
+    (report,) = (root / job["run_dir"] / "checkpoints" / "verification").glob("*.json")
+    metrics = {s["name"]: s for s in json.loads(report.read_text())["stages"]}["metrics"]["metrics"]
+    nll = metrics["arc/test_nll"]
+    assert nll["untrained_control"] > nll["trained"] and "clearly_better" in nll  # judged, lower is better
+    # an untrained model spreads its probability: near log2(15) = 3.9 bits per token
+    assert 2.5 < nll["untrained_control"] < 6
+
+
+def test_nll_bits_by_hand():
+    import torch
+
+    from experiments.metrics.arc import nll_bits
+
+    probs = torch.tensor([0.5, 0.25, 0.25])
+    logits = probs.log().expand(2, 3, 3).clone()
+    targets = torch.tensor([[0, 1, 2], [1, 9, 9]])  # 9: padding, not counted
+    bits, tokens = nll_bits(logits, targets, pad=9)
+    assert tokens.tolist() == [3, 1]
+    assert bits.tolist() == pytest.approx([(1 + 2 + 2) / 3, 2.0], abs=1e-6)
+    uniform, _ = nll_bits(torch.zeros(1, 4, 15), torch.tensor([[3, 0, 14, 7]]), pad=-100)
+    assert uniform.item() == pytest.approx(math.log2(15), abs=1e-6)
