@@ -13,7 +13,7 @@ def test_valuation_by_hand_and_level_counts():
     i = torch.tensor([0, 1, 2, 3, 6, 9, 18, 27, 6561, 19682])
     assert hm.valuation(i).tolist() == [9, 0, 0, 1, 1, 2, 2, 3, 8, 0]
     counts = torch.bincount(hm.valuation(torch.arange(NUM_OPERATIONS)), minlength=10)
-    assert counts.tolist() == [13122, 4374, 1458, 486, 162, 54, 18, 6, 2, 1]  # REFERENCE.md
+    assert counts.tolist() == [13122, 4374, 1458, 486, 162, 54, 18, 6, 2, 1]  # 2 x 3^(8-k) at level k < 9, 1 at level 9
 
 
 def test_poincare_radius_and_distance_by_hand():

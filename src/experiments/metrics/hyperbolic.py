@@ -1,7 +1,7 @@
 """Metrics of the hyperbolic Ternary VAE variants (v5.11 and later): pure functions over tensors, each
 tested against a hand-computed case (tests/test_metrics_hyperbolic.py).
 
-Definitions (REFERENCE.md, "v5.11 and later"):
+Definitions:
 - valuation v3(i): the largest k with 3^k dividing i, and v3(0) = 9 (the level of operation i, 0..9).
 - radius: Poincare distance of a point x of the unit ball from the origin, 2 artanh(|x|) (curvature -1).
 - hierarchy: Spearman correlation (average ranks for ties) of v3(i) with the radius, over all operations.
