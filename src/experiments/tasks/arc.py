@@ -11,8 +11,8 @@ each evaluation's copy also under `eval/`) in the run directory; the end of trai
 `predictions.png`.
 """
 import csv
+import io
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.checkpoint.io import atomic_write_bytes
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
 from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
@@ -181,13 +182,11 @@ def in_task_order(results: list[dict]) -> list[dict]:
 def write_per_output(results: list[dict], path: Path) -> None:
     """One row per held-out output (metrics/arc.py `output_record`), written atomically."""
     rows = [output_record(r) for r in results]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def write_submission(results: list[dict], path: Path) -> None:
@@ -199,6 +198,4 @@ def write_submission(results: list[dict], path: Path) -> None:
         a1, a2 = (a.tolist() if a is not None else [[0]] for a in r["attempts"])
         tasks.setdefault(r["task"], {})[r["index"]] = {"attempt_1": a1, "attempt_2": a2}
     data = {t: [entries[i] for i in sorted(entries)] for t, entries in sorted(tasks.items())}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(data).encode())
