@@ -31,7 +31,7 @@ from experiments.config_schema import register  # noqa: E402
 from experiments.data import arc_format as af  # noqa: E402
 from experiments.data.arc import augment, examples_of, load_tasks  # noqa: E402
 from experiments.tasks.arc_decoding import CachedSteps, FullRecomputation, first_token  # noqa: E402
-from experiments.train import build  # noqa: E402
+from experiments.assemble import build  # noqa: E402
 
 PUBLIC_SIZE = ["model.d_model=160", "model.decoder_layers=3", "model.d_ff=640"]
 

@@ -33,7 +33,7 @@ from bench_train_overhead import TrainingClock  # noqa: E402
 from experiments.cli import CONF_DIR, quiet_libraries  # noqa: E402
 from experiments.config_schema import register  # noqa: E402
 from experiments.data.arc_format import PAD  # noqa: E402
-from experiments.train import build, build_trainer, plain_config  # noqa: E402
+from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 
 
 def target_tokens(datamodule, epochs: int) -> int:
@@ -46,7 +46,7 @@ def target_tokens(datamodule, epochs: int) -> int:
 
 def ours(cfg, run_dir: Path) -> float:
     datamodule, model, task = build(cfg)
-    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg))
+    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg), task)
     clock = TrainingClock()
     trainer.callbacks.append(clock)
     trainer.fit(task, datamodule=datamodule)

@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from experiments.cli import CONF_DIR, quiet_libraries  # noqa: E402
 from experiments.config_schema import register  # noqa: E402
-from experiments.train import build, build_trainer, plain_config  # noqa: E402
+from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 
 
 class TrainingClock(Callback):
@@ -41,7 +41,7 @@ class TrainingClock(Callback):
 def ours(cfg, run_dir: Path) -> tuple[int, float, float]:
     """Returns (steps, seconds of the training loop, seconds of the whole fit call)."""
     datamodule, model, task = build(cfg)
-    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg))
+    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg), task)
     clock = TrainingClock()
     trainer.callbacks.append(clock)
     t0 = time.perf_counter()

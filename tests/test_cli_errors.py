@@ -40,6 +40,7 @@ def test_cfg_job_prints_composed_config(workdir):
     ("checkpoint.every_n_epochs=0", "checkpoint.every_n_epochs must be >= 1"),
     ("checkpoint.mode=sideways", "checkpoint.mode must be 'min' or 'max'"),
     ("validation.preflight=[config,no_such_stage]", "unknown validation stage"),
+    ("task._target_=torch.nn.Identity", "is not an experiments.task_contract.ExperimentTask"),  # outside the contract
 ])
 def test_bad_settings_found_after_composition_are_one_line_too(workdir, override, expected):
     r = run_train(*FAST, override, cwd=workdir, timeout=60)

@@ -8,7 +8,7 @@ from experiments.data.ternary_ops import TernaryOpsDataModule
 from experiments.errors import UserError
 from experiments.models.ternary_vae_v5_5 import DualVAE
 from experiments.stages.config_check import check_config
-from experiments.stages.preflight import PreflightContext
+from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext
 from experiments.stages.registry import run_stages
 from experiments.tasks.ternary import TernaryVAETask
 
@@ -19,12 +19,12 @@ def ctx(task=None):
 
 
 def status(name, c):
-    (result,) = run_stages([name], c)
+    (result,) = run_stages([name], c, PREFLIGHT_STAGES)
     return result
 
 
 def test_healthy_model_passes_every_stage():
-    results = run_stages(["forward_backward", "gradients", "finite", "optimizer_step"], ctx())
+    results = run_stages(["forward_backward", "gradients", "finite", "optimizer_step"], ctx(), PREFLIGHT_STAGES)
     assert [r.status for r in results] == ["pass"] * 4
 
 

@@ -26,13 +26,14 @@ class StepSeeding(Callback):
             torch.cuda.manual_seed_all(s)
 
 
-def summary_line(row: dict, keys, max_epochs: int | None) -> str:
-    """One console line for a finished epoch: the task's summary keys and the epoch's wall time."""
+def summary_line(row: dict, keys, max_epochs: int | None, percent_keys=()) -> str:
+    """One console line for a finished epoch: the task's summary keys (`percent_keys` as percentages)
+    and the epoch's wall time."""
     parts = [f"epoch {row['epoch'] + 1}/{max_epochs}"]
     for key in keys:
         if key in row:
             value = row[key]
-            parts.append(f"{key} {value:.2%}" if key.startswith("coverage/") else f"{key} {value:.4g}")
+            parts.append(f"{key} {value:.2%}" if key in percent_keys else f"{key} {value:.4g}")
     if "time/epoch_s" in row:
         parts.append(f"{row['time/epoch_s']:.1f}s")
     return " | ".join(parts)

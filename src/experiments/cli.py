@@ -26,11 +26,18 @@ def quote_path_values(arg: str) -> str:
     return f"{key}={quote}{value}{quote}"
 
 
-def _run(task_fn, config_name: str) -> None:
+def _check_conf_dir(config_name: str) -> None:
     if not (CONF_DIR / f"{config_name}.yaml").exists():
         print(f"error: config folder {CONF_DIR} not found; install the project with 'pip install -e .' "
               f"from its checkout", file=sys.stderr)
         sys.exit(2)
+
+
+def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
+    """Compose `config_name` with Hydra and run `job(cfg) -> (Outcome, value)` once, or once per job of
+    a multirun; exit with the worst job's status (`recorded_codes()` when the jobs ran in other
+    processes). Composition errors become one line and exit 2."""
+    _check_conf_dir(config_name)
     sys.argv = sys.argv[:1] + [quote_path_values(a) for a in sys.argv[1:]]
     # Let composition errors reach us instead of Hydra's multi-line report, so each is one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -39,93 +46,85 @@ def _run(task_fn, config_name: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from experiments.config_schema import register
-    from experiments.errors import UserError
 
     register()
     quiet_libraries()
-    codes = []
+    outcomes = []  # Hydra returns nothing from a run: each job's outcome is kept here
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def main(cfg):
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        from experiments.ranks import process_rank
-        from experiments.sweep import record_job
-
-        record = record_job if config_name == "train" else (lambda *a, **k: None)
-        record("running")
-        error = None
-        try:
-            codes.append(task_fn(cfg))
-            error = _last_error()
-        except UserError as e:  # caught inside the job, so that a multirun goes on with the other jobs
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            codes.append(2)
-            error = str(e)
-            if config_name == "train":
-                _remove_empty_run_dir()
-        except Exception as e:
-            if HydraConfig.get().mode != RunMode.MULTIRUN:
-                raise  # a single run's crash shows its traceback, exit 1
-            import traceback
-
-            traceback.print_exc()  # a sweep's crashed job: say why, and go on with the others
-            codes.append(1)
-            error = f"crashed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        code = codes[-1]
-        status = {0: "finished", 143: "preempted"}.get(code, "failed")
-        record(status, code, error)
-        if code and process_rank():
-            # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
-            # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.
-            codes[-1] = 0
-        if config_name == "train" and HydraConfig.get().mode == RunMode.MULTIRUN:
-            if code == 143:  # preempted: the whole sweep stops here; rerunning it resumes this job first
-                print("SIGTERM: the sweep stops; rerun the same command to resume it.", flush=True)
-                raise SystemExit(143)
-            return _objective(cfg) if code == 0 else float("nan")  # what an Optuna sweep minimises/maximises
+        outcome, value = job(cfg)
+        outcomes.append(outcome)
+        return value
 
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2)
-    if not codes and config_name == "train":  # jobs ran in launcher processes (submitit): ask their records
-        codes = _sweep_codes()
+    codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
 
 
-def _sweep_codes() -> list[int]:
-    from experiments.sweep import ENV_DIR
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    directory = os.environ.get(ENV_DIR)
-    if not directory:
-        return []
-    import json
-
-    records = [json.loads(p.read_text()) for p in sorted(Path(directory, "jobs").glob("*.json"))]
-    return [0 if r.get("status") == "finished" else (r.get("exit_code") or 1) for r in records]
+    return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _objective(cfg) -> float:
-    """A finished job's final value of checkpoint.monitor (nan when it has none)."""
+def _outcome(program, cfg, on_user_error=lambda: None):
+    """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
+    traceback and exits 1, but in a multirun it is reported and the other jobs go on."""
+    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError
+
+    try:
+        return program(cfg)
+    except UserError as e:  # caught inside the job, so that a multirun goes on with the other jobs
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        on_user_error()
+        return Outcome(EXIT_USER, str(e))
+    except Exception as e:
+        if not _in_multirun():
+            raise  # a single run's crash shows its traceback, exit 1
+        import traceback
+
+        traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return Outcome(EXIT_FAILED, f"crashed: {type(e).__name__}: {first}")
+
+
+def train_job(cfg):
+    """One training job: the training program between the two records of a sweep's job, and in a
+    multirun the value an Optuna sweep optimises."""
     from hydra.core.hydra_config import HydraConfig
 
-    from experiments.checkpoint.io import load_checkpoint
+    from experiments import sweep
+    from experiments.errors import EXIT_OK, EXIT_PREEMPTED
+    from experiments.ranks import process_rank
+    from experiments.train import train
 
-    last = Path(HydraConfig.get().runtime.output_dir) / "checkpoints" / "last.ckpt"
-    monitor = (cfg.get("checkpoint") or {}).get("monitor")
-    if not monitor or not last.exists():
-        return float("nan")
-    history = load_checkpoint(last).get("history") or [{}]
-    return float(history[-1].get(monitor, float("nan")))
+    sweep.record_job("running")
+    outcome = _outcome(train, cfg, on_user_error=_remove_empty_run_dir)
+    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted"}.get(outcome.code, "failed")
+    sweep.record_job(status, outcome.code, outcome.error)
+    if outcome.code and process_rank():
+        # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
+        # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.
+        outcome.code = EXIT_OK
+    if not _in_multirun():
+        return outcome, None
+    if outcome.code == EXIT_PREEMPTED:  # the whole sweep stops here; rerunning it resumes this job first
+        print("SIGTERM: the sweep stops; rerun the same command to resume it.", flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
 
 
-def _last_error() -> str | None:
-    """The error line the training program printed for a non-zero exit, if it did."""
-    module = sys.modules.get("experiments.train")
-    return getattr(module, "last_error", None) if module else None
+def verify_job(cfg):
+    from experiments.verify import verify
+
+    return _outcome(verify, cfg), None
 
 
 def _remove_empty_run_dir() -> None:
@@ -152,19 +151,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
+def _sweep_codes() -> list[int]:
+    """Jobs that ran in launcher processes (submitit) left their exit status in the sweep's records."""
+    from experiments.sweep import recorded_exit_codes
+
+    return recorded_exit_codes()
+
+
 def train_main() -> None:
-    def train(cfg):  # torch and Lightning load only once the config has composed
-        from experiments.train import train as run
-
-        return run(cfg)
-
-    _run(train, "train")
+    _run(train_job, "train", _sweep_codes)
 
 
 def verify_main() -> None:
-    def verify(cfg):
-        from experiments.verify import verify as run
-
-        return run(cfg)
-
-    _run(verify, "verify")
+    _run(verify_job, "verify")

@@ -114,12 +114,12 @@ def steps(groups: list[str], experiment_of: dict[str, str], chain: list[str] | N
 
 def comparisons(groups: list[dict], chain: list[str] | None, task_cls) -> list[dict]:
     """Rows of comparisons.csv for a sweep's groups ({"group", "experiment", "run_dirs"}, in sweep order)."""
-    metrics = getattr(task_cls, "paired_metrics", {})
+    metrics = task_cls.paired_metrics
     if not metrics:
         return []
     runs = {g["group"]: [r for r in (read_per_output(d) for d in g["run_dirs"]) if r] for g in groups}
-    higher = set(getattr(task_cls, "higher_is_better", ()))
-    binary = set(getattr(task_cls, "binary_metrics", ()))
+    higher = set(task_cls.higher_is_better)
+    binary = set(task_cls.binary_metrics)
     rows = []
     for base, var in steps([g["group"] for g in groups], {g["group"]: g["experiment"] for g in groups}, chain):
         if not runs[base] or not runs[var]:

@@ -43,7 +43,7 @@ class TrainSchema:
     checkpoint: Any = None
     logger: Any = None
     callbacks: Any = None          # {name: _target_ node}: extra Lightning callbacks of a preset
-    frozen_checkpoint: Any = None  # hyperbolic Ternary variants: where their frozen parts come from
+    frozen_checkpoint: Any = None  # tasks with frozen parts: where they come from (checkpoint/frozen.py)
 
 
 def run_id(override_dirname: str) -> str:
@@ -62,6 +62,13 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
+def sweep_id() -> str | None:
+    """`${sweep_id:}`: the id of the sweep this job belongs to, or null (a logger's group)."""
+    from experiments.sweep import current_id
+
+    return current_id()
+
+
 def register() -> None:
     from omegaconf import OmegaConf
 
@@ -70,3 +77,5 @@ def register() -> None:
         OmegaConf.register_new_resolver("run_id", run_id)
     if not OmegaConf.has_resolver("gpu_precision"):
         OmegaConf.register_new_resolver("gpu_precision", gpu_precision)
+    if not OmegaConf.has_resolver("sweep_id"):
+        OmegaConf.register_new_resolver("sweep_id", sweep_id)

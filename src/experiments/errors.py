@@ -1,4 +1,5 @@
-"""Errors a user can fix: the programs print them as one line and exit with status 2."""
+"""Errors a user can fix (the programs print them as one line and exit with status 2), exit statuses, outcomes."""
+from dataclasses import dataclass
 
 
 class UserError(Exception):
@@ -12,3 +13,15 @@ class StageFailure(Exception):
 class RunStopped(Exception):
     """A callback stopped training on purpose (e.g. coverage collapsed); the last checkpoint on disk is
     the last good one (exit status 1)."""
+
+
+# Exit statuses of the programs (README, "Exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED = 0, 1, 2, 143
+
+
+@dataclass
+class Outcome:
+    """How a program's job ended: its exit status and, when it failed, the one line that says why (a
+    sweep's job record keeps it)."""
+    code: int
+    error: str | None = None

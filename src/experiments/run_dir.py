@@ -1,8 +1,15 @@
-"""Run identity and auto-resume.
+"""A run directory: its layout, its identity, auto-resume.
 
 A run's directory is `<outputs>/<experiment>/<overrides that change the result>` (hydra/default.yaml).
 Running the same command again lands in the same directory; `decide` then resumes from `last.ckpt`,
 reports a finished run, or refuses when the stored config differs from the new one.
+
+Layout (every program finds a run's files through the names and functions here):
+    run.yaml                          the composed config, written once at the start
+    checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files
+    checkpoints/last.ckpt             the newest state: what a rerun resumes from
+    checkpoints/verification/         verify.py's reports, <checkpoint stem>.json and .md
+    superseded/<UTC time>/            an earlier run moved aside by resume=never
 """
 import datetime
 import shutil
@@ -16,7 +23,40 @@ from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
 CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+VERIFICATION = "verification"
 SUPERSEDED = "superseded"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS / LAST
+
+
+def run_of(path: Path) -> Path:
+    """The run directory of a run directory, its checkpoint folder, or a file in that folder."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    return path.parent if path.name == CHECKPOINTS else path
+
+
+def checkpoint_files(target: Path) -> list[Path]:
+    """The checkpoints of a run directory (or of a folder of checkpoints), in name order."""
+    folder = checkpoint_dir(target) if checkpoint_dir(target).is_dir() else Path(target)
+    return sorted(folder.glob("*.ckpt"))
+
+
+def verification_report(checkpoint: Path) -> Path:
+    """Where verify.py writes its JSON report of a checkpoint (the Markdown beside it)."""
+    return checkpoint.parent / VERIFICATION / f"{checkpoint.stem}.json"
+
+
+def is_superseded(path: Path) -> bool:
+    return SUPERSEDED in Path(path).parts
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -68,7 +108,7 @@ def supersede(run_dir: Path) -> Path | None:
 
 
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
-    stored_path, last = run_dir / RUN_CONFIG, run_dir / CHECKPOINTS / "last.ckpt"
+    stored_path, last = run_dir / RUN_CONFIG, last_checkpoint(run_dir)
     try:
         ckpt = load_checkpoint(last) if last.exists() else None
     except UserError as e:

@@ -13,6 +13,10 @@ so rerunning a sweep command resumes unfinished jobs and skips finished ones. Th
   per-output records (comparisons.py).
 `scripts/summarize.py SWEEP_DIR` rebuilds them any time.
 The sweep id is `sweep_name` when set, else the sweep's overrides (minus those outside a run's identity).
+
+This module owns the sweep's state: the callback opens the sweep in the launching process, and its jobs
+(in that process or in launcher processes, which inherit the environment) find it through
+`current_directory()` / `current_id()`; nothing else reads the variables that carry it.
 """
 import json
 import math
@@ -23,10 +27,27 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from experiments import comparisons
+from experiments import run_dir as rd
 from experiments.ranks import process_rank
 
-ENV_DIR, ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
+_ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
 SKIP = ("epoch", "global_step", "time/epoch_s")
+
+
+def open_sweep(directory: Path, sid: str) -> None:
+    """Make this sweep the current one for this process and every job it starts."""
+    os.environ[_ENV_DIR], os.environ[_ENV_ID] = str(directory), sid
+
+
+def current_directory() -> Path | None:
+    """The directory of the sweep this process belongs to (None outside a sweep)."""
+    directory = os.environ.get(_ENV_DIR)
+    return Path(directory) if directory else None
+
+
+def current_id() -> str | None:
+    """The id of the sweep this process belongs to (the wandb group of its jobs; None outside a sweep)."""
+    return os.environ.get(_ENV_ID) or None
 
 
 def _identity_overrides(overrides, exclude) -> list[str]:
@@ -67,7 +88,7 @@ def plan(config) -> list[list[str]] | None:
 
 class SweepSummary(Callback):
     """Hydra callback: opens the sweep directory at the start of a multirun and writes the summary at
-    its end. Jobs find the directory through EXPERIMENTS_SWEEP_DIR (inherited by launcher processes)."""
+    its end."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sid = sweep_id(config)
@@ -80,12 +101,12 @@ class SweepSummary(Callback):
                                                              "group_exclude": _group_exclude(
                                                                  config.hydra.job.config.override_dirname.exclude_keys)},
                                                             indent=1) + "\n")
-        os.environ[ENV_DIR], os.environ[ENV_ID] = str(directory), sid
+        open_sweep(directory, sid)
         print(f"Sweep directory: {directory}", flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        directory = Path(os.environ.get(ENV_DIR, ""))
-        if not directory.is_dir():
+        directory = current_directory()
+        if directory is None or not directory.is_dir():
             return
         summary = write_summary(directory)
         print(summary["text"], flush=True)
@@ -93,8 +114,8 @@ class SweepSummary(Callback):
 
 def record_job(status: str, exit_code: int | None = None, error: str | None = None) -> None:
     """A job of a multirun writes its own record into the sweep directory (no-op outside a sweep)."""
-    directory = os.environ.get(ENV_DIR)
-    if not directory or process_rank():
+    directory = current_directory()
+    if directory is None or process_rank():
         return  # outside a sweep, or an extra DDP process of a job
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -108,10 +129,34 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
               "experiment": hc.runtime.choices.get("experiment"), "run_dir": str(hc.runtime.output_dir),
               "status": status, "exit_code": exit_code, "error": error,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = Path(directory) / "jobs" / f"{record['num']:04d}.json"
+    path = directory / "jobs" / f"{record['num']:04d}.json"
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def recorded_exit_codes() -> list[int]:
+    """Exit statuses of the current sweep's jobs from their records (jobs run in launcher processes)."""
+    directory = current_directory()
+    if directory is None:
+        return []
+    records = [json.loads(p.read_text()) for p in sorted((directory / "jobs").glob("*.json"))]
+    return [0 if r.get("status") == "finished" else (r.get("exit_code") or 1) for r in records]
+
+
+def objective(cfg, run_dir: Path) -> float:
+    """What an Optuna sweep minimises or maximises: a finished job's final value of its monitor
+    (checkpoint.monitor, else the task's primary metric; nan when it has none)."""
+    from hydra.utils import get_class
+
+    from experiments.checkpoint.io import load_checkpoint
+
+    last = rd.last_checkpoint(run_dir)
+    monitor, _ = get_class(cfg.task._target_).monitor((cfg.get("checkpoint") or {}).get("monitor"))
+    if not monitor or not last.exists():
+        return float("nan")
+    history = load_checkpoint(last).get("history") or [{}]
+    return float(history[-1].get(monitor, float("nan")))
 
 
 # ---- the summary (also scripts/summarize.py) ----
@@ -120,7 +165,7 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
     from experiments.checkpoint.io import load_checkpoint
     from experiments.errors import UserError
 
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = rd.last_checkpoint(run_dir)
     if not last.exists():
         return None, {}
     try:
@@ -132,14 +177,14 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
 
 
 def _task_class(task_target: str | None):
+    """The task class a job's config names (None when it cannot be imported any more)."""
     if not task_target:
         return None
-    import importlib
+    from hydra.utils import get_class
 
-    module, _, name = task_target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+        return get_class(task_target)
+    except (ImportError, ValueError):
         return None
 
 
@@ -147,8 +192,7 @@ def _judged(cls) -> list[str]:
     """The metrics a family is judged on (primary first), from its task class."""
     if cls is None:
         return []
-    keys = [getattr(cls, "primary_metric", None)] + list(getattr(cls, "higher_is_better", ())) + \
-        list(getattr(cls, "lower_is_better", ()))
+    keys = [cls.primary_metric, *cls.higher_is_better, *cls.lower_is_better]
     return list(dict.fromkeys(k for k in keys if k))
 
 
@@ -271,8 +315,7 @@ def _paired_comparisons(directory: Path, groups: list[dict]) -> list[dict]:
     rows = comparisons.comparisons(groups, chain, task_cls) if task_cls is not None else []
     if rows:
         comparisons.write_csv(rows, directory / "comparisons.csv")
-        comparisons.draw(rows, directory / "comparisons.png", directory.name,
-                         set(getattr(task_cls, "higher_is_better", ())))
+        comparisons.draw(rows, directory / "comparisons.png", directory.name, set(task_cls.higher_is_better))
     return rows
 
 

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
+from experiments import run_dir as rd
 from experiments.checkpoint.io import load_checkpoint, sha256_file
-from experiments.errors import StageFailure, UserError
-from experiments.stages import checkpoint_stages  # noqa: F401  (registers the checkpoint stages)
+from experiments.errors import EXIT_FAILED, EXIT_OK, Outcome, StageFailure, UserError
+from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.config_check import check_config
 from experiments.stages.registry import run_stages
+from experiments.task_contract import ExperimentTask
 
 SINGLE = ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics"]
 SERIES = ["progress", "weights_updated", "history_consistent", "resume_exact"]
@@ -46,10 +48,9 @@ class VerifyContext:
             raise UserError(f"{target} does not exist; give a checkpoint file or a run directory")
         if target.is_file():
             return [target]
-        folder = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-        files = sorted(folder.glob("*.ckpt"))
+        files = rd.checkpoint_files(target)
         if not files:
-            raise UserError(f"no checkpoint (*.ckpt) in {folder}")
+            raise UserError(f"no checkpoint (*.ckpt) in {target}")
         return files
 
     def _series(self) -> list[Path]:
@@ -70,6 +71,8 @@ class VerifyContext:
             check_config(OmegaConf.create({k: v for k, v in self.config.items() if k in ("model", "data", "task")}))
         except UserError as e:
             raise UserError(f"{self.primary}: its stored config no longer matches the code: {e}")
+        if not issubclass(get_class(self.config["task"]["_target_"]), ExperimentTask):
+            raise UserError(f"{self.primary}: its task {self.config['task']['_target_']} is not an ExperimentTask")
 
     # ---- helpers for the stages ----
     def sha256(self, path: Path) -> str:
@@ -98,7 +101,6 @@ class VerifyContext:
         if not frozen:
             return task, "fresh initialisation, same architecture and seed"
         from experiments.checkpoint.frozen import source_parts
-        from experiments.tasks.ternary_hyperbolic import FROZEN_PARTS
 
         src = frozen["source"]
         if src.get("allow_random"):
@@ -108,7 +110,7 @@ class VerifyContext:
             state, note = load_checkpoint(path)["state_dict"], f"frozen parts from the run's source {path}"
         else:
             state, note = self.ckpts[self.primary]["state_dict"], "frozen parts from this checkpoint (source file gone or changed)"
-        task.load_state_dict({**task.state_dict(), **source_parts(state, FROZEN_PARTS)}, strict=True)
+        task.load_state_dict({**task.state_dict(), **source_parts(state, task.frozen_parts)}, strict=True)
         return task, note + "; the trained parts re-initialised"
 
     def trained(self, path: Path):
@@ -129,8 +131,9 @@ class VerifyContext:
         return self._trained[path]
 
     def monitor(self) -> tuple[str, str]:
+        """The metric the run's checkpoint policy followed: its config's, else the task's primary metric."""
         ck = self.config.get("checkpoint", {})
-        return ck.get("monitor") or "val/ce", ck.get("mode", "min")
+        return get_class(self.config["task"]["_target_"]).monitor(ck.get("monitor"), ck.get("mode"))
 
     def row(self, path: Path) -> dict:
         epoch = self.ckpts[path]["epoch"]
@@ -187,21 +190,24 @@ def print_table(results) -> None:
                 print(f"       {name:24s} trained {m['trained']:10.6g}   untrained {m['untrained_control']:10.6g}{verdict}")
 
 
-def verify(cfg) -> int:
+def verify(cfg) -> Outcome:
     if not cfg.ckpt:
         raise UserError("give a checkpoint or run directory: python verify.py ckpt=PATH")
     t0 = time.perf_counter()
     torch.set_grad_enabled(True)
     ctx = VerifyContext(Path(str(cfg.ckpt)), device=cfg.device)
     stages = list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
-    results = run_stages(stages, ctx, stop_on_failure=False)
+    results = run_stages(stages, ctx, CHECKPOINT_STAGES, stop_on_failure=False)
     if results and results[0].name == "loadable" and results[0].status == "fail":
         raise UserError(results[0].details)
     rep = report(ctx, results, time.perf_counter() - t0)
     print_table(results)
-    out = Path(str(cfg.report)) if cfg.report else ctx.primary.parent / "verification" / f"{ctx.primary.stem}.json"
+    out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rep, indent=2, default=str) + "\n")
     out.with_suffix(".md").write_text(markdown(rep))
     print(f"{'PASSED' if rep['passed'] else 'FAILED'} in {rep['seconds']:.1f}s; report: {out} (and .md)", flush=True)
-    return 0 if rep["passed"] else 1
+    if rep["passed"]:
+        return Outcome(EXIT_OK)
+    failed = [r for r in results if r.status == "fail"]
+    return Outcome(EXIT_FAILED, f"stage {failed[0].name} failed: {failed[0].details}")

@@ -1,12 +1,13 @@
-"""Frozen parts for the hyperbolic Ternary VAE variants: find the source checkpoint, prove it fits, load it.
+"""Frozen parts: submodules a task loads from another run's checkpoint (the task's `frozen_parts`, keys
+`model.<part>.*`): find the source checkpoint, prove it fits, load it.
 
-The seed failure this guards against: `frozen_checkpoint.path: null` trained a v5.11 from random init to
-0.01% coverage without a word. Here a variant that needs frozen parts cannot start without them unless
-the user says `frozen_checkpoint.allow_random=true`, and every refusal is one line naming the problem and
-the compatible checkpoints found under the outputs root.
+The failure this guards against: a null source path once trained a variant from random init to 0.01%
+coverage without a word. Here a task that needs frozen parts cannot start without them unless the user
+says `frozen_checkpoint.allow_random=true`, and every refusal is one line naming the problem and the
+compatible checkpoints found under the outputs root.
 
-Which experiments a variant may load from is the `frozen_checkpoint.compatibility` matrix in config
-(conf/frozen_checkpoint/default.yaml); a checkpoint's experiment is the name its own config records.
+Which experiments a variant may load from is the `frozen_checkpoint.compatibility` matrix in its config;
+a checkpoint's experiment is the name its own config records.
 """
 import hashlib
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from experiments import run_dir as rd
 from experiments.checkpoint.io import load_checkpoint, sha256_file
 from experiments.errors import StageFailure, UserError
 
@@ -31,7 +33,7 @@ def _verified_file(ckpt_dir: Path) -> Path | None:
     """The newest checkpoint of a run that passed verify.py and has not changed since (its sha256 still
     matches the report's)."""
     found = []
-    for report in (ckpt_dir / "verification").glob("*.json"):
+    for report in (ckpt_dir / rd.VERIFICATION).glob("*.json"):
         try:
             rep = json.loads(report.read_text())
         except (OSError, ValueError):
@@ -46,8 +48,8 @@ def find_candidates(outputs: Path, compatible: list[str]) -> list[Candidate]:
     """Runs under `outputs` whose experiment is in `compatible`, newest first: the verified checkpoint
     when the run passed verify.py, else its last.ckpt."""
     out = []
-    for run_yaml in sorted(Path(outputs).glob("**/run.yaml")):
-        if "superseded" in run_yaml.parts:
+    for run_yaml in sorted(Path(outputs).glob(f"**/{rd.RUN_CONFIG}")):
+        if rd.is_superseded(run_yaml):
             continue
         try:
             experiment = (yaml.safe_load(run_yaml.read_text()) or {}).get("experiment")
@@ -55,9 +57,8 @@ def find_candidates(outputs: Path, compatible: list[str]) -> list[Candidate]:
             continue
         if experiment not in compatible:
             continue
-        ckpt_dir = run_yaml.parent / "checkpoints"
-        verified = _verified_file(ckpt_dir)
-        path = verified or ckpt_dir / "last.ckpt"
+        verified = _verified_file(rd.checkpoint_dir(run_yaml.parent))
+        path = verified or rd.last_checkpoint(run_yaml.parent)
         if path.is_file():
             out.append(Candidate(path, experiment, verified is not None, path.stat().st_mtime))
     return sorted(out, key=lambda c: -c.mtime)
@@ -137,41 +138,43 @@ def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, 
 
 
 def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from: Path | None = None) -> str:
-    """Find, check and load the frozen parts into `task.model`. Returns a one-line account; raises
-    StageFailure with one line naming the problem."""
-    from experiments.tasks.ternary_hyperbolic import FROZEN_PARTS
-
+    """Find, check and load the task's `frozen_parts` into `task.model`. Returns a one-line account;
+    raises StageFailure with one line naming the problem."""
+    parts = tuple(task.frozen_parts)
+    if not parts:
+        raise StageFailure(f"this config has a frozen_checkpoint node, but {type(task).__name__} names no "
+                           f"frozen_parts: remove frozen_checkpoint or name the parts in the task")
     matrix = node.get("compatibility") or {}
     if variant not in matrix:
         raise StageFailure(f"experiment {variant} has no row in frozen_checkpoint.compatibility "
                            f"(rows: {sorted(matrix)}); add one naming the experiments it may load from")
     compatible = list(matrix[variant])
-    own = source_parts(task.state_dict(), FROZEN_PARTS)
+    own = source_parts(task.state_dict(), parts)
     path = node.get("path")
     if resume_from is not None:  # a resumed run takes its frozen parts from its own last checkpoint
         path, compatible = str(resume_from), compatible + [variant]
     if path is None:
         if node.get("allow_random"):
             task.frozen_source = {"path": None, "allow_random": True}
-            return ("frozen_checkpoint.allow_random=true: the frozen parts are RANDOM (no checkpoint); coverage "
-                    "will be near 0% and this run's figures say nothing about a trained v5.5")
-        raise StageFailure(f"frozen_checkpoint.path is null, but {variant} trains on frozen encoders and decoder A "
+            return ("frozen_checkpoint.allow_random=true: the frozen parts are RANDOM (no checkpoint); this "
+                    "run's figures say nothing about a trained source")
+        raise StageFailure(f"frozen_checkpoint.path is null, but {variant} trains on frozen {', '.join(parts)} "
                            f"from a {' or '.join(compatible)} checkpoint; set frozen_checkpoint.path=PATH or "
                            f"frozen_checkpoint.path=auto (compatible under {outputs}: "
                            f"{describe(find_candidates(outputs, compatible))}), or allow_random=true to train "
                            f"from random init on purpose")
     if path == "auto":
-        file, ckpt, account = resolve_auto(outputs, compatible, variant, own, FROZEN_PARTS)
+        file, ckpt, account = resolve_auto(outputs, compatible, variant, own, parts)
     else:
         file = Path(path)
         if file.is_dir():  # a run directory: its last checkpoint
-            file = file / "checkpoints" / "last.ckpt" if (file / "checkpoints").is_dir() else file / "last.ckpt"
+            file = rd.last_checkpoint(file) if rd.checkpoint_dir(file).is_dir() else file / rd.LAST
         if not file.is_file():
             raise StageFailure(f"frozen_checkpoint.path={path} does not exist; compatible checkpoints under "
                                f"{outputs}: {describe(find_candidates(outputs, compatible))}")
         ckpt = read_source(file, compatible, variant)
         account = f"loaded from {file} ({ckpt['config'].get('experiment')}, epoch {ckpt.get('epoch')})"
-    source = source_parts(ckpt["state_dict"], FROZEN_PARTS)
+    source = source_parts(ckpt["state_dict"], parts)
     try:
         check_fit(source, own, file)
     except StageFailure as e:
@@ -183,6 +186,6 @@ def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from
         task.frozen_source = {
             "path": str(file.resolve()), "sha256": sha256_file(file), "experiment": ckpt["config"].get("experiment"),
             "epoch": ckpt.get("epoch"), "allow_random": False,
-            "part_digests": {p: parts_digest(source, [p]) for p in FROZEN_PARTS},
+            "part_digests": {p: parts_digest(source, [p]) for p in parts},
         }
     return account

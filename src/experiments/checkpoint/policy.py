@@ -23,8 +23,7 @@ import experiments
 from experiments.callbacks import console_print, summary_line
 from experiments.checkpoint.io import copy_checkpoint, sidecar
 from experiments.errors import UserError
-
-LAST = "last.ckpt"
+from experiments.run_dir import LAST
 
 
 def epoch_name(epoch: int) -> str:
@@ -124,11 +123,11 @@ class CheckpointPolicy(Checkpoint):
             return
         epoch = trainer.current_epoch
         row = {"epoch": epoch, "global_step": trainer.global_step}
-        row.update({k: float(v) for k, v in getattr(pl_module, "epoch_metrics", {}).items()})
+        row.update({k: float(v) for k, v in pl_module.epoch_metrics.items()})
         row["time/epoch_s"] = time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter())
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         if trainer.is_global_zero:
-            console_print(trainer, summary_line(row, getattr(pl_module, "summary_keys", ()), trainer.max_epochs))
+            console_print(trainer, summary_line(row, pl_module.summary_keys, trainer.max_epochs, pl_module.percent_keys))
         self._finished = self._is_final(trainer, epoch)
         names = []
         if (epoch + 1) % self.every_n_epochs == 0 or self._finished:

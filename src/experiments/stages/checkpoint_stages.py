@@ -14,7 +14,7 @@ import torch
 
 from experiments.checkpoint.io import sidecar
 from experiments.errors import StageFailure
-from experiments.stages.registry import StageResult, stage
+from experiments.stages.registry import StageResult
 
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "config", "history", "rng",
                  "framework", "run")
@@ -27,7 +27,6 @@ def _skip(name: str, reason: str) -> StageResult:
     return StageResult(name=name, status="skip", details=reason)
 
 
-@stage("loadable")
 def loadable(ctx) -> StageResult:
     """Every checkpoint opened with weights_only=True (done while reading the input) and has the keys."""
     for path, ckpt in ctx.ckpts.items():
@@ -38,7 +37,6 @@ def loadable(ctx) -> StageResult:
                                                 f"and hold {', '.join(REQUIRED_KEYS)}")
 
 
-@stage("integrity")
 def integrity(ctx) -> StageResult:
     checked, unrecorded = 0, []
     for path in ctx.ckpts:
@@ -57,7 +55,6 @@ def integrity(ctx) -> StageResult:
     return StageResult(name="integrity", details=f"{checked} file(s) match the sha256 recorded at save time{note}")
 
 
-@stage("restorable")
 def restorable(ctx) -> StageResult:
     for path in ctx.ckpts:
         ctx.trained(path)  # strict load; raises StageFailure naming the keys
@@ -65,7 +62,6 @@ def restorable(ctx) -> StageResult:
                                                   f"{ctx.config['model']['_target_']} for {len(ctx.ckpts)} file(s)")
 
 
-@stage("predicts")
 def predicts(ctx) -> StageResult:
     task, datamodule = ctx.trained(ctx.primary), ctx.datamodule()
     batch = next(iter(datamodule.val_dataloader()))  # the task moves it to its device
@@ -79,9 +75,8 @@ def predicts(ctx) -> StageResult:
     return StageResult(name="predicts", details="finite outputs on a real batch: " + ", ".join(shapes))
 
 
-@stage("frozen_identical")
 def frozen_identical(ctx) -> StageResult:
-    """Variants built on frozen parts: the parts frozen for the whole run are byte-identical to the
+    """Tasks built on frozen parts: the parts frozen for the whole run are byte-identical to the
     source checkpoint's (per-part sha256 recorded at load time; tensor by tensor when the file is there)."""
     from experiments.checkpoint.frozen import parts_digest, source_parts
     from experiments.checkpoint.io import load_checkpoint, sha256_file
@@ -112,7 +107,6 @@ def frozen_identical(ctx) -> StageResult:
                        metrics={"source": src["path"], "always_frozen": parts, "ever_trained": trained})
 
 
-@stage("progress")
 def progress(ctx) -> StageResult:
     if len(ctx.series) < 2:
         return _skip("progress", "needs at least two checkpoints of different epochs")
@@ -133,7 +127,6 @@ def progress(ctx) -> StageResult:
                        metrics={"epochs": epochs, f"{monitor}/first": first, f"{monitor}/last": last})
 
 
-@stage("weights_updated")
 def weights_updated(ctx) -> StageResult:
     if len(ctx.series) < 2:
         return _skip("weights_updated", "needs at least two checkpoints of different epochs")
@@ -160,7 +153,6 @@ def weights_updated(ctx) -> StageResult:
                        + (f"; {len(frozen)} frozen tensors unchanged" if frozen else ""))
 
 
-@stage("history_consistent")
 def history_consistent(ctx) -> StageResult:
     latest = max(ctx.ckpts, key=lambda p: (len(ctx.ckpts[p]["history"]), ctx.ckpts[p]["global_step"]))
     history = {row["epoch"]: row for row in ctx.ckpts[latest]["history"]}
@@ -184,11 +176,10 @@ def history_consistent(ctx) -> StageResult:
                                f"{len(ctx.ckpts)} file(s) agree with it row for row")
 
 
-@stage("resume_exact")
 def resume_exact(ctx) -> StageResult:
     from omegaconf import OmegaConf
 
-    from experiments.train import build, build_trainer
+    from experiments.assemble import build, build_trainer
 
     if ctx.device != "cpu":
         return _skip("resume_exact", "bit-for-bit comparison is promised on CPU only")
@@ -211,7 +202,7 @@ def resume_exact(ctx) -> StageResult:
     cfg.logger = None
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         datamodule, model, task = build(cfg)
-        trainer, _ = build_trainer(cfg, Path(tmp), target["config"])
+        trainer, _ = build_trainer(cfg, Path(tmp), target["config"], task)
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(a), weights_only=True)
         resumed = task.state_dict()
     if trainer.global_step != target["global_step"]:
@@ -236,14 +227,13 @@ def _other_code(checkpoint: dict) -> str:
             f"(training code changed since may round differently)")
 
 
-@stage("metrics")
 def metrics(ctx) -> StageResult:
     epoch = ctx.ckpts[ctx.primary]["epoch"]
     trained = ctx.trained(ctx.primary).evaluate(ctx.datamodule(), epoch)
     control_task, control_note = ctx.control_task()
     control = control_task.to(ctx.device).evaluate(ctx.datamodule(), epoch)
     task_cls = type(ctx.fresh_task())
-    higher, lower = getattr(task_cls, "higher_is_better", ()), getattr(task_cls, "lower_is_better", ())
+    higher, lower = task_cls.higher_is_better, task_cls.lower_is_better
     rows, flagged = {}, []
     for name, value in trained.items():
         row = {"trained": value, "untrained_control": control.get(name)}
@@ -254,7 +244,7 @@ def metrics(ctx) -> StageResult:
             if not row["clearly_better"]:
                 flagged.append(name)
         rows[name] = row
-    primary = getattr(task_cls, "primary_metric", None)
+    primary = task_cls.primary_metric
     details = (f"{len(rows)} metrics beside an untrained control ({control_note}); "
                + (f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"))
     if primary in flagged:  # a failure that still shows every figure beside its control
@@ -262,3 +252,18 @@ def metrics(ctx) -> StageResult:
                            details=f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
                                    f"untrained control's {control[primary]:.4g}")
     return StageResult(name="metrics", details=details, metrics=rows)
+
+
+# verify.py's stages, by the names `stages=[...]` takes; verify.py picks those that apply to a file or a run.
+CHECKPOINT_STAGES = {
+    "loadable": loadable,
+    "integrity": integrity,
+    "restorable": restorable,
+    "predicts": predicts,
+    "frozen_identical": frozen_identical,
+    "progress": progress,
+    "weights_updated": weights_updated,
+    "history_consistent": history_consistent,
+    "resume_exact": resume_exact,
+    "metrics": metrics,
+}

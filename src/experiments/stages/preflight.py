@@ -9,7 +9,7 @@ import torch
 
 from experiments.errors import StageFailure
 from experiments.stages.config_check import check_config
-from experiments.stages.registry import StageResult, stage
+from experiments.stages.registry import StageResult
 
 
 @dataclass
@@ -40,13 +40,11 @@ def _loss(task, batch, batch_idx: int) -> torch.Tensor:
     return loss
 
 
-@stage("config")
 def config_stage(ctx) -> StageResult:
     checked = check_config(ctx.cfg)
     return StageResult(name="config", details=f"{checked} config nodes match their targets' signatures")
 
 
-@stage("forward_backward")
 def forward_backward(ctx) -> StageResult:
     """One real batch through forward, loss and backward, on a copy of the task."""
     task = copy.deepcopy(ctx.task).train()
@@ -59,7 +57,6 @@ def forward_backward(ctx) -> StageResult:
                        metrics={"loss": loss.item()})
 
 
-@stage("gradients")
 def gradients(ctx) -> StageResult:
     """Every trainable parameter gets a finite gradient on every batch, non-zero on at least one."""
     task = copy.deepcopy(ctx.task).train()
@@ -85,7 +82,6 @@ def gradients(ctx) -> StageResult:
     return StageResult(name="gradients", details=f"{len(params)} trainable tensors, all with finite, non-zero gradients")
 
 
-@stage("finite")
 def finite(ctx) -> StageResult:
     """No NaN or Inf in parameters, buffers, or the outputs of a real batch."""
     for n, t in itertools.chain(ctx.task.named_parameters(), ctx.task.named_buffers()):
@@ -98,7 +94,6 @@ def finite(ctx) -> StageResult:
     return StageResult(name="finite", details="parameters, buffers and loss are finite")
 
 
-@stage("optimizer_step")
 def optimizer_step(ctx) -> StageResult:
     """One real optimizer step on a copy: every trainable parameter moves, every frozen one stays
     bit-identical (a frozen tensor left in the optimizer would drift through weight decay)."""
@@ -122,10 +117,9 @@ def optimizer_step(ctx) -> StageResult:
                        details=f"{len(before) - len(frozen)} trainable tensors moved, {len(frozen)} frozen stayed")
 
 
-@stage("frozen_checkpoint")
 def frozen_checkpoint(ctx) -> StageResult:
-    """Variants built on frozen parts: find, check and load them (checkpoint/frozen.py). Must run before
-    the stages that train a copy of the task."""
+    """Tasks built on frozen parts (`frozen_parts`): find, check and load them (checkpoint/frozen.py). Must
+    run before the stages that train a copy of the task."""
     from omegaconf import OmegaConf
 
     from experiments.checkpoint.frozen import load_frozen_parts
@@ -138,26 +132,18 @@ def frozen_checkpoint(ctx) -> StageResult:
     return StageResult(name="frozen_checkpoint", details=account, metrics={"source": dict(ctx.task.frozen_source)})
 
 
-@stage("frozen_coverage")
-def frozen_coverage(ctx) -> StageResult:
-    """Reconstruction coverage of the frozen path (decoder A on encoder A's mean) over all operations,
-    after loading: below frozen_checkpoint.min_coverage the run stops before training."""
-    node = ctx.cfg.get("frozen_checkpoint")
-    if node is None:
-        return StageResult(name="frozen_coverage", status="skip", details="this experiment has no frozen parts")
-    coverage = ctx.task.evaluate(ctx.datamodule)["coverage/recon_a"]
-    ctx.task.train()
-    threshold = float(node.get("min_coverage", 0.95))
-    if ctx.task.frozen_source.get("allow_random"):
-        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} from RANDOM frozen parts "
-                           f"(allow_random=true: threshold {threshold:.0%} not enforced)", metrics={"coverage": coverage})
-    if ctx.resume_from is not None:  # mid-run coverage is the guard's business, not a source check
-        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} of the run being resumed "
-                           f"(its own last checkpoint; threshold applies to a run's source only)",
-                           metrics={"coverage": coverage})
-    if coverage < threshold:
-        raise StageFailure(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
-                           f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
-                           f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source")
-    return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",
-                       metrics={"coverage": coverage})
+# What train.py runs before training, by the names `validation.preflight` lists (in its order); a family
+# adds its own through its task's `preflight_stages`.
+PREFLIGHT_STAGES = {
+    "config": config_stage,
+    "frozen_checkpoint": frozen_checkpoint,
+    "forward_backward": forward_backward,
+    "gradients": gradients,
+    "finite": finite,
+    "optimizer_step": optimizer_step,
+}
+
+
+def stages_for(task) -> dict:
+    """The framework's preflight stages and the task's family's own."""
+    return {**PREFLIGHT_STAGES, **type(task).preflight_stages}

@@ -1,15 +1,16 @@
-"""One registry of validation stages, shared by train.py (preflight) and verify.py (checkpoint stages).
+"""Validation stages: what a stage is and how a program runs a list of them.
 
 A stage is a small function `stage(ctx) -> StageResult | None`; it raises StageFailure with one line
-that names the problem. `run_stages` times each one and stops at the first failure.
+that names the problem. Each program lists its stages by name in one place: train.py's preflight in
+stages/preflight.py (`PREFLIGHT_STAGES`, plus a family's own `preflight_stages`), verify.py's in
+stages/checkpoint_stages.py (`CHECKPOINT_STAGES`). `run_stages` times each one and stops at the first
+failure.
 """
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from experiments.errors import StageFailure, UserError
-
-STAGES: dict[str, Callable] = {}
 
 
 @dataclass
@@ -21,24 +22,15 @@ class StageResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def stage(name: str):
-    def register(fn):
-        if name in STAGES:
-            raise ValueError(f"stage {name!r} registered twice")
-        STAGES[name] = fn
-        return fn
-    return register
-
-
-def run_stages(names, ctx, stop_on_failure: bool = True) -> list[StageResult]:
-    unknown = [n for n in names if n not in STAGES]
+def run_stages(names, ctx, stages: dict[str, Callable], stop_on_failure: bool = True) -> list[StageResult]:
+    unknown = [n for n in names if n not in stages]
     if unknown:
-        raise UserError(f"unknown validation stage(s) {unknown}; known: {sorted(STAGES)}")
+        raise UserError(f"unknown validation stage(s) {unknown}; known: {sorted(stages)}")
     results = []
     for name in names:
         t0 = time.perf_counter()
         try:
-            result = STAGES[name](ctx) or StageResult(name=name)
+            result = stages[name](ctx) or StageResult(name=name)
         except StageFailure as e:
             result = StageResult(name=name, status="fail", details=str(e))
         except UserError:

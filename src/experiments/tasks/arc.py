@@ -15,7 +15,6 @@ import io
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,12 +22,12 @@ import torch.nn.functional as F
 from experiments.checkpoint.io import atomic_write_bytes
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
-from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.metrics.arc import nll_bits, output_record, rank_attempts, score
+from experiments.task_contract import ExperimentTask
 from experiments.tasks.arc_decoding import CachedSteps, FullRecomputation, greedy
 
 
-class ArcTask(L.LightningModule):
+class ArcTask(ExperimentTask):
     summary_keys = ("train/loss", "arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@2",
                     "arc/cell_accuracy", "arc/right_shape", "arc/test_nll")
     higher_is_better = ("arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@1", "arc/exact_task@2",
@@ -50,8 +49,6 @@ class ArcTask(L.LightningModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.eval_augmentations, self.max_decode_tokens, self.seed = eval_augmentations, max_decode_tokens, seed
         self.eval_every_n_epochs = eval_every_n_epochs
-        self.epoch_metrics: dict[str, float] = {}
-        self._sum, self._tokens = torch.zeros(()), 0
         self.last_results: list[dict] = []
 
     # ---- training ----
@@ -60,34 +57,15 @@ class ArcTask(L.LightningModule):
         targets = batch["targets"]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=af.PAD)
         n = int((targets != af.PAD).sum())
-        self._sum += loss.detach() * n
-        self._tokens += n
+        self.add_training_terms(loss.detach() * n, n)  # the epoch's loss: a mean over its tokens
         return loss
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(batch, batch_idx)
-
-    def on_train_epoch_start(self) -> None:
-        self.epoch_metrics = {}
-        self._sum, self._tokens = torch.zeros(()), 0
-
-    def on_train_epoch_end(self) -> None:
-        total, tokens = totals_over_ranks(self, self._sum, self._tokens)  # DDP: every process's share
-        train = {"train/loss": (total / max(1, tokens)).item(), "train/tokens": tokens}
-        self.epoch_metrics.update(train)
-        self.log_dict(train)
+    def training_figures(self, means: list[float], count: float) -> dict[str, float]:
+        return {**super().training_figures(means, count), "train/tokens": count}
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task_epoch_state"] = {"sum": self._sum.clone(), "tokens": self._tokens}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = epoch_state_for_this_rank(self, checkpoint)
-        if state is not None:
-            self._sum, self._tokens = state["sum"].clone(), state["tokens"]
 
     # ---- evaluation ----
     def views(self) -> list[af.Augmentation]:

@@ -1,25 +1,24 @@
 """Training and evaluation of the Ternary VAE v5.5 (dual VAE with cross-injection).
 
-Contract with the framework: `epoch_metrics` holds this epoch's figures (train averages after
-`on_train_epoch_end`, validation figures after `on_validation_epoch_end`); the checkpoint policy
-copies it into the run history.
+The framework's side of the contract (epoch sums, their checkpoint state) is task_contract.py's.
 """
 import math
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 
-from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS
 from experiments.metrics import ternary as tm
 from experiments.models.ternary_vae_v5_5 import DualVAE
+from experiments.task_contract import ExperimentTask
 
 TRAIN_TERMS = ("loss", "ce_a", "ce_b", "kl_a", "kl_b", "entropy_gap")
 
 
-class TernaryVAETask(L.LightningModule):
+class TernaryVAETask(ExperimentTask):
     summary_keys = ("train/loss", "coverage/recon_a", "coverage/recon_b", "coverage/sampled_a", "entropy/latent_a")
+    percent_keys = ("coverage/recon_a", "coverage/recon_b", "coverage/sampled_a")
+    train_terms = TRAIN_TERMS
 
     def __init__(
         self,
@@ -52,9 +51,6 @@ class TernaryVAETask(L.LightningModule):
         self.beta_warmup_epochs = beta_warmup_epochs
         self.free_bits, self.eps_kl = free_bits, eps_kl
         self.coverage_samples, self.seed = coverage_samples, seed
-        self.epoch_metrics: dict[str, float] = {}
-        self._sums = torch.zeros(len(TRAIN_TERMS))
-        self._batches = 0
 
     # ---- schedules (functions of the epoch only, so a resumed run follows the same curve) ----
     def rho(self, epoch: int) -> float:
@@ -88,26 +84,11 @@ class TernaryVAETask(L.LightningModule):
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """The scalar to minimise for one batch (preflight runs exactly this)."""
         loss, terms = self.compute_loss(batch, self.current_epoch)
-        self._sums += terms
-        self._batches += 1
+        self.add_training_terms(terms)
         return loss
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(batch, batch_idx)
-
-    def on_train_epoch_start(self) -> None:
-        # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.
-        self.epoch_metrics = {}  # an epoch without validation must not inherit the last one's figures
-        self._sums.zero_()
-        self._batches = 0
-
-    def on_train_epoch_end(self) -> None:
-        sums, batches = totals_over_ranks(self, self._sums, self._batches)  # DDP: every process's share
-        means = (sums / max(1, batches)).tolist()
-        train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
-        train["train/rho"] = self.rho(self.current_epoch)
-        self.epoch_metrics.update(train)
-        self.log_dict(train)
+    def training_figures(self, means: list[float], count: float) -> dict[str, float]:
+        return {**super().training_figures(means, count), "train/rho": self.rho(self.current_epoch)}
 
     # ---- evaluation over all 19,683 operations ----
     # How verify.py judges each metric against the untrained control; others are reported, not judged.
@@ -199,12 +180,3 @@ class TernaryVAETask(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-
-    # ---- accumulators travel with a mid-epoch (preemption) checkpoint ----
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task_epoch_state"] = {"sums": self._sums.clone(), "batches": self._batches}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = epoch_state_for_this_rank(self, checkpoint)
-        if state is not None:
-            self._sums, self._batches = state["sums"].clone(), state["batches"]

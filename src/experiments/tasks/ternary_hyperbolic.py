@@ -13,24 +13,54 @@ Loss (each weight 0 switches its term off; every term is summed over the A and B
   + hierarchy_weight * level-mean hierarchy + richness_weight * richness shortfall
   + separation_weight * separation + ce_weight * CE(decoder A on encoder A's mean) (v5.12)
 """
-import lightning as L
+
 import torch
 import torch.nn.functional as F
 
-from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
 from experiments.data.ternary_ops import NUM_OPERATIONS, operation_index
-from experiments.errors import UserError
+from experiments.errors import StageFailure, UserError
 from experiments.metrics import hyperbolic as hm
 from experiments.metrics import hyperbolic_losses as hl
 from experiments.metrics.ternary import trits_from_logits
 from experiments.models.ternary_vae_v5_11 import HyperbolicTernaryVAE
+from experiments.stages.registry import StageResult
+from experiments.task_contract import ExperimentTask
 
 TRAIN_TERMS = ("loss", "radial", "geodesic", "hierarchy", "richness", "separation", "ce")
 FROZEN_PARTS = ("encoder_a", "encoder_b", "decoder_a")  # loaded from the source checkpoint
 
 
-class HyperbolicTernaryTask(L.LightningModule):
+def frozen_coverage(ctx) -> StageResult:
+    """Preflight stage: reconstruction coverage of the frozen path (decoder A on encoder A's mean) over
+    all operations, after the frozen_checkpoint stage loaded the parts: below
+    frozen_checkpoint.min_coverage the run stops before training."""
+    node = ctx.cfg.get("frozen_checkpoint")
+    if node is None:
+        return StageResult(name="frozen_coverage", status="skip", details="this experiment has no frozen parts")
+    coverage = ctx.task.evaluate(ctx.datamodule)["coverage/recon_a"]
+    ctx.task.train()
+    threshold = float(node.get("min_coverage", 0.95))
+    if ctx.task.frozen_source.get("allow_random"):
+        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} from RANDOM frozen parts "
+                           f"(allow_random=true: threshold {threshold:.0%} not enforced)", metrics={"coverage": coverage})
+    if ctx.resume_from is not None:  # mid-run coverage is the guard's business, not a source check
+        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} of the run being resumed "
+                           f"(its own last checkpoint; threshold applies to a run's source only)",
+                           metrics={"coverage": coverage})
+    if coverage < threshold:
+        raise StageFailure(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
+                           f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
+                           f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source")
+    return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",
+                       metrics={"coverage": coverage})
+
+
+class HyperbolicTernaryTask(ExperimentTask):
     summary_keys = ("train/loss", "coverage/recon_a", "hierarchy/b", "richness/b", "Q/b")
+    percent_keys = ("coverage/recon_a",)
+    train_terms = TRAIN_TERMS
+    frozen_parts = FROZEN_PARTS
+    preflight_stages = {"frozen_coverage": frozen_coverage}
     # How verify.py judges each metric against the untrained control (projection re-initialised,
     # frozen parts as loaded). Coverage is reported, not judged: the control shares the frozen path.
     higher_is_better = ("Q/a", "Q/b")
@@ -73,10 +103,7 @@ class HyperbolicTernaryTask(L.LightningModule):
         # Where the frozen parts came from: set by the frozen_checkpoint preflight stage, kept in every
         # checkpoint, so that verify.py can compare them with the source byte for byte.
         self.frozen_source: dict = {}
-        self.epoch_metrics: dict[str, float] = {}
         self._levels = hm.valuation(torch.arange(NUM_OPERATIONS))
-        self._sums = torch.zeros(len(TRAIN_TERMS))
-        self._batches = 0
 
     # ---- which parts train ----
     def set_trainable(self, part: str, trainable: bool) -> None:
@@ -135,12 +162,8 @@ class HyperbolicTernaryTask(L.LightningModule):
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss, terms = self.compute_loss(batch)
-        self._sums += terms.cpu()
-        self._batches += 1
+        self.add_training_terms(terms)
         return loss
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(batch, batch_idx)
 
     def on_train_start(self) -> None:
         # The stage is the only door to training these variants: a config that dropped it must not
@@ -148,18 +171,6 @@ class HyperbolicTernaryTask(L.LightningModule):
         if not self.frozen_source:
             raise UserError("the frozen parts were never loaded: keep the frozen_checkpoint and frozen_coverage "
                             "stages in validation.preflight")
-
-    def on_train_epoch_start(self) -> None:
-        self.epoch_metrics = {}
-        self._sums.zero_()
-        self._batches = 0
-
-    def on_train_epoch_end(self) -> None:
-        sums, batches = totals_over_ranks(self, self._sums, self._batches)  # DDP: every process's share
-        means = (sums / max(1, batches)).tolist()
-        train = {f"train/{k}": v for k, v in zip(TRAIN_TERMS, means)}
-        self.epoch_metrics.update(train)
-        self.log_dict(train)
 
     # ---- evaluation over all 19,683 operations ----
     def on_validation_epoch_start(self) -> None:
@@ -228,14 +239,12 @@ class HyperbolicTernaryTask(L.LightningModule):
 
     # ---- what travels in every checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task_epoch_state"] = {"sums": self._sums.clone(), "batches": self._batches}
+        super().on_save_checkpoint(checkpoint)
         checkpoint["frozen"] = {"source": dict(self.frozen_source), "ever_trained": sorted(self.ever_trained),
                                 "always_frozen": self.always_frozen()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = epoch_state_for_this_rank(self, checkpoint)
-        if state is not None:
-            self._sums, self._batches = state["sums"].clone(), state["batches"]
+        super().on_load_checkpoint(checkpoint)
         frozen = checkpoint.get("frozen")
         if frozen is not None:
             self.frozen_source = dict(frozen["source"])

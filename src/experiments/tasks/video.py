@@ -9,15 +9,14 @@ frames above, reconstruction below) in the run directory and logs it to wandb wh
 import math
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
+from experiments.task_contract import ExperimentTask
 
 
-class VideoTask(L.LightningModule):
+class VideoTask(ExperimentTask):
     summary_keys = ("train/loss", "val/mse", "val/psnr", "val/ssim", "codes/used_fraction", "codes/perplexity")
     higher_is_better = ("val/psnr", "val/ssim", "codes/used_fraction", "codes/perplexity")
     lower_is_better = ("val/mse",)
@@ -29,42 +28,18 @@ class VideoTask(L.LightningModule):
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.entropy_weight, self.commitment_weight = entropy_weight, commitment_weight
         self.pictures, self.seed = pictures, seed
-        self.epoch_metrics: dict[str, float] = {}
-        self._sum, self._batches = torch.zeros(()), 0
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         out = self.model(batch)
         loss = F.mse_loss(out["recon"], batch)
         if "entropy_loss" in out:
             loss = loss + self.entropy_weight * out["entropy_loss"] + self.commitment_weight * out["commitment_loss"]
-        self._sum += loss.detach()
-        self._batches += 1
+        self.add_training_terms(loss)
         return loss
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(batch, batch_idx)
-
-    def on_train_epoch_start(self) -> None:
-        self.epoch_metrics = {}
-        self._sum, self._batches = torch.zeros(()), 0
-
-    def on_train_epoch_end(self) -> None:
-        total, batches = totals_over_ranks(self, self._sum, self._batches)  # DDP: every process's share
-        train = {"train/loss": (total / max(1, batches)).item()}
-        self.epoch_metrics.update(train)
-        self.log_dict(train)
 
     def configure_optimizers(self):
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr,
                                  weight_decay=self.weight_decay)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task_epoch_state"] = {"sum": self._sum.clone(), "batches": self._batches}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = epoch_state_for_this_rank(self, checkpoint)
-        if state is not None:
-            self._sum, self._batches = state["sum"].clone(), state["batches"]
 
     # ---- evaluation ----
     def on_validation_epoch_start(self) -> None:

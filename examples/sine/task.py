@@ -1,0 +1,64 @@
+"""Training and evaluation of the curve regression: what the framework needs from a family
+(experiments/task_contract.py), and nothing else.
+
+Loss: mean squared error on the noisy training points. Validation, on the clean grid: `val/mse` and
+`val/r2` = 1 - SSE / SST (the share of the curve's variance explained; 0 for predicting its mean).
+"""
+import torch
+import torch.nn.functional as F
+
+from experiments.task_contract import ExperimentTask
+
+
+class SineTask(ExperimentTask):
+    summary_keys = ("train/loss", "val/mse", "val/r2")
+    primary_metric = "val/r2"           # verify.py fails a checkpoint that does not clearly beat an untrained one
+    higher_is_better = ("val/r2",)
+    lower_is_better = ("val/mse",)
+
+    def __init__(self, model, lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.model, self.lr, self.weight_decay, self.seed = model, lr, weight_decay, seed
+
+    def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = F.mse_loss(self.model(batch[:, :1]), batch[:, 1:])
+        self.add_training_terms(loss)  # the framework reports the epoch's mean as train/loss
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # ---- evaluation ----
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    @torch.no_grad()
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._val.append(torch.cat([self.model(batch[:, :1]), batch[:, 1:]], 1))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        metrics = figures(torch.cat(self._val))
+        self.epoch_metrics.update(metrics)
+        self.log_dict(metrics)
+
+    @torch.no_grad()
+    def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
+        self.eval()
+        rows = [torch.cat([self.model(b[:, :1].to(self.device)), b[:, 1:].to(self.device)], 1)
+                for b in datamodule.val_dataloader()]
+        return figures(torch.cat(rows))
+
+    @torch.no_grad()
+    def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
+        batch = batch.to(self.device)
+        return [("prediction", self.model(batch[:, :1]), (len(batch), 1))]
+
+
+def figures(rows: torch.Tensor) -> dict[str, float]:
+    """val/mse and val/r2 from (prediction, target) rows."""
+    prediction, target = rows[:, 0].double(), rows[:, 1].double()
+    sse = ((prediction - target) ** 2).sum()
+    sst = ((target - target.mean()) ** 2).sum()
+    return {"val/mse": (sse / len(rows)).item(), "val/r2": (1 - sse / sst).item()}

@@ -1,0 +1,102 @@
+"""Build a run's pieces from a composed config: data, model and task, then the Trainer with the
+checkpoint policy, callbacks and logger. The training program and verify.py's `resume_exact` stage (which
+replays a run's epochs) both build through here, so a replay is assembled exactly as the run was."""
+import contextlib
+import sys
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from experiments import run_dir as rd
+from experiments.callbacks import StepSeeding
+from experiments.checkpoint.io import AtomicCheckpointIO
+from experiments.errors import UserError
+from experiments.task_contract import ExperimentTask
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def build(cfg: DictConfig):
+    """Instantiate data, model and task from the config (no trainer)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    model = instantiate(cfg.model)
+    task = instantiate(cfg.task, model=model)
+    if not isinstance(task, ExperimentTask):
+        raise UserError(f"task._target_={cfg.task._target_} is not an {ExperimentTask.__module__}.ExperimentTask: "
+                        f"a family's task subclasses it (README, 'Add your own experiment')")
+    return datamodule, model, task
+
+
+class TrainingBar(TQDMProgressBar):
+    """Lightning's bar for training. Validation is usually one short pass, summarised in the epoch line; a
+    task whose evaluation is long work (`long_validation`) gets a bar for it too."""
+
+    def init_validation_tqdm(self):
+        if self.trainer.lightning_module.long_validation:
+            return super().init_validation_tqdm()
+        return Tqdm(disable=True)  # disabled at construction, so it never draws
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
+    """The Trainer and its checkpoint policy. The policy's monitor is the config's, else the task's
+    primary metric (task_contract.ExperimentTask.monitor)."""
+    monitor, mode = task.monitor(cfg.checkpoint.get("monitor"), cfg.checkpoint.get("mode"))
+    # _partial_: the run config holds _target_ nodes that must stay plain values, not be built
+    policy = instantiate(cfg.checkpoint, _partial_=True)(dirpath=str(rd.checkpoint_dir(run_dir)), run_config=config,
+                                                         monitor=monitor, mode=mode)
+    callbacks = [StepSeeding(cfg.seed), policy]
+    callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TrainingBar(refresh_rate=cfg.progress_refresh_rate))
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+                              default_root_dir=str(run_dir))
+    except Exception as e:  # e.g. trainer=gpu on a machine without one (Hydra wraps Lightning's error)
+        cause = e if isinstance(e, MisconfigurationException) else e.__cause__
+        if not isinstance(cause, MisconfigurationException):
+            raise
+        raise UserError(f"trainer: {' '.join(str(cause).split())} (check trainer.accelerator/devices, or trainer=cpu)")
+    return trainer, policy
+
+
+def ddp_child_command(local_rank: int):
+    """Lightning starts each extra DDP process by rerunning the command line; for a Hydra app it appends
+    `hydra.run.dir=<run.dir>`. A job of a multirun would then rerun the whole sweep (`-m` and the sweep
+    lists are on the command line) in a directory of its own. Instead: this job's overrides only, in
+    this job's run directory, as a single run, with the same config folders (`--config-dir`)."""
+    from hydra.utils import get_original_cwd
+
+    hc = HydraConfig.get()
+    extra_dirs = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
+    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"),
+               *[f"--config-dir={d}" for d in extra_dirs], *hc.overrides.task,
+               f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
+               "hydra.output_subdir=null", "hydra.mode=RUN"]
+    return command, get_original_cwd()
+
+
+@contextlib.contextmanager
+def ddp_children_as_this_job(cfg: DictConfig):
+    """While the Trainer starts DDP processes, Lightning builds their command with `ddp_child_command`.
+    Lightning has no option for it: its module-level hook is swapped for this fit only and put back."""
+    if "ddp" not in str(cfg.trainer.get("strategy", "")) or not HydraConfig.initialized():
+        yield
+        return
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    original = subprocess_script._hydra_subprocess_cmd
+    subprocess_script._hydra_subprocess_cmd = ddp_child_command
+    try:
+        yield
+    finally:
+        subprocess_script._hydra_subprocess_cmd = original

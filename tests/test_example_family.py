@@ -1,0 +1,83 @@
+"""The worked fourth family in examples/sine, outside src/experiments, through the real programs: it
+trains, resumes bit-identically after SIGKILL, passes verify.py beside an untrained control, and runs in
+a multirun sweep with a summary."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, env, run_train, start_train
+from test_resume import assert_identical, wait_for
+
+CONF = ["--config-dir", str(ROOT / "examples" / "sine" / "conf")]
+ARGS = [*CONF, "experiment=sine", "logger=none", "trainer.enable_progress_bar=false"]
+
+
+def final(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sine")
+    r = run_train(*ARGS, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return root, root / "outputs" / "sine" / "default", r
+
+
+def test_example_trains_to_a_fit(trained):
+    root, run, r = trained
+    assert "Training sine (4,353 parameters)" in r.stdout
+    ckpt = final(run)
+    assert ckpt["run"]["finished"] and ckpt["epoch"] == 29
+    assert ckpt["history"][-1]["val/r2"] > 0.9 > ckpt["history"][0]["val/r2"]
+    # no monitor in its config: the family's primary metric picked the best checkpoint, higher is better
+    best = max(ckpt["history"], key=lambda row: row["val/r2"])
+    assert (run / "checkpoints" / f"best-epoch={best['epoch']:04d}.ckpt").exists()
+
+
+def test_example_passes_verify_beside_an_untrained_control(trained):
+    root, run, _ = trained
+    r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}"], cwd=root, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((run / "checkpoints" / "verification" / "epoch=0029.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["resume_exact"]["status"] == "pass" and stages["progress"]["status"] == "pass"
+    r2 = stages["metrics"]["metrics"]["val/r2"]
+    assert r2["clearly_better"] and r2["trained"] > 0.9 and r2["untrained_control"] < 0.5
+
+
+def test_example_resumes_bit_identically_after_sigkill(tmp_path, trained):
+    _, reference_run, _ = trained
+    proc = start_train(*ARGS, cwd=tmp_path)
+    run = tmp_path / "outputs" / "sine" / "default"
+    wait_for(run / "checkpoints" / "last.ckpt", proc)
+    time.sleep(0.5)  # somewhere inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not final(run)["run"]["finished"], "the kill came too late to test anything"
+    again = run_train(*ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Resuming" in again.stdout
+    assert_identical(final(run), final(reference_run))
+
+
+def test_example_sweep_summarises_its_jobs(tmp_path):
+    r = run_train("-m", *ARGS, "seed=0,1", "task.lr=0.003,0.01", "trainer.max_epochs=8", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (directory,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    rows = list(csv.DictReader(open(directory / "summary.csv")))
+    assert [row["status"] for row in rows] == ["finished"] * 4
+    for row in rows:  # the summary's numbers are each job's own final figures
+        history = final(tmp_path / "outputs" / "sine" / row["run_dir"].split("/outputs/sine/")[1])["history"]
+        assert float(row["val/r2"]) == history[-1]["val/r2"]
+    summary = (directory / "summary.md").read_text()
+    for lr in ("0.003", "0.01"):  # one group per learning rate, its two seeds averaged
+        assert f"| experiment=sine task.lr={lr} trainer.max_epochs=8 | 2 | 0,1 |" in summary
+    assert "val/r2" in summary.splitlines()[6]  # the primary metric is the first column
