@@ -58,3 +58,12 @@ def test_paths_with_equals_and_commas_pass_as_one_value():
     assert quote_path_values(run) == "ckpt='outputs/ternary_v5_5/seed=1,trainer.max_epochs=40/checkpoints/epoch=0004.ckpt'"
     assert quote_path_values("seed=0,1,2") == "seed=0,1,2"  # a sweep stays a sweep
     assert quote_path_values("trainer.max_epochs=3") == "trainer.max_epochs=3"
+
+
+def test_misspelled_key_names_the_right_key_at_once(workdir):
+    r = run_train(*FAST, "trainer.max_epoch=2", cwd=workdir, timeout=60)
+    assert r.returncode == 2 and "error: trainer.max_epoch is not a key of trainer: did you mean " \
+                                 "trainer.max_epochs=2?" in r.stderr, r.stderr
+    r = run_train("experiment=exp3_champion", "task.eval_evry_n_epochs=5", cwd=workdir, timeout=60)
+    assert r.returncode == 2 and "did you mean task.eval_every_n_epochs=5?" in r.stderr, r.stderr
+    assert not list(workdir.glob("outputs/**/*"))

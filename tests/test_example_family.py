@@ -41,6 +41,25 @@ def test_example_trains_to_a_fit(trained):
     assert (run / "checkpoints" / f"best-epoch={best['epoch']:04d}.ckpt").exists()
 
 
+def test_a_run_ends_with_what_it_achieved(trained):
+    root, run, r = trained
+    history = final(run)["history"]
+    best = max(history, key=lambda row: row["val/r2"])
+    assert f"Done: sine, 30 epochs, " in r.stdout
+    assert (f"val/r2: final {history[-1]['val/r2']:.4g} (epoch 30), best {best['val/r2']:.4g} "
+            f"(epoch {best['epoch'] + 1})") in r.stdout
+
+
+def test_the_console_carries_no_noise(tmp_path):
+    """With the progress bar and the default logger (wandb, offline): no logger version on the bar, no
+    library warning that tells the user nothing."""
+    r = run_train(*CONF, "experiment=sine", "trainer.max_epochs=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "it/s" in out  # the bar was drawn
+    assert "v_num" not in out and "anonymous setting" not in out and "logging interval" not in out
+
+
 def test_example_passes_verify_beside_an_untrained_control(trained):
     root, run, _ = trained
     r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}"], cwd=root, env=env(),

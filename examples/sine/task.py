@@ -3,7 +3,10 @@
 
 Loss: mean squared error on the noisy training points. Validation, on the clean grid: `val/mse` and
 `val/r2` = 1 - SSE / SST (the share of the curve's variance explained; 0 for predicting its mean).
+The end of training draws `fit.png` in the run directory: the curve and the model's prediction.
 """
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -39,9 +42,15 @@ class SineTask(ExperimentTask):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        metrics = figures(torch.cat(self._val))
+        self._last = torch.cat(self._val)
+        metrics = figures(self._last)
         self.epoch_metrics.update(metrics)
         self.log_dict(metrics)
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero and getattr(self, "_last", None) is not None:
+            draw_fit(self.trainer.datamodule.val_pairs[:, 0], self._last, self.epoch_metrics,
+                     Path(self.trainer.default_root_dir) / "fit.png")
 
     @torch.no_grad()
     def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
@@ -62,3 +71,18 @@ def figures(rows: torch.Tensor) -> dict[str, float]:
     sse = ((prediction - target) ** 2).sum()
     sst = ((target - target.mean()) ** 2).sum()
     return {"val/mse": (sse / len(rows)).item(), "val/r2": (1 - sse / sst).item()}
+
+
+def draw_fit(x: torch.Tensor, rows: torch.Tensor, metrics: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(x, rows[:, 1], label="curve", color="black", linewidth=1)
+    ax.plot(x, rows[:, 0], label="model", color="tab:red", linewidth=1)
+    ax.set_title(f"val/r2 {metrics.get('val/r2', float('nan')):.4f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
-from experiments.callbacks import StepSeeding
+from experiments.callbacks import LoggerReport, StepSeeding
 from experiments.checkpoint.io import AtomicCheckpointIO
 from experiments.errors import UserError
 from experiments.task_contract import ExperimentTask
@@ -45,6 +45,11 @@ class TrainingBar(TQDMProgressBar):
             return super().init_validation_tqdm()
         return Tqdm(disable=True)  # disabled at construction, so it never draws
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version: no figure of this run
+        return metrics
+
 
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     """The Trainer and its checkpoint policy. The policy's monitor is the config's, else the task's
@@ -58,6 +63,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TrainingBar(refresh_rate=cfg.progress_refresh_rate))
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
+    if logger:
+        callbacks.append(LoggerReport(run_dir))
     try:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
                               default_root_dir=str(run_dir))
@@ -66,6 +73,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
         if not isinstance(cause, MisconfigurationException):
             raise
         raise UserError(f"trainer: {' '.join(str(cause).split())} (check trainer.accelerator/devices, or trainer=cpu)")
+    for each in trainer.loggers:  # the composed config as the logged run's config
+        each.log_hyperparams(config)
     return trainer, policy
 
 

@@ -1,5 +1,7 @@
 """Small Lightning callbacks the programs attach to every run."""
 import random
+from pathlib import Path
+
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -46,3 +48,46 @@ def console_print(trainer, line: str) -> None:
         bar.print(line)
     else:
         print(line, flush=True)
+
+
+class LoggerReport(Callback):
+    """What a logger gets beyond the metrics Lightning logs: every PNG the run writes in its directory (as
+    an image, keyed by its folder or name: `reconstructions`, `predictions`), after each validation and
+    at the end; and at the end the final epoch's figures (train and validation together) as the run's
+    summary, for loggers that keep one."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self._seen: dict[Path, float] = {}
+
+    def _new_pictures(self) -> list[Path]:
+        found = []
+        for path in sorted(self.run_dir.rglob("*.png")):
+            rel = path.relative_to(self.run_dir)
+            if rel.parts[0] in ("wandb", "superseded") or self._seen.get(path) == path.stat().st_mtime:
+                continue
+            self._seen[path] = path.stat().st_mtime
+            found.append(path)
+        return found
+
+    def _log_pictures(self, trainer) -> None:
+        takers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]
+        if not takers or not trainer.is_global_zero:
+            return
+        for path in self._new_pictures():
+            key = path.relative_to(self.run_dir).parts[0].removesuffix(".png")
+            for logger in takers:
+                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._log_pictures(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._log_pictures(trainer)  # e.g. a picture drawn by the task's on_fit_end
+        if not trainer.is_global_zero or not pl_module.epoch_metrics:
+            return
+        for logger in trainer.loggers:
+            summary = getattr(getattr(logger, "experiment", None), "summary", None)
+            if summary is not None and hasattr(summary, "update"):
+                summary.update(dict(pl_module.epoch_metrics))

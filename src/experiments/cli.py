@@ -1,5 +1,6 @@
 """Console entry points. Hydra composes the config; user mistakes become one line and exit status 2."""
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -60,10 +61,52 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {_misspelled_key(_one_line(e), config_name) or _one_line(e)}", file=sys.stderr)
         sys.exit(2)
     codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
+
+
+def _misspelled_key(message: str, config_name: str) -> str | None:
+    """For "Could not override 'trainer.max_epoch'" (an override of a key the config lacks), the line
+    that names the key it most resembles: the keys of its parent node, and the parameters of the
+    parent's `_target_`. None when nothing is close."""
+    import difflib
+    import inspect
+
+    found = re.search(r"Could not override '([\w.]+)'", message)
+    if not found or "." not in found.group(1):
+        return None
+    key = found.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = _composed_without_overrides(config_name).get(parent)
+        names = set(node) if isinstance(node, dict) else set()
+        if isinstance(node, dict) and "_target_" in node:
+            from hydra.utils import get_method
+
+            names |= set(inspect.signature(get_method(node["_target_"])).parameters)
+    except Exception:  # the suggestion is a courtesy: without it the user still gets Hydra's line
+        return None
+    close = difflib.get_close_matches(leaf, sorted(n for n in names if not n.startswith("_")), n=1)
+    if not close:
+        return None
+    value = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(key + "=")), "...")
+    return f"{key} is not a key of {parent}: did you mean {parent}.{close[0]}={value}?"
+
+
+def _composed_without_overrides(config_name: str) -> dict:
+    """The config as the command's group choices compose it (e.g. experiment=..., trainer=...), without
+    its other overrides; top-level nodes as plain dicts, unresolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    choices = [a for a in sys.argv[1:] if re.fullmatch(r"[\w/]+=[\w./-]+", a)]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=choices)
+    return {k: OmegaConf.to_container(v, resolve=False) if OmegaConf.is_config(v) else v for k, v in cfg.items()}
 
 
 def _in_multirun() -> bool:
@@ -147,6 +190,8 @@ def quiet_libraries() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # An epoch shorter than log_every_n_steps: the epoch's figures are logged at its end all the same.
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # DDP: the tasks sum their epoch figures over processes themselves (data/epoch_sampler.totals_over_ranks)
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 

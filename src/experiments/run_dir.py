@@ -6,6 +6,7 @@ reports a finished run, or refuses when the stored config differs from the new o
 
 Layout (every program finds a run's files through the names and functions here):
     run.yaml                          the composed config, written once at the start
+    history.csv                       one row per finished epoch (the checkpoint history), whatever the logger
     checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files
     checkpoints/last.ckpt             the newest state: what a rerun resumes from
     checkpoints/verification/         verify.py's reports, <checkpoint stem>.json and .md
@@ -22,6 +23,7 @@ from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
+HISTORY = "history.csv"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 VERIFICATION = "verification"
@@ -30,6 +32,10 @@ SUPERSEDED = "superseded"
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
+
+
+def history_csv(run_dir: Path) -> Path:
+    return Path(run_dir) / HISTORY
 
 
 def last_checkpoint(run_dir: Path) -> Path:

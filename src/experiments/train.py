@@ -2,6 +2,7 @@
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -111,7 +112,28 @@ def last_good(policy) -> str:
     return f"last good checkpoint: {policy.last_path} (epoch {load_checkpoint(policy.last_path)['epoch'] + 1})"
 
 
-def report(run_dir: Path, policy) -> None:
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def summary(experiment: str, history: list[dict], task, seconds: float) -> list[str]:
+    """What the run achieved, in epochs as the console counts them (1 = the first)."""
+    trained = sum(row.get("time/epoch_s", 0.0) for row in history)
+    lines = [f"Done: {experiment}, {len(history)} epochs, {duration(trained)} of training "
+             f"({duration(seconds)} wall for this start)"]
+    metric = type(task).primary_metric
+    scored = [row for row in history if metric in row]
+    if scored:
+        pick = max if metric in type(task).higher_is_better else min
+        best = pick(scored, key=lambda row: row[metric])
+        lines.append(f"{metric}: final {scored[-1][metric]:.4g} (epoch {scored[-1]['epoch'] + 1}), "
+                     f"best {best[metric]:.4g} (epoch {best['epoch'] + 1})")
+    return lines
+
+
+def report(run_dir: Path, policy, lines: list[str]) -> None:
+    print("\n".join(lines), flush=True)
     print(f"Run directory: {run_dir}\nlast checkpoint: {policy.last_path}", flush=True)
     if policy.best_path:
         print(f"best checkpoint ({policy.monitor}={policy.best[0]['score']:.6g}): {policy.best_path}", flush=True)
@@ -148,7 +170,8 @@ def train(cfg: DictConfig) -> Outcome:
     if not child:
         rd.write_run_config(run_dir, config)
     announce(run_dir, experiment, model, decision)
+    started = time.perf_counter()
     outcome = fit(cfg, trainer, policy, task, datamodule, decision)
     if outcome.code == EXIT_OK:
-        report(run_dir, policy)
+        report(run_dir, policy, summary(experiment, policy.history, task, time.perf_counter() - started))
     return outcome

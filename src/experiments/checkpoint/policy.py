@@ -8,10 +8,13 @@ Besides Lightning's own keys, each checkpoint holds only plain values and tensor
 `config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
 (name, version, git commit, library versions) and `run` (finished / preempted flags).
 """
+import csv
+import io
 import random
 import subprocess
 import time
 from pathlib import Path
+from weakref import proxy
 
 import lightning
 import numpy as np
@@ -21,7 +24,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import experiments
 from experiments.callbacks import console_print, summary_line
-from experiments.checkpoint.io import copy_checkpoint, sidecar
+from experiments import run_dir as rd
+from experiments.checkpoint.io import atomic_write_bytes, copy_checkpoint, sidecar
 from experiments.errors import UserError
 from experiments.run_dir import LAST
 
@@ -142,6 +146,7 @@ class CheckpointPolicy(Checkpoint):
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
+        write_history_csv(self.history, self.history_path)
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
@@ -186,6 +191,8 @@ class CheckpointPolicy(Checkpoint):
         for name in names[1:] if trainer.is_global_zero else ():
             copy_checkpoint(first, self.dirpath / name)
         self._last_saved_step = trainer.global_step
+        for logger in trainer.loggers:  # e.g. wandb's model upload (log_model) looks at the paths below
+            logger.after_save_checkpoint(proxy(self))
 
     @property
     def last_path(self) -> Path:
@@ -194,3 +201,41 @@ class CheckpointPolicy(Checkpoint):
     @property
     def best_path(self) -> Path | None:
         return self.dirpath / self.best[0]["path"] if self.best else None
+
+    @property
+    def history_path(self) -> Path:
+        return rd.history_csv(rd.run_of(self.dirpath))
+
+    # ---- what Lightning and its loggers read from a checkpoint callback (ModelCheckpoint's names) ----
+    @property
+    def best_model_path(self) -> str:
+        """The best checkpoint by `monitor` ('' when none is kept): `trainer.validate(ckpt_path="best")`."""
+        return str(self.best_path) if self.best_path else ""
+
+    @property
+    def best_model_score(self) -> torch.Tensor | None:
+        return torch.tensor(self.best[0]["score"]) if self.best else None
+
+    @property
+    def last_model_path(self) -> str:
+        return str(self.last_path) if self.last_path.exists() else ""
+
+    @property
+    def current_score(self) -> torch.Tensor | None:
+        score = self.history[-1].get(self.monitor) if self.history and self.monitor else None
+        return None if score is None else torch.tensor(score)
+
+    @property
+    def best_k_models(self) -> dict[str, torch.Tensor]:
+        return {str(self.dirpath / b["path"]): torch.tensor(b["score"]) for b in self.best}
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    """history.csv: one row per finished epoch, the checkpoint history's rows, columns in order of first
+    appearance; floats written exactly (repr), an epoch without a metric leaves its cell empty."""
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in history)
+    atomic_write_bytes(path, text.getvalue().encode())

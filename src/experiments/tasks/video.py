@@ -4,7 +4,8 @@ Loss: MSE reconstruction, plus for a quantizing model `entropy_weight` x entropy
 `commitment_weight` x commitment loss. Metrics on the validation clips: MSE, PSNR (data range 1), SSIM
 (torchmetrics, over frames), and for a quantizer the fraction of the 2^bits codes used and the perplexity
 of their empirical distribution. Every validation epoch saves `reconstructions/epoch=NNNN.png` (input
-frames above, reconstruction below) in the run directory and logs it to wandb when that is the logger.
+frames above, reconstruction below) in the run directory (a logger that takes images gets it:
+callbacks.LoggerReport).
 """
 import math
 from pathlib import Path
@@ -85,9 +86,6 @@ class VideoTask(ExperimentTask):
 
             path = Path(self.trainer.default_root_dir) / "reconstructions" / f"epoch={self.current_epoch:04d}.png"
             draw_reconstructions(*self._val["first"], path)
-            logger = self.logger
-            if logger is not None and hasattr(logger, "log_image"):
-                logger.log_image(key="reconstructions", images=[str(path)], step=self.global_step)
 
     @torch.no_grad()
     def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
