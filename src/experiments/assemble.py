@@ -87,8 +87,9 @@ def ddp_child_command(local_rank: int):
 
     hc = HydraConfig.get()
     extra_dirs = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
-    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "train.py"),
-               *[f"--config-dir={d}" for d in extra_dirs], *hc.overrides.task,
+    script = Path(__file__).resolve().parents[2] / "train.py"  # a checkout; an installed copy has `-m experiments`
+    start = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "experiments"]
+    command = [*start, *[f"--config-dir={d}" for d in extra_dirs], *hc.overrides.task,
                f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
                "hydra.output_subdir=null", "hydra.mode=RUN"]
     return command, get_original_cwd()

@@ -4,7 +4,7 @@ import re
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: installed copies have it too
 
 
 def _one_line(e: BaseException) -> str:
@@ -29,8 +29,8 @@ def quote_path_values(arg: str) -> str:
 
 def _check_conf_dir(config_name: str) -> None:
     if not (CONF_DIR / f"{config_name}.yaml").exists():
-        print(f"error: config folder {CONF_DIR} not found; install the project with 'pip install -e .' "
-              f"from its checkout", file=sys.stderr)
+        print(f"error: config folder {CONF_DIR} not found: this installation is incomplete; reinstall the "
+              f"project (pip install .)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -35,8 +35,12 @@ def epoch_name(epoch: int) -> str:
 
 
 def git_commit() -> str:
-    """The framework's git commit ('+dirty' when the tree has uncommitted changes), or 'unknown'."""
-    root = Path(__file__).resolve().parents[3]
+    """The framework's git commit ('+dirty' when the tree has uncommitted changes), or 'unknown': recorded
+    in the package when it was built (an installed copy, setup.py), else asked of the checkout it runs from."""
+    package = Path(__file__).resolve().parents[1]
+    if (package / "BUILD_COMMIT").is_file():
+        return (package / "BUILD_COMMIT").read_text().strip() or "unknown"
+    root = package.parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
