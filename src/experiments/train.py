@@ -127,8 +127,9 @@ def summary(experiment: str, history: list[dict], task, seconds: float) -> list[
     if scored:
         pick = max if metric in type(task).higher_is_better else min
         best = pick(scored, key=lambda row: row[metric])
-        lines.append(f"{metric}: final {scored[-1][metric]:.4g} (epoch {scored[-1]['epoch'] + 1}), "
-                     f"best {best[metric]:.4g} (epoch {best['epoch'] + 1})")
+        shown = "{:.2%}" if metric in type(task).percent_keys else "{:.4g}"  # as the epoch line shows it
+        lines.append(f"{metric}: final {shown.format(scored[-1][metric])} (epoch {scored[-1]['epoch'] + 1}), "
+                     f"best {shown.format(best[metric])} (epoch {best['epoch'] + 1})")
     return lines
 
 
