@@ -14,7 +14,7 @@ from conftest import ROOT
 
 SRC = ROOT / "src" / "experiments"
 GENERIC = sorted([*(SRC / n for n in ("cli.py", "train.py", "verify.py", "run_dir.py", "sweep.py", "assemble.py",
-                                      "task_contract.py", "comparisons.py", "callbacks.py", "config_schema.py", "loggers.py",
+                                      "task_contract.py", "comparisons.py", "callbacks.py", "config_schema.py", "loggers.py", "commit.py",
                                       "errors.py", "ranks.py", "__init__.py", "__main__.py")),
                   *(SRC / "checkpoint").glob("*.py"), *(SRC / "stages").glob("*.py"),
                   SRC / "data" / "epoch_sampler.py"])

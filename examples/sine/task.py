@@ -22,6 +22,7 @@ class SineTask(ExperimentTask):
     def __init__(self, model, lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0):
         super().__init__()
         self.model, self.lr, self.weight_decay, self.seed = model, lr, weight_decay, seed
+        self._last = None  # the latest validation's (prediction, target) rows, drawn at the end
 
     def training_loss(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = F.mse_loss(self.model(batch[:, :1]), batch[:, 1:])
@@ -48,7 +49,7 @@ class SineTask(ExperimentTask):
         self.log_dict(metrics)
 
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero and getattr(self, "_last", None) is not None:
+        if self.trainer.is_global_zero and self._last is not None:
             draw_fit(self.trainer.datamodule.val_pairs[:, 0], self._last, self.epoch_metrics,
                      Path(self.trainer.default_root_dir) / "fit.png")
 

@@ -61,13 +61,15 @@ class LoggerReport(Callback):
         self._seen: dict[Path, float] = {}
 
     def _new_pictures(self) -> list[Path]:
+        # The logger's own folder, checkpoints and earlier runs are not descended into: this runs after
+        # every validation.
+        tops = [p for p in self.run_dir.iterdir() if p.name not in ("wandb", "superseded", "checkpoints")]
         found = []
-        for path in sorted(self.run_dir.rglob("*.png")):
-            rel = path.relative_to(self.run_dir)
-            if rel.parts[0] in ("wandb", "superseded") or self._seen.get(path) == path.stat().st_mtime:
-                continue
-            self._seen[path] = path.stat().st_mtime
-            found.append(path)
+        for path in sorted(q for p in tops for q in ([p] if p.is_file() else p.rglob("*.png")) if q.suffix == ".png"):
+            mtime = path.stat().st_mtime
+            if self._seen.get(path) != mtime:
+                self._seen[path] = mtime
+                found.append(path)
         return found
 
     def _log_pictures(self, trainer) -> None:

@@ -196,6 +196,12 @@ def _judged(cls) -> list[str]:
     return list(dict.fromkeys(k for k in keys if k))
 
 
+def read_plan(directory: Path) -> dict:
+    """plan.json of a grid sweep ({} for sweeps decided as they go, e.g. Optuna)."""
+    path = Path(directory) / "plan.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def collect(directory: Path) -> list[dict]:
     """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics."""
     directory = Path(directory)
@@ -206,10 +212,8 @@ def collect(directory: Path) -> list[dict]:
         except ValueError:
             continue
         records[r["num"]] = r
-    planned, exclude = [], {"seed"}
-    if (directory / "plan.json").exists():
-        plan_data = json.loads((directory / "plan.json").read_text())
-        planned, exclude = plan_data["jobs"], set(plan_data["group_exclude"])
+    plan_data = read_plan(directory)
+    planned, exclude = plan_data.get("jobs", []), set(plan_data.get("group_exclude", ["seed"]))
     rows = []
     for num in sorted(set(range(len(planned))) | set(records)):
         rec = records.get(num, {})
@@ -310,8 +314,7 @@ def write_summary(directory: Path) -> dict:
 def _paired_comparisons(directory: Path, groups: list[dict]) -> list[dict]:
     """comparisons.csv and .png for the sweep's chain (plan.json), when its family writes per-output records."""
     task_cls = next((g["task_class"] for g in groups if g["task_class"] is not None), None)
-    plan_path = directory / "plan.json"
-    chain = json.loads(plan_path.read_text()).get("chain") if plan_path.exists() else None
+    chain = read_plan(directory).get("chain")
     rows = comparisons.comparisons(groups, chain, task_cls) if task_cls is not None else []
     if rows:
         comparisons.write_csv(rows, directory / "comparisons.csv")

@@ -71,7 +71,8 @@ class VerifyContext:
             check_config(OmegaConf.create({k: v for k, v in self.config.items() if k in ("model", "data", "task")}))
         except UserError as e:
             raise UserError(f"{self.primary}: its stored config no longer matches the code: {e}")
-        if not issubclass(get_class(self.config["task"]["_target_"]), ExperimentTask):
+        self.task_class = get_class(self.config["task"]["_target_"])
+        if not issubclass(self.task_class, ExperimentTask):
             raise UserError(f"{self.primary}: its task {self.config['task']['_target_']} is not an ExperimentTask")
 
     # ---- helpers for the stages ----
@@ -133,7 +134,7 @@ class VerifyContext:
     def monitor(self) -> tuple[str, str]:
         """The metric the run's checkpoint policy followed: its config's, else the task's primary metric."""
         ck = self.config.get("checkpoint", {})
-        return get_class(self.config["task"]["_target_"]).monitor(ck.get("monitor"), ck.get("mode"))
+        return self.task_class.monitor(ck.get("monitor"), ck.get("mode"))
 
     def row(self, path: Path) -> dict:
         epoch = self.ckpts[path]["epoch"]

@@ -11,7 +11,6 @@ Besides Lightning's own keys, each checkpoint holds only plain values and tensor
 import csv
 import io
 import random
-import subprocess
 import time
 from pathlib import Path
 from weakref import proxy
@@ -26,6 +25,7 @@ import experiments
 from experiments.callbacks import console_print, summary_line
 from experiments import run_dir as rd
 from experiments.checkpoint.io import atomic_write_bytes, copy_checkpoint, sidecar
+from experiments.commit import checkout_commit
 from experiments.errors import UserError
 from experiments.run_dir import LAST
 
@@ -40,16 +40,7 @@ def git_commit() -> str:
     package = Path(__file__).resolve().parents[1]
     if (package / "BUILD_COMMIT").is_file():
         return (package / "BUILD_COMMIT").read_text().strip() or "unknown"
-    root = package.parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return checkout_commit(package.parents[1])
 
 
 def framework_info() -> dict:

@@ -232,7 +232,7 @@ def metrics(ctx) -> StageResult:
     trained = ctx.trained(ctx.primary).evaluate(ctx.datamodule(), epoch)
     control_task, control_note = ctx.control_task()
     control = control_task.to(ctx.device).evaluate(ctx.datamodule(), epoch)
-    task_cls = type(ctx.fresh_task())
+    task_cls = ctx.task_class
     higher, lower = task_cls.higher_is_better, task_cls.lower_is_better
     rows, flagged = {}, []
     for name, value in trained.items():
