@@ -1,4 +1,5 @@
 """Atomic checkpoint writes with a sha256 sidecar, and safe loading (`weights_only=True` only)."""
+import csv
 import hashlib
 import io
 import os
@@ -41,6 +42,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_csv(rows: list[dict], path: Path) -> None:
+    """Rows as CSV (columns in order of first appearance; floats exact, as repr; a missing value an empty
+    cell), written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer.writeheader()
+    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> str:

@@ -8,8 +8,6 @@ Besides Lightning's own keys, each checkpoint holds only plain values and tensor
 `config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
 (name, version, git commit, library versions) and `run` (finished / preempted flags).
 """
-import csv
-import io
 import random
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import experiments
 from experiments.callbacks import console_print, summary_line
 from experiments import run_dir as rd
-from experiments.checkpoint.io import atomic_write_bytes, copy_checkpoint, sidecar
+from experiments.checkpoint.io import atomic_write_csv, copy_checkpoint, sidecar
 from experiments.commit import checkout_commit
 from experiments.errors import UserError
 from experiments.run_dir import LAST
@@ -141,7 +139,7 @@ class CheckpointPolicy(Checkpoint):
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
-        write_history_csv(self.history, self.history_path)
+        atomic_write_csv(self.history, self.history_path)  # history.csv: the rows above, whatever the logger
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
@@ -223,14 +221,3 @@ class CheckpointPolicy(Checkpoint):
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
         return {str(self.dirpath / b["path"]): torch.tensor(b["score"]) for b in self.best}
-
-
-def write_history_csv(history: list[dict], path: Path) -> None:
-    """history.csv: one row per finished epoch, the checkpoint history's rows, columns in order of first
-    appearance; floats written exactly (repr), an epoch without a metric leaves its cell empty."""
-    columns = list(dict.fromkeys(k for row in history for k in row))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in history)
-    atomic_write_bytes(path, text.getvalue().encode())

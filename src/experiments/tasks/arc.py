@@ -10,8 +10,6 @@ Prize format) and `per_output.csv` (one row per held-out output, what a sweep's 
 each evaluation's copy also under `eval/`) in the run directory; the end of training writes
 `predictions.png`.
 """
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.checkpoint.io import atomic_write_bytes
+from experiments.checkpoint.io import atomic_write_bytes, atomic_write_csv
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
 from experiments.metrics.arc import nll_bits, output_record, rank_attempts, score
@@ -159,12 +157,7 @@ def in_task_order(results: list[dict]) -> list[dict]:
 
 def write_per_output(results: list[dict], path: Path) -> None:
     """One row per held-out output (metrics/arc.py `output_record`), written atomically."""
-    rows = [output_record(r) for r in results]
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    atomic_write_bytes(path, text.getvalue().encode())
+    atomic_write_csv([output_record(r) for r in results], path)
 
 
 def write_submission(results: list[dict], path: Path) -> None:
