@@ -27,8 +27,8 @@ def test_preset_trains_and_evaluates(preset, tmp_path):
     assert set(first) == {"attempt_1", "attempt_2"} and isinstance(first["attempt_1"][0], list)
     assert (rd / "predictions.png").stat().st_size > 1000
     # each evaluation's per-output records under eval/, the final one at the top (test_comparisons.py)
-    assert sorted(p.name for p in (rd / "eval").iterdir()) == [f"per_output_epoch={e:04d}.csv" for e in (1, 3, 4)]
-    assert (rd / "per_output.csv").read_bytes() == (rd / "eval" / "per_output_epoch=0004.csv").read_bytes()
+    assert sorted(p.name for p in (rd / "eval").iterdir()) == [f"per_output_epoch={e:04d}.csv" for e in (2, 4, 5)]
+    assert (rd / "per_output.csv").read_bytes() == (rd / "eval" / "per_output_epoch=0005.csv").read_bytes()
 
 
 def test_presets_differ_only_in_their_component(tmp_path):

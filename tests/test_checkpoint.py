@@ -24,15 +24,33 @@ def trained(tmp_path_factory):
 
 def test_policy_writes_every_n_final_last_and_top_k(trained):
     names = sorted(p.name for p in (trained / "checkpoints").glob("*.ckpt"))
-    # every 2 epochs -> epoch 1; the final epoch (2) always; top-2 by recon_b; last
-    assert "epoch=0001.ckpt" in names and "epoch=0002.ckpt" in names and "last.ckpt" in names
-    assert "epoch=0000.ckpt" not in names
+    # file names count epochs from 1: every 2 epochs -> epoch 2; the final epoch (3) always; top-2; last
+    assert "epoch=0002.ckpt" in names and "epoch=0003.ckpt" in names and "last.ckpt" in names
+    assert "epoch=0001.ckpt" not in names
     best = [n for n in names if n.startswith("best-")]
     assert len(best) == 2
     last = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)
     scores = {row["epoch"]: row["coverage/recon_b"] for row in last["history"]}
     top2 = sorted(scores, key=lambda e: -scores[e])[:2]
-    assert sorted(best) == sorted(f"best-epoch={e:04d}.ckpt" for e in top2)
+    assert sorted(best) == sorted(f"best-epoch={e + 1:04d}.ckpt" for e in top2)  # history rows count from 0
+
+
+def test_eval_on_the_runs_own_data_gives_its_last_validation_figures(trained, tmp_path):
+    """eval.py without data arguments: the run's data, every figure equal to the final epoch's history row."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, env
+
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={trained}"], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((trained / "eval" / "own" / "last" / "metrics.json").read_text())
+    final = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]
+    assert {"val/ce", "coverage/recon_a", "coverage/sampled_a", "entropy/latent_a"} <= set(result["metrics"])
+    assert result["metrics"] == {k: final[k] for k in result["metrics"]}
+    assert result["checkpoint"]["epoch"] == 3 and result["data"]["identity"] == "own"
 
 
 def test_checkpoint_contents_are_plain_and_complete(trained):

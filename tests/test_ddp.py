@@ -28,7 +28,7 @@ def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
     last = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH and last["run"]["finished"]
     assert sorted(p.name for p in ckpt_dir(whole).iterdir() if not p.name.startswith(".")) == sorted(
-        ["best-epoch=0002.ckpt", "best-epoch=0002.ckpt.sha256", "epoch=0002.ckpt", "epoch=0002.ckpt.sha256",
+        ["best-epoch=0003.ckpt", "best-epoch=0003.ckpt.sha256", "epoch=0003.ckpt", "epoch=0003.ckpt.sha256",
          "last.ckpt", "last.ckpt.sha256"])
     assert [row["epoch"] for row in last["history"]] == [0, 1, 2]
 

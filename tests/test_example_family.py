@@ -38,7 +38,7 @@ def test_example_trains_to_a_fit(trained):
     assert ckpt["history"][-1]["val/r2"] > 0.9 > ckpt["history"][0]["val/r2"]
     # no monitor in its config: the family's primary metric picked the best checkpoint, higher is better
     best = max(ckpt["history"], key=lambda row: row["val/r2"])
-    assert (run / "checkpoints" / f"best-epoch={best['epoch']:04d}.ckpt").exists()
+    assert (run / "checkpoints" / f"best-epoch={best['epoch'] + 1:04d}.ckpt").exists()
 
 
 def test_a_run_ends_with_what_it_achieved(trained):
@@ -65,7 +65,7 @@ def test_example_passes_verify_beside_an_untrained_control(trained):
     r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}"], cwd=root, env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads((run / "checkpoints" / "verification" / "epoch=0029.json").read_text())
+    report = json.loads((run / "checkpoints" / "verification" / "epoch=0030.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["resume_exact"]["status"] == "pass" and stages["progress"]["status"] == "pass"
     r2 = stages["metrics"]["metrics"]["val/r2"]

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 SRC = ROOT / "src" / "experiments"
-GENERIC = sorted([*(SRC / n for n in ("cli.py", "train.py", "verify.py", "run_dir.py", "sweep.py", "assemble.py",
+GENERIC = sorted([*(SRC / n for n in ("cli.py", "train.py", "verify.py", "eval.py", "run_dir.py", "sweep.py", "assemble.py",
                                       "task_contract.py", "comparisons.py", "callbacks.py", "config_schema.py", "loggers.py", "commit.py",
                                       "errors.py", "ranks.py", "__init__.py", "__main__.py")),
                   *(SRC / "checkpoint").glob("*.py"), *(SRC / "stages").glob("*.py"),

@@ -55,14 +55,16 @@ def test_history_csv_rows_equal_the_checkpoint_history(fitted):
     assert len(rows) == len(history) == 3
     for row, expected in zip(rows, history):
         assert set(row) == set(expected)
-        assert {k: float(v) for k, v in row.items()} == {k: float(v) for k, v in expected.items()}
+        # epochs as users count them (from 1); inside a checkpoint they count as Lightning does (from 0)
+        assert {k: float(v) for k, v in row.items()} == {**{k: float(v) for k, v in expected.items()},
+                                                         "epoch": expected["epoch"] + 1.0}
 
 
 def test_validate_with_ckpt_path_best_loads_the_best_checkpoint(fitted):
     run_dir, trainer, policy, task, datamodule, _ = fitted
     history = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["history"]
     best = min(history, key=lambda row: row["val/ce"])  # the default run's monitor: val/ce, minimised
-    assert policy.best_model_path == str(run_dir / "checkpoints" / f"best-epoch={best['epoch']:04d}.ckpt")
+    assert policy.best_model_path == str(run_dir / "checkpoints" / f"best-epoch={best['epoch'] + 1:04d}.ckpt")
     assert policy.best_model_score.item() == pytest.approx(best["val/ce"])
     with torch.no_grad():  # whatever the task holds now, "best" must load the file's weights
         for parameter in task.parameters():

@@ -18,7 +18,7 @@ def test_two_epochs_then_same_command_trains_nothing(workdir):
     rd = run_dir(workdir)
     assert rd.name == "data.batch_size=256,task.coverage_samples=2000,trainer.max_epochs=2"
     ckpts = sorted(p.name for p in (rd / "checkpoints").glob("*.ckpt"))
-    assert ckpts == ["best-epoch=0001.ckpt", "epoch=0001.ckpt", "last.ckpt"]
+    assert ckpts == ["best-epoch=0002.ckpt", "epoch=0002.ckpt", "last.ckpt"]
     ckpt = torch.load(rd / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["config"]["trainer"]["max_epochs"] == 2 and ckpt["config"]["experiment"] == "ternary_v5_5"
     assert [row["epoch"] for row in ckpt["history"]] == [0, 1]

@@ -32,7 +32,7 @@ def source(tmp_path_factory):
     run = outputs / "ternary_v5_5" / "trainer.max_epochs=8"
     v = verify(run, root)
     assert v.returncode == 0, v.stdout + v.stderr
-    return {"root": root, "outputs": outputs, "run": run, "ckpt": run / "checkpoints" / "epoch=0007.ckpt"}
+    return {"root": root, "outputs": outputs, "run": run, "ckpt": run / "checkpoints" / "epoch=0008.ckpt"}
 
 
 def frozen_state(path: Path, prefixes=PARTS) -> dict:
@@ -63,7 +63,7 @@ def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(so
     assert last["frozen"]["source"]["path"] == str(source["ckpt"].resolve())
     v = verify(run, source["root"])
     assert v.returncode == 0, v.stdout + v.stderr
-    report = json.loads((run / "checkpoints" / "verification" / "epoch=0019.json").read_text())
+    report = json.loads((run / "checkpoints" / "verification" / "epoch=0020.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["frozen_identical"]["status"] == "pass" and "byte-identical" in stages["frozen_identical"]["details"]
     metrics = stages["metrics"]["metrics"]

@@ -45,7 +45,7 @@ def stages(result) -> dict:
 def test_run_directory_passes_every_stage_and_writes_the_report(copy_run, tmp_path):
     r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    report_path = copy_run / "checkpoints" / "verification" / "epoch=0005.json"
+    report_path = copy_run / "checkpoints" / "verification" / "epoch=0006.json"
     rep = json.loads(report_path.read_text())
     assert rep["passed"] and [s["name"] for s in rep["stages"]] == ALL
     by_name = {s["name"]: s for s in rep["stages"]}
@@ -53,22 +53,22 @@ def test_run_directory_passes_every_stage_and_writes_the_report(copy_run, tmp_pa
     assert all(s["status"] == "pass" for s in rep["stages"] if s["name"] != "frozen_identical"), \
         [(s["name"], s["details"]) for s in rep["stages"]]
     ck = rep["checkpoint"]
-    assert ck["epoch"] == 5 and ck["bytes"] == (copy_run / "checkpoints" / "epoch=0005.ckpt").stat().st_size
-    assert ck["sha256"] == (copy_run / "checkpoints" / "epoch=0005.ckpt.sha256").read_text().split()[0]
+    assert ck["epoch"] == 6 and ck["bytes"] == (copy_run / "checkpoints" / "epoch=0006.ckpt").stat().st_size
+    assert ck["sha256"] == (copy_run / "checkpoints" / "epoch=0006.ckpt.sha256").read_text().split()[0]
     assert {"global_step", "config_hash", "framework_version", "git_commit"} <= set(ck)
     metrics = {s["name"]: s for s in rep["stages"]}["metrics"]["metrics"]
     assert metrics["coverage/recon_a"]["clearly_better"] is True
     assert metrics["coverage/recon_a"]["untrained_control"] < 0.01
     # sampled coverage of an untrained decoder is high too: the report must say it proves nothing
     assert metrics["coverage/sampled_a"]["clearly_better"] is False
-    assert report_path.with_suffix(".md").read_text().startswith("# Verification of epoch=0005.ckpt: PASSED")
+    assert report_path.with_suffix(".md").read_text().startswith("# Verification of epoch=0006.ckpt: PASSED")
     assert "trained" in r.stdout and "untrained" in r.stdout
 
 
 def test_single_checkpoint_runs_the_single_checkpoint_stages(copy_run, tmp_path):
-    r = run_verify(f"ckpt={copy_run / 'checkpoints' / 'epoch=0003.ckpt'}", cwd=tmp_path)
+    r = run_verify(f"ckpt={copy_run / 'checkpoints' / 'epoch=0004.ckpt'}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    names = list(stages(copy_run / "checkpoints" / "verification" / "epoch=0003.json"))
+    names = list(stages(copy_run / "checkpoints" / "verification" / "epoch=0004.json"))
     assert names == ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics"]
 
 
@@ -84,28 +84,28 @@ def rewrite(path, change, keep_hash=True):
 def failed(copy_run, tmp_path, *extra):
     r = run_verify(f"ckpt={copy_run}", *extra, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
-    return stages(copy_run / "checkpoints" / "verification" / "epoch=0005.json")
+    return stages(copy_run / "checkpoints" / "verification" / "epoch=0006.json")
 
 
 def test_tampered_file_fails_integrity(copy_run, tmp_path):
     def nudge(c):
         c["state_dict"]["model.decoder_a.net.0.bias"][0] += 1e-3
-    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", nudge, keep_hash=False)
+    rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", nudge, keep_hash=False)
     s = failed(copy_run, tmp_path)["integrity"]
-    assert s["status"] == "fail" and "epoch=0003.ckpt" in s["details"] and "changed after saving" in s["details"]
+    assert s["status"] == "fail" and "epoch=0004.ckpt" in s["details"] and "changed after saving" in s["details"]
 
 
 def test_weights_equal_to_the_previous_checkpoint_fail_weights_updated(copy_run, tmp_path):
     ck = copy_run / "checkpoints"
-    before = torch.load(ck / "epoch=0001.ckpt", weights_only=True)["state_dict"]
-    rewrite(ck / "epoch=0003.ckpt", lambda c: c.update(state_dict=before))
+    before = torch.load(ck / "epoch=0002.ckpt", weights_only=True)["state_dict"]
+    rewrite(ck / "epoch=0004.ckpt", lambda c: c.update(state_dict=before))
     s = failed(copy_run, tmp_path)["weights_updated"]
-    assert s["status"] == "fail" and "equal those of epoch=0001.ckpt" in s["details"]
+    assert s["status"] == "fail" and "equal those of epoch=0002.ckpt" in s["details"]
 
 
 def test_history_beyond_the_last_checkpoint_fails_history_consistent(copy_run, tmp_path):
     ck = copy_run / "checkpoints"
-    for name in ("last.ckpt", "epoch=0005.ckpt", *[p.name for p in ck.glob("best-*.ckpt")]):
+    for name in ("last.ckpt", "epoch=0006.ckpt", *[p.name for p in ck.glob("best-*.ckpt")]):
         def extra_epoch(c):
             c["history"].append(dict(c["history"][-1], epoch=c["epoch"] + 1))
         rewrite(ck / name, extra_epoch)
@@ -117,7 +117,7 @@ def test_wrong_architecture_fails_restorable_naming_keys(copy_run, tmp_path):
     def shrink(c):
         c["state_dict"]["model.decoder_b.out.weight"] = torch.zeros(27, 64)
         del c["state_dict"]["model.decoder_b.out.bias"]
-    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", shrink)
+    rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", shrink)
     s = failed(copy_run, tmp_path)["restorable"]
     assert "model.decoder_b.out.bias" in s["details"] and "(27, 64) vs (27, 128)" in s["details"]
 
@@ -125,9 +125,9 @@ def test_wrong_architecture_fails_restorable_naming_keys(copy_run, tmp_path):
 def test_a_step_that_does_not_reproduce_fails_resume_exact(copy_run, tmp_path):
     def nudge(c):
         c["state_dict"]["model.decoder_a.net.0.bias"][0] += 1e-3
-    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", nudge)
+    rewrite(copy_run / "checkpoints" / "epoch=0006.ckpt", nudge)
     s = failed(copy_run, tmp_path, "stages=[resume_exact]")["resume_exact"]
-    assert s["status"] == "fail" and "does not reproduce epoch=0005.ckpt" in s["details"]
+    assert s["status"] == "fail" and "does not reproduce epoch=0006.ckpt" in s["details"]
 
 
 def test_loss_that_rises_fails_progress(copy_run, tmp_path):
@@ -143,11 +143,11 @@ def test_loss_that_rises_fails_progress(copy_run, tmp_path):
 
 
 def test_untrained_weights_fail_metrics(copy_run, tmp_path):
-    fresh = torch.load(copy_run / "checkpoints" / "epoch=0001.ckpt", weights_only=True)
+    fresh = torch.load(copy_run / "checkpoints" / "epoch=0002.ckpt", weights_only=True)
     torch.manual_seed(0)
     from experiments.models.ternary_vae_v5_5 import DualVAE
     state = {f"model.{k}": v for k, v in DualVAE().state_dict().items()}
-    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", lambda c: c.update(state_dict=state))
+    rewrite(copy_run / "checkpoints" / "epoch=0006.ckpt", lambda c: c.update(state_dict=state))
     s = failed(copy_run, tmp_path, "stages=[metrics]")["metrics"]
     assert s["status"] == "fail" and "not clearly better than the untrained control" in s["details"]
     assert fresh is not None
@@ -162,13 +162,13 @@ class Payload:
 
 
 def bad_inputs(tmp_path, run_dir):
-    data = (run_dir / "checkpoints" / "epoch=0005.ckpt").read_bytes()
+    data = (run_dir / "checkpoints" / "epoch=0006.ckpt").read_bytes()
     (tmp_path / "empty").mkdir()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 3])
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.ckpt")
     torch.save({"state_dict": {}, "x": Payload(str(tmp_path / "pwned"))}, tmp_path / "evil.ckpt")
-    ckpt = torch.load(run_dir / "checkpoints" / "epoch=0005.ckpt", weights_only=True)
+    ckpt = torch.load(run_dir / "checkpoints" / "epoch=0006.ckpt", weights_only=True)
     ckpt["config"]["model"]["_target_"] = "experiments.models.gone.Model"
     torch.save(ckpt, tmp_path / "unknown_family.ckpt")
     ckpt["config"]["model"] = {"_target_": "experiments.models.ternary_vae_v5_5.DualVAE", "latent_size": 16}
@@ -200,15 +200,15 @@ def test_bad_input_is_exit_2_one_line_nothing_written(run_dir, tmp_path, name, m
 def test_nan_weights_fail_predicts(copy_run, tmp_path):
     def poison(c):
         c["state_dict"]["model.decoder_b.out.weight"][0, 0] = float("nan")
-    rewrite(copy_run / "checkpoints" / "epoch=0005.ckpt", poison)
+    rewrite(copy_run / "checkpoints" / "epoch=0006.ckpt", poison)
     s = failed(copy_run, tmp_path, "stages=[predicts]")["predicts"]
     assert s["status"] == "fail" and "logits_b holds NaN or Inf" in s["details"]
 
 
 def test_missing_required_key_fails_loadable_as_unusable_input(copy_run, tmp_path):
-    rewrite(copy_run / "checkpoints" / "epoch=0003.ckpt", lambda c: c.pop("rng"))
+    rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", lambda c: c.pop("rng"))
     r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
-    assert r.returncode == 2 and "epoch=0003.ckpt lacks required key(s) ['rng']" in r.stderr
+    assert r.returncode == 2 and "epoch=0004.ckpt lacks required key(s) ['rng']" in r.stderr
     assert not (copy_run / "checkpoints" / "verification").exists()
 
 

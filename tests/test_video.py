@@ -68,8 +68,8 @@ def test_clips_are_in_unit_range_and_deterministic(tmp_path):
     clip = (np.random.default_rng(0).random((3, 4, 8, 8)) * 255).astype(np.uint8)
     np.save(tmp_path / "a.npy", clip)
     np.save(tmp_path / "b.npy", clip)
-    loaded = load_folder(tmp_path)
-    assert loaded.shape == (2, 3, 4, 8, 8) and loaded.max() <= 1.0
+    loaded, names = load_folder(tmp_path)
+    assert loaded.shape == (2, 3, 4, 8, 8) and loaded.max() <= 1.0 and names == ["a.npy", "b.npy"]
     np.save(tmp_path / "c.npy", clip.astype(np.float32))  # floats outside [0, 1]: refused
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         load_folder(tmp_path)
@@ -89,17 +89,42 @@ def test_magvit_trains_beats_control_and_verifies(magvit_run, tmp_path):
     history = ckpt["history"]
     assert history[-1]["val/mse"] < history[0]["val/mse"]
     assert sorted(p.name for p in (magvit_run / "reconstructions").glob("*.png")) == \
-        [f"epoch={e:04d}.png" for e in range(6)]
+        [f"epoch={e:04d}.png" for e in range(1, 7)]
     r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={magvit_run}"], cwd=tmp_path, env=env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    report = json.loads((magvit_run / "checkpoints" / "verification" / "epoch=0005.json").read_text())
+    report = json.loads((magvit_run / "checkpoints" / "verification" / "epoch=0006.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     assert stages.pop("frozen_identical")["status"] == "skip"  # no frozen parts in this family
     assert all(s["status"] == "pass" for s in stages.values()), {k: s["details"] for k, s in stages.items()}
     assert stages["resume_exact"]["status"] == "pass" and stages["history_consistent"]["status"] == "pass"
     psnr = stages["metrics"]["metrics"]["val/psnr"]
     assert psnr["clearly_better"] and psnr["trained"] > psnr["untrained_control"]
+
+
+def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
+    """eval.py on .npy clips the run never saw: every clip measured and drawn, the totals from the clips."""
+    import csv
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    from experiments.data.video import moving_shapes
+
+    for i in range(5):  # uint8 clips of another seed, 8 frames of 16x16 as the run's
+        np.save(clips / f"clip{i}.npy", (moving_shapes(i, 99, 8, 16) * 255).astype(np.uint8))
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={magvit_run}", f"data.folder={clips}",
+                        "data.val_fraction=1"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (out,) = (magvit_run / "eval").glob("data.folder=*")
+    result = json.loads((out / "last" / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "last" / "per_clip.csv")))
+    assert [row["clip"] for row in rows] == [f"clip{i}.npy" for i in range(5)]
+    mse = np.mean([float(row["mse"]) for row in rows])  # clips of one size: the mean of the clips' MSE
+    assert result["metrics"]["val/mse"] == pytest.approx(mse, rel=1e-5)
+    assert result["metrics"]["val/psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-5)
+    assert result["metrics"]["val/ssim"] == pytest.approx(np.mean([float(row["ssim"]) for row in rows]), rel=1e-5)
+    assert sorted(p.name for p in (out / "last" / "reconstructions").iterdir()) == \
+        ["clips_0000-0003.png", "clips_0004-0004.png"]  # 4 clips a picture (task.pictures)
 
 
 def test_checkpoints_stay_near_the_minimum(magvit_run):

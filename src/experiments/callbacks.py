@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from experiments.run_dir import epoch_number
+
 
 class StepSeeding(Callback):
     """Reseed python, numpy and torch from (seed, global_step) before every training batch.
@@ -31,7 +33,7 @@ class StepSeeding(Callback):
 def summary_line(row: dict, keys, max_epochs: int | None, percent_keys=()) -> str:
     """One console line for a finished epoch: the task's summary keys (`percent_keys` as percentages)
     and the epoch's wall time."""
-    parts = [f"epoch {row['epoch'] + 1}/{max_epochs}"]
+    parts = [f"epoch {epoch_number(row['epoch'])}/{max_epochs}"]
     for key in keys:
         if key in row:
             value = row[key]
@@ -61,9 +63,10 @@ class LoggerReport(Callback):
         self._seen: dict[Path, float] = {}
 
     def _new_pictures(self) -> list[Path]:
-        # The logger's own folder, checkpoints and earlier runs are not descended into: this runs after
-        # every validation.
-        tops = [p for p in self.run_dir.iterdir() if p.name not in ("wandb", "superseded", "checkpoints")]
+        # The loggers' own folders, checkpoints, earlier runs and eval.py's results are not descended
+        # into: this runs after every validation.
+        skipped = ("wandb", "tensorboard", "superseded", "checkpoints", "eval")
+        tops = [p for p in self.run_dir.iterdir() if p.name not in skipped]
         found = []
         for path in sorted(q for p in tops for q in ([p] if p.is_file() else p.rglob("*.png")) if q.suffix == ".png"):
             mtime = path.stat().st_mtime

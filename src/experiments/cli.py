@@ -170,6 +170,12 @@ def verify_job(cfg):
     return _outcome(verify, cfg), None
 
 
+def eval_job(cfg, data_args: list[str]):
+    from experiments.eval import evaluate
+
+    return _outcome(lambda c: evaluate(c, data_args), cfg), None
+
+
 def _remove_empty_run_dir() -> None:
     """Hydra creates the run directory before the job starts; a job refused at once leaves none behind."""
     from hydra.core.hydra_config import HydraConfig
@@ -209,3 +215,13 @@ def train_main() -> None:
 
 def verify_main() -> None:
     _run(verify_job, "verify")
+
+
+def eval_main() -> None:
+    """The data arguments (`data=GROUP`, `data.KEY=VALUE`) choose data for the checkpoint's family, which
+    only the checkpoint knows: they are taken out here and composed by the evaluation program."""
+    from experiments.eval import is_data_arg
+
+    data_args = [a for a in sys.argv[1:] if is_data_arg(a)]
+    sys.argv = [a for a in sys.argv if a not in data_args]
+    _run(lambda cfg: eval_job(cfg, data_args), "eval")

@@ -4,6 +4,7 @@ import inspect
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 
@@ -30,3 +31,16 @@ class WandbLogger(LightningWandbLogger):
 
 # The config check (stages/config_check.py) reads a target's signature: keep Lightning's, key for key.
 WandbLogger.__init__.__signature__ = inspect.signature(LightningWandbLogger.__init__)
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoardLogger (event files under `<run dir>/tensorboard/`, written through
+    tensorboardX), able to take the run's pictures as wandb's logger does (`log_image`, which
+    callbacks.LoggerReport calls for every PNG the run writes)."""
+
+    def log_image(self, key: str, images: list, step: int | None = None) -> None:
+        import matplotlib.image
+
+        for path in images:
+            pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
+            self.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")

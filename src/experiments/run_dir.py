@@ -7,9 +7,10 @@ reports a finished run, or refuses when the stored config differs from the new o
 Layout (every program finds a run's files through the names and functions here):
     run.yaml                          the composed config, written once at the start
     history.csv                       one row per finished epoch (the checkpoint history), whatever the logger
-    checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files
+    checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files (NNNN: `epoch_number`)
     checkpoints/last.ckpt             the newest state: what a rerun resumes from
     checkpoints/verification/         verify.py's reports, <checkpoint stem>.json and .md
+    eval/<data>/<checkpoint stem>/    eval.py's results: metrics.json and the family's files
     superseded/<UTC time>/            an earlier run moved aside by resume=never
 """
 import datetime
@@ -28,6 +29,13 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 VERIFICATION = "verification"
 SUPERSEDED = "superseded"
+
+
+def epoch_number(epoch: int) -> int:
+    """An epoch as users read it everywhere (console, file names, history.csv, verify, eval): counted from
+    1, so that "epoch 20" of a 20-epoch run is its last. Lightning's `current_epoch`, a checkpoint's
+    `epoch` and the history rows inside a checkpoint count from 0, as Lightning resumes from them."""
+    return epoch + 1
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -14,6 +14,8 @@ reads from it:
   `check_outputs(batch)` ((name, output, expected shape) of a forward pass on real data),
   `primary_metric`, `higher_is_better` / `lower_is_better` (how each metric is judged against an
   untrained control; the others are shown, not judged) and `frozen_parts`.
+- eval.py: `evaluate_to(datamodule, epoch, folder)` (the figures of `evaluate` on any data of the family,
+  and the family's files of them, e.g. predictions and pictures, written into `folder`).
 - the sweep summary: `primary_metric` and the judged metrics (its columns), and for paired per-output
   comparisons `paired_metrics` (metric -> column of the run's `per_output.csv`, which has `task` and
   `index` columns) and `binary_metrics` (those that also get an exact McNemar test).
@@ -63,6 +65,11 @@ class ExperimentTask(L.LightningModule):
 
     def check_outputs(self, batch) -> list[tuple[str, torch.Tensor, tuple]]:
         raise NotImplementedError
+
+    def evaluate_to(self, datamodule, epoch: int, folder) -> dict[str, float]:
+        """eval.py: the figures of `evaluate` on this data, and the family's files of them in `folder`
+        (a `pathlib.Path`, maybe not yet created). Without files of its own a family inherits this."""
+        return self.evaluate(datamodule, epoch)
 
     # ---- provided ----
     @classmethod

@@ -59,7 +59,7 @@ def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.D
 
 def announce(run_dir: Path, experiment: str, model, decision: rd.Decision) -> None:
     if decision.action == "resume":
-        print(f"Resuming {run_dir} from {decision.ckpt_path} (epoch {decision.epoch + 1} done)", flush=True)
+        print(f"Resuming {run_dir} from {decision.ckpt_path} (epoch {rd.epoch_number(decision.epoch)} done)", flush=True)
         return
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -109,7 +109,7 @@ def last_good(policy) -> str:
         return "no checkpoint was written"
     from experiments.checkpoint.io import load_checkpoint
 
-    return f"last good checkpoint: {policy.last_path} (epoch {load_checkpoint(policy.last_path)['epoch'] + 1})"
+    return f"last good checkpoint: {policy.last_path} (epoch {rd.epoch_number(load_checkpoint(policy.last_path)['epoch'])})"
 
 
 def duration(seconds: float) -> str:
@@ -128,8 +128,8 @@ def summary(experiment: str, history: list[dict], task, seconds: float) -> list[
         pick = max if metric in type(task).higher_is_better else min
         best = pick(scored, key=lambda row: row[metric])
         shown = "{:.2%}" if metric in type(task).percent_keys else "{:.4g}"  # as the epoch line shows it
-        lines.append(f"{metric}: final {shown.format(scored[-1][metric])} (epoch {scored[-1]['epoch'] + 1}), "
-                     f"best {shown.format(best[metric])} (epoch {best['epoch'] + 1})")
+        lines.append(f"{metric}: final {shown.format(scored[-1][metric])} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
+                     f"best {shown.format(best[metric])} (epoch {rd.epoch_number(best['epoch'])})")
     return lines
 
 
@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> Outcome:
     config = {**plain_config(cfg), "experiment": experiment}
     decision = decide_run(cfg, run_dir, config, child)
     if decision.action == "finished" and not cfg.preflight_only:
-        print(f"Run already complete (epoch {decision.epoch + 1}): {run_dir}\n"
+        print(f"Run already complete (epoch {rd.epoch_number(decision.epoch)}): {run_dir}\n"
               f"last checkpoint: {decision.ckpt_path}\nNothing to train; rerun with resume=never to train it again.",
               flush=True)
         return Outcome(EXIT_OK)

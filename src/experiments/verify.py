@@ -152,7 +152,7 @@ def report(ctx: VerifyContext, results, seconds: float) -> dict:
         "input": str(ctx.target),
         "checkpoint": {
             "path": str(ctx.primary), "sha256": ctx.sha256(ctx.primary), "bytes": ctx.primary.stat().st_size,
-            "epoch": c["epoch"], "global_step": c["global_step"], "config_hash": config_hash(c["config"]),
+            "epoch": rd.epoch_number(c["epoch"]), "global_step": c["global_step"], "config_hash": config_hash(c["config"]),
             "experiment": c["config"].get("experiment"), "framework_version": c["framework"].get("version"),
             "git_commit": c["framework"].get("git_commit"),
         },

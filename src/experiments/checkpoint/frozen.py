@@ -173,7 +173,7 @@ def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from
             raise StageFailure(f"frozen_checkpoint.path={path} does not exist; compatible checkpoints under "
                                f"{outputs}: {describe(find_candidates(outputs, compatible))}")
         ckpt = read_source(file, compatible, variant)
-        account = f"loaded from {file} ({ckpt['config'].get('experiment')}, epoch {ckpt.get('epoch')})"
+        account = f"loaded from {file} ({ckpt['config'].get('experiment')}, epoch {rd.epoch_number(ckpt['epoch'])})"
     source = source_parts(ckpt["state_dict"], parts)
     try:
         check_fit(source, own, file)

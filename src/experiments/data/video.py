@@ -4,7 +4,7 @@ Default: procedurally generated clips of 1-3 coloured squares and discs moving w
 bouncing off the borders, each clip a pure function of (seed, clip index); train and validation clips
 are disjoint indices. Or `folder=PATH`: every `*.npy` in it is one clip, shaped (C, T, H, W); uint8 clips
 are divided by 255, float clips must already lie in [0, 1]. The last `val_fraction` (sorted by name)
-validate.
+validate; `val_fraction=1`: all of them (eval.py on a folder of clips).
 """
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
     return clip
 
 
-def load_folder(folder: Path) -> torch.Tensor:
+def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
     files = sorted(Path(folder).glob("*.npy"))
     if not files:
         raise ValueError(f"no .npy clips in {folder}")
@@ -54,7 +54,7 @@ def load_folder(folder: Path) -> torch.Tensor:
         clips.append(torch.from_numpy(a.astype(np.float32)))
     if len({c.shape for c in clips}) != 1:
         raise ValueError(f"clips in {folder} differ in shape: {sorted({tuple(c.shape) for c in clips})}")
-    return torch.stack(clips)
+    return torch.stack(clips), [f.name for f in files]
 
 
 class VideoDataModule(L.LightningDataModule):
@@ -62,17 +62,26 @@ class VideoDataModule(L.LightningDataModule):
                  batch_size: int = 8, folder: str | None = None, val_fraction: float = 0.2, seed: int = 0):
         super().__init__()
         self.batch_size, self.seed = batch_size, seed
+        if not 0 < val_fraction <= 1:
+            raise ValueError(f"data.val_fraction must lie in (0, 1], got {val_fraction}")
         if folder:
-            clips = load_folder(Path(folder))
+            clips, names = load_folder(Path(folder))
             n_val = max(1, int(round(len(clips) * val_fraction)))
             self.train, self.val = clips[:-n_val], clips[-n_val:]
+            self.val_names = names[-n_val:]
         else:
             make = lambda i: moving_shapes(i, seed, frames, size)  # noqa: E731
             self.train = torch.from_numpy(np.stack([make(i) for i in range(train_clips)]))
             self.val = torch.from_numpy(np.stack([make(train_clips + i) for i in range(val_clips)]))
+            self.val_names = [f"generated_{train_clips + i}" for i in range(val_clips)]
         self.train_sampler = EpochBatchSampler(len(self.train), batch_size, seed, shuffle=True)
 
+    def describe(self) -> str:
+        return f"{len(self.train)} training clips, {len(self.val)} validation clips {tuple(self.val.shape[1:])}"
+
     def train_dataloader(self) -> BatchLoader:
+        if not len(self.train):
+            raise ValueError("no training clips: data.val_fraction=1 keeps every clip for validation")
         return BatchLoader(self.train, shard(self.train_sampler, self.trainer))
 
     def val_dataloader(self) -> BatchLoader:

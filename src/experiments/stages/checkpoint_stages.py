@@ -14,6 +14,7 @@ import torch
 
 from experiments.checkpoint.io import sidecar
 from experiments.errors import StageFailure
+from experiments.run_dir import epoch_number
 from experiments.stages.registry import StageResult
 
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "config", "history", "rng",
@@ -112,13 +113,13 @@ def progress(ctx) -> StageResult:
         return _skip("progress", "needs at least two checkpoints of different epochs")
     epochs = [ctx.ckpts[p]["epoch"] for p in ctx.series]
     if any(b <= a for a, b in zip(epochs, epochs[1:])):
-        raise StageFailure(f"checkpoint epochs are not strictly increasing: {epochs}")
+        raise StageFailure(f"checkpoint epochs are not strictly increasing: {[epoch_number(e) for e in epochs]}")
     monitor, mode = ctx.monitor()
     scored = [p for p in ctx.series if ctx.row(p).get(monitor) is not None]  # epochs that evaluated
     if len(scored) < 2:
         return _skip("progress", f"fewer than two checkpoints at epochs that measured {monitor!r}")
     first, last = ctx.row(scored[0])[monitor], ctx.row(scored[-1])[monitor]
-    epochs = [ctx.ckpts[p]["epoch"] for p in scored]
+    epochs = [epoch_number(ctx.ckpts[p]["epoch"]) for p in scored]
     improved = last < first if mode == "min" else last > first
     if not improved:
         raise StageFailure(f"{monitor} did not improve from epoch {epochs[0]} ({first:.6g}) to epoch "
@@ -161,18 +162,19 @@ def history_consistent(ctx) -> StageResult:
     last_epoch = max(history)
     saved_epochs = {c["epoch"] for p, c in ctx.ckpts.items() if not c["run"].get("preempted")}
     if last_epoch not in saved_epochs:
-        raise StageFailure(f"the history ends at epoch {last_epoch} but no checkpoint holds that epoch "
-                           f"(checkpoint epochs: {sorted(saved_epochs)})")
+        raise StageFailure(f"the history ends at epoch {epoch_number(last_epoch)} but no checkpoint holds that "
+                           f"epoch (checkpoint epochs: {sorted(map(epoch_number, saved_epochs))})")
     for path, ckpt in ctx.ckpts.items():
         own = ckpt["history"]
         if not ckpt["run"].get("preempted") and (not own or own[-1]["epoch"] != ckpt["epoch"]):
-            raise StageFailure(f"{path.name} is at epoch {ckpt['epoch']} but its history ends at epoch "
-                               f"{own[-1]['epoch'] if own else None}")
+            raise StageFailure(f"{path.name} is at epoch {epoch_number(ckpt['epoch'])} but its history ends at "
+                               f"epoch {epoch_number(own[-1]['epoch']) if own else None}")
         for row in own:
             if history.get(row["epoch"]) != row:
-                raise StageFailure(f"{path.name}: history row of epoch {row['epoch']} differs from {latest.name}'s")
+                raise StageFailure(f"{path.name}: history row of epoch {epoch_number(row['epoch'])} differs from "
+                                   f"{latest.name}'s")
     return StageResult(name="history_consistent",
-                       details=f"history ends at epoch {last_epoch}, which has a checkpoint; "
+                       details=f"history ends at epoch {epoch_number(last_epoch)}, which has a checkpoint; "
                                f"{len(ctx.ckpts)} file(s) agree with it row for row")
 
 
@@ -210,7 +212,7 @@ def resume_exact(ctx) -> StageResult:
                            f"{target['global_step']}")
     differ = [k for k, v in target["state_dict"].items() if not torch.equal(v, resumed[k])]
     if differ:
-        raise StageFailure(f"resuming {a.name} to epoch {target['epoch']} does not reproduce {b.name}: "
+        raise StageFailure(f"resuming {a.name} to epoch {epoch_number(target['epoch'])} does not reproduce {b.name}: "
                            f"{len(differ)} tensor(s) differ, e.g. {differ[0]}{_other_code(target)}")
     return StageResult(name="resume_exact", details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} "
                                                     f"epoch(s): bit-identical to {b.name}")

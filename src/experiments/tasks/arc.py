@@ -7,8 +7,9 @@ batch decoded together, each mapped back before voting; the two most voted grids
 output's size is part of the prediction. Each evaluation also measures the teacher-forced likelihood of
 each true output (identity view; `arc/test_nll`, bits per output token) and writes `submission.json` (ARC
 Prize format) and `per_output.csv` (one row per held-out output, what a sweep's paired comparisons read;
-each evaluation's copy also under `eval/`) in the run directory; the end of training writes
-`predictions.png`.
+each evaluation's copy also under `eval/`) in the run directory; the end of training draws every
+held-out output with its two attempts (`predictions.png`, more pages as `predictions_2.png`, ...). eval.py
+writes the same files for any task set.
 """
 import json
 from pathlib import Path
@@ -21,6 +22,7 @@ from experiments.checkpoint.io import atomic_write_bytes, atomic_write_csv
 from experiments.data import arc_format as af
 from experiments.data.arc import augment, collate
 from experiments.metrics.arc import nll_bits, output_record, rank_attempts, score
+from experiments.run_dir import epoch_number
 from experiments.task_contract import ExperimentTask
 from experiments.tasks.arc_decoding import CachedSteps, FullRecomputation, greedy
 
@@ -91,22 +93,43 @@ class ArcTask(ExperimentTask):
         if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
             run_dir = Path(self.trainer.default_root_dir)
             write_submission(self.last_results, run_dir / "submission.json")
-            write_per_output(self.last_results, run_dir / "eval" / f"per_output_epoch={self.current_epoch:04d}.csv")
+            write_per_output(self.last_results, run_dir / "eval" / f"per_output_epoch={epoch_number(self.current_epoch):04d}.csv")
             write_per_output(self.last_results, run_dir / "per_output.csv")
 
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:
-            from experiments.reports.arc_pictures import draw_predictions
-
-            draw_predictions(self.last_results, Path(self.trainer.default_root_dir) / "predictions.png")
+            self.draw(self.last_results, Path(self.trainer.default_root_dir), self.current_epoch,
+                      score(self.last_results))
 
     @torch.no_grad()
     def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
         """The validation figures outside a Trainer (verify.py); writes nothing."""
+        return score(self.predict_all(datamodule))
+
+    @torch.no_grad()
+    def evaluate_to(self, datamodule, epoch: int, folder: Path) -> dict[str, float]:
+        """eval.py: the figures, submission.json, per_output.csv and the predictions' pictures in `folder`."""
+        results = self.predict_all(datamodule)
+        metrics = score(results)
+        write_submission(results, folder / "submission.json")
+        write_per_output(results, folder / "per_output.csv")
+        self.draw(results, folder, epoch, metrics)
+        return metrics
+
+    def predict_all(self, datamodule) -> list[dict]:
         results = []
         for examples in datamodule.val_dataloader():
             results += self.predict(examples)
-        return score(in_task_order(results))
+        return in_task_order(results)
+
+    @staticmethod
+    def draw(results: list[dict], folder: Path, epoch: int, metrics: dict) -> None:
+        from experiments.reports.arc_pictures import draw_predictions
+
+        title = (f"epoch {epoch_number(epoch)}: cell accuracy {metrics['arc/cell_accuracy']:.1%}, right shape "
+                 f"{metrics['arc/right_shape']:.1%}, exact@2 {metrics['arc/exact_output@2']:.1%} "
+                 f"of {len(results)} outputs")
+        draw_predictions(results, folder, title)
 
     @torch.no_grad()
     def check_outputs(self, examples: list) -> list[tuple[str, torch.Tensor, tuple]]:

@@ -1,0 +1,148 @@
+"""The evaluation program: one checkpoint on any data of its family.
+
+`python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE ...]`. The checkpoint is read with
+`weights_only=True` and rebuilt from its own config (verify.py's reader). The data:
+- no `data=GROUP`: the run's own data config, with the `data.KEY=VALUE` overrides applied;
+- `data=GROUP`: the data config train.py would compose for the run's experiment with that group and
+  those overrides (so what the preset fixes for its model, e.g. ARC's token format, still holds).
+The task writes what it evaluates (`ExperimentTask.evaluate_to`) into
+`<run directory>/eval/<data identity>/<checkpoint name>/`, with `metrics.json`.
+
+Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given).
+"""
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from experiments import run_dir as rd
+from experiments.checkpoint.io import atomic_write_bytes
+from experiments.config_schema import run_id
+from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
+from experiments.stages.config_check import check_config
+from experiments.verify import VerifyContext, config_hash
+
+SCHEMA = "experiments.eval/1"
+
+
+def is_data_arg(arg: str) -> bool:
+    """`data=GROUP`, `data.KEY=VALUE` (also with Hydra's + or ~): what chooses the data to evaluate on."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    return "=" in arg and (key == "data" or key.startswith("data."))
+
+
+def checkpoint_of(target: Path) -> Path:
+    """A checkpoint file, or a run directory's (or its checkpoint folder's) last checkpoint."""
+    if target.is_dir():
+        last = rd.last_checkpoint(rd.run_of(target))
+        if not last.is_file():
+            raise UserError(f"{target} holds no {rd.CHECKPOINTS}/{rd.LAST}; give a checkpoint file: ckpt=PATH.ckpt")
+        return last
+    if not target.exists():
+        raise UserError(f"{target} does not exist; give a checkpoint file or a run directory")
+    return target
+
+
+def data_config(run_config: dict, data_args: list[str]) -> dict:
+    """The data node to evaluate on (see the module's docstring), resolved."""
+    chosen = [a for a in data_args if a.split("=", 1)[0].lstrip("+~") == "data"]
+    try:
+        if chosen:
+            experiment = run_config.get("experiment")
+            if not experiment:
+                raise UserError("the checkpoint does not record its experiment, so data=GROUP cannot be composed "
+                                "for it; give data.KEY=VALUE overrides of its own data instead")
+            composed = compose("train", overrides=[f"experiment={experiment}", *data_args])
+            node = OmegaConf.to_container(composed.data, resolve=True)
+        else:
+            merged = OmegaConf.merge({"data": run_config["data"]}, OmegaConf.from_dotlist([a.lstrip("+") for a in data_args]))
+            node = OmegaConf.to_container(merged.data, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(f"data: {' '.join(str(e).split('Config search path')[0].split())}")
+    check_config(OmegaConf.create({"data": node}))
+    return node
+
+
+def data_identity(data_args: list[str]) -> str:
+    """The folder name of an evaluation's data: its arguments as a run directory names overrides;
+    `own` for the run's own data."""
+    return run_id(",".join(sorted(data_args))) if data_args else "own"
+
+
+def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
+    if cfg.out:
+        return Path(str(cfg.out))
+    return rd.run_of(checkpoint) / "eval" / data_identity(data_args) / checkpoint.stem
+
+
+def build_data(node: dict, seed: int):
+    try:
+        datamodule = instantiate(node, seed=seed)
+    except Exception as e:  # a data module refusing its arguments (an unknown task id, an empty folder)
+        cause = e.__cause__ or e
+        raise UserError(f"data: {' '.join(str(cause).split())}")
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    return datamodule
+
+
+def with_progress(datamodule) -> None:
+    """A bar over the evaluation batches (decoding a large task set on CPU takes minutes): the task reads
+    its batches from `val_dataloader()`, so that is where the bar goes."""
+    from tqdm import tqdm
+
+    batches = datamodule.val_dataloader
+    datamodule.val_dataloader = lambda: tqdm(batches(), desc="evaluating", unit="batch", leave=False,
+                                                disable=None)  # None: no bar where output is not a terminal
+
+
+def evaluate(cfg, data_args: list[str]) -> Outcome:
+    if not cfg.ckpt:
+        raise UserError("give a checkpoint or run directory: python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE]")
+    t0 = time.perf_counter()
+    checkpoint = checkpoint_of(Path(str(cfg.ckpt)))
+    ctx = VerifyContext(checkpoint, device=cfg.device)  # weights_only=True; its config against the code
+    try:
+        task = ctx.trained(checkpoint)
+    except StageFailure as e:
+        raise UserError(str(e))
+    run_config = ctx.config
+    node = data_config(run_config, data_args)
+    datamodule = build_data(node, run_config["seed"])
+    folder = output_folder(cfg, checkpoint, data_args)
+    epoch = ctx.ckpts[checkpoint]["epoch"]
+    described = getattr(datamodule, "describe", lambda: "")()
+    print(f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"
+          + (f" {' '.join(data_args)}" if data_args else " (the run's own data)")
+          + (f": {described}" if described else ""), flush=True)
+    with_progress(datamodule)
+    with torch.no_grad():
+        metrics = task.evaluate_to(datamodule, epoch, folder)
+    result = {
+        "schema": SCHEMA,
+        "checkpoint": {"path": str(checkpoint), "sha256": ctx.sha256(checkpoint), "epoch": rd.epoch_number(epoch),
+                       "global_step": ctx.ckpts[checkpoint]["global_step"],
+                       "experiment": run_config.get("experiment"), "config_hash": config_hash(run_config)},
+        "data": {"arguments": data_args, "identity": data_identity(data_args), "config": node},
+        "metrics": metrics,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    atomic_write_bytes(folder / "metrics.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
+    print_metrics(metrics, task)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    print(f"Done in {result['seconds']:.1f}s; {folder}: {', '.join(files)}", flush=True)
+    return Outcome(EXIT_OK)
+
+
+def print_metrics(metrics: dict, task) -> None:
+    for name, value in metrics.items():
+        shown = f"{value:.2%}" if name in task.percent_keys else f"{value:.6g}"  # as the epoch line shows it
+        print(f"  {name:28s} {shown}", flush=True)
