@@ -194,6 +194,17 @@ def test_arc_agi_2_is_selectable():
     assert dm.train_examples and dm.eval_examples
 
 
+def test_a_subset_of_evaluation_tasks_holds_none_the_default_set_trains_on():
+    from experiments.data.arc import load_tasks
+
+    training, evaluation = load_tasks("arcagi")
+    dm = ArcDataModule(tasks_from="evaluation", max_tasks=18, max_side=10)
+    chosen = {e.task for e in dm.eval_examples}
+    assert len(chosen) == 18 and chosen <= {t.id for t in evaluation} and not chosen & {t.id for t in training}
+    assert chosen.isdisjoint({e.task for e in ArcDataModule(max_tasks=18, max_side=10).train_examples})
+    assert "selected from 400 evaluation tasks" in dm.describe()
+
+
 def test_evaluation_batches_hold_every_output_once_in_order_of_input_length():
     from experiments.data.arc import tokens_of
 

@@ -132,6 +132,6 @@ def test_resume_refuses_a_pickled_last_checkpoint(tmp_path):
     (rd,) = (tmp_path / "outputs" / "ternary_v5_5").iterdir()
     torch.save({"run": {"finished": False}, "x": Payload(str(marker))}, rd / "checkpoints" / "last.ckpt")
     r = run_train(*FAST, "trainer.max_epochs=1", cwd=tmp_path)
-    assert r.returncode == 2 and "refusing to unpickle" in r.stderr
+    assert r.returncode == 2 and "refusing to unpickle" in r.stderr and "no intact checkpoint" in r.stderr
     assert not marker.exists()
-    assert os.path.exists(rd / "checkpoints" / "last.ckpt")
+    assert list((rd / "checkpoints" / "damaged").glob("*/last.ckpt")), "moved aside, never deleted"

@@ -1,12 +1,16 @@
 """Exact resume: a run killed at any moment and restarted with the same command ends bit-identical
-to a run never stopped; SIGTERM saves a checkpoint first."""
+to a run never stopped; SIGTERM and Ctrl-C save a checkpoint first; a second launch of a running run is
+refused; a damaged last checkpoint or a failed write loses nothing that was written before."""
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from conftest import FAST, run_train, start_train
+from conftest import FAST, ROOT, env, run_train, start_train
+from experiments.checkpoint.io import damage
 
 ARGS = [*FAST, "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]
 # Hydra names the run directory after the sorted result-defining overrides.
@@ -70,24 +74,115 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path, args, run, last_epoch, de
     assert_identical(final_state(killed_dir, run, last_epoch), reference)
 
 
-def test_sigterm_saves_mid_epoch_and_resumes_exactly(tmp_path):
-    ref_dir, term_dir = tmp_path / "ref", tmp_path / "term"
-    ref_dir.mkdir(), term_dir.mkdir()
-    assert run_train(*ARGS, cwd=ref_dir).returncode == 0
-    reference = final_state(ref_dir)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """ARGS trained once, never interrupted: what every interrupted run below must end identical to."""
+    ref_dir = tmp_path_factory.mktemp("reference")
+    done = run_train(*ARGS, cwd=ref_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return final_state(ref_dir)
 
-    proc = start_train(*ARGS, cwd=term_dir)
-    wait_for(term_dir / RUN / "checkpoints" / "last.ckpt", proc)
+
+@pytest.mark.parametrize("signals, code, said", [
+    ([signal.SIGTERM], 143, "SIGTERM: saved "),
+    ([signal.SIGINT, signal.SIGINT], 130, "interrupted at epoch "),  # Ctrl-C pressed twice: the save goes on
+], ids=["sigterm", "ctrl_c"])
+def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, signals, code, said):
+    proc = start_train(*ARGS, cwd=tmp_path)
+    last = tmp_path / RUN / "checkpoints" / "last.ckpt"
+    wait_for(last, proc)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.05)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143, out
-    assert "SIGTERM: saved" in out
-    saved = torch.load(term_dir / RUN / "checkpoints" / "last.ckpt", weights_only=True)
+    assert proc.returncode == code, out
+    (line,) = [l for l in out.splitlines() if l.startswith(said)]
+    assert "checkpoints/last.ckpt" in line and "rerun the same command to resume" in line
+    assert damage(last) is None, "the saved checkpoint is whole and matches its sidecar"
+    saved = torch.load(last, weights_only=True)
     assert saved["run"]["preempted"] and not saved["run"]["finished"]
-    steps_per_epoch = 77
-    assert saved["global_step"] % steps_per_epoch != 0, "expected a mid-epoch checkpoint"
+    assert saved["global_step"] % 77 != 0, "expected a mid-epoch checkpoint (77 steps an epoch)"
+    assert f"step {saved['global_step']}" in line
 
-    again = run_train(*ARGS, cwd=term_dir)
+    again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert_identical(final_state(term_dir), reference)
+    assert_identical(final_state(tmp_path), reference)
+
+
+def test_a_second_launch_is_refused_while_the_first_trains(tmp_path, reference):
+    first = start_train(*ARGS, cwd=tmp_path)
+    wait_for(tmp_path / RUN / "checkpoints" / "last.ckpt", first)
+    second = run_train(*ARGS, cwd=tmp_path)
+    assert first.poll() is None, "the first run ended before the second launch was tried"
+    assert second.returncode == 2, second.stdout + second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"PID {first.pid} on " in lines[0] and "being trained by" in lines[0], second.stderr
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert_identical(final_state(tmp_path), reference)  # the first finished untouched
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
+    proc = start_train(*ARGS, cwd=tmp_path)
+    wait_for(tmp_path / RUN / "checkpoints" / "last.ckpt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert f"PID {proc.pid} on " in (tmp_path / RUN / ".lock").read_text()  # left behind by the dead process
+    again = run_train(*ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "being trained by" not in again.stdout + again.stderr
+    assert_identical(final_state(tmp_path), reference)
+
+
+def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, reference):
+    done = run_train(*ARGS, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ckpts = tmp_path / RUN / "checkpoints"
+    with open(ckpts / "last.ckpt", "r+b") as f:  # a disk or copy error, in place, after the save
+        f.seek(f.seek(0, 2) // 2)
+        f.write(b"\xff" * 64)
+    again = run_train(*ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (warning,) = [l for l in again.stdout.splitlines() if l.startswith("warning: damaged checkpoint")]
+    # last.ckpt is a hard link of the final epoch's file: both carry the damage; epoch 3's is the newest intact
+    assert "last.ckpt: its sha256 differs" in warning or "last.ckpt: is not a readable checkpoint" in warning
+    assert "Resuming from epoch=0003.ckpt" in warning
+    moved = {p.name for p in (ckpts / "damaged").rglob("*.ckpt")}  # aside, never deleted
+    assert {"epoch=0004.ckpt", "last.ckpt"} <= moved and all("0004" in n or n == "last.ckpt" for n in moved)
+    assert "Resuming" in again.stdout
+    assert_identical(final_state(tmp_path), reference)
+
+
+FULL_DISK = """
+import errno, runpy, sys
+import experiments.checkpoint.io as io
+write = io.write_and_sync
+def full(tmp, data):  # the disk fills up half way through the third epoch's checkpoint
+    if tmp.name.startswith(".epoch=0003.ckpt.tmp-"):
+        tmp.write_bytes(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    write(tmp, data)
+io.write_and_sync = full
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, reference):
+    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / "train.py"), *ARGS], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = [l for l in r.stdout.splitlines() if l.startswith("error:")]
+    assert "epoch=0003.ckpt: No space left on device" in line and "last good checkpoint" in line
+    assert "(epoch 2)" in line and "Traceback" not in r.stdout + r.stderr
+    run = tmp_path / RUN
+    assert not [p for p in run.rglob("*") if ".tmp-" in p.name], "no temporary file is left"
+    ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
+    names = {p.name for p in ckpts}
+    assert {"epoch=0001.ckpt", "epoch=0002.ckpt", "last.ckpt"} <= names and not any("0003" in n for n in names)
+    assert all(damage(p) is None for p in ckpts), "every earlier checkpoint loads and matches its sidecar"
+
+    again = run_train(*ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_identical(final_state(tmp_path), reference)

@@ -110,7 +110,8 @@ def test_history_beyond_the_last_checkpoint_fails_history_consistent(copy_run, t
             c["history"].append(dict(c["history"][-1], epoch=c["epoch"] + 1))
         rewrite(ck / name, extra_epoch)
     s = failed(copy_run, tmp_path)["history_consistent"]
-    assert s["status"] == "fail" and "history ends at epoch 6 but no checkpoint holds that epoch" in s["details"]
+    assert s["status"] == "fail"
+    assert "history ends at epoch 7 but no checkpoint holds that epoch (checkpoint epochs: [2, 4, 6])" in s["details"]
 
 
 def test_wrong_architecture_fails_restorable_naming_keys(copy_run, tmp_path):

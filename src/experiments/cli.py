@@ -63,6 +63,9 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {_misspelled_key(_one_line(e), config_name) or _one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: train.ctrl_c_saves)
+        print("\ninterrupted (Ctrl-C) before anything was written", file=sys.stderr, flush=True)
+        sys.exit(130)
     codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
 
@@ -143,13 +146,14 @@ def train_job(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from experiments import sweep
-    from experiments.errors import EXIT_OK, EXIT_PREEMPTED
+    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
     from experiments.ranks import process_rank
     from experiments.train import train
 
     sweep.record_job("running")
     outcome = _outcome(train, cfg, on_user_error=_remove_empty_run_dir)
-    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted"}.get(outcome.code, "failed")
+    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(outcome.code,
+                                                                                                     "failed")
     sweep.record_job(status, outcome.code, outcome.error)
     if outcome.code and process_rank():
         # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
@@ -157,9 +161,10 @@ def train_job(cfg):
         outcome.code = EXIT_OK
     if not _in_multirun():
         return outcome, None
-    if outcome.code == EXIT_PREEMPTED:  # the whole sweep stops here; rerunning it resumes this job first
-        print("SIGTERM: the sweep stops; rerun the same command to resume it.", flush=True)
-        raise SystemExit(EXIT_PREEMPTED)
+    if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # the whole sweep stops; a rerun resumes this job first
+        print(f"{'SIGTERM' if outcome.code == EXIT_PREEMPTED else 'Ctrl-C'}: the sweep stops; rerun the same "
+              f"command to resume it.", flush=True)
+        raise SystemExit(outcome.code)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
 

@@ -15,8 +15,13 @@ class RunStopped(Exception):
     the last good one (exit status 1)."""
 
 
+class WriteFailed(Exception):
+    """A file could not be written (no space left, an I/O error): the run stops (exit status 1); the
+    message names the file and the reason. Nothing earlier was touched and no temporary file is left."""
+
+
 # Exit statuses of the programs (README, "Exit codes").
-EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED = 0, 1, 2, 143
+EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130, 143
 
 
 @dataclass

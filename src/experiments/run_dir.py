@@ -10,17 +10,23 @@ Layout (every program finds a run's files through the names and functions here):
     checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files (NNNN: `epoch_number`)
     checkpoints/last.ckpt             the newest state: what a rerun resumes from
     checkpoints/verification/         verify.py's reports, <checkpoint stem>.json and .md
+    checkpoints/damaged/<time>/       checkpoints that failed their check at a resume, moved aside (never deleted)
+    .lock                             held by the one process training the run (PID and host inside)
     eval/<data>/<checkpoint stem>/    eval.py's results: metrics.json and the family's files
     superseded/<UTC time>/            an earlier run moved aside by resume=never
 """
+import contextlib
 import datetime
+import fcntl
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint
+from experiments.checkpoint.io import atomic_write_bytes, damage, load_checkpoint, remove_temporaries, sidecar
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
@@ -29,6 +35,8 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
 VERIFICATION = "verification"
 SUPERSEDED = "superseded"
+DAMAGED = "damaged"
+LOCK = ".lock"
 
 
 def epoch_number(epoch: int) -> int:
@@ -107,10 +115,46 @@ class Decision:
     epoch: int | None = None
 
 
+@contextlib.contextmanager
+def held(run_dir: Path):
+    """One writer per run directory: an exclusive lock on `.lock` for as long as the run trains. A second
+    launch while it is held is refused at once (UserError naming the holder's PID and host); the kernel
+    releases the lock of a process that dies however it dies, so a killed run's lock is simply taken over."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{run_dir} is being trained by {holder}: one process writes a run. Wait for it to end "
+                        f"(the same command then resumes or reports the run complete), or stop it first")
+    handle.seek(0)
+    handle.truncate()
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {since}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        if [p.name for p in run_dir.iterdir()] == [LOCK]:  # a start refused at once leaves no directory behind
+            path.unlink(missing_ok=True)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Temporary files of writes killed in an earlier start (only the lock's holder may remove them)."""
+    return len(remove_temporaries(run_dir)) + len(remove_temporaries(checkpoint_dir(run_dir)))
+
+
 def supersede(run_dir: Path) -> Path | None:
     """Move an earlier run's state aside (nothing is deleted) so that a new run can start: its config,
     checkpoints and logger output alike."""
-    items = [p for p in run_dir.iterdir() if p.name != SUPERSEDED] if run_dir.exists() else []
+    items = [p for p in run_dir.iterdir() if p.name not in (SUPERSEDED, LOCK)] if run_dir.exists() else []
     if not items:
         return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -121,12 +165,44 @@ def supersede(run_dir: Path) -> Path | None:
     return dest
 
 
+def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from: `last.ckpt` when it is intact (checkpoint.io.damage), else the newest
+    intact checkpoint of the run (by global step), every damaged one moved aside into
+    `checkpoints/damaged/<time>/` with its sidecar. Returns (path or None, what was moved and why)."""
+    last = last_checkpoint(run_dir)
+    if last.is_file() and damage(last) is None:
+        return last, []
+    files = checkpoint_files(run_dir) if checkpoint_dir(run_dir).is_dir() else []
+    why = {p: damage(p) for p in files}
+    moved = []
+    if any(why.values()):
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = checkpoint_dir(run_dir) / DAMAGED / stamp
+        aside.mkdir(parents=True)
+        for p, reason in why.items():
+            if reason:
+                for q in (p, sidecar(p)):
+                    if q.exists():
+                        shutil.move(str(q), str(aside / q.name))
+                moved.append(f"{p.name}: {reason}")
+        moved.append(f"(moved to {aside})")
+    intact = [p for p, reason in why.items() if not reason]
+    if not intact:
+        return None, moved
+    steps = {p: load_checkpoint(p)["global_step"] for p in intact}
+    return max(intact, key=lambda p: (steps[p], p.name == LAST)), moved
+
+
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
-    stored_path, last = run_dir / RUN_CONFIG, last_checkpoint(run_dir)
-    try:
-        ckpt = load_checkpoint(last) if last.exists() else None
-    except UserError as e:
-        raise UserError(f"cannot resume: {e}. Move it away or rerun with resume=never")
+    stored_path, had_checkpoints = run_dir / RUN_CONFIG, bool(checkpoint_files(run_dir)) if run_dir.is_dir() else False
+    resume_from, moved = newest_intact(run_dir) if had_checkpoints else (None, [])
+    if had_checkpoints and resume_from is None:
+        raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({'; '.join(moved)}). Rerun with "
+                        f"resume=never to start over (the run is moved to {SUPERSEDED}/)")
+    if moved:
+        print(f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
+              f"the newest intact checkpoint.", flush=True)
+    ckpt = load_checkpoint(resume_from) if resume_from else None
     stored = None
     if stored_path.exists():
         try:
@@ -147,8 +223,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
         return Decision("fresh")
     run = ckpt.get("run", {})
     if run.get("finished"):
-        return Decision("finished", last, ckpt.get("epoch"))
-    return Decision("resume", last, ckpt.get("epoch"))
+        return Decision("finished", resume_from, ckpt.get("epoch"))
+    return Decision("resume", resume_from, ckpt.get("epoch"))
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:

@@ -28,6 +28,7 @@ from hydra.experimental.callback import Callback
 
 from experiments import comparisons
 from experiments import run_dir as rd
+from experiments.checkpoint.io import atomic_write_bytes
 from experiments.ranks import process_rank
 
 _ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
@@ -130,9 +131,7 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
               "status": status, "exit_code": exit_code, "error": error,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = directory / "jobs" / f"{record['num']:04d}.json"
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
 def recorded_exit_codes() -> list[int]:

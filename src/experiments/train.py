@@ -1,7 +1,9 @@
 """The training program: config -> run directory decision -> build -> preflight -> fit -> report."""
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from omegaconf import DictConfig
 
 from experiments import run_dir as rd
 from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
-from experiments.errors import EXIT_FAILED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped, UserError
+from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped,
+                                UserError, WriteFailed)
 from experiments.ranks import process_rank
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stages_for
 from experiments.stages.registry import run_stages
@@ -89,18 +92,51 @@ def process_state_restored():
         torch.set_num_threads(threads_before)
 
 
+@contextlib.contextmanager
+def ctrl_c_saves(policy, trainer):
+    """The first Ctrl-C stops training exactly as SIGTERM does (Lightning finishes the batch, its loop
+    state complete, and the policy saves `last.ckpt`), recorded as a Ctrl-C; later ones are ignored, so
+    the save cannot be cut short. A single process only: DDP's processes would each see the signal at a
+    different batch (Lightning's own handling stays)."""
+    if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if policy.stop_requested:
+            print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
+            return
+        policy.stop_requested = True
+        trainer._signal_connector.received_sigterm = True  # where Lightning stops cleanly for SIGTERM
+        print("\nCtrl-C: saving a checkpoint at the end of this batch, then stopping", flush=True)
+
+    before = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:  # once stopping, further presses are ignored until the process has exited with 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN if policy.stop_requested else before)
+
+
 def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decision) -> Outcome:
-    """Trainer.fit, with a preemption (SIGTERM) or a deliberate stop turned into its exit status."""
+    """Trainer.fit, with a preemption (SIGTERM), Ctrl-C, a failed write or a deliberate stop turned into
+    its exit status and one line."""
     ckpt_path = str(decision.ckpt_path) if decision.ckpt_path else None
     try:
-        with process_state_restored(), ddp_children_as_this_job(cfg):
+        with process_state_restored(), ddp_children_as_this_job(cfg), ctrl_c_saves(policy, trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
+        if policy.stop_requested:
+            print(f"interrupted at epoch {rd.epoch_number(trainer.current_epoch)} step {trainer.global_step}; saved "
+                  f"{policy.last_path}; rerun the same command to resume.", flush=True)
+            return Outcome(EXIT_INTERRUPTED)
         print(f"SIGTERM: saved {policy.last_path} at step {trainer.global_step}; rerun the same command to resume.",
               flush=True)
         return Outcome(EXIT_PREEMPTED)
     except RunStopped as e:
         return fail(f"{e}. {last_good(policy)}")
+    except WriteFailed as e:
+        return fail(f"{e}; training stopped. {last_good(policy)}; every earlier file is as it was. Free space "
+                    f"(or fix the disk) and rerun the same command to resume")
     return Outcome(EXIT_OK)
 
 
@@ -144,11 +180,20 @@ def train(cfg: DictConfig) -> Outcome:
     child = process_rank() != 0  # an extra DDP process: rank 0 speaks and owns the run directory
     if child:
         sys.stdout = open(os.devnull, "w")
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    experiment = hydra_cfg.runtime.choices.get("experiment")
-
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = check_config(cfg)
+    if child:  # rank 0 holds the run's lock for all its processes
+        return train_run(cfg, run_dir, results, child)
+    with rd.held(run_dir):
+        removed = rd.remove_stale_temporaries(run_dir)
+        if removed:
+            print(f"removed {removed} temporary file(s) left by writes an earlier start did not finish", flush=True)
+        return train_run(cfg, run_dir, results, child)
+
+
+def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Outcome:
+    """The run, once its directory is this process's to write."""
+    experiment = HydraConfig.get().runtime.choices.get("experiment")
     config = {**plain_config(cfg), "experiment": experiment}
     decision = decide_run(cfg, run_dir, config, child)
     if decision.action == "finished" and not cfg.preflight_only:

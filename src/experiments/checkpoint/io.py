@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from experiments.errors import UserError
+from experiments.errors import UserError, WriteFailed
 
 
 def sha256_file(path: Path) -> str:
@@ -26,22 +26,47 @@ def sidecar(path: Path) -> Path:
     return Path(str(path) + ".sha256")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target: a process
-    killed at any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+TMP_MARK = ".tmp-"  # temporary files are `.<name>.tmp-<pid>`, beside their target
+
+
+def temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def write_and_sync(tmp: Path, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target: a process
+    killed at any moment leaves either the old file or the new one, never a torn one. A write that fails
+    (a full disk, an I/O error) removes its temporary file, leaves the target as it was and raises
+    WriteFailed naming the file and the reason."""
+    path = Path(path)
+    tmp = temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_and_sync(tmp, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"could not write {path}: {e.strerror or e}") from e
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """The temporary files that killed writes left in `folder` (only its writer may call this)."""
+    stale = [p for p in Path(folder).glob(f".*{TMP_MARK}*") if p.is_file()] if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_csv(rows: list[dict], path: Path) -> None:
@@ -67,12 +92,16 @@ def save_checkpoint(checkpoint: dict, path: Path) -> str:
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Give an already written checkpoint a second name (hard link where possible), atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = temporary(dst)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"could not write {dst}: {e.strerror or e}") from e
     atomic_write_bytes(sidecar(dst), sidecar(src).read_text().replace(src.name, dst.name).encode())
 
 
@@ -84,6 +113,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return load_checkpoint(Path(path), map_location=map_location)
+
+
+def damage(path: Path) -> str | None:
+    """Why a checkpoint written by this framework cannot be trusted, or None when it is intact: it must
+    open with weights_only=True and match the sha256 its sidecar recorded when it was written (a missing
+    or stale sidecar, e.g. from a kill between the two renames, is not trusted either)."""
+    try:
+        load_checkpoint(path)
+    except UserError as e:
+        return str(e).removeprefix(f"{path} ")
+    side = sidecar(path)
+    if not side.is_file():
+        return "no .sha256 sidecar (its write was interrupted)"
+    recorded = side.read_text().split()[0] if side.read_text().split() else ""
+    if sha256_file(path) != recorded:
+        return "its sha256 differs from the one recorded when it was written"
+    return None
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

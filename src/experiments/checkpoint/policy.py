@@ -91,6 +91,7 @@ class CheckpointPolicy(Checkpoint):
         self._finished = False
         self._preempted = False
         self._last_saved_step = -1
+        self.stop_requested = False  # set by Ctrl-C (train.ctrl_c_saves): the stop is the user's, not SIGTERM's
 
     @property
     def state_key(self) -> str:
@@ -154,7 +155,8 @@ class CheckpointPolicy(Checkpoint):
         return by_epochs or by_steps or trainer.should_stop
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Cluster preemption: Lightning turns SIGTERM into SIGTERMException after the current batch.
+        # Cluster preemption or Ctrl-C (train.ctrl_c_saves): Lightning raises SIGTERMException after the
+        # current batch, its loop state complete.
         if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
             self._preempted = True
             self._write(trainer, [LAST])

@@ -218,20 +218,25 @@ class ArcDataModule(L.LightningDataModule):
     def __init__(self, format: str = "encoder_decoder", version: str = "arcagi", split: str = "subset",
                  max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
                  batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
-                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False, folder: str | None = None):
+                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False, folder: str | None = None,
+                 tasks_from: str | None = None):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
         if split not in ("subset", "full"):
             raise ValueError(f"data.split must be 'subset' or 'full', got {split!r}")
+        tasks_from = tasks_from or "training"  # null in configs written before the key existed
+        if tasks_from not in ("training", "evaluation"):
+            raise ValueError(f"data.tasks_from must be 'training' or 'evaluation', got {tasks_from!r}")
         self.format, self.batch_size, self.eval_batch_size = format, batch_size, eval_batch_size
         self.dihedral, self.colours, self.seed = dihedral, colours, seed
         self.full_size_padding = full_size_padding  # the benchmark's padded baseline; never faster
         training, evaluation = load_tasks(version, folder)
         if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
-            tasks = select(training, max_tasks, max_side, task_ids)
-            self.selected = f" (selected from {len(training)} by data.max_tasks={max_tasks}, max_side={max_side}, " \
-                            f"task_ids)" if len(tasks) < len(training) else ""
+            collection = training if tasks_from == "training" else evaluation
+            tasks = select(collection, max_tasks, max_side, task_ids)
+            self.selected = (f" (selected from {len(collection)} {tasks_from} tasks by data.max_tasks={max_tasks}, "
+                             f"max_side={max_side}, task_ids)" if len(tasks) < len(collection) else "")
             self.train_examples = [e for t in tasks for e in examples_of(t, "train")]
             self.eval_examples = [e for t in tasks for e in examples_of(t, "test")]
         else:  # all training tasks (demos and tests) and the evaluation tasks' demos; score evaluation tests
