@@ -57,6 +57,7 @@ def test_the_console_carries_no_noise(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout + r.stderr
     assert "it/s" in out  # the bar was drawn
+    assert "Epoch 2/2" in out and "Epoch 0" not in out  # the bar counts epochs as every other line does
     assert "v_num" not in out and "anonymous setting" not in out and "logging interval" not in out
 
 

@@ -129,9 +129,12 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert f"PID {proc.pid} on " in (tmp_path / RUN / ".lock").read_text()  # left behind by the dead process
+    stale = tmp_path / RUN / "checkpoints" / f".last.ckpt.tmp-{proc.pid}"  # as a write killed mid-way leaves
+    stale.write_bytes(b"half a checkpoint")
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "being trained by" not in again.stdout + again.stderr
+    assert not stale.exists() and "removed 1 temporary file(s)" in again.stdout
     assert_identical(final_state(tmp_path), reference)
 
 

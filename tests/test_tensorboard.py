@@ -43,3 +43,6 @@ def test_tensorboard_holds_the_config_every_metric_and_the_pictures(tmp_path):
         logged = [v for _, v in sorted(scalars[key])]
         assert logged == [torch.tensor(row[key]).float().item() for row in history], key  # every epoch, float32
     assert "fit" in images  # fit.png, drawn at the end of training
+    epoch_at = dict(scalars["epoch"])  # every logged row's epoch, by step: counted from 1, as everywhere
+    assert [epoch_at[step] for step, _ in sorted(scalars["val/r2"])] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert [epoch_at[step] for step, _ in sorted(scalars["train/loss"])] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

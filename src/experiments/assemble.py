@@ -9,7 +9,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,6 +44,16 @@ class TrainingBar(TQDMProgressBar):
         if self.trainer.lightning_module.long_validation:
             return super().init_validation_tqdm()
         return Tqdm(disable=True)  # disabled at construction, so it never draws
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        """Lightning's, but the epoch as every other line counts it (from 1: run_dir.epoch_number), set
+        before the bar is first drawn."""
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        epoch = f"Epoch {rd.epoch_number(trainer.current_epoch)}/{trainer.max_epochs}"
+        self.train_progress_bar.set_description(epoch, refresh=False)
+        self.train_progress_bar.reset(total=convert_inf(self.total_train_batches))
+        self.train_progress_bar.initial = 0
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)

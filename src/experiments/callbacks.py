@@ -84,6 +84,15 @@ class LoggerReport(Callback):
             for logger in takers:
                 logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
 
+    # Lightning tags each logged row with its own `epoch`, counted from 0; a logged `epoch` takes its place,
+    # so that charts count epochs as the console, file names and history.csv do (from 1).
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("epoch", float(epoch_number(trainer.current_epoch)))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("epoch", float(epoch_number(trainer.current_epoch)))
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._log_pictures(trainer)
