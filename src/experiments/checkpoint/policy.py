@@ -154,6 +154,11 @@ class CheckpointPolicy(Checkpoint):
         by_steps = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
         return by_epochs or by_steps or trainer.should_stop
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # A Ctrl-C during the fit's setup: Lightning clears its flag when it registers its own handlers
+        if self.stop_requested:
+            trainer._signal_connector.received_sigterm = True
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Cluster preemption or Ctrl-C (train.ctrl_c_saves): Lightning raises SIGTERMException after the
         # current batch, its loop state complete.

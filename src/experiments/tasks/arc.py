@@ -98,7 +98,8 @@ class ArcTask(ExperimentTask):
 
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:
-            self.draw(self.last_results, Path(self.trainer.default_root_dir), self.current_epoch,
+            # on_fit_end: current_epoch already counts the finished epochs; the last one is current_epoch - 1
+            self.draw(self.last_results, Path(self.trainer.default_root_dir), self.current_epoch - 1,
                       score(self.last_results))
 
     @torch.no_grad()
