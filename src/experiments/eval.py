@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from hydra import compose
 from hydra.errors import HydraException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,10 +31,13 @@ from experiments.verify import VerifyContext, config_hash
 SCHEMA = "experiments.eval/1"
 
 
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
 def is_data_arg(arg: str) -> bool:
     """`data=GROUP`, `data.KEY=VALUE` (also with Hydra's + or ~): what chooses the data to evaluate on."""
-    key = arg.split("=", 1)[0].lstrip("+~")
-    return "=" in arg and (key == "data" or key.startswith("data."))
+    return "=" in arg and (_key(arg) == "data" or _key(arg).startswith("data."))
 
 
 def checkpoint_of(target: Path) -> Path:
@@ -52,7 +54,7 @@ def checkpoint_of(target: Path) -> Path:
 
 def data_config(run_config: dict, data_args: list[str]) -> dict:
     """The data node to evaluate on (see the module's docstring), resolved."""
-    chosen = [a for a in data_args if a.split("=", 1)[0].lstrip("+~") == "data"]
+    chosen = [a for a in data_args if _key(a) == "data"]
     try:
         if chosen:
             experiment = run_config.get("experiment")
@@ -82,15 +84,12 @@ def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
     return rd.run_of(checkpoint) / "eval" / data_identity(data_args) / checkpoint.stem
 
 
-def build_data(node: dict, seed: int):
+def build_data(ctx: VerifyContext, node: dict):
     try:
-        datamodule = instantiate(node, seed=seed)
+        return ctx.datamodule(node)
     except Exception as e:  # a data module refusing its arguments (an unknown task id, an empty folder)
         cause = e.__cause__ or e
         raise UserError(f"data: {' '.join(str(cause).split())}")
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    return datamodule
 
 
 def with_progress(datamodule) -> None:
@@ -115,7 +114,7 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
         raise UserError(str(e))
     run_config = ctx.config
     node = data_config(run_config, data_args)
-    datamodule = build_data(node, run_config["seed"])
+    datamodule = build_data(ctx, node)
     folder = output_folder(cfg, checkpoint, data_args)
     epoch = ctx.ckpts[checkpoint]["epoch"]
     described = getattr(datamodule, "describe", lambda: "")()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.checkpoint.io import atomic_write_bytes, damage, load_checkpoint, remove_temporaries, sidecar
+from experiments.checkpoint.io import atomic_write_bytes, read_intact, remove_temporaries, sidecar
 from experiments.errors import UserError
 
 RUN_CONFIG = "run.yaml"
@@ -165,15 +165,19 @@ def supersede(run_dir: Path) -> Path | None:
     return dest
 
 
-def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
-    """The checkpoint to resume from: `last.ckpt` when it is intact (checkpoint.io.damage), else the newest
-    intact checkpoint of the run (by global step), every damaged one moved aside into
-    `checkpoints/damaged/<time>/` with its sidecar. Returns (path or None, what was moved and why)."""
+def newest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
+    """The checkpoint to resume from: `last.ckpt` when it is intact (checkpoint.io.read_intact), else the
+    newest intact checkpoint of the run (by global step), every damaged one moved aside into
+    `checkpoints/damaged/<time>/` with its sidecar. Returns (path, its contents, what was moved and why);
+    (None, None, []) for a run without checkpoints."""
     last = last_checkpoint(run_dir)
-    if last.is_file() and damage(last) is None:
-        return last, []
+    if last.is_file():
+        ckpt, _ = read_intact(last)
+        if ckpt is not None:
+            return last, ckpt, []
     files = checkpoint_files(run_dir) if checkpoint_dir(run_dir).is_dir() else []
-    why = {p: damage(p) for p in files}
+    read = {p: read_intact(p) for p in files}
+    why = {p: reason for p, (_, reason) in read.items()}
     moved = []
     if any(why.values()):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -188,21 +192,20 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
         moved.append(f"(moved to {aside})")
     intact = [p for p, reason in why.items() if not reason]
     if not intact:
-        return None, moved
-    steps = {p: load_checkpoint(p)["global_step"] for p in intact}
-    return max(intact, key=lambda p: (steps[p], p.name == LAST)), moved
+        return None, None, moved
+    newest = max(intact, key=lambda p: (read[p][0]["global_step"], p.name == LAST))
+    return newest, read[newest][0], moved
 
 
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
-    stored_path, had_checkpoints = run_dir / RUN_CONFIG, bool(checkpoint_files(run_dir)) if run_dir.is_dir() else False
-    resume_from, moved = newest_intact(run_dir) if had_checkpoints else (None, [])
-    if had_checkpoints and resume_from is None:
+    stored_path = run_dir / RUN_CONFIG
+    resume_from, ckpt, moved = newest_intact(run_dir)
+    if moved and resume_from is None:
         raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({'; '.join(moved)}). Rerun with "
                         f"resume=never to start over (the run is moved to {SUPERSEDED}/)")
     if moved:
         print(f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
               f"the newest intact checkpoint.", flush=True)
-    ckpt = load_checkpoint(resume_from) if resume_from else None
     stored = None
     if stored_path.exists():
         try:

@@ -106,8 +106,7 @@ def ctrl_c_saves(policy, trainer):
         if policy.stop_requested:
             print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
             return
-        policy.stop_requested = True
-        trainer._signal_connector.received_sigterm = True  # where Lightning stops cleanly for SIGTERM
+        policy.stop_requested = True  # the policy stops the fit where Lightning stops for SIGTERM
         print("\nCtrl-C: saving a checkpoint at the end of this batch, then stopping", flush=True)
 
     before = signal.signal(signal.SIGINT, handler)

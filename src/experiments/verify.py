@@ -81,8 +81,9 @@ class VerifyContext:
             self._sha[path] = sha256_file(path)
         return self._sha[path]
 
-    def datamodule(self):
-        dm = instantiate(self.config["data"], seed=self.config["seed"])
+    def datamodule(self, node: dict | None = None):
+        """The data module of the checkpoint's config (or of `node`, eval.py's data), ready to validate."""
+        dm = instantiate(node or self.config["data"], seed=self.config["seed"])
         dm.prepare_data()
         dm.setup("validate")
         return dm

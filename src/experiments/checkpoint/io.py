@@ -115,21 +115,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(Path(path), map_location=map_location)
 
 
-def damage(path: Path) -> str | None:
-    """Why a checkpoint written by this framework cannot be trusted, or None when it is intact: it must
-    open with weights_only=True and match the sha256 its sidecar recorded when it was written (a missing
-    or stale sidecar, e.g. from a kill between the two renames, is not trusted either)."""
-    try:
-        load_checkpoint(path)
-    except UserError as e:
-        return str(e).removeprefix(f"{path} ")
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 written beside a file when it was saved (its sidecar), or None without one."""
     side = sidecar(path)
-    if not side.is_file():
-        return "no .sha256 sidecar (its write was interrupted)"
-    recorded = side.read_text().split()[0] if side.read_text().split() else ""
+    words = side.read_text().split() if side.is_file() else []
+    return words[0] if words else None
+
+
+def read_intact(path: Path) -> tuple[dict | None, str | None]:
+    """(the checkpoint, None) when it can be trusted, else (None, why): it must open with weights_only=True
+    and match the sha256 its sidecar recorded when it was written (a missing or stale sidecar, e.g. from a
+    kill between the two renames, is not trusted either)."""
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as e:
+        return None, str(e).removeprefix(f"{path} ")
+    recorded = recorded_sha256(path)
+    if recorded is None:
+        return None, "no .sha256 sidecar (its write was interrupted)"
     if sha256_file(path) != recorded:
-        return "its sha256 differs from the one recorded when it was written"
-    return None
+        return None, "its sha256 differs from the one recorded when it was written"
+    return ckpt, None
+
+
+def damage(path: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (read_intact), or None when it is intact."""
+    return read_intact(path)[1]
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -154,8 +154,9 @@ class CheckpointPolicy(Checkpoint):
         by_steps = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
         return by_epochs or by_steps or trainer.should_stop
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        # A Ctrl-C during the fit's setup: Lightning clears its flag when it registers its own handlers
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Ctrl-C: Lightning's own SIGTERM flag, set here rather than in the signal handler (Lightning clears
+        # it while the fit starts), ends the fit after this batch with its loop state complete
         if self.stop_requested:
             trainer._signal_connector.received_sigterm = True
 

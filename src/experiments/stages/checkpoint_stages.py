@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.checkpoint.io import sidecar
+from experiments.checkpoint.io import recorded_sha256
 from experiments.errors import StageFailure
 from experiments.run_dir import epoch_number
 from experiments.stages.registry import StageResult
@@ -41,10 +41,10 @@ def loadable(ctx) -> StageResult:
 def integrity(ctx) -> StageResult:
     checked, unrecorded = 0, []
     for path in ctx.ckpts:
-        if not sidecar(path).exists():
+        recorded = recorded_sha256(path)
+        if recorded is None:
             unrecorded.append(path.name)
             continue
-        recorded = sidecar(path).read_text().split()[0]
         actual = ctx.sha256(path)
         if recorded != actual:
             raise StageFailure(f"{path.name}: sha256 {actual[:16]}... differs from the {recorded[:16]}... "
