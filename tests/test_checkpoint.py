@@ -1,6 +1,9 @@
 """What a checkpoint holds, that it opens with weights_only=True, atomic writes, and safe loading."""
-import os
+import errno
 import hashlib
+import os
+import socket
+import subprocess
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 from conftest import FAST, run_train
 from experiments.checkpoint import io as ckpt_io
 from experiments.checkpoint.io import load_checkpoint, save_checkpoint
-from experiments.errors import UserError
+from experiments.errors import UserError, WriteFailed, write_failure
 from experiments.checkpoint.size import checkpoint_size_report
 
 
@@ -86,6 +89,61 @@ def test_write_is_atomic_when_killed_mid_write(tmp_path, monkeypatch):
         save_checkpoint({"step": torch.tensor(2)}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"].item() == 1, "the previous checkpoint must survive intact"
+
+
+def test_a_failed_sidecar_write_leaves_the_checkpoint_and_its_sidecar_as_they_were(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": torch.tensor(1)}, path)
+    before = path.read_bytes(), ckpt_io.sidecar(path).read_bytes()
+    write = ckpt_io.write_and_sync
+
+    def full(tmp, data):  # the checkpoint's bytes fit; its sidecar's do not
+        if ".sha256" in tmp.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(tmp, data)
+
+    monkeypatch.setattr(ckpt_io, "write_and_sync", full)
+    with pytest.raises(WriteFailed, match=r"last.ckpt.sha256: No space left on device"):
+        save_checkpoint({"step": torch.tensor(2)}, path)
+    assert (path.read_bytes(), ckpt_io.sidecar(path).read_bytes()) == before, "neither file was replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"], "no temporary left"
+
+
+def test_a_write_interrupted_by_ctrl_c_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def interrupted(tmp, data):
+        tmp.write_bytes(data[:3])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_io, "write_and_sync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io.atomic_write_bytes(tmp_path / "run.yaml", b"a: 1\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_temporaries_of_ended_writers_are_removed_where_several_programs_write(tmp_path):
+    host = socket.gethostname()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone = tmp_path / f".metrics.json.tmp-{ended.pid}-{host}"
+    alive = tmp_path / f".metrics.json.tmp-{os.getpid()}-{host}"
+    elsewhere = tmp_path / f".metrics.json.tmp-{ended.pid}-another-{host}"
+    for p in (gone, alive, elsewhere):
+        p.write_bytes(b"half")
+    assert ckpt_io.remove_temporaries(tmp_path, writers_gone_only=True) == [gone]
+    assert alive.exists() and elsewhere.exists()
+    assert sorted(ckpt_io.remove_temporaries(tmp_path)) == sorted([alive, elsewhere])  # the folder's one writer
+
+
+@pytest.mark.parametrize("error, said", [
+    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/events.out"),
+     "could not write /runs/x/events.out: No space left on device"),
+    (OSError(errno.EROFS, "Read-only file system"), "could not write: Read-only file system"),
+    (OSError(errno.ENOENT, "No such file or directory", "/x"), None),  # a bug's error keeps its traceback
+    (ValueError("x"), None),
+])
+def test_disk_trouble_from_any_writer_becomes_a_write_failure(error, said):
+    failed = write_failure(error)
+    assert (None if failed is None else str(failed)) == said
 
 
 class Payload:

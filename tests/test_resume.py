@@ -1,7 +1,9 @@
 """Exact resume: a run killed at any moment and restarted with the same command ends bit-identical
 to a run never stopped; SIGTERM and Ctrl-C save a checkpoint first; a second launch of a running run is
 refused; a damaged last checkpoint or a failed write loses nothing that was written before."""
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,17 +77,22 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path, args, run, last_epoch, de
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_dir(tmp_path_factory):
     """ARGS trained once, never interrupted: what every interrupted run below must end identical to."""
     ref_dir = tmp_path_factory.mktemp("reference")
     done = run_train(*ARGS, cwd=ref_dir)
     assert done.returncode == 0, done.stdout + done.stderr
-    return final_state(ref_dir)
+    return ref_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+    return final_state(reference_dir)
 
 
 @pytest.mark.parametrize("signals, code, said", [
     ([signal.SIGTERM], 143, "SIGTERM: saved "),
-    ([signal.SIGINT, signal.SIGINT], 130, "interrupted at epoch "),  # Ctrl-C pressed twice: the save goes on
+    ([signal.SIGINT, signal.SIGINT], 130, "interrupted in epoch "),  # Ctrl-C pressed twice: the save goes on
 ], ids=["sigterm", "ctrl_c"])
 def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, signals, code, said):
     proc = start_train(*ARGS, cwd=tmp_path)
@@ -103,10 +110,45 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     saved = torch.load(last, weights_only=True)
     assert saved["run"]["preempted"] and not saved["run"]["finished"]
     assert saved["global_step"] % 77 != 0, "expected a mid-epoch checkpoint (77 steps an epoch)"
-    assert f"step {saved['global_step']}" in line
+    where = f"in epoch {saved['epoch'] + 1} at step {saved['global_step']}"  # the same words for the same place:
+    assert where in line
 
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert f"(saved {where})" in again.stdout  # the rerun's "Resuming" line
+    assert_identical(final_state(tmp_path), reference)
+
+
+CTRL_C_IN_VALIDATION = """
+import os, runpy, signal, sys
+from experiments.checkpoint.policy import CheckpointPolicy
+def on_validation_start(self, trainer, pl_module):  # the user presses Ctrl-C while epoch N validates
+    if not trainer.sanity_checking and trainer.current_epoch == int(os.environ["CTRL_C_EPOCH"]) - 1:
+        os.kill(os.getpid(), signal.SIGINT)
+CheckpointPolicy.on_validation_start = on_validation_start
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("epoch", [2, 4], ids=["second_epoch", "last_epoch"])
+def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference, epoch):
+    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *ARGS], cwd=tmp_path,
+                       env={**env(), "CTRL_C_EPOCH": str(epoch)}, capture_output=True, text=True, timeout=300)
+    if epoch == 4:  # nothing was left to stop: the run is complete, and says so
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Ctrl-C came as the last epoch ended: the run is complete." in r.stdout
+        assert_identical(final_state(tmp_path), reference)
+        return
+    assert r.returncode == 130, r.stdout + r.stderr
+    saved = torch.load(tmp_path / RUN / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"], saved["run"]["preempted"]) == (1, 154, False), "epoch 2's end"
+    assert f"interrupted after epoch 2 (step 154); saved " in r.stdout
+    assert len(saved["history"]) == 2, "epoch 2 validated and recorded before the stop"
+
+    again = run_train(*ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "(epoch 2 done)" in again.stdout
     assert_identical(final_state(tmp_path), reference)
 
 
@@ -134,7 +176,8 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "being trained by" not in again.stdout + again.stderr
-    assert not stale.exists() and "removed 1 temporary file(s)" in again.stdout
+    # one planted; a second if the kill landed inside a write
+    assert not stale.exists() and re.search(r"removed [12] temporary file\(s\)", again.stdout), again.stdout
     assert_identical(final_state(tmp_path), reference)
 
 
@@ -156,13 +199,27 @@ def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, 
     assert "Resuming" in again.stdout
     assert_identical(final_state(tmp_path), reference)
 
+    for path in ckpts.glob("*.ckpt"):  # now every checkpoint is damaged
+        with open(path, "r+b") as f:
+            f.seek(f.seek(0, 2) // 2)
+            f.write(b"\xff" * 64)
+    for attempt in ("first", "second"):  # refused, and refused again: never a silent fresh start
+        refused = run_train(*ARGS, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert "no intact checkpoint" in line and "resume=never" in line, line
+        if attempt == "second":
+            assert "only damaged ones, moved to" in line
+        assert not list(ckpts.glob("*.ckpt")), "every damaged file is aside"
+        assert len((tmp_path / RUN / "history.csv").read_text().splitlines()) == 5, "the run's history is untouched"
+
 
 FULL_DISK = """
-import errno, runpy, sys
+import errno, os, runpy, sys
 import experiments.checkpoint.io as io
 write = io.write_and_sync
-def full(tmp, data):  # the disk fills up half way through the third epoch's checkpoint
-    if tmp.name.startswith(".epoch=0003.ckpt.tmp-"):
+def full(tmp, data):  # the disk fills up half way through the file named in FULL_AT
+    if tmp.name.startswith("." + os.environ["FULL_AT"] + ".tmp-"):
         tmp.write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
     write(tmp, data)
@@ -172,20 +229,52 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, reference):
-    r = subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / "train.py"), *ARGS], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True, timeout=300)
+def on_a_full_disk(program, at, *args, cwd):
+    return subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / program), *args], cwd=cwd,
+                          env={**env(), "FULL_AT": at}, capture_output=True, text=True, timeout=300)
+
+
+# The third epoch's checkpoint, or its sidecar once the checkpoint's bytes are written: either way nothing is renamed
+@pytest.mark.parametrize("at", ["epoch=0003.ckpt", "epoch=0003.ckpt.sha256"], ids=["checkpoint", "sidecar"])
+def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, reference, at):
+    r = on_a_full_disk("train.py", at, *ARGS, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     (line,) = [l for l in r.stdout.splitlines() if l.startswith("error:")]
-    assert "epoch=0003.ckpt: No space left on device" in line and "last good checkpoint" in line
+    assert f"{at}: No space left on device" in line and "last good checkpoint" in line
     assert "(epoch 2)" in line and "Traceback" not in r.stdout + r.stderr
     run = tmp_path / RUN
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name], "no temporary file is left"
+    assert not [p for p in run.rglob("*0003*")], "neither the checkpoint nor its sidecar was renamed into place"
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
-    names = {p.name for p in ckpts}
-    assert {"epoch=0001.ckpt", "epoch=0002.ckpt", "last.ckpt"} <= names and not any("0003" in n for n in names)
+    assert {"epoch=0001.ckpt", "epoch=0002.ckpt", "last.ckpt"} <= {p.name for p in ckpts}
     assert all(damage(p) is None for p in ckpts), "every earlier checkpoint loads and matches its sidecar"
 
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_identical(final_state(tmp_path), reference)
+
+
+def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
+    """run.yaml before training, eval.py's metrics.json after it; then eval removes what killed evals left."""
+    r = on_a_full_disk("train.py", "run.yaml", *ARGS, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: could not write ") and "run.yaml: No space left on device" in line, line
+    assert not [p for p in (tmp_path / RUN).rglob("*") if ".tmp-" in p.name or p.suffix == ".ckpt"]
+
+    run = reference_dir / RUN
+    r = on_a_full_disk("eval.py", "metrics.json", f"ckpt={run}", cwd=reference_dir)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "metrics.json: No space left on device" in line and "Traceback" not in r.stdout, r.stdout + r.stderr
+    folder = run / "eval" / "own" / "last"
+    assert not list(folder.iterdir()), "no temporary file, no metrics.json"
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    killed = folder / f".metrics.json.tmp-{ended.pid}-{socket.gethostname()}"  # an eval killed while writing
+    killed.write_bytes(b"half")
+    ok = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={run}"], cwd=reference_dir, env=env(),
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json"]

@@ -64,7 +64,8 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
         print(f"error: {_misspelled_key(_one_line(e), config_name) or _one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: train.ctrl_c_saves)
-        print("\ninterrupted (Ctrl-C) before anything was written", file=sys.stderr, flush=True)
+        print("\ninterrupted (Ctrl-C); every file written so far is whole (each is renamed into place once "
+              "complete); rerun the same command to do the rest", file=sys.stderr, flush=True)
         sys.exit(130)
     codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
@@ -122,7 +123,7 @@ def _in_multirun() -> bool:
 def _outcome(program, cfg, on_user_error=lambda: None):
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
     traceback and exits 1, but in a multirun it is reported and the other jobs go on."""
-    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError
+    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError, write_failure
 
     try:
         return program(cfg)
@@ -131,6 +132,11 @@ def _outcome(program, cfg, on_user_error=lambda: None):
         on_user_error()
         return Outcome(EXIT_USER, str(e))
     except Exception as e:
+        failed = write_failure(e)
+        if failed is not None:  # a full or broken disk: one line, exit 1, whatever was writing
+            print(f"error: {failed}. Free space (or fix the disk) and rerun the same command", file=sys.stderr,
+                  flush=True)
+            return Outcome(EXIT_FAILED, str(failed))
         if not _in_multirun():
             raise  # a single run's crash shows its traceback, exit 1
         import traceback
@@ -146,15 +152,20 @@ def train_job(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from experiments import sweep
-    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
+    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome
     from experiments.ranks import process_rank
     from experiments.train import train
 
-    sweep.record_job("running")
-    outcome = _outcome(train, cfg, on_user_error=_remove_empty_run_dir)
+    def recorded_training(c):
+        sweep.record_job("running")
+        return train(c)
+
+    outcome = _outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir)
     status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(outcome.code,
                                                                                                      "failed")
-    sweep.record_job(status, outcome.code, outcome.error)
+    unrecorded = _outcome(lambda c: sweep.record_job(status, outcome.code, outcome.error), cfg)
+    if unrecorded is not None:  # the job's record could not be written (a full disk): the job failed
+        outcome = Outcome(max(outcome.code, unrecorded.code), outcome.error or unrecorded.error)
     if outcome.code and process_rank():
         # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
         # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.checkpoint.io import atomic_savefig, atomic_write_csv
+
 PER_OUTPUT = "per_output.csv"
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
 COLUMNS = ["metric", "baseline", "variant", "mean_diff", "ci_low", "ci_high", "n_outputs", "n_seeds", "p_value",
@@ -143,11 +145,7 @@ def _cell(value) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if row[k] is None else repr(row[k]) if isinstance(row[k], float) else row[k])
-                          for k in COLUMNS} for row in rows)
+    atomic_write_csv([{k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows], path, COLUMNS)
 
 
 def short_names(rows: list[dict]) -> dict[str, str]:
@@ -195,5 +193,5 @@ def draw(rows: list[dict], path: Path, title: str, higher_is_better: set) -> Non
     axes[0][0].invert_yaxis()
     fig.suptitle(f"{title}: 95% intervals, tasks resampled; green helps, red hurts, grey not supported", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

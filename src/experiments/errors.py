@@ -1,4 +1,5 @@
 """Errors a user can fix (the programs print them as one line and exit with status 2), exit statuses, outcomes."""
+import errno
 from dataclasses import dataclass
 
 
@@ -18,6 +19,21 @@ class RunStopped(Exception):
 class WriteFailed(Exception):
     """A file could not be written (no space left, an I/O error): the run stops (exit status 1); the
     message names the file and the reason. Nothing earlier was touched and no temporary file is left."""
+
+
+# A disk that is full, read-only or failing: the machine's trouble, not a bug, so one line rather than a traceback
+DISK_TROUBLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def write_failure(e: BaseException) -> WriteFailed | None:
+    """A failed write as WriteFailed: ours already are; a library's OSError (a logger's file, a figure) when
+    it is disk trouble. None for anything else, which keeps its traceback."""
+    if isinstance(e, WriteFailed):
+        return e
+    if isinstance(e, OSError) and e.errno in DISK_TROUBLE:
+        where = f" {e.filename}" if e.filename else ""
+        return WriteFailed(f"could not write{where}: {e.strerror or e}")
+    return None
 
 
 # Exit statuses of the programs (README, "Exit codes").

@@ -112,7 +112,15 @@ def config_diff(old: dict, new: dict, ignore: list[str]) -> list[str]:
 class Decision:
     action: str  # "fresh" | "resume" | "finished"
     ckpt_path: Path | None = None
-    epoch: int | None = None
+    epoch: int | None = None  # the checkpoint's (Lightning's, from 0)
+    step: int | None = None
+    mid_epoch: bool = False  # saved by a stop (SIGTERM, Ctrl-C) inside epoch `epoch`, not at its end
+
+
+def damaged_aside(run_dir: Path) -> list[Path]:
+    """Checkpoints an earlier resume moved into checkpoints/damaged/."""
+    folder = checkpoint_dir(run_dir) / DAMAGED
+    return sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []
 
 
 @contextlib.contextmanager
@@ -200,9 +208,11 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     stored_path = run_dir / RUN_CONFIG
     resume_from, ckpt, moved = newest_intact(run_dir)
-    if moved and resume_from is None:
-        raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({'; '.join(moved)}). Rerun with "
-                        f"resume=never to start over (the run is moved to {SUPERSEDED}/)")
+    if resume_from is None and (moved or damaged_aside(run_dir)):  # refused until the user chooses resume=never
+        tried = "; ".join(moved) or (f"only damaged ones, moved to {checkpoint_dir(run_dir) / DAMAGED} by an "
+                                     f"earlier start")
+        raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({tried}). Rerun with resume=never to "
+                        f"start over (the run is moved to {SUPERSEDED}/)")
     if moved:
         print(f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
               f"the newest intact checkpoint.", flush=True)
@@ -225,9 +235,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     if ckpt is None:
         return Decision("fresh")
     run = ckpt.get("run", {})
-    if run.get("finished"):
-        return Decision("finished", resume_from, ckpt.get("epoch"))
-    return Decision("resume", resume_from, ckpt.get("epoch"))
+    action = "finished" if run.get("finished") else "resume"
+    return Decision(action, resume_from, ckpt.get("epoch"), ckpt.get("global_step"), bool(run.get("preempted")))
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 
 from experiments import comparisons
 from experiments import run_dir as rd
-from experiments.checkpoint.io import atomic_write_bytes
+from experiments.checkpoint.io import atomic_savefig, atomic_write_bytes, atomic_write_csv
 from experiments.ranks import process_rank
 
 _ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
@@ -98,10 +98,9 @@ class SweepSummary(Callback):
         grid = plan(config)
         if grid is not None:
             chain = list(config.get("sweep_chain") or []) or None
-            (directory / "plan.json").write_text(json.dumps({"sweep_id": sid, "jobs": grid, "chain": chain,
-                                                             "group_exclude": _group_exclude(
-                                                                 config.hydra.job.config.override_dirname.exclude_keys)},
-                                                            indent=1) + "\n")
+            exclude = _group_exclude(config.hydra.job.config.override_dirname.exclude_keys)
+            atomic_write_bytes(directory / "plan.json", (json.dumps(
+                {"sweep_id": sid, "jobs": grid, "chain": chain, "group_exclude": exclude}, indent=1) + "\n").encode())
         open_sweep(directory, sid)
         print(f"Sweep directory: {directory}", flush=True)
 
@@ -270,14 +269,10 @@ def write_summary(directory: Path) -> dict:
     groups = aggregate(rows)
     metric_keys = sorted({k for r in rows for k in r["metrics"]})
     # CSV: one line per job, every final metric
-    import csv
-
-    with open(directory / "summary.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error"] + metric_keys)
-        for r in rows:
-            w.writerow([r["job"], r["experiment"], r["seed"], r["status"], r["epochs"], r["overrides"], r["run_dir"],
-                        r["error"]] + [repr(r["metrics"][k]) if k in r["metrics"] else "" for k in metric_keys])
+    atomic_write_csv([{"job": r["job"], "experiment": r["experiment"], "seed": r["seed"], "status": r["status"],
+                       "epochs": r["epochs"], "overrides": r["overrides"], "run_dir": r["run_dir"], "error": r["error"],
+                       **{k: r["metrics"].get(k, "") for k in metric_keys}} for r in rows], directory / "summary.csv",
+                     ["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error", *metric_keys])
     shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
     lines = [f"# Sweep {directory.name}", "",
              f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished.", "",
@@ -296,7 +291,7 @@ def write_summary(directory: Path) -> dict:
     if paired:
         lines += ["", "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)", "",
                   *comparisons.markdown(paired)]
-    (directory / "summary.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(directory / "summary.md", ("\n".join(lines) + "\n").encode())
     if groups and shown:
         _bar_chart(groups, shown[0], directory / "summary.png")
     failed = [r for r in rows if r["status"] != "finished"]
@@ -337,5 +332,5 @@ def _bar_chart(groups: list[dict], metric: str, path: Path) -> None:
     ax.set_ylabel(f"{metric} (mean +- std over seeds)")
     ax.set_title(f"{path.parent.name}: final {metric}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from experiments import run_dir as rd
 from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
 from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped,
-                                UserError, WriteFailed)
+                                UserError, write_failure)
 from experiments.ranks import process_rank
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stages_for
 from experiments.stages.registry import run_stages
@@ -62,7 +62,9 @@ def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.D
 
 def announce(run_dir: Path, experiment: str, model, decision: rd.Decision) -> None:
     if decision.action == "resume":
-        print(f"Resuming {run_dir} from {decision.ckpt_path} (epoch {rd.epoch_number(decision.epoch)} done)", flush=True)
+        where = (f"saved in epoch {rd.epoch_number(decision.epoch)} at step {decision.step}" if decision.mid_epoch
+                 else f"epoch {rd.epoch_number(decision.epoch)} done")
+        print(f"Resuming {run_dir} from {decision.ckpt_path} ({where})", flush=True)
         return
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -107,7 +109,8 @@ def ctrl_c_saves(policy, trainer):
             print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
             return
         policy.stop_requested = True  # the policy stops the fit where Lightning stops for SIGTERM
-        print("\nCtrl-C: saving a checkpoint at the end of this batch, then stopping", flush=True)
+        print("\nCtrl-C: stopping after this batch (or at the end of this epoch, if it is validating) with a "
+              "checkpoint", flush=True)
 
     before = signal.signal(signal.SIGINT, handler)
     try:
@@ -125,18 +128,30 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         if policy.stop_requested:
-            print(f"interrupted at epoch {rd.epoch_number(trainer.current_epoch)} step {trainer.global_step}; saved "
-                  f"{policy.last_path}; rerun the same command to resume.", flush=True)
+            print(f"interrupted {stopped_where(trainer, policy)}; saved {policy.last_path}; rerun the same command "
+                  f"to resume.", flush=True)
             return Outcome(EXIT_INTERRUPTED)
-        print(f"SIGTERM: saved {policy.last_path} at step {trainer.global_step}; rerun the same command to resume.",
+        print(f"SIGTERM: saved {policy.last_path} {stopped_where(trainer, policy)}; rerun the same command to resume.",
               flush=True)
         return Outcome(EXIT_PREEMPTED)
     except RunStopped as e:
         return fail(f"{e}. {last_good(policy)}")
-    except WriteFailed as e:
-        return fail(f"{e}; training stopped. {last_good(policy)}; every earlier file is as it was. Free space "
+    except Exception as e:
+        failed = write_failure(e)  # ours, or a logger's file on a full disk
+        if failed is None:
+            raise
+        return fail(f"{failed}; training stopped. {last_good(policy)}; every earlier file is as it was. Free space "
                     f"(or fix the disk) and rerun the same command to resume")
+    if policy.stop_requested:  # pressed while the last epoch validated: nothing was left to stop
+        print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
     return Outcome(EXIT_OK)
+
+
+def stopped_where(trainer, policy) -> str:
+    """Where a stop left the run, in the words the rerun's "Resuming" line uses."""
+    if policy.history and policy.history[-1]["global_step"] == trainer.global_step:
+        return f"after epoch {rd.epoch_number(policy.history[-1]['epoch'])} (step {trainer.global_step})"
+    return f"in epoch {rd.epoch_number(trainer.current_epoch)} at step {trainer.global_step}"
 
 
 def last_good(policy) -> str:

@@ -16,7 +16,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from experiments import run_dir as rd
-from experiments.checkpoint.io import load_checkpoint, sha256_file
+from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint, remove_temporaries, sha256_file
 from experiments.errors import EXIT_FAILED, EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.config_check import check_config
@@ -205,9 +205,9 @@ def verify(cfg) -> Outcome:
     rep = report(ctx, results, time.perf_counter() - t0)
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rep, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(markdown(rep))
+    remove_temporaries(out.parent, writers_gone_only=True)  # left by verify.py runs killed while writing
+    atomic_write_bytes(out, (json.dumps(rep, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(out.with_suffix(".md"), markdown(rep).encode())
     print(f"{'PASSED' if rep['passed'] else 'FAILED'} in {rep['seconds']:.1f}s; report: {out} (and .md)", flush=True)
     if rep["passed"]:
         return Outcome(EXIT_OK)

@@ -6,6 +6,8 @@ import os
 import pickle
 import re
 import shutil
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,11 +28,11 @@ def sidecar(path: Path) -> Path:
     return Path(str(path) + ".sha256")
 
 
-TMP_MARK = ".tmp-"  # temporary files are `.<name>.tmp-<pid>`, beside their target
+TMP_MARK = ".tmp-"  # temporary files are `.<name>.tmp-<pid>-<host>`, beside their target
 
 
 def temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{socket.gethostname()}")
 
 
 def write_and_sync(tmp: Path, data: bytes) -> None:
@@ -40,69 +42,110 @@ def write_and_sync(tmp: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def link_or_copy(src: Path, tmp: Path) -> None:
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+
+
+def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
+    """Write files that belong together (a checkpoint and its sidecar): each `write(temporary)` fills a
+    temporary file in the target's folder, and only when all are written are they renamed over their
+    targets, in order. A process killed at any moment leaves each target old or new, never torn (a kill
+    between two renames leaves a stale sidecar, which a resume treats as damage). A write that fails (a
+    full disk, an I/O error) or is interrupted removes every temporary file and leaves every target as it
+    was; the failure is raised as WriteFailed naming the file and the reason."""
+    temps = {Path(path): temporary(Path(path)) for path in writes}
+    current = None
+    try:
+        for current, write in writes.items():
+            current = Path(current)
+            current.parent.mkdir(parents=True, exist_ok=True)
+            write(temps[current])
+        for current, tmp in temps.items():
+            os.replace(tmp, current)
+    except BaseException as e:  # a Ctrl-C inside a write leaves no temporary file either
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteFailed(f"could not write {current}: {e.strerror or e}") from e
+        raise
+    for folder in dict.fromkeys(path.parent for path in temps):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target: a process
-    killed at any moment leaves either the old file or the new one, never a torn one. A write that fails
-    (a full disk, an I/O error) removes its temporary file, leaves the target as it was and raises
-    WriteFailed naming the file and the reason."""
-    path = Path(path)
-    tmp = temporary(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_and_sync(tmp, data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WriteFailed(f"could not write {path}: {e.strerror or e}") from e
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """One file, atomically (atomic_write_files)."""
+    atomic_write_files({Path(path): lambda tmp: write_and_sync(tmp, data)})
 
 
-def remove_temporaries(folder: Path) -> list[Path]:
-    """The temporary files that killed writes left in `folder` (only its writer may call this)."""
-    stale = [p for p in Path(folder).glob(f".*{TMP_MARK}*") if p.is_file()] if Path(folder).is_dir() else []
+def atomic_savefig(fig, path: Path, **savefig_args) -> None:
+    """A matplotlib figure, atomically: rendered in memory, then written as atomic_write_bytes does."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lstrip("."), **savefig_args)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def writer_is_gone(tmp: Path) -> bool:
+    """Whether the process that wrote a temporary file has ended: its PID, on this host, is not running.
+    A file of another host, or of an unreadable name, is not known to be stale."""
+    pid, _, host = tmp.name.rpartition(TMP_MARK)[2].partition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_temporaries(folder: Path, writers_gone_only: bool = False) -> list[Path]:
+    """The temporary files that killed writes left in `folder`: all of them (for the folder's one writer,
+    under its lock), or only those whose writer has ended (a folder that several readers' programs write)."""
+    found = [p for p in Path(folder).glob(f".*{TMP_MARK}*") if p.is_file()] if Path(folder).is_dir() else []
+    stale = [p for p in found if not writers_gone_only or writer_is_gone(p)]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
 
 
-def atomic_write_csv(rows: list[dict], path: Path) -> None:
-    """Rows as CSV (columns in order of first appearance; floats exact, as repr; a missing value an empty
-    cell), written atomically."""
+def atomic_write_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
+    """Rows as CSV (columns as given, else in order of first appearance; floats exact, as repr; a missing
+    value an empty cell), written atomically."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+    writer = csv.DictWriter(text, fieldnames=columns or list(dict.fromkeys(k for row in rows for k in row)))
     writer.writeheader()
     writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     atomic_write_bytes(path, text.getvalue().encode())
 
 
+def sidecar_text(digest: str, path: Path) -> bytes:
+    return f"{digest}  {Path(path).name}\n".encode()
+
+
 def save_checkpoint(checkpoint: dict, path: Path) -> str:
-    """Serialise, then write the file and its sha256 sidecar atomically. Returns the hash."""
+    """Serialise, then write the file and its sha256 sidecar together (atomic_write_files). Returns the hash."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(sidecar(path), f"{digest}  {Path(path).name}\n".encode())
+    atomic_write_files({Path(path): lambda tmp: write_and_sync(tmp, data),
+                        sidecar(path): lambda tmp: write_and_sync(tmp, sidecar_text(digest, path))})
     return digest
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Give an already written checkpoint a second name (hard link where possible), atomically."""
-    tmp = temporary(dst)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WriteFailed(f"could not write {dst}: {e.strerror or e}") from e
-    atomic_write_bytes(sidecar(dst), sidecar(src).read_text().replace(src.name, dst.name).encode())
+    """Give an already written checkpoint a second name (hard link where possible), with its sidecar."""
+    digest = recorded_sha256(src)
+    atomic_write_files({Path(dst): lambda tmp: link_or_copy(src, tmp),
+                        sidecar(dst): lambda tmp: write_and_sync(tmp, sidecar_text(digest, dst))})
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

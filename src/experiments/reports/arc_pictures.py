@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.checkpoint.io import atomic_savefig
+
 PALETTE = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
            "#870C25"]
 STEM = "predictions"
@@ -58,7 +60,7 @@ def draw_page(rows: list[dict], path: Path, title: str) -> None:
             ax.set_title(label, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # the page's title above the first row
-    fig.savefig(path, dpi=80)
+    atomic_savefig(fig, path, dpi=80)
     plt.close(fig)
 
 

@@ -4,6 +4,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.checkpoint.io import atomic_savefig
+
 
 def draw_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path) -> None:
     """inputs, recons: (N, C, T, H, W) in [0, 1]."""
@@ -25,5 +27,5 @@ def draw_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path: Path)
         ax.set_title("input" if i % 2 == 0 else "reconstruction", fontsize=7, loc="left")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_savefig(fig, path, dpi=80)
     plt.close(fig)
