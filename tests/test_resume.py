@@ -1,6 +1,9 @@
 """Exact resume: a run killed at any moment and restarted with the same command ends bit-identical
 to a run never stopped; SIGTERM and Ctrl-C save a checkpoint first; a second launch of a running run is
 refused; a damaged last checkpoint or a failed write loses nothing that was written before."""
+import csv
+import json
+import os
 import re
 import signal
 import socket
@@ -131,25 +134,41 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("epoch", [2, 4], ids=["second_epoch", "last_epoch"])
-def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference, epoch):
-    r = subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *ARGS], cwd=tmp_path,
-                       env={**env(), "CTRL_C_EPOCH": str(epoch)}, capture_output=True, text=True, timeout=300)
-    if epoch == 4:  # nothing was left to stop: the run is complete, and says so
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "Ctrl-C came as the last epoch ended: the run is complete." in r.stdout
-        assert_identical(final_state(tmp_path), reference)
-        return
+def with_ctrl_c_in_validation(epoch, *args, cwd):
+    return subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *args], cwd=cwd,
+                          env={**env(), "CTRL_C_EPOCH": str(epoch)}, capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
+    logged = [a if a != "logger=none" else "logger=csv" for a in ARGS]  # the stopped epoch reaches the logger
+    r = with_ctrl_c_in_validation(2, *logged, cwd=tmp_path)
     assert r.returncode == 130, r.stdout + r.stderr
     saved = torch.load(tmp_path / RUN / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"], saved["run"]["preempted"]) == (1, 154, False), "epoch 2's end"
-    assert f"interrupted after epoch 2 (step 154); saved " in r.stdout
+    assert (saved["epoch"], saved["global_step"]) == (1, 154), "epoch 2's end (77 steps an epoch)"
     assert len(saved["history"]) == 2, "epoch 2 validated and recorded before the stop"
+    assert "interrupted after epoch 2 (step 154); saved " in r.stdout
+    with open(next((tmp_path / RUN).rglob("metrics.csv")), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {float(row["epoch"]) for row in rows if row.get("train/loss")} == {1, 2}, "epoch 2's train figures logged"
 
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "(epoch 2 done)" in again.stdout
     assert_identical(final_state(tmp_path), reference)
+
+
+def test_ctrl_c_as_the_last_epoch_validates_completes_the_run_and_stops_a_sweep(tmp_path, reference):
+    r = with_ctrl_c_in_validation(4, *ARGS, cwd=tmp_path)  # nothing is left to stop: complete, and it says so
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Ctrl-C came as the last epoch ended: the run is complete." in r.stdout
+    assert_identical(final_state(tmp_path), reference)
+
+    (tmp_path / "sweep").mkdir()
+    sweep = with_ctrl_c_in_validation(4, "-m", *ARGS, "seed=0,1", cwd=tmp_path / "sweep")
+    assert sweep.returncode == 130, sweep.stdout + sweep.stderr
+    assert "Ctrl-C: the sweep stops; rerun the same command to resume it." in sweep.stdout
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("outputs/sweeps/*/jobs/*.json")]
+    assert [(r["num"], r["status"]) for r in records] == [(0, "finished")], "the second job never started"
 
 
 def test_a_second_launch_is_refused_while_the_first_trains(tmp_path, reference):
@@ -171,13 +190,19 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert f"PID {proc.pid} on " in (tmp_path / RUN / ".lock").read_text()  # left behind by the dead process
-    stale = tmp_path / RUN / "checkpoints" / f".last.ckpt.tmp-{proc.pid}"  # as a write killed mid-way leaves
-    stale.write_bytes(b"half a checkpoint")
+    run, host = tmp_path / RUN, socket.gethostname()
+    stale = [run / "checkpoints" / f".last.ckpt.tmp-{proc.pid}-{host}",  # as writes killed mid-way leave them
+             run / "eval" / f".per_output_epoch=0002.csv.tmp-{proc.pid}-{host}"]
+    running_eval = run / "eval" / "own" / "last" / f".metrics.json.tmp-{os.getpid()}-{host}"  # an eval.py at work
+    for path in [*stale, running_eval]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "being trained by" not in again.stdout + again.stderr
-    # one planted; a second if the kill landed inside a write
-    assert not stale.exists() and re.search(r"removed [12] temporary file\(s\)", again.stdout), again.stdout
+    # the two planted; a third if the kill landed inside a write
+    assert not any(p.exists() for p in stale) and re.search(r"removed [23] temporary file\(s\)", again.stdout)
+    assert running_eval.exists(), "a temporary of a live eval.py is not the run's to remove"
     assert_identical(final_state(tmp_path), reference)
 
 
@@ -278,3 +303,24 @@ def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.json"]
+
+    reports = run / "checkpoints" / "verification"  # verify.py, likewise, for its own reports
+    reports.mkdir(exist_ok=True)
+    killed = reports / f".last.json.tmp-{ended.pid}-{socket.gethostname()}"
+    killed.write_bytes(b"half")
+    checked = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}/checkpoints/last.ckpt",
+                              "stages=[loadable]"], cwd=reference_dir, env=env(), capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert sorted(p.name for p in reports.iterdir()) == ["last.json", "last.md"]
+
+
+def test_a_full_disk_at_a_sweeps_summary_is_one_line_and_exit_1(tmp_path):
+    one_epoch = [a if a != "trainer.max_epochs=4" else "trainer.max_epochs=1" for a in ARGS]
+    r = on_a_full_disk("train.py", "summary.md", "-m", *one_epoch, "seed=0,1", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr  # Hydra alone would have made it a warning, and exit 0
+    (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert "summary.md: No space left on device" in line and "Traceback" not in r.stdout + r.stderr, r.stderr
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/sweeps/*/jobs/*.json")]
+    assert sorted((r["num"], r["status"]) for r in records) == [(0, "finished"), (1, "finished")]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]

@@ -123,7 +123,7 @@ def _in_multirun() -> bool:
 def _outcome(program, cfg, on_user_error=lambda: None):
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
     traceback and exits 1, but in a multirun it is reported and the other jobs go on."""
-    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError, write_failure
+    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError, write_failure, write_failure_line
 
     try:
         return program(cfg)
@@ -134,8 +134,7 @@ def _outcome(program, cfg, on_user_error=lambda: None):
     except Exception as e:
         failed = write_failure(e)
         if failed is not None:  # a full or broken disk: one line, exit 1, whatever was writing
-            print(f"error: {failed}. Free space (or fix the disk) and rerun the same command", file=sys.stderr,
-                  flush=True)
+            print(write_failure_line(failed), file=sys.stderr, flush=True)
             return Outcome(EXIT_FAILED, str(failed))
         if not _in_multirun():
             raise  # a single run's crash shows its traceback, exit 1
@@ -172,10 +171,10 @@ def train_job(cfg):
         outcome.code = EXIT_OK
     if not _in_multirun():
         return outcome, None
-    if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # the whole sweep stops; a rerun resumes this job first
+    if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) or outcome.stop:  # a rerun resumes this job (or the next)
         print(f"{'SIGTERM' if outcome.code == EXIT_PREEMPTED else 'Ctrl-C'}: the sweep stops; rerun the same "
               f"command to resume it.", flush=True)
-        raise SystemExit(outcome.code)
+        raise SystemExit(outcome.code or EXIT_INTERRUPTED)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
 

@@ -32,8 +32,14 @@ def write_failure(e: BaseException) -> WriteFailed | None:
         return e
     if isinstance(e, OSError) and e.errno in DISK_TROUBLE:
         where = f" {e.filename}" if e.filename else ""
+        if e.errno == errno.EIO:  # a read can fail so too (a failing disk, a network filesystem)
+            return WriteFailed(f"I/O error on{where or ' a file'}: {e.strerror or e}")
         return WriteFailed(f"could not write{where}: {e.strerror or e}")
     return None
+
+
+def write_failure_line(failed: WriteFailed) -> str:
+    return f"error: {failed}. Free space (or fix the disk) and rerun the same command"
 
 
 # Exit statuses of the programs (README, "Exit codes").
@@ -46,3 +52,4 @@ class Outcome:
     sweep's job record keeps it)."""
     code: int
     error: str | None = None
+    stop: bool = False  # the job completed, but the user pressed Ctrl-C as it ended: a sweep stops after it

@@ -81,7 +81,7 @@ def data_identity(data_args: list[str]) -> str:
 def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
     if cfg.out:
         return Path(str(cfg.out))
-    return rd.run_of(checkpoint) / "eval" / data_identity(data_args) / checkpoint.stem
+    return rd.run_of(checkpoint) / rd.EVAL / data_identity(data_args) / checkpoint.stem
 
 
 def remove_stale_temporaries(folder: Path) -> None:

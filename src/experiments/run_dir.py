@@ -37,6 +37,7 @@ VERIFICATION = "verification"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 LOCK = ".lock"
+EVAL = "eval"
 
 
 def epoch_number(epoch: int) -> int:
@@ -112,7 +113,7 @@ def config_diff(old: dict, new: dict, ignore: list[str]) -> list[str]:
 class Decision:
     action: str  # "fresh" | "resume" | "finished"
     ckpt_path: Path | None = None
-    epoch: int | None = None  # the checkpoint's (Lightning's, from 0)
+    epoch: int | None = None  # Lightning's count, from 0: the epoch done, or the one it was saved in (mid_epoch)
     step: int | None = None
     mid_epoch: bool = False  # saved by a stop (SIGTERM, Ctrl-C) inside epoch `epoch`, not at its end
 
@@ -155,8 +156,17 @@ def held(run_dir: Path):
 
 
 def remove_stale_temporaries(run_dir: Path) -> int:
-    """Temporary files of writes killed in an earlier start (only the lock's holder may remove them)."""
-    return len(remove_temporaries(run_dir)) + len(remove_temporaries(checkpoint_dir(run_dir)))
+    """Temporary files of writes killed in an earlier start, in every folder of the run (only the lock's
+    holder may call this). The folders that verify.py and eval.py write too (they take no lock) lose only
+    those whose writer has ended; what was moved aside is left as it is."""
+    removed = 0
+    for folder in [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]:
+        parts = folder.relative_to(run_dir).parts
+        if parts[:1] == (SUPERSEDED,) or DAMAGED in parts:
+            continue
+        shared = VERIFICATION in parts or (parts[:1] == (EVAL,) and len(parts) > 1)  # eval/<data>/<checkpoint>/
+        removed += len(remove_temporaries(folder, writers_gone_only=shared))
+    return removed
 
 
 def supersede(run_dir: Path) -> Path | None:
@@ -234,9 +244,13 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
                 f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs")
     if ckpt is None:
         return Decision("fresh")
-    run = ckpt.get("run", {})
-    action = "finished" if run.get("finished") else "resume"
-    return Decision(action, resume_from, ckpt.get("epoch"), ckpt.get("global_step"), bool(run.get("preempted")))
+    action = "finished" if ckpt.get("run", {}).get("finished") else "resume"
+    # Where it was saved, as train.stopped_where says it: at an epoch's end (that epoch recorded in the history,
+    # whoever saved it) or inside the epoch Lightning was in
+    history = ckpt.get("history") or []
+    at_epoch_end = bool(history) and history[-1].get("global_step") == ckpt.get("global_step")
+    epoch = history[-1]["epoch"] if at_epoch_end else ckpt.get("epoch")
+    return Decision(action, resume_from, epoch, ckpt.get("global_step"), mid_epoch=not at_epoch_end)
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:

@@ -18,9 +18,11 @@ This module owns the sweep's state: the callback opens the sweep in the launchin
 (in that process or in launcher processes, which inherit the environment) find it through
 `current_directory()` / `current_id()`; nothing else reads the variables that carry it.
 """
+import contextlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from hydra.experimental.callback import Callback
 from experiments import comparisons
 from experiments import run_dir as rd
 from experiments.checkpoint.io import atomic_savefig, atomic_write_bytes, atomic_write_csv
+from experiments.errors import EXIT_FAILED, write_failure, write_failure_line
 from experiments.ranks import process_rank
 
 _ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
@@ -87,11 +90,35 @@ def plan(config) -> list[list[str]] | None:
     return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)[0]
 
 
+@contextlib.contextmanager
+def stops_on_write_failure():
+    """Hydra turns a callback's exception into a warning and goes on: a sweep without its plan, or ending
+    without its summary, would exit as its jobs did. A full or failing disk here ends the sweep with one
+    line and exit 1 instead (SystemExit passes Hydra's callback guard)."""
+    try:
+        yield
+    except Exception as e:
+        failed = write_failure(e)
+        if failed is None:
+            raise
+        print(write_failure_line(failed), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_FAILED)
+
+
 class SweepSummary(Callback):
     """Hydra callback: opens the sweep directory at the start of a multirun and writes the summary at
     its end."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        with stops_on_write_failure():
+            self.open(config)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        with stops_on_write_failure():
+            self.close()
+
+    @staticmethod
+    def open(config) -> None:
         sid = sweep_id(config)
         directory = Path(str(config.paths.outputs)) / "sweeps" / sid
         (directory / "jobs").mkdir(parents=True, exist_ok=True)
@@ -104,7 +131,8 @@ class SweepSummary(Callback):
         open_sweep(directory, sid)
         print(f"Sweep directory: {directory}", flush=True)
 
-    def on_multirun_end(self, config, **kwargs) -> None:
+    @staticmethod
+    def close() -> None:
         directory = current_directory()
         if directory is None or not directory.is_dir():
             return

@@ -109,14 +109,19 @@ def ctrl_c_saves(policy, trainer):
             print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
             return
         policy.stop_requested = True  # the policy stops the fit where Lightning stops for SIGTERM
-        print("\nCtrl-C: stopping after this batch (or at the end of this epoch, if it is validating) with a "
+        print("\nCtrl-C: stopping after this batch (or at this epoch's end, if it is validating) with a "
               "checkpoint", flush=True)
 
     before = signal.signal(signal.SIGINT, handler)
     try:
         yield
-    finally:  # once stopping, further presses are ignored until the process has exited with 130
+    except SIGTERMException:  # stopping: further presses are ignored until the process has exited with 130
         signal.signal(signal.SIGINT, signal.SIG_IGN if policy.stop_requested else before)
+        raise
+    except BaseException:
+        signal.signal(signal.SIGINT, before)
+        raise
+    signal.signal(signal.SIGINT, before)
 
 
 def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decision) -> Outcome:
@@ -140,11 +145,11 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
         failed = write_failure(e)  # ours, or a logger's file on a full disk
         if failed is None:
             raise
-        return fail(f"{failed}; training stopped. {last_good(policy)}; every earlier file is as it was. Free space "
-                    f"(or fix the disk) and rerun the same command to resume")
-    if policy.stop_requested:  # pressed while the last epoch validated: nothing was left to stop
+        return fail(f"{failed}; training stopped. {last_good(policy)}; every earlier checkpoint is as it was. Free "
+                    f"space (or fix the disk) and rerun the same command to resume")
+    if policy.stop_requested:  # pressed as the last epoch ended: nothing was left to stop
         print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
-    return Outcome(EXIT_OK)
+    return Outcome(EXIT_OK, stop=policy.stop_requested)
 
 
 def stopped_where(trainer, policy) -> str:
@@ -159,7 +164,11 @@ def last_good(policy) -> str:
         return "no checkpoint was written"
     from experiments.checkpoint.io import load_checkpoint
 
-    return f"last good checkpoint: {policy.last_path} (epoch {rd.epoch_number(load_checkpoint(policy.last_path)['epoch'])})"
+    try:
+        epoch = load_checkpoint(policy.last_path)["epoch"]
+    except UserError:  # the disk fails reads too: the next start checks every checkpoint
+        return f"{policy.last_path} could not be read back (the next start resumes from the newest intact checkpoint)"
+    return f"last good checkpoint: {policy.last_path} (epoch {rd.epoch_number(epoch)})"
 
 
 def duration(seconds: float) -> str:

@@ -52,16 +52,18 @@ def link_or_copy(src: Path, tmp: Path) -> None:
 def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
     """Write files that belong together (a checkpoint and its sidecar): each `write(temporary)` fills a
     temporary file in the target's folder, and only when all are written are they renamed over their
-    targets, in order. A process killed at any moment leaves each target old or new, never torn (a kill
-    between two renames leaves a stale sidecar, which a resume treats as damage). A write that fails (a
-    full disk, an I/O error) or is interrupted removes every temporary file and leaves every target as it
-    was; the failure is raised as WriteFailed naming the file and the reason."""
+    targets, in order. A process killed at any moment leaves each target old or new, never torn. A write
+    that fails (a full disk, an I/O error) or is interrupted removes every temporary file and leaves every
+    target as it was; only a failure between two renames (which take no space) can leave a new checkpoint
+    beside an old sidecar, which a resume treats as damage. A failure is raised as WriteFailed naming the
+    file and the reason."""
     temps = {Path(path): temporary(Path(path)) for path in writes}
     current = None
     try:
         for current, write in writes.items():
             current = Path(current)
             current.parent.mkdir(parents=True, exist_ok=True)
+            temps[current].unlink(missing_ok=True)  # a leftover of the same name may be a link to a checkpoint
             write(temps[current])
         for current, tmp in temps.items():
             os.replace(tmp, current)
@@ -106,10 +108,12 @@ def writer_is_gone(tmp: Path) -> bool:
     return False
 
 
-def remove_temporaries(folder: Path, writers_gone_only: bool = False) -> list[Path]:
-    """The temporary files that killed writes left in `folder`: all of them (for the folder's one writer,
-    under its lock), or only those whose writer has ended (a folder that several readers' programs write)."""
-    found = [p for p in Path(folder).glob(f".*{TMP_MARK}*") if p.is_file()] if Path(folder).is_dir() else []
+def remove_temporaries(folder: Path, writers_gone_only: bool = False, of: list[str] | None = None) -> list[Path]:
+    """The temporary files that killed writes left in `folder` (only those of the files named in `of`, when
+    given): all of them (for the folder's one writer, under its lock), or only those whose writer has
+    ended (a folder that several programs write)."""
+    patterns = [f".{name}{TMP_MARK}*" for name in of] if of else [f".*{TMP_MARK}*"]
+    found = [p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()] if Path(folder).is_dir() else []
     stale = [p for p in found if not writers_gone_only or writer_is_gone(p)]
     for p in stale:
         p.unlink(missing_ok=True)
@@ -144,6 +148,8 @@ def save_checkpoint(checkpoint: dict, path: Path) -> str:
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Give an already written checkpoint a second name (hard link where possible), with its sidecar."""
     digest = recorded_sha256(src)
+    if digest is None:
+        raise WriteFailed(f"could not write {dst}: its source {src} has no sha256 sidecar")
     atomic_write_files({Path(dst): lambda tmp: link_or_copy(src, tmp),
                         sidecar(dst): lambda tmp: write_and_sync(tmp, sidecar_text(digest, dst))})
 

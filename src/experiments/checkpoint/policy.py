@@ -147,8 +147,8 @@ class CheckpointPolicy(Checkpoint):
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
         atomic_write_csv(history_rows(self.history), self.history_path)  # whatever the logger
-        if self.stop_requested and LAST in names and not self._finished:
-            raise SIGTERMException  # Ctrl-C during this epoch's validation: stop here, last.ckpt is this epoch's end
+        if self.stop_requested:  # Ctrl-C: Lightning stops at this epoch's end (after logging it), unless it was the last
+            trainer._signal_connector.received_sigterm = not self._finished
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
