@@ -205,7 +205,8 @@ def verify(cfg) -> Outcome:
     rep = report(ctx, results, time.perf_counter() - t0)
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
-    remove_temporaries(out.parent, writers_gone_only=True, of=[out.name, out.with_suffix(".md").name])  # killed verifies'
+    # temporaries of verify.py runs killed while writing these reports
+    remove_temporaries(out.parent, writers_gone_only=True, of=[out.name, out.with_suffix(".md").name])
 
     atomic_write_bytes(out, (json.dumps(rep, indent=2, default=str) + "\n").encode())
     atomic_write_bytes(out.with_suffix(".md"), markdown(rep).encode())

@@ -113,7 +113,8 @@ def remove_temporaries(folder: Path, writers_gone_only: bool = False, of: list[s
     given): all of them (for the folder's one writer, under its lock), or only those whose writer has
     ended (a folder that several programs write)."""
     patterns = [f".{name}{TMP_MARK}*" for name in of] if of else [f".*{TMP_MARK}*"]
-    found = [p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()] if Path(folder).is_dir() else []
+    folder = Path(folder)
+    found = [p for pattern in patterns for p in folder.glob(pattern) if p.is_file()] if folder.is_dir() else []
     stale = [p for p in found if not writers_gone_only or writer_is_gone(p)]
     for p in stale:
         p.unlink(missing_ok=True)

@@ -147,7 +147,7 @@ class CheckpointPolicy(Checkpoint):
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
         atomic_write_csv(history_rows(self.history), self.history_path)  # whatever the logger
-        if self.stop_requested:  # Ctrl-C: Lightning stops at this epoch's end (after logging it), unless it was the last
+        if self.stop_requested:  # Ctrl-C: Lightning stops at the end of this epoch (logged), unless it was the last
             trainer._signal_connector.received_sigterm = not self._finished
 
     @staticmethod
