@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
-from experiments.checkpoint.io import atomic_write_bytes, remove_temporaries
+from experiments.checkpoint.io import atomic_write_bytes
 from experiments.config_schema import run_id
 from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.config_check import check_config
@@ -84,12 +84,6 @@ def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
     return rd.run_of(checkpoint) / rd.EVAL / data_identity(data_args) / checkpoint.stem
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files of eval.py runs killed while writing here (no lock: a running one's are kept)."""
-    for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())] if folder.is_dir() else []:
-        remove_temporaries(sub, writers_gone_only=True)
-
-
 def build_data(ctx: VerifyContext, node: dict):
     try:
         return ctx.datamodule(node)
@@ -122,7 +116,7 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     node = data_config(run_config, data_args)
     datamodule = build_data(ctx, node)
     folder = output_folder(cfg, checkpoint, data_args)
-    remove_stale_temporaries(folder)
+    rd.remove_stale_temporaries(folder)  # of eval.py runs killed while writing here (a running one's are kept)
     epoch = ctx.ckpts[checkpoint]["epoch"]
     described = getattr(datamodule, "describe", lambda: "")()
     print(f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"

@@ -118,10 +118,18 @@ class Decision:
     mid_epoch: bool = False  # saved by a stop (SIGTERM, Ctrl-C) inside epoch `epoch`, not at its end
 
 
-def damaged_aside(run_dir: Path) -> list[Path]:
-    """Checkpoints an earlier resume moved into checkpoints/damaged/."""
-    folder = checkpoint_dir(run_dir) / DAMAGED
-    return sorted(folder.rglob("*.ckpt")) if folder.is_dir() else []
+def has_damaged_aside(run_dir: Path) -> bool:
+    """Whether an earlier resume moved checkpoints into checkpoints/damaged/."""
+    return any((checkpoint_dir(run_dir) / DAMAGED).rglob("*.ckpt"))
+
+
+def stop_point(history: list[dict], epoch: int, step: int) -> tuple[int, bool]:
+    """Where a run stood at `step` (Lightning's `epoch` then): (the epoch just done, False) when the history's
+    last epoch ended at that step, whoever saved it then; else (the epoch it was inside, True). The stop
+    line and the rerun's "Resuming" line both say it from here."""
+    if history and history[-1].get("global_step") == step:
+        return history[-1]["epoch"], False
+    return epoch, True
 
 
 @contextlib.contextmanager
@@ -155,17 +163,21 @@ def held(run_dir: Path):
         handle.close()
 
 
-def remove_stale_temporaries(run_dir: Path) -> int:
-    """Temporary files of writes killed in an earlier start, in every folder of the run (only the lock's
-    holder may call this). The folders that verify.py and eval.py write too (they take no lock) lose only
-    those whose writer has ended; what was moved aside is left as it is."""
+def readers_write_here(parts: tuple[str, ...]) -> bool:
+    """Folders of a run (as parts below it) that verify.py and eval.py write, without the run's lock."""
+    return VERIFICATION in parts or (parts[:1] == (EVAL,) and len(parts) > 1)  # eval/<data>/<checkpoint>/
+
+
+def remove_stale_temporaries(root: Path, shared=lambda parts: True) -> int:
+    """Temporary files of writes killed earlier, in `root` and every folder below it but what was moved
+    aside (superseded/, damaged/). Where `shared(parts below root)` (by default everywhere) other programs
+    may be writing, only those whose writer has ended; elsewhere all (the caller is the one writer: the
+    run's lock holder)."""
     removed = 0
-    for folder in [run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())]:
-        parts = folder.relative_to(run_dir).parts
-        if parts[:1] == (SUPERSEDED,) or DAMAGED in parts:
-            continue
-        shared = VERIFICATION in parts or (parts[:1] == (EVAL,) and len(parts) > 1)  # eval/<data>/<checkpoint>/
-        removed += len(remove_temporaries(folder, writers_gone_only=shared))
+    for folder, subfolders, _ in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in (SUPERSEDED, DAMAGED)]
+        parts = Path(folder).relative_to(root).parts
+        removed += len(remove_temporaries(Path(folder), writers_gone_only=shared(parts)))
     return removed
 
 
@@ -218,7 +230,7 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
 def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     stored_path = run_dir / RUN_CONFIG
     resume_from, ckpt, moved = newest_intact(run_dir)
-    if resume_from is None and (moved or damaged_aside(run_dir)):  # refused until the user chooses resume=never
+    if resume_from is None and (moved or has_damaged_aside(run_dir)):  # refused until the user chooses resume=never
         tried = "; ".join(moved) or (f"only damaged ones, moved to {checkpoint_dir(run_dir) / DAMAGED} by an "
                                      f"earlier start")
         raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({tried}). Rerun with resume=never to "
@@ -245,12 +257,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     if ckpt is None:
         return Decision("fresh")
     action = "finished" if ckpt.get("run", {}).get("finished") else "resume"
-    # Where it was saved, as train.stopped_where says it: at an epoch's end (that epoch recorded in the history,
-    # whoever saved it) or inside the epoch Lightning was in
-    history = ckpt.get("history") or []
-    at_epoch_end = bool(history) and history[-1].get("global_step") == ckpt.get("global_step")
-    epoch = history[-1]["epoch"] if at_epoch_end else ckpt.get("epoch")
-    return Decision(action, resume_from, epoch, ckpt.get("global_step"), mid_epoch=not at_epoch_end)
+    epoch, mid_epoch = stop_point(ckpt.get("history") or [], ckpt.get("epoch"), ckpt.get("global_step"))
+    return Decision(action, resume_from, epoch, ckpt.get("global_step"), mid_epoch)
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:

@@ -153,10 +153,11 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
 
 
 def stopped_where(trainer, policy) -> str:
-    """Where a stop left the run, in the words the rerun's "Resuming" line uses."""
-    if policy.history and policy.history[-1]["global_step"] == trainer.global_step:
-        return f"after epoch {rd.epoch_number(policy.history[-1]['epoch'])} (step {trainer.global_step})"
-    return f"in epoch {rd.epoch_number(trainer.current_epoch)} at step {trainer.global_step}"
+    """Where a stop left the run (run_dir.stop_point, as the rerun's "Resuming" line says it)."""
+    epoch, mid_epoch = rd.stop_point(policy.history, trainer.current_epoch, trainer.global_step)
+    if mid_epoch:
+        return f"in epoch {rd.epoch_number(epoch)} at step {trainer.global_step}"
+    return f"after epoch {rd.epoch_number(epoch)} (step {trainer.global_step})"
 
 
 def last_good(policy) -> str:
@@ -208,7 +209,7 @@ def train(cfg: DictConfig) -> Outcome:
     if child:  # rank 0 holds the run's lock for all its processes
         return train_run(cfg, run_dir, results, child)
     with rd.held(run_dir):
-        removed = rd.remove_stale_temporaries(run_dir)
+        removed = rd.remove_stale_temporaries(run_dir, shared=rd.readers_write_here)
         if removed:
             print(f"removed {removed} temporary file(s) left by writes an earlier start did not finish", flush=True)
         return train_run(cfg, run_dir, results, child)

@@ -207,7 +207,6 @@ def verify(cfg) -> Outcome:
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
     # temporaries of verify.py runs killed while writing these reports
     remove_temporaries(out.parent, writers_gone_only=True, of=[out.name, out.with_suffix(".md").name])
-
     atomic_write_bytes(out, (json.dumps(rep, indent=2, default=str) + "\n").encode())
     atomic_write_bytes(out.with_suffix(".md"), markdown(rep).encode())
     print(f"{'PASSED' if rep['passed'] else 'FAILED'} in {rep['seconds']:.1f}s; report: {out} (and .md)", flush=True)

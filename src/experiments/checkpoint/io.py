@@ -57,11 +57,11 @@ def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
     target as it was; only a failure between two renames (which take no space) can leave a new checkpoint
     beside an old sidecar, which a resume treats as damage. A failure is raised as WriteFailed naming the
     file and the reason."""
-    temps = {Path(path): temporary(Path(path)) for path in writes}
+    writes = {Path(path): write for path, write in writes.items()}
+    temps = {path: temporary(path) for path in writes}
     current = None
     try:
         for current, write in writes.items():
-            current = Path(current)
             current.parent.mkdir(parents=True, exist_ok=True)
             temps[current].unlink(missing_ok=True)  # a leftover of the same name may be a link to a checkpoint
             write(temps[current])
