@@ -1,6 +1,6 @@
 """Rebuild a sweep's summary at any time, also from a partial or crashed sweep:
 
-    python scripts/summarize.py outputs/sweeps/<sweep id>
+    python scripts/summarize.py outputs/sweeps/<sweep id> [--config-dir DIR ...]
 
 Reads the sweep's plan.json and jobs/*.json, and each job's final metrics from its own last.ckpt
 (weights_only=True); writes summary.csv, summary.md and summary.png into the sweep directory and prints
@@ -17,14 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--config-dir", action="append", default=[],
+                        help="a family's config folder, as given to train.py: its tasks say which metrics are judged")
     args = parser.parse_args()
     if not (args.sweep_dir / "jobs").is_dir():
         print(f"error: {args.sweep_dir} is not a sweep directory (no jobs/ folder); sweeps live under "
               f"<paths.outputs>/sweeps/", file=sys.stderr)
         return 2
     from experiments.sweep import write_summary
+    from experiments.untrusted import current_registry
 
-    summary = write_summary(args.sweep_dir)
+    summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)))
     print(summary["text"])
     return 0 if all(r["status"] == "finished" for r in summary["rows"]) else 1
 

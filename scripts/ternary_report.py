@@ -30,6 +30,7 @@ def main() -> int:
     from experiments.checkpoint.io import load_checkpoint
     from experiments.errors import UserError
     from experiments.metrics.hyperbolic import LEVELS
+    from experiments.untrusted import check_stored_config, current_registry
 
     path = args.run_dir / "checkpoints" / args.ckpt
     try:
@@ -38,6 +39,11 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     config = ckpt.get("config", {})
+    try:  # the checkpoint's config is data: it may build only what the package's config tree builds
+        check_stored_config(config, current_registry(), str(path))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if "frozen" not in ckpt:
         print(f"error: {path} is not a hyperbolic Ternary run (v5.11 and later): it has no frozen parts; "
               f"experiment {config.get('experiment')!r}", file=sys.stderr)

@@ -32,3 +32,29 @@ def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     return tmp_path
+
+
+def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """verify.py or eval.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / program), *args], cwd=cwd, env={**env(), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    """The one stderr line a refusal prints (and nothing else: no traceback, no Hydra header)."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def ternary_run(tmp_path_factory) -> Path:
+    """A real v5.5 run (6 epochs, checkpoints every 2), shared read-only: copy it before changing it."""
+    root = tmp_path_factory.mktemp("ternary_run")
+    r = run_train(*FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", "task.coverage_samples=19683",
+                  cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    return run

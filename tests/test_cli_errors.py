@@ -1,7 +1,7 @@
 """Bad input: one clear line, a non-zero exit, no traceback, and no run directory left behind."""
 import pytest
 
-from conftest import FAST, run_train
+from conftest import FAST, one_error_line, run_train
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -67,3 +67,23 @@ def test_misspelled_key_names_the_right_key_at_once(workdir):
     r = run_train("experiment=exp3_champion", "task.eval_evry_n_epochs=5", cwd=workdir, timeout=60)
     assert r.returncode == 2 and "did you mean task.eval_every_n_epochs=5?" in r.stderr, r.stderr
     assert not list(workdir.glob("outputs/**/*"))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["experiment=../experiment/ternary_v5_5"], "an experiment is the name of a preset"),
+    (["paths.outputs="], "paths.outputs is empty"),
+    (["paths.outputs={file}"], "is a file, not a folder"),
+    (["paths.outputs=/proc/no_runs_here"], "paths.outputs"),  # root: mkdir fails; others: not writable
+    (["experiment=magvit", "data.folder={empty}"], "data: no .npy clips in"),  # refused by the family's data module
+])
+def test_a_refused_start_leaves_nothing_behind(workdir, overrides, expected):
+    (workdir / "a_file").write_text("")
+    (workdir / "empty").mkdir()
+    overrides = [o.format(file=workdir / "a_file", empty=workdir / "empty") for o in overrides]
+    r = run_train("logger=none", "trainer.enable_progress_bar=false", *overrides, cwd=workdir, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert expected in line and "Error executing job" not in r.stdout + r.stderr, line
+    assert sorted(p.name for p in workdir.iterdir()) == ["a_file", "empty"], "no run directory, here or above"
+    assert not (workdir.parent / "experiment").exists() and not list((workdir / "empty").iterdir())
+

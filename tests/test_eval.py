@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from conftest import ROOT, env, run_train
+from conftest import ROOT, env, one_error_line, run_train
 
 ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
@@ -106,3 +105,45 @@ def test_unusable_input_is_one_line_and_exit_2(arc_run, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before, "nothing written for refused input"
+
+
+BAD_GRIDS = {  # a test input as a task file holds it -> what the line says
+    "a cell out of range": ([[1, 10]], "holds the cell 10; ARC cells are integers 0-9"),
+    "a 3-D grid": ([[[1]]], "holds the cell [1]; ARC cells are integers 0-9"),
+    "a scalar": (3, "is not a grid (a non-empty list of non-empty rows of cells)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRIDS))
+def test_a_bad_task_file_is_one_line_naming_it(arc_run, tmp_path, case):
+    root, run = arc_run
+    grid, message = BAD_GRIDS[case]
+    good = [[1, 2], [3, 4]]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.json").write_text(json.dumps(
+        {"train": [{"input": good, "output": good}] * 2, "test": [{"input": grid, "output": good}]}))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", cwd=root)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert f"{tmp_path / 'tasks' / 't.json'}: test[0].input {message}" in line, line
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_every_kind_of_bad_grid_is_refused():
+    from experiments.data.arc import grid_of
+
+    for bad in ([[1, 2], [3]], [[]], [], [["1"]], [[1.5]], [[True]], [[-1]], [[None]], [[0] * 31], [[0]] * 31, "12"):
+        with pytest.raises(ValueError, match="t.json: x"):
+            grid_of(bad, "t.json: x")
+    assert grid_of([[0, 9]], "x").tolist() == [[0, 9]]
+
+
+def test_data_of_another_family_is_refused_before_the_model_runs(ternary_run, tmp_path):
+    r = run_eval(f"ckpt={ternary_run}", "data=arc_tiny", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert "data=arc_tiny is data for experiments.data.arc.ArcDataModule, but this checkpoint was trained on " \
+           "experiments.data.ternary_ops.TernaryOpsDataModule data" in line, line
+    assert not (ternary_run / "eval").exists()
+

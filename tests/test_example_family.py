@@ -3,15 +3,15 @@ trains, resumes bit-identically after SIGKILL, passes verify.py beside an untrai
 a multirun sweep with a summary."""
 import csv
 import json
+import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import ROOT, env, run_train, start_train
+from conftest import ROOT, one_error_line, run_program, run_train, start_train
+from experiments.checkpoint.io import save_checkpoint
 from test_resume import assert_identical, wait_for
 
 CONF = ["--config-dir", str(ROOT / "examples" / "sine" / "conf")]
@@ -45,7 +45,7 @@ def test_a_run_ends_with_what_it_achieved(trained):
     root, run, r = trained
     history = final(run)["history"]
     best = max(history, key=lambda row: row["val/r2"])
-    assert f"Done: sine, 30 epochs, " in r.stdout
+    assert "Done: sine, 30 epochs, " in r.stdout
     assert (f"val/r2: final {history[-1]['val/r2']:.4g} (epoch 30), best {best['val/r2']:.4g} "
             f"(epoch {best['epoch'] + 1})") in r.stdout
 
@@ -62,15 +62,45 @@ def test_the_console_carries_no_noise(tmp_path):
 
 
 def test_example_passes_verify_beside_an_untrained_control(trained):
+    """Its one documented step: verify.py gets the same --config-dir as train.py (a checkpoint's config may
+    only build what a registered config folder builds)."""
     root, run, _ = trained
-    r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}"], cwd=root, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = run_program("verify.py", *CONF, f"ckpt={run}", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((run / "checkpoints" / "verification" / "epoch=0030.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["resume_exact"]["status"] == "pass" and stages["progress"]["status"] == "pass"
     r2 = stages["metrics"]["metrics"]["val/r2"]
     assert r2["clearly_better"] and r2["trained"] > 0.9 and r2["untrained_control"] < 0.5
+
+
+def test_example_evaluates_after_its_one_step_and_is_refused_without_it(trained):
+    root, run, _ = trained
+    r = run_program("eval.py", *CONF, f"ckpt={run}", "data.noise=0.0", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((run / "eval" / "data.noise=0.0" / "last" / "metrics.json").read_text())
+    assert result["metrics"]["val/r2"] > 0.9
+    without = run_program("verify.py", f"ckpt={run}", cwd=root)
+    assert without.returncode == 2
+    line = one_error_line(without)
+    assert "model._target_='examples.sine.model" in line and "--config-dir PATH" in line, line
+
+
+def test_a_family_package_that_is_not_importable_is_named(trained, tmp_path):
+    """Its config folder given, its package not on the Python path: the line says so, not "changed"."""
+    root, run, _ = trained
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "examples" / "sine" / "conf", conf)
+    for f in conf.rglob("*.yaml"):
+        f.write_text(f.read_text().replace("examples.sine.", "elsewhere_sine."))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("model", "data", "task"):
+        ckpt["config"][key]["_target_"] = ckpt["config"][key]["_target_"].replace("examples.sine.", "elsewhere_sine.")
+    save_checkpoint(ckpt, tmp_path / "moved.ckpt")
+    r = run_program("verify.py", "--config-dir", str(conf), f"ckpt={tmp_path / 'moved.ckpt'}", cwd=tmp_path)
+    assert r.returncode == 2
+    line = one_error_line(r)
+    assert "no package 'elsewhere_sine' on the Python path" in line and "no longer matches" not in line, line
 
 
 def test_example_resumes_bit_identically_after_sigkill(tmp_path, trained):

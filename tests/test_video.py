@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, env, run_train
+from conftest import ROOT, env, one_error_line, run_program, run_train
 from experiments.checkpoint.size import checkpoint_size_report
 from experiments.data.video import VideoDataModule, load_folder
 from experiments.models.magvit import SEED_PARAMETERS, MagVit
@@ -125,6 +125,36 @@ def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
     assert result["metrics"]["val/ssim"] == pytest.approx(np.mean([float(row["ssim"]) for row in rows]), rel=1e-5)
     assert sorted(p.name for p in (out / "last" / "reconstructions").iterdir()) == \
         ["clips_0000-0003.png", "clips_0004-0004.png"]  # 4 clips a picture (task.pictures)
+
+
+def test_clips_holding_nan_are_refused_in_one_line(magvit_run, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    clip = np.full((3, 8, 16, 16), 0.5, dtype=np.float32)
+    np.save(clips / "good.npy", clip)
+    clip[0, 2, 3, 4] = np.nan
+    np.save(clips / "bad.npy", clip)
+    before = sorted(magvit_run.rglob("*"))
+    r = run_program("eval.py", f"ckpt={magvit_run}", f"data.folder={clips}", "data.val_fraction=1", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{clips / 'bad.npy'}: holds NaN or Inf at 1 value(s)" in one_error_line(r)
+    assert sorted(magvit_run.rglob("*")) == before, "a refused evaluation writes nothing"
+
+
+def test_an_error_in_the_familys_code_is_one_line_with_the_command(magvit_run, tmp_path):
+    """Grey clips (1 channel) into a 3-channel model: the model's own error, exit 1, one line naming the
+    command that led to it; traceback=true shows the whole traceback."""
+    clips = tmp_path / "grey"
+    clips.mkdir()
+    np.save(clips / "a.npy", np.zeros((1, 8, 16, 16), dtype=np.uint8))
+    args = [f"ckpt={magvit_run}", f"data.folder={clips}", "data.val_fraction=1"]
+    r = run_program("eval.py", *args, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert line.startswith(f"error: eval.py {' '.join(args)}: RuntimeError: ") and "raised at" in line, line
+    assert line.endswith("Rerun with traceback=true to see the whole traceback")
+    full = run_program("eval.py", *args, "traceback=true", cwd=tmp_path)
+    assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr
 
 
 def test_checkpoints_stay_near_the_minimum(magvit_run):

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
 from experiments.callbacks import LoggerReport, StepSeeding
-from experiments.checkpoint.io import AtomicCheckpointIO
+from experiments.checkpoint.io import load_checkpoint, save_checkpoint
 from experiments.errors import UserError
 from experiments.task_contract import ExperimentTask
 
@@ -24,12 +26,23 @@ def plain_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
+def built(node, key: str, **supplied):
+    """`instantiate(node, **supplied)`, a constructor's refusal of its arguments (a ValueError: an empty clip
+    folder, an unknown task id) being the user's mistake in config key `key`: one line, exit 2."""
+    try:
+        return instantiate(node, **supplied)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ValueError):
+            raise UserError(f"{key}: {' '.join(str(e.__cause__).split())}") from e
+        raise
+
+
 def build(cfg: DictConfig):
     """Instantiate data, model and task from the config (no trainer)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data, seed=cfg.seed)
-    model = instantiate(cfg.model)
-    task = instantiate(cfg.task, model=model)
+    datamodule = built(cfg.data, "data", seed=cfg.seed)
+    model = built(cfg.model, "model")
+    task = built(cfg.task, "task", model=model)
     if not isinstance(task, ExperimentTask):
         raise UserError(f"task._target_={cfg.task._target_} is not an {ExperimentTask.__module__}.ExperimentTask: "
                         f"a family's task subclasses it (README, 'Add your own experiment')")
@@ -59,6 +72,17 @@ class TrainingBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version: no figure of this run
         return metrics
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic and hashed, and its reader, bounded and weights-only
+    (checkpoint/io.py)."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        save_checkpoint(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(Path(path), map_location=map_location)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):

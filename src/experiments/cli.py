@@ -16,6 +16,15 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _causes(e: BaseException):
+    """An exception and those it was raised from or during, innermost last."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def quote_path_values(arg: str) -> str:
     """`key=value` where value itself holds '=' (our run directories and checkpoint names do:
     `.../seed=1,trainer.max_epochs=40/checkpoints/epoch=0004.ckpt`) is no valid Hydra override; such a
@@ -52,8 +61,11 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
     quiet_libraries()
     outcomes = []  # Hydra returns nothing from a run: each job's outcome is kept here
 
+    started = []  # whether Hydra got as far as a job: what fails before is its setup (the run directory)
+
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def main(cfg):
+        started.append(True)
         outcome, value = job(cfg)
         outcomes.append(outcome)
         return value
@@ -61,7 +73,17 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {_misspelled_key(_one_line(e), config_name) or _one_line(e)}", file=sys.stderr)
+        from experiments.errors import UserError
+
+        refused = next((c for c in _causes(e) if isinstance(c, UserError)), None)  # our resolvers' (config_schema)
+        line = str(refused) if refused else _misspelled_key(_one_line(e), config_name) or _one_line(e)
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if started:
+            raise
+        print(f"error: cannot create {e.filename or 'the run directory'}: {e.strerror or e}; choose a folder this "
+              f"user can write: paths.outputs=DIR", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: train.ctrl_c_saves)
         print("\ninterrupted (Ctrl-C); every file written so far is whole (each is renamed into place once "
@@ -120,9 +142,27 @@ def _in_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _outcome(program, cfg, on_user_error=lambda: None):
+COMMAND = list(sys.argv[1:])  # as the user typed it (eval.py takes its data arguments out of sys.argv)
+
+
+def crash_line(e: BaseException) -> str:
+    """A crash as one line: the command, the error and where it was raised (verify.py and eval.py run a
+    family's code on a checkpoint; `traceback=true` shows the whole traceback instead)."""
+    import traceback
+
+    cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e
+    frames = traceback.extract_tb(cause.__traceback__)
+    where = f", raised at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    program = Path(sys.argv[0]).name
+    return (f"error: {program} {' '.join(COMMAND)}: {type(cause).__name__}: {first}{where}. Rerun with "
+            f"traceback=true to see the whole traceback")
+
+
+def _outcome(program, cfg, on_user_error=lambda: None, one_line_crash: bool = False):
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
-    traceback and exits 1, but in a multirun it is reported and the other jobs go on."""
+    traceback and exits 1 (one line where `one_line_crash`, unless `traceback=true`), but in a multirun
+    it is reported and the other jobs go on."""
     from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError, write_failure, write_failure_line
 
     try:
@@ -136,6 +176,9 @@ def _outcome(program, cfg, on_user_error=lambda: None):
         if failed is not None:  # a full or broken disk: one line, exit 1, whatever was writing
             print(write_failure_line(failed), file=sys.stderr, flush=True)
             return Outcome(EXIT_FAILED, str(failed))
+        if one_line_crash and not cfg.get("traceback"):
+            print(crash_line(e), file=sys.stderr, flush=True)
+            return Outcome(EXIT_FAILED, crash_line(e).removeprefix("error: "))
         if not _in_multirun():
             raise  # a single run's crash shows its traceback, exit 1
         import traceback
@@ -182,13 +225,13 @@ def train_job(cfg):
 def verify_job(cfg):
     from experiments.verify import verify
 
-    return _outcome(verify, cfg), None
+    return _outcome(verify, cfg, one_line_crash=True), None
 
 
 def eval_job(cfg, data_args: list[str]):
     from experiments.eval import evaluate
 
-    return _outcome(lambda c: evaluate(c, data_args), cfg), None
+    return _outcome(lambda c: evaluate(c, data_args), cfg, one_line_crash=True), None
 
 
 def _remove_empty_run_dir() -> None:

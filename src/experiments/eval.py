@@ -22,10 +22,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
+from experiments.checkpoint import io as checkpoint_io
 from experiments.checkpoint.io import atomic_write_bytes
 from experiments.config_schema import run_id
 from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.config_check import check_config
+from experiments.untrusted import Registry, check_experiment_name, program_registry
 from experiments.verify import VerifyContext, config_hash
 
 SCHEMA = "experiments.eval/1"
@@ -52,15 +54,16 @@ def checkpoint_of(target: Path) -> Path:
     return target
 
 
-def data_config(run_config: dict, data_args: list[str]) -> dict:
-    """The data node to evaluate on (see the module's docstring), resolved."""
+def data_config(run_config: dict, data_args: list[str], registry: Registry, where: str) -> dict:
+    """The data node to evaluate on (see the module's docstring), resolved: data of the checkpoint's own
+    family (its run's data module), refused otherwise before any model runs."""
     chosen = [a for a in data_args if _key(a) == "data"]
     try:
         if chosen:
-            experiment = run_config.get("experiment")
-            if not experiment:
+            if not run_config.get("experiment"):
                 raise UserError("the checkpoint does not record its experiment, so data=GROUP cannot be composed "
                                 "for it; give data.KEY=VALUE overrides of its own data instead")
+            experiment = check_experiment_name(run_config["experiment"], registry, where)
             composed = compose("train", overrides=[f"experiment={experiment}", *data_args])
             node = OmegaConf.to_container(composed.data, resolve=True)
         else:
@@ -68,6 +71,12 @@ def data_config(run_config: dict, data_args: list[str]) -> dict:
             node = OmegaConf.to_container(merged.data, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(f"data: {' '.join(str(e).split('Config search path')[0].split())}")
+    own = run_config["data"]["_target_"]
+    if not isinstance(node, dict) or node.get("_target_") != own:
+        given = node.get("_target_") if isinstance(node, dict) else node
+        raise UserError(f"{' '.join(data_args)} is data for {given}, but this checkpoint was trained on {own} data: "
+                        f"eval.py evaluates a checkpoint on data of its own family (e.g. another task set or clip "
+                        f"folder of that data module)")
     check_config(OmegaConf.create({"data": node}))
     return node
 
@@ -84,14 +93,6 @@ def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
     return rd.run_of(checkpoint) / rd.EVAL / data_identity(data_args) / checkpoint.stem
 
 
-def build_data(ctx: VerifyContext, node: dict):
-    try:
-        return ctx.datamodule(node)
-    except Exception as e:  # a data module refusing its arguments (an unknown task id, an empty folder)
-        cause = e.__cause__ or e
-        raise UserError(f"data: {' '.join(str(cause).split())}")
-
-
 def with_progress(datamodule) -> None:
     """A bar over the evaluation batches (decoding a large task set on CPU takes minutes): the task reads
     its batches from `val_dataloader()`, so that is where the bar goes."""
@@ -106,15 +107,17 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     if not cfg.ckpt:
         raise UserError("give a checkpoint or run directory: python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE]")
     t0 = time.perf_counter()
+    checkpoint_io.MAX_INFLATION = cfg.max_inflation
     checkpoint = checkpoint_of(Path(str(cfg.ckpt)))
-    ctx = VerifyContext(checkpoint, device=cfg.device)  # weights_only=True; its config against the code
+    registry = program_registry()
+    ctx = VerifyContext(checkpoint, registry, device=cfg.device)  # weights_only=True; its config proved data
     try:
         task = ctx.trained(checkpoint)
     except StageFailure as e:
         raise UserError(str(e))
     run_config = ctx.config
-    node = data_config(run_config, data_args)
-    datamodule = build_data(ctx, node)
+    node = data_config(run_config, data_args, registry, str(checkpoint))
+    datamodule = ctx.datamodule(node)
     folder = output_folder(cfg, checkpoint, data_args)
     rd.remove_stale_temporaries(folder)  # of eval.py runs killed while writing here (a running one's are kept)
     epoch = ctx.ckpts[checkpoint]["epoch"]

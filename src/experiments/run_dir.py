@@ -28,6 +28,7 @@ import yaml
 
 from experiments.checkpoint.io import atomic_write_bytes, read_intact, remove_temporaries, sidecar
 from experiments.errors import UserError
+from experiments.untrusted import read_text
 
 RUN_CONFIG = "run.yaml"
 HISTORY = "history.csv"
@@ -241,8 +242,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     stored = None
     if stored_path.exists():
         try:
-            stored = yaml.safe_load(stored_path.read_text())
-        except yaml.YAMLError as e:
+            stored = yaml.safe_load(read_text(stored_path))
+        except (yaml.YAMLError, UserError) as e:
             raise UserError(f"{stored_path} is not valid YAML ({' '.join(str(e).split())[:200]}); "
                             f"rerun with resume=never to start over")
     elif ckpt is not None:  # the checkpoint holds the config too

@@ -31,8 +31,9 @@ from hydra.experimental.callback import Callback
 from experiments import comparisons
 from experiments import run_dir as rd
 from experiments.checkpoint.io import atomic_savefig, atomic_write_bytes, atomic_write_csv
-from experiments.errors import EXIT_FAILED, write_failure, write_failure_line
+from experiments.errors import EXIT_FAILED, EXIT_USER, UserError, write_failure, write_failure_line
 from experiments.ranks import process_rank
+from experiments.untrusted import current_registry, program_registry, read_text
 
 _ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
 SKIP = ("epoch", "global_step", "time/epoch_s")
@@ -115,12 +116,18 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         with stops_on_write_failure():
-            self.close()
+            self.close(program_registry(config.hydra))
 
     @staticmethod
     def open(config) -> None:
+        from experiments.config_schema import outputs_root
+
         sid = sweep_id(config)
-        directory = Path(str(config.paths.outputs)) / "sweeps" / sid
+        try:
+            directory = Path(outputs_root(config.paths.outputs)) / "sweeps" / sid
+        except UserError as e:  # before anything is created; SystemExit passes Hydra's callback guard
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USER)
         (directory / "jobs").mkdir(parents=True, exist_ok=True)
         grid = plan(config)
         if grid is not None:
@@ -132,11 +139,11 @@ class SweepSummary(Callback):
         print(f"Sweep directory: {directory}", flush=True)
 
     @staticmethod
-    def close() -> None:
+    def close(registry) -> None:
         directory = current_directory()
         if directory is None or not directory.is_dir():
             return
-        summary = write_summary(directory)
+        summary = write_summary(directory, registry)
         print(summary["text"], flush=True)
 
 
@@ -166,7 +173,7 @@ def recorded_exit_codes() -> list[int]:
     directory = current_directory()
     if directory is None:
         return []
-    records = [json.loads(p.read_text()) for p in sorted((directory / "jobs").glob("*.json"))]
+    records = [json.loads(read_text(p)) for p in sorted((directory / "jobs").glob("*.json"))]
     return [0 if r.get("status") == "finished" else (r.get("exit_code") or 1) for r in records]
 
 
@@ -202,9 +209,10 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
     return (history[-1] if history else None), dict(ckpt.get("run", {}), config=ckpt.get("config", {}))
 
 
-def _task_class(task_target: str | None):
-    """The task class a job's config names (None when it cannot be imported any more)."""
-    if not task_target:
+def _task_class(task_target, registry):
+    """The task class a job's config names, imported only when a registered config folder places it at
+    `task` (a job's checkpoint is data: untrusted.py); None otherwise or when it cannot be imported."""
+    if not isinstance(task_target, str) or task_target not in registry.allowed("task"):
         return None
     from hydra.utils import get_class
 
@@ -225,19 +233,20 @@ def _judged(cls) -> list[str]:
 def read_plan(directory: Path) -> dict:
     """plan.json of a grid sweep ({} for sweeps decided as they go, e.g. Optuna)."""
     path = Path(directory) / "plan.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return json.loads(read_text(path)) if path.exists() else {}
 
 
-def collect(directory: Path) -> list[dict]:
+def collect(directory: Path, registry) -> list[dict]:
     """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics."""
     directory = Path(directory)
     records = {}
     for p in sorted((directory / "jobs").glob("*.json")):
         try:
-            r = json.loads(p.read_text())
-        except ValueError:
+            r = json.loads(read_text(p))
+        except (OSError, ValueError, UserError):
             continue
-        records[r["num"]] = r
+        if isinstance(r, dict) and isinstance(r.get("num"), int):  # anything else is no record of ours
+            records[r["num"]] = r
     plan_data = read_plan(directory)
     planned, exclude = plan_data.get("jobs", []), set(plan_data.get("group_exclude", ["seed"]))
     rows = []
@@ -256,7 +265,7 @@ def collect(directory: Path) -> list[dict]:
         row["status"] = status
         row["epochs"] = final["epoch"] + 1 if final else 0
         row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and isinstance(v, (int, float))}
-        row["task_class"] = _task_class((run.get("config") or {}).get("task", {}).get("_target_"))
+        row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
         row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"
         rows.append(row)
@@ -291,9 +300,9 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.4g}"
 
 
-def write_summary(directory: Path) -> dict:
+def write_summary(directory: Path, registry=None) -> dict:
     directory = Path(directory)
-    rows = collect(directory)
+    rows = collect(directory, registry or current_registry())
     groups = aggregate(rows)
     metric_keys = sorted({k for r in rows for k in r["metrics"]})
     # CSV: one line per job, every final metric

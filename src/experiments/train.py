@@ -55,7 +55,11 @@ def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.D
     names = [s for s in cfg.validation.preflight if s != "config"]
     ctx = PreflightContext(cfg, task, datamodule, batches=cfg.validation.batches, experiment=experiment,
                            resume_from=decision.ckpt_path)
-    results = results + run_stages(names, ctx, stages_for(task))
+    try:
+        results = results + run_stages(names, ctx, stages_for(task))
+    except UserError as e:  # a stage refused its input (e.g. the frozen parts' source): exit 2
+        print_stages(results)
+        raise UserError(f"{e}. Nothing was trained.")
     print_stages(results)
     return results
 

@@ -10,18 +10,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from experiments import run_dir as rd
+from experiments.checkpoint import io as checkpoint_io
 from experiments.checkpoint.io import atomic_write_bytes, load_checkpoint, remove_temporaries, sha256_file
 from experiments.errors import EXIT_FAILED, EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.config_check import check_config
 from experiments.stages.registry import run_stages
-from experiments.task_contract import ExperimentTask
+from experiments.untrusted import Registry, check_stored_config, program_registry, read_text
 
 SINGLE = ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics"]
 SERIES = ["progress", "weights_updated", "history_consistent", "resume_exact"]
@@ -29,13 +29,18 @@ SCHEMA = "experiments.verify/1"
 
 
 class VerifyContext:
-    def __init__(self, target: Path, device: str = "cpu"):
+    """The checkpoints of a verify.py or eval.py input, read as data: opened with weights_only=True and their
+    stored configs proved to build only what `registry` (the program's config folders) registers, before
+    anything named in them is imported."""
+
+    def __init__(self, target: Path, registry: Registry, device: str = "cpu"):
         self.target, self.device = target, device
         files = self._find(target)
         self.ckpts = {p: load_checkpoint(p) for p in files}  # UserError on anything unsafe or unreadable
         for p, c in self.ckpts.items():
             if not isinstance(c.get("config"), dict) or "epoch" not in c or "state_dict" not in c:
                 raise UserError(f"{p} is not a checkpoint of this framework (no config, epoch or state_dict)")
+            check_stored_config(c["config"], registry, str(p))
         self.series = self._series()
         self.primary = target if target.is_file() else (self.series[-1] if self.series else files[-1])
         self.config = self.ckpts[self.primary]["config"]
@@ -70,7 +75,11 @@ class VerifyContext:
         try:
             check_config(OmegaConf.create({k: v for k, v in self.config.items() if k in ("model", "data", "task")}))
         except UserError as e:
+            if str(e).startswith("cannot import"):  # its family's code is not where Python looks
+                raise UserError(f"{self.primary}: {e}")
             raise UserError(f"{self.primary}: its stored config no longer matches the code: {e}")
+        from experiments.task_contract import ExperimentTask  # Lightning: imported once the input is known to be data
+
         self.task_class = get_class(self.config["task"]["_target_"])
         if not issubclass(self.task_class, ExperimentTask):
             raise UserError(f"{self.primary}: its task {self.config['task']['_target_']} is not an ExperimentTask")
@@ -82,8 +91,11 @@ class VerifyContext:
         return self._sha[path]
 
     def datamodule(self, node: dict | None = None):
-        """The data module of the checkpoint's config (or of `node`, eval.py's data), ready to validate."""
-        dm = instantiate(node or self.config["data"], seed=self.config["seed"])
+        """The data module of the checkpoint's config (or of `node`, eval.py's data), ready to validate; data it
+        refuses (an empty folder, an unknown task id) is bad input."""
+        from experiments.assemble import built
+
+        dm = built(node or self.config["data"], "data", seed=self.config["seed"])
         dm.prepare_data()
         dm.setup("validate")
         return dm
@@ -91,6 +103,8 @@ class VerifyContext:
     def fresh_task(self):
         """An untrained model of the checkpoint's architecture, initialised as its run began (same seed).
         Only the `metrics` stage's labelled control and structural checks use it."""
+        import lightning as L
+
         L.seed_everything(self.config["seed"], verbose=False)
         return instantiate(self.config["task"], model=instantiate(self.config["model"]))
 
@@ -172,7 +186,8 @@ def markdown(rep: dict) -> str:
              f"- sha256: `{ck['sha256']}`", f"- config hash: `{ck['config_hash']}`",
              f"- framework {ck['framework_version']}, commit `{ck['git_commit']}`; verified {rep['time']}", "",
              "| stage | status | seconds | details |", "| --- | --- | --- | --- |"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {s['details']} |" for s in rep["stages"]]
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a detail such as "largest |change|")
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {cell(s['details'])} |" for s in rep["stages"]]
     for s in rep["stages"]:
         if s["name"] == "metrics" and s["metrics"]:
             lines += ["", "| metric | trained | untrained control | clearly better |", "| --- | --- | --- | --- |"]
@@ -180,6 +195,17 @@ def markdown(rep: dict) -> str:
                 verdict = {True: "yes", False: "**no: proves nothing**"}.get(m.get("clearly_better"), "not judged")
                 lines.append(f"| {name} | {m['trained']:.6g} | {m['untrained_control']:.6g} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def fuller_stages(path: Path, rep: dict) -> set:
+    """The stages an earlier report of the same checkpoint (same sha256) has and `rep` lacks."""
+    try:
+        old = json.loads(read_text(path))
+        if old["checkpoint"]["sha256"] != rep["checkpoint"]["sha256"]:
+            return set()
+        return {s["name"] for s in old["stages"]} - {s["name"] for s in rep["stages"]}
+    except (OSError, ValueError, UserError, KeyError, TypeError):  # none, or unreadable: nothing to keep
+        return set()
 
 
 def print_table(results) -> None:
@@ -197,7 +223,8 @@ def verify(cfg) -> Outcome:
         raise UserError("give a checkpoint or run directory: python verify.py ckpt=PATH")
     t0 = time.perf_counter()
     torch.set_grad_enabled(True)
-    ctx = VerifyContext(Path(str(cfg.ckpt)), device=cfg.device)
+    checkpoint_io.MAX_INFLATION = cfg.max_inflation
+    ctx = VerifyContext(Path(str(cfg.ckpt)), program_registry(), device=cfg.device)
     stages = list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
     results = run_stages(stages, ctx, CHECKPOINT_STAGES, stop_on_failure=False)
     if results and results[0].name == "loadable" and results[0].status == "fail":
@@ -205,6 +232,10 @@ def verify(cfg) -> Outcome:
     rep = report(ctx, results, time.perf_counter() - t0)
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
+    kept = set() if cfg.report else fuller_stages(out, rep)
+    if kept:  # a partial verify never replaces a fuller report of the same file
+        print(f"kept {out}: it reports stages this run did not ({', '.join(sorted(kept))})", flush=True)
+        out = out.with_name(f"{out.stem}.partial.json")
     # temporaries of verify.py runs killed while writing these reports
     remove_temporaries(out.parent, writers_gone_only=True, of=[out.name, out.with_suffix(".md").name])
     atomic_write_bytes(out, (json.dumps(rep, indent=2, default=str) + "\n").encode())

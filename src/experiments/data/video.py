@@ -39,7 +39,7 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
 
 
 def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
-    files = sorted(Path(folder).glob("*.npy"))
+    files = sorted(f for f in Path(folder).glob("*.npy") if f.is_file())
     if not files:
         raise ValueError(f"no .npy clips in {folder}")
     clips = []
@@ -49,6 +49,10 @@ def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
             raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
         if a.dtype == np.uint8:
             a = a.astype(np.float32) / 255.0
+        elif not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
+        elif not np.isfinite(a).all():
+            raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
         elif a.min() < 0 or a.max() > 1:
             raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
         clips.append(torch.from_numpy(a.astype(np.float32)))

@@ -29,6 +29,11 @@ def _import(path: str):
     module, _, name = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name) and "." not in e.name:  # its package is not where Python looks
+            raise UserError(f"cannot import {path!r}: no package {e.name!r} on the Python path; install the "
+                            f"family's package (pip install -e) or put the folder that holds it on PYTHONPATH")
+        raise UserError(f"cannot import {path!r}: {e}")
     except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"cannot import {path!r}: {e}")
 

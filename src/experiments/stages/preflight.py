@@ -1,15 +1,15 @@
 """Preflight stages: run by train.py before any training, in seconds, on real batches."""
 import copy
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from experiments.errors import StageFailure
+from experiments.errors import StageFailure, UserError
 from experiments.stages.config_check import check_config
-from experiments.stages.registry import StageResult
+from experiments.stages.registry import StageResult, run_stages
 
 
 @dataclass
@@ -119,7 +119,7 @@ def optimizer_step(ctx) -> StageResult:
 
 def frozen_checkpoint(ctx) -> StageResult:
     """Tasks built on frozen parts (`frozen_parts`): find, check and load them (checkpoint/frozen.py). Must
-    run before the stages that train a copy of the task."""
+    run before the stages that train a copy of the task. A source that cannot be used is bad input."""
     from omegaconf import OmegaConf
 
     from experiments.checkpoint.frozen import load_frozen_parts
@@ -128,8 +128,30 @@ def frozen_checkpoint(ctx) -> StageResult:
     if node is None:
         return StageResult(name="frozen_checkpoint", status="skip", details="this experiment has no frozen parts")
     node = OmegaConf.to_container(node, resolve=True)
-    account = load_frozen_parts(ctx.task, node, ctx.experiment, Path(ctx.cfg.paths.outputs), ctx.resume_from)
+    account = load_frozen_parts(ctx.task, node, ctx.experiment, Path(ctx.cfg.paths.outputs), ctx.resume_from,
+                                judge=family_checks(ctx))
     return StageResult(name="frozen_checkpoint", details=account, metrics={"source": dict(ctx.task.frozen_source)})
+
+
+def family_checks(ctx):
+    """How `frozen_checkpoint.path=auto` judges a candidate: the family's own preflight stages that the preset
+    names (e.g. the coverage of the frozen path), run on a copy of the task holding the candidate's parts.
+    Returns judge(path, parts) -> None, or why the candidate is not usable."""
+    names = [n for n in ctx.cfg.validation.preflight if n in type(ctx.task).preflight_stages]
+
+    def judge(path: Path, parts: dict) -> str | None:
+        task = copy.deepcopy(ctx.task)
+        task.load_state_dict({**task.state_dict(), **parts}, strict=True)
+        task.frozen_source = {"path": str(path), "allow_random": False}
+        for name in names:
+            try:
+                (result,) = run_stages([name], replace(ctx, task=task), type(task).preflight_stages)
+            except UserError as e:  # e.g. the coverage of untrained parts: bad input
+                return f"{name}: {e}"
+            if result.status == "fail":
+                return f"{name}: {result.details}"
+        return None
+    return judge
 
 
 # What train.py runs before training, by the names `validation.preflight` lists (in its order); a family

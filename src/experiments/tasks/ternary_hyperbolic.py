@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.data.ternary_ops import NUM_OPERATIONS, operation_index
-from experiments.errors import StageFailure, UserError
+from experiments.errors import UserError
 from experiments.metrics import hyperbolic as hm
 from experiments.metrics import hyperbolic_losses as hl
 from experiments.metrics.ternary import trits_from_logits
@@ -47,8 +47,8 @@ def frozen_coverage(ctx) -> StageResult:
         return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} of the run being resumed "
                            f"(its own last checkpoint; threshold applies to a run's source only)",
                            metrics={"coverage": coverage})
-    if coverage < threshold:
-        raise StageFailure(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
+    if coverage < threshold:  # the source given is not a trained one: bad input (exit 2)
+        raise UserError(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
                            f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
                            f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source")
     return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",

@@ -1,0 +1,245 @@
+"""What a program reads but did not compose itself is data, never code (docs/SECURITY.md).
+
+A checkpoint's stored config, a run directory's `run.yaml`, reports, sidecars and data files may have been
+written by anyone. Before anything is built from a stored config, `check_stored_config` proves that it
+can only build what the user's own config folders build:
+
+- every `_target_` must be one that a registered config folder places at the same key (`model`, `data`,
+  `task`, `trainer`, `checkpoint`, `logger`, `callbacks.<name>`, ...). The registered folders are the
+  ones the program was started with: the package's config tree and each `--config-dir` the user gives
+  (`registry`). Their YAML files are read as text; nothing named in the stored config is imported first;
+- no other Hydra instruction (`_args_`, `_partial_`, `_recursive_`, `_convert_`, any `_key_`) and no
+  `${...}` interpolation anywhere;
+- every other value a plain scalar, list or mapping, within bounds of size and depth.
+
+Anything else is refused with one line naming the key and why (the programs exit 2). The check does not
+rest on Hydra's own block list, which older versions do not have.
+
+Text files are read with a size bound (`read_text`).
+"""
+import importlib.resources
+import pickletools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from experiments.errors import UserError
+
+MAX_TEXT_BYTES = 16 << 20  # run.yaml, reports, sidecars, task files: far above any real one
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
+TARGET = "_target_"
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """A text file read whole only when it is at most `limit` bytes (UserError otherwise, or when it is not
+    UTF-8); OSError as for any read."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path} is larger than {limit:,} bytes: not a file this framework reads (a real one is "
+                        f"far smaller)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text")
+
+
+def shown(value, limit: int = 80) -> str:
+    """A value from an untrusted file, short enough for one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+# ---- which targets the user's config folders register ----
+@dataclass(frozen=True)
+class Registry:
+    """What the config folders a program was started with may build: {config key: targets placed there},
+    the experiment presets' names, and the folders (for messages)."""
+    targets: dict
+    experiments: frozenset
+    folders: tuple
+
+    def allowed(self, key: str) -> frozenset:
+        return self.targets.get(key, frozenset())
+
+
+def _package(header: str | None, group: str, stem: str) -> str:
+    """Where a config file's content lands in the composed config, as Hydra's `# @package` header says
+    (default: the file's group)."""
+    if header is None or header == "_group_":
+        return group.replace("/", ".")
+    parts = []
+    for part in header.split("."):
+        if part == "_global_":
+            continue
+        parts.append(group.replace("/", ".") if part == "_group_" else stem if part == "_name_" else part)
+    return ".".join(p for p in parts if p)
+
+
+def _targets_in(node, key: str, found: dict) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get(TARGET), str):
+            found.setdefault(key, set()).add(node[TARGET])
+        for k, v in node.items():
+            _targets_in(v, f"{key}.{k}" if key else str(k), found)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _targets_in(v, f"{key}.{i}", found)
+
+
+def _config_files(root, group: str = ""):
+    """(group, file) for every YAML file below a config folder (a Path or an importlib Traversable), but
+    Hydra's own `hydra/` group, which composes no run config."""
+    for item in sorted(root.iterdir(), key=lambda p: p.name):
+        if item.is_dir():
+            if not (group == "" and item.name == "hydra"):
+                yield from _config_files(item, f"{group}/{item.name}" if group else item.name)
+        elif item.name.endswith((".yaml", ".yml")):
+            yield group, item
+
+
+def _folder(source: str):
+    """A config search path entry (`file://DIR`, `pkg://package`, or a plain folder) as something to walk."""
+    if source.startswith("pkg://"):
+        return importlib.resources.files(source.removeprefix("pkg://").replace("/", "."))
+    return Path(source.removeprefix("file://"))
+
+
+def registry(sources: list[str]) -> Registry:
+    """The targets and experiment names that these config folders register (read as text, nothing imported)."""
+    from hydra.plugins.config_source import ConfigSource
+
+    targets, experiments = {}, set()
+    for source in sources:
+        root = _folder(source)
+        if not root.is_dir():
+            continue
+        for group, file in _config_files(root):
+            text = file.read_text()
+            stem = file.name.rsplit(".", 1)[0]
+            if group == "experiment":
+                experiments.add(stem)
+            try:
+                content = yaml.safe_load(text)
+                header = ConfigSource._get_header_dict(text).get("package")
+            except (yaml.YAMLError, ValueError):
+                continue  # Hydra refuses such a file when it is used; it registers nothing
+            if isinstance(content, dict):  # the defaults list composes other files; it is not config
+                content = {k: v for k, v in content.items() if k != "defaults"}
+            _targets_in(content, _package(header, group, stem), targets)
+    return Registry({k: frozenset(v) for k, v in targets.items()}, frozenset(experiments), tuple(sources))
+
+
+def program_registry(hydra_node=None) -> Registry:
+    """The registry of a Hydra program: its config search path (the package's config tree, each
+    `--config-dir`, `hydra.searchpath` entries), Hydra's own folder left out. `hydra_node`: a composed
+    config's `hydra` node (what a sweep's callbacks are given); by default the running job's."""
+    if hydra_node is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_node = HydraConfig.get()
+    sources = [f"{s.schema}://{s.path}" for s in hydra_node.runtime.config_sources
+               if s.provider != "hydra" and s.schema in ("file", "pkg")]
+    return registry(sources)
+
+
+def current_registry(extra: tuple[str, ...] = ()) -> Registry:
+    """The running Hydra program's registry; outside one (scripts), the package's config tree and `extra`
+    folders (a script's `--config-dir`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return program_registry()
+    from experiments.cli import CONF_DIR
+
+    return registry([str(CONF_DIR), *extra])
+
+
+# ---- a stored config, checked before anything is built from it ----
+def check_stored_config(config: dict, reg: Registry, where: str) -> None:
+    """Refuse (UserError, one line naming the key) a stored config that could run code or is not plain data."""
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: its config is a {type(config).__name__}, not a mapping")
+    count = 0
+
+    def refuse(key: str, why: str):
+        raise UserError(f"{where}: config {key} {why}; a stored config is data and may not name code to run "
+                        f"(docs/SECURITY.md)")
+
+    def walk(node, key: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
+            refuse(key or "(root)", f"is larger than any config this framework writes (over {MAX_CONFIG_VALUES:,} "
+                                   f"values or {MAX_CONFIG_DEPTH} levels)")
+        if isinstance(node, dict):
+            if TARGET in node:  # the outermost target first: it is what would be called
+                check_target(node[TARGET], key)
+            for k, v in node.items():
+                if not isinstance(k, str):
+                    refuse(f"{key}[{shown(k)}]", "has a key that is not a string")
+                child = f"{key}.{k}" if key else k
+                if k.startswith("_") and k != TARGET:
+                    refuse(child, f"is a Hydra instruction ({shown(k)})")
+                walk(v, child, depth + 1)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}", depth + 1)
+        elif isinstance(node, str):
+            if "${" in node:
+                refuse(key, f"holds an interpolation ({shown(node)})")
+        elif not (node is None or isinstance(node, (bool, int, float))):
+            refuse(key, f"holds a {type(node).__name__}, not a plain value")
+
+    def check_target(target, key: str) -> None:
+        if not isinstance(target, str):
+            refuse(f"{key}._target_", f"is a {type(target).__name__}, not a class name")
+        if not key:
+            refuse("_target_", "is at the top level, where no registered config places one")
+        allowed = reg.allowed(key)
+        if target not in allowed:
+            known = ", ".join(sorted(allowed)[:4]) or "none"
+            raise UserError(
+                f"{where}: config {key}._target_={shown(target)} is not a target that a registered config folder "
+                f"places at {key} (registered: {known}); a stored config is data and may not name code to run. A "
+                f"family of your own: give its config folder, as to train.py: --config-dir PATH (docs/SECURITY.md)")
+
+    walk(config, "", 0)
+
+
+def check_experiment_name(name, reg: Registry, where: str) -> str:
+    """A stored config's experiment, used to compose a config: one of the registered presets' names."""
+    if not isinstance(name, str) or name not in reg.experiments:
+        raise UserError(f"{where}: its config names experiment {shown(name)}, which no registered config folder "
+                        f"has (experiment/<name>.yaml); give its config folder with --config-dir")
+    return name
+
+
+# ---- pickles: what object a refused file holds, found without unpickling ----
+def pickled_globals(data: bytes, limit: int = 8) -> list[str]:
+    """The names of the callables a pickle would import (GLOBAL, STACK_GLOBAL), read from its opcodes
+    (pickletools parses, it never executes); torch's own tensor machinery left out."""
+    names, pushed, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                names.append(f"{pushed[-2]}.{pushed[-1]}")
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                pushed.append(arg)
+            elif op.name == "MEMOIZE" and pushed:
+                memo[len(memo)] = pushed[-1]
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and pushed:
+                memo[arg] = pushed[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed.append(memo.get(arg, "?"))
+            if len(names) > 10_000:
+                break
+    except Exception:  # a torn pickle: the names found so far are what there is
+        pass
+    safe = ("torch.", "collections.OrderedDict", "_codecs.encode")
+    found = [n for n in dict.fromkeys(names) if not n.startswith(safe)]
+    return found[:limit]
