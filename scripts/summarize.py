@@ -27,7 +27,13 @@ def main() -> int:
     from experiments.sweep import write_summary
     from experiments.untrusted import current_registry
 
-    summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)))
+    from experiments.errors import UserError
+
+    try:
+        summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(summary["text"])
     return 0 if all(r["status"] == "finished" for r in summary["rows"]) else 1
 

@@ -48,9 +48,15 @@ def main() -> int:
         print(f"error: {path} is not a hyperbolic Ternary run (v5.11 and later): it has no frozen parts; "
               f"experiment {config.get('experiment')!r}", file=sys.stderr)
         return 2
-    task = instantiate(config["task"], model=instantiate(config["model"]))
-    task.load_state_dict(ckpt["state_dict"], strict=True)
-    datamodule = instantiate(config["data"], seed=config["seed"])
+    try:
+        task = instantiate(config["task"], model=instantiate(config["model"]))
+        if not hasattr(task, "radii_by_level"):
+            raise TypeError(f"its task {type(task).__name__} is not a hyperbolic Ternary task")
+        task.load_state_dict(ckpt["state_dict"], strict=True)
+        datamodule = instantiate(config["data"], seed=config["seed"])
+    except Exception as e:  # a checkpoint of another family, or one that does not fit its own config
+        print(f"error: {path} cannot be drawn: {type(e).__name__}: {' '.join(str(e).split())[:300]}", file=sys.stderr)
+        return 2
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     positions = list(range(LEVELS))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, one_error_line, run_program, run_train
-from experiments.checkpoint.io import check_archive, save_checkpoint, sha256_file
+from experiments.checkpoint.io import check_archive, load_checkpoint, save_checkpoint, sha256_file
 from experiments.errors import UserError
 from experiments.untrusted import check_stored_config, pickled_globals, registry
 
@@ -192,16 +192,141 @@ def test_a_pickle_is_named_without_being_run(tmp_path, protocol):
     assert not marker.exists()
 
 
+def stored_zip(path, entries: dict) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+
+
 def test_an_archive_that_inflates_beyond_its_bound_is_refused_before_inflating(tmp_path):
-    bomb = tmp_path / "bomb.ckpt"
-    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    deflated = tmp_path / "deflated.ckpt"
+    with zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("archive/data/0", b"\0" * (8 << 20))  # 8 MiB of zeros deflate to a few KiB
         z.writestr("archive/data.pkl", pickle.dumps({}))
-    bound = r"declares 8,388,\d+ bytes inside a [\d,]+-byte file \(more than max_inflation=10 "
+    with pytest.raises(UserError, match="not laid out as torch writes a checkpoint"):  # torch never compresses
+        check_archive(deflated)
+    lying = tmp_path / "lying.ckpt"  # stored, but its central directory declares 100 MB
+    stored_zip(lying, {"archive/data.pkl": pickle.dumps({}), "archive/data/0": b"x" * 100})
+    data = bytearray(lying.read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the last entry's central header: its uncompressed size at +24
+    data[central + 24:central + 28] = (100_000_000).to_bytes(4, "little")
+    lying.write_bytes(bytes(data))
+    bound = r"declares 100,000,\d+ bytes inside a [\d,]+-byte file \(more than max_inflation=10 "
     with pytest.raises(UserError, match=bound):
-        check_archive(bomb)
-    check_archive(bomb, max_inflation=10_000)  # the setting raises the bound for a file one trusts
+        check_archive(lying)
     torn = tmp_path / "torn.ckpt"
-    torn.write_bytes(bomb.read_bytes()[:100])
+    torn.write_bytes(deflated.read_bytes()[:100])
     with pytest.raises(UserError, match="not a readable checkpoint"):
         check_archive(torn)
+
+
+def two_readings(path, honest: bytes, hidden: bytes) -> None:
+    """One file, two archives: Python's zipfile finds `honest` (through the plain end record), a reader that
+    follows the zip64 locator (torch's) finds `hidden`. What a bound checked with zipfile alone would miss."""
+    import struct
+
+    def central(archive):
+        n, size, offset = struct.unpack("<HII", archive[-12:-2])
+        entries, p = [], offset
+        for _ in range(n):
+            names, extra, comment = struct.unpack("<HHH", archive[p + 28:p + 34])
+            entries.append(bytearray(archive[p:p + 46 + names + extra + comment]))
+            p += len(entries[-1])
+        return archive[:offset], entries
+
+    def moved(entries, by):
+        for e in entries:
+            e[42:46] = struct.pack("<I", struct.unpack("<I", e[42:46])[0] + by)
+        return b"".join(bytes(e) for e in entries)
+
+    (h_local, h_entries), (x_local, x_entries) = central(honest), central(hidden)
+    out = bytearray(b"PK\x03\x04" + bytes(36)) + h_local
+    x_at = len(out)
+    out += x_local
+    x_cd_at = len(out)
+    x_cd = moved(x_entries, x_at)
+    out += x_cd
+    z64_at = len(out)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, len(x_entries), len(x_entries), len(x_cd), x_cd_at)
+    last = h_entries[-1]
+    last[32:34] = struct.pack("<H", struct.unpack("<H", last[32:34])[0] + 20)  # the locator hides in its comment
+    h_cd_at = len(out)
+    h_cd = moved(h_entries, 0)
+    out += h_cd + struct.pack("<IIQI", 0x07064B50, 0, z64_at, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(h_entries), len(h_entries), len(h_cd) + 20, h_cd_at - 40, 0)
+    path.write_bytes(bytes(out))
+
+
+def test_a_file_that_reads_as_two_archives_is_refused(tmp_path):
+    import io
+
+    small = io.BytesIO()
+    torch.save({"config": {}, "epoch": 0, "state_dict": {}}, small)
+    hidden = io.BytesIO()
+    with zipfile.ZipFile(hidden, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in zipfile.ZipFile(io.BytesIO(small.getvalue())).infolist():
+            data = zipfile.ZipFile(io.BytesIO(small.getvalue())).read(info)
+            if info.filename.endswith("data.pkl"):
+                data = pickle.dumps({"config": {}, "epoch": 0, "state_dict": {}, "x": "A" * 4_000_000}, protocol=2)
+            z.writestr(info.filename, data)
+    polyglot = tmp_path / "two.ckpt"
+    two_readings(polyglot, small.getvalue(), hidden.getvalue())
+    assert [i.filename for i in zipfile.ZipFile(polyglot).infolist()], "zipfile reads the honest archive"
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(polyglot)
+
+
+def test_a_stored_best_entry_cannot_name_a_file_to_delete(tmp_path):
+    """The policy deletes an evicted best checkpoint: from a checkpoint's state only its own file names."""
+    from experiments.checkpoint.policy import CheckpointPolicy
+
+    policy = CheckpointPolicy(dirpath=str(tmp_path / "checkpoints"), save_top_k=1, monitor="m")
+    victim = tmp_path / "victim"
+    policy.load_state_dict({"best": [
+        {"score": 1e30, "epoch": 0, "path": str(victim)}, {"score": 1.0, "epoch": 1, "path": "../x.ckpt"},
+        {"score": float("nan"), "epoch": 2, "path": "best-epoch=0003.ckpt"}, "junk",
+        {"score": 0.5, "epoch": 3, "path": "best-epoch=0004.ckpt"}]})
+    assert policy.best == [{"score": 0.5, "epoch": 3, "path": "best-epoch=0004.ckpt"}]
+
+
+def test_a_poisoned_candidate_is_passed_over_not_fatal(tmp_path):
+    from experiments.checkpoint.frozen import _recheck
+
+    ckpt = {"config": {"experiment": "a"}, "epoch": 0, "global_step": 1, "state_dict": {"model.p.w": 3}}
+    path = tmp_path / "poisoned.ckpt"
+    save_checkpoint(ckpt, path)
+    assert _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None) == (
+        None, "its state_dict is not a mapping of tensors")
+    (tmp_path / "poisoned.ckpt.sha256").write_bytes(b"\xff\xfe")
+    found, why = _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None)
+    assert found is None and "sidecar" in why
+
+
+def test_a_sweep_directory_of_junk_is_summarised_without_a_crash(tmp_path):
+    from experiments.sweep import write_summary
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "plan.json").write_text("[1]")
+    for i, record in enumerate([{"num": 0, "run_dir": 5, "error": 5, "status": "finished"}, [1], {"num": "x"}]):
+        (tmp_path / "jobs" / f"{i:04d}.json").write_text(json.dumps(record))
+    (tmp_path / "jobs" / "0003.json").write_bytes(b"\xff")
+    summary = write_summary(tmp_path, registry([PACKAGE_CONF]))
+    assert [(r["job"], r["status"], r["run_dir"], r["error"]) for r in summary["rows"]] == [(0, "incomplete", None, "")]
+
+
+def test_data_files_that_lie_about_their_size_or_nest_too_deep_are_one_line(tmp_path):
+    import numpy as np
+
+    from experiments.data.arc import read_task
+    from experiments.data.video import load_folder
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_task(tmp_path / "deep.json")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 100000, 100000, 100000), }"
+    header += " " * (63 - (len(header) + 10) % 64) + "\n"
+    (clips / "huge.npy").write_bytes(np.lib.format.magic(1, 0) + len(header).to_bytes(2, "little") + header.encode())
+    with pytest.raises(ValueError, match=r"huge.npy: its header claims a float32 array of shape \(3, 100000"):
+        load_folder(clips)

@@ -119,6 +119,8 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     node = data_config(run_config, data_args, registry, str(checkpoint))
     datamodule = ctx.datamodule(node)
     folder = output_folder(cfg, checkpoint, data_args)
+    if not cfg.out:
+        rd.refuse_links_out(folder, rd.run_of(checkpoint))
     rd.remove_stale_temporaries(folder)  # of eval.py runs killed while writing here (a running one's are kept)
     epoch = ctx.ckpts[checkpoint]["epoch"]
     described = getattr(datamodule, "describe", lambda: "")()

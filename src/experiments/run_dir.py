@@ -79,6 +79,15 @@ def verification_report(checkpoint: Path) -> Path:
     return checkpoint.parent / VERIFICATION / f"{checkpoint.stem}.json"
 
 
+def refuse_links_out(folder: Path, root: Path) -> None:
+    """A folder a program writes into, below a run directory it did not make (verify.py's reports,
+    eval.py's results): refused when a link takes it outside that run directory."""
+    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path(root))
+    if not existing.resolve().is_relative_to(Path(root).resolve()):
+        raise UserError(f"{existing} leads outside {root} (a link): refusing to write there; remove the link, or "
+                        f"give the output path yourself")
+
+
 def is_superseded(path: Path) -> bool:
     return SUPERSEDED in Path(path).parts
 

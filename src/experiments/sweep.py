@@ -173,7 +173,7 @@ def recorded_exit_codes() -> list[int]:
     directory = current_directory()
     if directory is None:
         return []
-    records = [json.loads(read_text(p)) for p in sorted((directory / "jobs").glob("*.json"))]
+    records = [r for r in map(read_record, sorted((directory / "jobs").glob("*.json"))) if r]
     return [0 if r.get("status") == "finished" else (r.get("exit_code") or 1) for r in records]
 
 
@@ -205,8 +205,11 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
         ckpt = load_checkpoint(last)
     except UserError:
         return None, {}
-    history = ckpt.get("history") or []
-    return (history[-1] if history else None), dict(ckpt.get("run", {}), config=ckpt.get("config", {}))
+    history, run, config = ckpt.get("history"), ckpt.get("run"), ckpt.get("config")
+    final = history[-1] if isinstance(history, list) and history else None
+    if not (isinstance(final, dict) and type(final.get("epoch")) is int):  # not a history this framework writes
+        final = None
+    return final, dict(run if isinstance(run, dict) else {}, config=config if isinstance(config, dict) else {})
 
 
 def _task_class(task_target, registry):
@@ -230,23 +233,47 @@ def _judged(cls) -> list[str]:
     return list(dict.fromkeys(k for k in keys if k))
 
 
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def read_plan(directory: Path) -> dict:
-    """plan.json of a grid sweep ({} for sweeps decided as they go, e.g. Optuna)."""
+    """plan.json of a grid sweep ({} for sweeps decided as they go, e.g. Optuna, and for a file that is not
+    a plan: a sweep's files are data, read with bounds and checked field by field)."""
     path = Path(directory) / "plan.json"
-    return json.loads(read_text(path)) if path.exists() else {}
+    try:
+        plan = json.loads(read_text(path)) if path.exists() else {}
+    except (OSError, ValueError, UserError):
+        return {}
+    if not isinstance(plan, dict):
+        return {}
+    return {"jobs": [j for j in plan.get("jobs") or [] if _strings(j)] if isinstance(plan.get("jobs"), list) else [],
+            "group_exclude": plan["group_exclude"] if _strings(plan.get("group_exclude")) else ["seed"],
+            "chain": plan["chain"] if _strings(plan.get("chain")) else None}
+
+
+RECORD_FIELDS = {"num": int, "overrides": list, "experiment": str, "run_dir": str, "status": str, "error": str,
+                 "group": str, "exit_code": int}
+
+
+def read_record(path: Path) -> dict | None:
+    """A job's record, its fields of the expected types only (None when it is not a record)."""
+    try:
+        raw = json.loads(read_text(path))
+    except (OSError, ValueError, UserError):
+        return None
+    if not isinstance(raw, dict) or type(raw.get("num")) is not int:
+        return None
+    record = {k: v for k, v in raw.items() if k in RECORD_FIELDS and isinstance(v, RECORD_FIELDS[k])}
+    if "overrides" in record and not _strings(record["overrides"]):
+        del record["overrides"]
+    return record
 
 
 def collect(directory: Path, registry) -> list[dict]:
     """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics."""
     directory = Path(directory)
-    records = {}
-    for p in sorted((directory / "jobs").glob("*.json")):
-        try:
-            r = json.loads(read_text(p))
-        except (OSError, ValueError, UserError):
-            continue
-        if isinstance(r, dict) and isinstance(r.get("num"), int):  # anything else is no record of ours
-            records[r["num"]] = r
+    records = {r["num"]: r for r in map(read_record, sorted((directory / "jobs").glob("*.json"))) if r}
     plan_data = read_plan(directory)
     planned, exclude = plan_data.get("jobs", []), set(plan_data.get("group_exclude", ["seed"]))
     rows = []

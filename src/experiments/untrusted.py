@@ -96,7 +96,7 @@ def _config_files(root, group: str = ""):
         if item.is_dir():
             if not (group == "" and item.name == "hydra"):
                 yield from _config_files(item, f"{group}/{item.name}" if group else item.name)
-        elif item.name.endswith((".yaml", ".yml")):
+        elif item.name.endswith(".yaml"):  # the only config files Hydra composes
             yield group, item
 
 
@@ -119,8 +119,8 @@ def registry(sources: list[str]) -> Registry:
         for group, file in _config_files(root):
             text = file.read_text()
             stem = file.name.rsplit(".", 1)[0]
-            if group == "experiment":
-                experiments.add(stem)
+            if group == "experiment" or group.startswith("experiment/"):  # experiment=sub/name for nested presets
+                experiments.add(f"{group.removeprefix('experiment').strip('/')}/{stem}".lstrip("/"))
             try:
                 content = yaml.safe_load(text)
                 header = ConfigSource._get_header_dict(text).get("package")

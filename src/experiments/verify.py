@@ -203,7 +203,8 @@ def fuller_stages(path: Path, rep: dict) -> set:
         old = json.loads(read_text(path))
         if old["checkpoint"]["sha256"] != rep["checkpoint"]["sha256"]:
             return set()
-        return {s["name"] for s in old["stages"]} - {s["name"] for s in rep["stages"]}
+        known = {s["name"] for s in old["stages"]} & set(CHECKPOINT_STAGES)  # a report is data: only real stages
+        return known - {s["name"] for s in rep["stages"]}
     except (OSError, ValueError, UserError, KeyError, TypeError):  # none, or unreadable: nothing to keep
         return set()
 
@@ -232,6 +233,8 @@ def verify(cfg) -> Outcome:
     rep = report(ctx, results, time.perf_counter() - t0)
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
+    if not cfg.report:
+        rd.refuse_links_out(out.parent, ctx.primary.parent)
     kept = set() if cfg.report else fuller_stages(out, rep)
     if kept:  # a partial verify never replaces a fuller report of the same file
         print(f"kept {out}: it reports stages this run did not ({', '.join(sorted(kept))})", flush=True)

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from experiments import run_dir as rd
@@ -152,6 +153,27 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _recheck(path: Path, compatible: list[str], variant: str, own: dict, parts, judge) -> tuple[dict | None, str | None]:
+    """(the checkpoint, None) when a candidate of `auto` is usable now, else (None, why): it opens safely and
+    matches its sidecar, is compatible, its frozen parts are tensors that fit, and `judge` finds nothing."""
+    ckpt, why = read_intact(path)
+    try:
+        if ckpt is None:
+            raise SourceRefused(why)
+        read_source(path, compatible, variant)
+        state = ckpt["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise SourceRefused("its state_dict is not a mapping of tensors")
+        source = source_parts(state, parts)
+        check_fit(source, own, path)
+        why = judge(path, source)
+    except SourceRefused as e:
+        why = str(e)
+    except Exception as e:  # a file is data: whatever it holds, it is passed over, never the run's end
+        why = f"could not be checked ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    return (None, why) if why else (ckpt, None)
+
+
 def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, parts,
                  judge=lambda path, state: None) -> tuple[Path, dict, str]:
     """The newest fully verified compatible checkpoint whose frozen parts, checked again here, are usable:
@@ -161,16 +183,7 @@ def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, 
     candidates = find_candidates(outputs, compatible)
     passed_over = [f"{c.path} ({c.why_not})" for c in candidates if not c.verified]
     for c in (c for c in candidates if c.verified):
-        ckpt, why = read_intact(c.path)
-        try:
-            if ckpt is None:
-                raise SourceRefused(why)
-            read_source(c.path, compatible, variant)
-            source = source_parts(ckpt["state_dict"], parts)
-            check_fit(source, own, c.path)
-            why = judge(c.path, source)
-        except SourceRefused as e:
-            why = str(e)
+        ckpt, why = _recheck(c.path, compatible, variant, own, parts, judge)
         if why:
             passed_over.append(f"{c.path} ({_short(why)})")
             continue

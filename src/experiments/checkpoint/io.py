@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 import socket
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -156,9 +157,17 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 
 
 def recorded_sha256(path: Path) -> str | None:
-    """The sha256 written beside a file when it was saved (its sidecar), or None without one."""
+    """The sha256 written beside a file when it was saved (its sidecar), or None without one (or with one
+    that is not a sidecar: too large, not text)."""
     side = sidecar(path)
-    words = side.read_text().split() if side.is_file() else []
+    if not side.is_file():
+        return None
+    with open(side, "rb") as f:
+        data = f.read(4097)
+    try:
+        words = data.decode("ascii").split() if len(data) <= 4096 else []
+    except UnicodeDecodeError:
+        return None
     return words[0] if words else None
 
 
@@ -170,6 +179,9 @@ def read_intact(path: Path) -> tuple[dict | None, str | None]:
         ckpt = load_checkpoint(path)
     except UserError as e:
         return None, str(e).removeprefix(f"{path} ")
+    missing = [k for k in ("epoch", "global_step", "state_dict") if k not in ckpt]
+    if missing:
+        return None, f"lacks {', '.join(missing)}: not a checkpoint of this framework"
     recorded = recorded_sha256(path)
     if recorded is None:
         return None, "no .sha256 sidecar (its write was interrupted)"
@@ -195,14 +207,18 @@ def check_archive(path: Path, max_inflation: float | None = None) -> bytes:
     its own size). Returns the archive's pickle (`data.pkl`), to name what it holds should torch refuse it."""
     limit = (max_inflation or MAX_INFLATION) * max(path.stat().st_size, 1)
     try:
+        one_reading(path)
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
             if len(entries) > MAX_ENTRIES:
                 raise UserError(f"{path} holds {len(entries):,} archive entries; a checkpoint holds a few")
+            if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or min(e.header_offset for e in entries) != 0:
+                raise UserError(f"{path} is not laid out as torch writes a checkpoint (compressed entries, or data "
+                                f"before the first): refusing to inflate it")
             declared = sum(e.file_size for e in entries)
             pickles = [e for e in entries if e.filename.endswith("data.pkl")]
             data = archive.read(pickles[0]) if pickles and declared <= limit else b""
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, struct.error):
         with path.open("rb") as f:
             head = f.read(MAX_PICKLE_SCAN)
         if head[:1] == b"\x80":  # a bare pickle (protocol 2 and later), not a torch archive
@@ -216,6 +232,24 @@ def check_archive(path: Path, max_inflation: float | None = None) -> bytes:
 
 
 MAX_PICKLE_SCAN = 64 << 20
+EOCD, ZIP64_LOCATOR, ZIP64_EOCD = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
+
+
+def one_reading(path: Path) -> None:
+    """Python's zipfile and torch's reader find the central directory through the end records in different
+    ways; a file crafted so that they find different ones could pass the size check and then inflate what
+    torch reads. torch writes one layout: the end record last (no comment), preceded by a zip64 locator that
+    points at the zip64 end record just before it. Anything else is refused (ValueError: unreadable)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - 98))
+        tail = f.read()
+    if size < 98 or tail[-22:-18] != EOCD or struct.unpack("<H", tail[-2:])[0] != 0:
+        raise ValueError("no end record where torch writes it")
+    if tail[-42:-38] == ZIP64_LOCATOR:
+        (offset,) = struct.unpack("<Q", tail[-34:-26])
+        if offset != size - 98 or tail[:4] != ZIP64_EOCD or struct.unpack("<Q", tail[4:12])[0] != 44:
+            raise ValueError("a zip64 locator that points elsewhere")
 
 
 def refuse_pickle(path: Path, data: bytes):

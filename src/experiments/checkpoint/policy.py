@@ -8,7 +8,9 @@ Besides Lightning's own keys, each checkpoint holds only plain values and tensor
 `config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
 (name, version, git commit, library versions) and `run` (finished / preempted flags).
 """
+import math
 import random
+import re
 import time
 from pathlib import Path
 from weakref import proxy
@@ -102,7 +104,17 @@ class CheckpointPolicy(Checkpoint):
         return {"best": [dict(b) for b in self.best]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = [dict(b) for b in state.get("best", [])]
+        """The kept best checkpoints, as saved. A checkpoint is data: an entry that is not one of this
+        policy's own files (`best-epoch=NNNN.ckpt` in its folder, a finite score, an epoch) is dropped, since
+        an evicted entry's file is deleted."""
+        self.best = [dict(b) for b in state.get("best", []) if self._own_best(b)]
+
+    @staticmethod
+    def _own_best(entry) -> bool:
+        return (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+                and re.fullmatch(r"best-epoch=\d{4,}\.ckpt", entry["path"]) is not None
+                and isinstance(entry.get("epoch"), int) and isinstance(entry.get("score"), (int, float))
+                and math.isfinite(entry["score"]))
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["config"] = self.config

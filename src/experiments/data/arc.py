@@ -64,6 +64,8 @@ def read_task(path: Path) -> TaskFile:
                          for i, p in enumerate(ps)] for split, ps in splits.items()}
     except UserError as e:  # too large, not UTF-8
         raise ValueError(str(e))
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be an ARC task")
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
                          f"{type(e).__name__} {e}")

@@ -38,14 +38,32 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
     return clip
 
 
+def read_clip(path: Path) -> np.ndarray:
+    """A .npy file, read only when its header's shape fits the file's size (a file is data: a header can
+    claim any shape), never unpickled."""
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a .npy array ({e})")
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > Path(path).stat().st_size:
+            raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
+        raise ValueError(f"{path}: {' '.join(str(e).split())}")
+
+
 def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
     files = sorted(f for f in Path(folder).glob("*.npy") if f.is_file())
     if not files:
         raise ValueError(f"no .npy clips in {folder}")
     clips = []
     for f in files:
-        a = np.load(f, allow_pickle=False)
-        if a.ndim != 4 or a.shape[0] not in (1, 3):
+        a = read_clip(f)
+        if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
             raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
         if a.dtype == np.uint8:
             a = a.astype(np.float32) / 255.0

@@ -201,6 +201,8 @@ def resume_exact(ctx) -> StageResult:
     # of the epoch; a schedule reading max_epochs would need this stage to stop by other means.
     cfg.trainer.max_epochs = target["epoch"] + 1
     cfg.trainer.enable_progress_bar = False
+    # one CPU process, whatever the stored config says (it could ask for devices, nodes or a launcher)
+    cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy = "cpu", 1, 1, "auto"
     cfg.logger = None
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         datamodule, model, task = build(cfg)
