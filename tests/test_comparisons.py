@@ -151,7 +151,7 @@ def test_verify_reports_test_nll_beside_the_untrained_control(arc_sweep, tmp_pat
 def test_nll_bits_by_hand():
     import torch
 
-    from experiments.metrics.arc import nll_bits
+    from experiments.families.arc.metrics import nll_bits
 
     probs = torch.tensor([0.5, 0.25, 0.25])
     logits = probs.log().expand(2, 3, 3).clone()

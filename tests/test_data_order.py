@@ -1,8 +1,8 @@
 """The data order is a pure function of (seed, epoch), it reaches the sampler, and resumes mid-epoch."""
 import torch
 
-from experiments.data.epoch_sampler import EpochBatchSampler
-from experiments.data.ternary_ops import TernaryOpsDataModule
+from experiments.epoch_sampler import EpochBatchSampler
+from experiments.families.ternary.data import TernaryOpsDataModule
 
 
 def test_order_is_a_function_of_seed_and_epoch():
@@ -33,8 +33,8 @@ def test_mid_epoch_resume_skips_done_batches_only_in_that_epoch():
 def test_the_epoch_reaches_the_sampler_in_a_real_fit(tmp_path):
     import lightning as L
 
-    from experiments.models.ternary_vae_v5_5 import DualVAE
-    from experiments.tasks.ternary import TernaryVAETask
+    from experiments.families.ternary.vae_v5_5 import DualVAE
+    from experiments.families.ternary.task import TernaryVAETask
 
     dm = TernaryOpsDataModule(batch_size=4096, seed=0)
     task = TernaryVAETask(DualVAE(), coverage_samples=100)
@@ -46,7 +46,7 @@ def test_the_epoch_reaches_the_sampler_in_a_real_fit(tmp_path):
 
 
 def test_bucketed_order_is_a_permutation_of_every_example_in_every_epoch():
-    from experiments.data.arc import ArcDataModule, tokens_of
+    from experiments.families.arc.data import ArcDataModule, tokens_of
 
     dm = ArcDataModule(format="champion", max_tasks=60, max_side=10, batch_size=4, bucket_window=4)
     n = len(dm.train_examples)

@@ -8,14 +8,14 @@ import time
 
 import torch
 
-from conftest import FAST, env, run_train, train_cmd
+from conftest import SINE, env, run_train, train_cmd
 
-DDP = ["experiment=ternary_v5_5", "trainer=ddp", *FAST, "trainer.max_epochs=3"]
-STEPS_PER_EPOCH = 39  # 77 batches of 256 over 19,683 operations, split over 2 processes (the last wraps round)
+DDP = ["trainer=ddp", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
+STEPS_PER_EPOCH = 128  # 256 batches of 64, split over 2 processes
 
 
 def ckpt_dir(root):
-    (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    (run,) = (root / "outputs" / "sine").iterdir()
     return run / "checkpoints"
 
 
@@ -57,24 +57,37 @@ def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
 def test_ddp_jobs_of_a_sweep_land_in_their_own_run_directories(tmp_path):
     """Lightning restarts the command line for each extra process: in a multirun that would rerun the
     whole sweep elsewhere; each job's processes must share the job's single-run directory instead."""
-    r = run_train("-m", "experiment=ternary_v5_5", "trainer=ddp", "seed=0,1", *FAST, "trainer.max_epochs=1",
+    r = run_train("-m", "trainer=ddp", "seed=0,1", *SINE, "trainer.max_epochs=1",
                   cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    runs = sorted(p.name for p in (tmp_path / "outputs" / "ternary_v5_5").iterdir())
+    runs = sorted(p.name for p in (tmp_path / "outputs" / "sine").iterdir())
     assert len(runs) == 2 and [("seed=0" in n, "seed=1" in n) for n in runs] == [(True, False), (False, True)]
     for name in runs:
-        last = torch.load(tmp_path / "outputs" / "ternary_v5_5" / name / "checkpoints" / "last.ckpt", weights_only=True)
-        assert last["global_step"] == STEPS_PER_EPOCH and last["run"]["finished"]
+        last = torch.load(tmp_path / "outputs" / "sine" / name / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == 16 and last["run"]["finished"]  # 32 batches of 64, over 2 processes
     assert "2 of 2 jobs finished" in r.stdout
 
 
+STOPPING = """
+from experiments.family import RunStopped
+from lightning.pytorch.callbacks import Callback
+
+
+class StopAfterAnEpoch(Callback):
+    \"\"\"A guard that cannot be met: it stops every process of the run after the first epoch.\"\"\"
+
+    def on_validation_end(self, trainer, pl_module):
+        raise RunStopped("the guard stopped the run at epoch 1")
+"""
+
+
 def test_a_ddp_job_that_fails_does_not_take_the_sweep_down(tmp_path):
-    """Both processes of each job stop the same way (a coverage guard that cannot be met). Lightning's
-    watcher in rank 0 kills it when an extra process exits non-zero: the sweep must still run every job
-    and report each failure."""
-    guard = "callbacks={guard: {_target_: experiments.homeostasis.CoverageGuard, threshold: 1.01, stop: true}}"
-    r = run_train("-m", "experiment=ternary_v5_5", "trainer=ddp", "seed=0,1,2", guard, *FAST, "trainer.max_epochs=2",
-                  cwd=tmp_path, timeout=600)
+    """Both processes of each job stop the same way (a callback stops the run). Lightning's watcher in rank 0
+    kills it when an extra process exits non-zero: the sweep must still run every job and report each failure."""
+    (tmp_path / "stopping.py").write_text(STOPPING)
+    guard = "callbacks={guard: {_target_: stopping.StopAfterAnEpoch}}"
+    r = run_train("-m", "trainer=ddp", "seed=0,1,2", guard, *SINE, "trainer.max_epochs=2", cwd=tmp_path,
+                  timeout=600, extra_env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("Training ternary_v5_5") == 3 and "0 of 3 jobs finished" in r.stdout
-    assert r.stdout.count("error: coverage/recon_a fell to") == 3  # one report per job, from rank 0
+    assert r.stdout.count("Training sine") == 3 and "0 of 3 jobs finished" in r.stdout
+    assert r.stdout.count("error: the guard stopped the run at epoch 1") == 3  # one report per job, from rank 0

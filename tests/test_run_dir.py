@@ -1,13 +1,13 @@
 """Run identity: the same command finds the same directory; it resumes, reports completion, or refuses."""
 import torch
 
-from conftest import FAST, run_train
+from conftest import SINE, run_name, run_train
 
-ARGS = [*FAST, "trainer.max_epochs=2"]
+ARGS = [*SINE, "trainer.max_epochs=2"]
 
 
 def run_dir(root):
-    dirs = list((root / "outputs" / "ternary_v5_5").iterdir())
+    dirs = list((root / "outputs" / "sine").iterdir())
     assert len(dirs) == 1, dirs
     return dirs[0]
 
@@ -16,11 +16,11 @@ def test_two_epochs_then_same_command_trains_nothing(workdir):
     first = run_train(*ARGS, cwd=workdir)
     assert first.returncode == 0, first.stdout + first.stderr
     rd = run_dir(workdir)
-    assert rd.name == "data.batch_size=256,task.coverage_samples=2000,trainer.max_epochs=2"
+    assert rd.name == run_name(ARGS) == "trainer.max_epochs=2"
     ckpts = sorted(p.name for p in (rd / "checkpoints").glob("*.ckpt"))
     assert ckpts == ["best-epoch=0002.ckpt", "epoch=0002.ckpt", "last.ckpt"]
     ckpt = torch.load(rd / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["config"]["trainer"]["max_epochs"] == 2 and ckpt["config"]["experiment"] == "ternary_v5_5"
+    assert ckpt["config"]["trainer"]["max_epochs"] == 2 and ckpt["config"]["experiment"] == "sine"
     assert [row["epoch"] for row in ckpt["history"]] == [0, 1]
     mtimes = {p: p.stat().st_mtime_ns for p in (rd / "checkpoints").iterdir()}
 
@@ -31,7 +31,7 @@ def test_two_epochs_then_same_command_trains_nothing(workdir):
     assert {p: p.stat().st_mtime_ns for p in (rd / "checkpoints").iterdir()} == mtimes
 
     # Keys outside the run's identity (logger, outputs root) find the same run.
-    same = run_train(*ARGS[1:], "logger=csv", cwd=workdir)
+    same = run_train(*[a for a in ARGS if not a.startswith("logger=")], "logger=csv", cwd=workdir)
     assert same.returncode == 0 and "Run already complete" in same.stdout
 
 
@@ -41,12 +41,12 @@ def test_changed_config_is_refused_with_the_difference(workdir):
     # Same directory, different result-defining config: edit what the run stored, as a changed
     # preset file would look.
     stored = (rd / "run.yaml").read_text()
-    (rd / "run.yaml").write_text(stored.replace("lr: 0.001", "lr: 0.01"))
+    (rd / "run.yaml").write_text(stored.replace("lr: 0.003", "lr: 0.01"))
     files = lambda: {p: p.stat().st_mtime_ns for p in rd.rglob("*") if p.name != ".lock"}  # noqa: E731
     before = files()  # (.lock: every start takes the lock and writes its PID there before deciding)
     r = run_train(*ARGS, cwd=workdir)
     assert r.returncode == 2
-    assert "task.lr: 0.01 -> 0.001" in r.stderr and "resume=never" in r.stderr
+    assert "task.lr: 0.01 -> 0.003" in r.stderr and "resume=never" in r.stderr
     assert files() == before, "a refused run must change nothing"
 
     fresh = run_train(*ARGS, "resume=never", cwd=workdir)

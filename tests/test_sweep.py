@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST, ROOT, env, run_train, start_train
+from conftest import FAST, ROOT, SINE, SINE_CONF, env, run_train, start_train
 from experiments.sweep import mean_std
 
-SWEEP = ["-m", "experiment=ternary_v5_5", "seed=0,1", "task.lr=0.001,0.002", *FAST, "trainer.max_epochs=3"]
+SWEEP = ["-m", "seed=0,1", "task.lr=0.001,0.002", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
 
 
 def sweep_dir(cwd: Path) -> Path:
@@ -27,7 +27,8 @@ def sweep_dir(cwd: Path) -> Path:
 
 
 def summarize(directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(directory)], env=env(),
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(directory), "--config-dir",
+                           str(SINE_CONF)], env=env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -64,7 +65,7 @@ def test_killed_sweep_resumes_skips_finished_jobs_and_summarises_all(workdir):
     assert r.stdout.count("Run already complete") == 1  # job 0: not retrained
     assert sha(first) == before
     assert len(re.findall(r"^Resuming .* \(epoch [12] done\)", r.stdout, re.M)) == 1  # job 1 from its checkpoint
-    assert r.stdout.count("Training ternary_v5_5") == 2  # jobs 2 and 3, once each
+    assert r.stdout.count("Training sine") == 2  # jobs 2 and 3, once each
 
     rows = list(csv.DictReader(open(directory / "summary.csv")))
     assert [row["status"] for row in rows] == ["finished"] * 4
@@ -78,7 +79,7 @@ def test_killed_sweep_resumes_skips_finished_jobs_and_summarises_all(workdir):
             if key in final and key not in ("epoch", "global_step"):
                 assert float(value) == final[key], (row["job"], key)
     # the per-group mean +- std in the Markdown table: seeds 0 and 1 of lr 0.001 are jobs 0 and 2
-    m, s = mean_std([finals["0"]["val/ce"], finals["2"]["val/ce"]])
+    m, s = mean_std([finals["0"]["val/r2"], finals["2"]["val/r2"]])
     md = (directory / "summary.md").read_text()
     assert f"{m:.4g} +- {s:.4g}" in md and "4 of 4 jobs finished" in md
     assert (directory / "summary.png").read_bytes()[:4] == b"\x89PNG"
@@ -87,10 +88,10 @@ def test_killed_sweep_resumes_skips_finished_jobs_and_summarises_all(workdir):
 
 
 def test_a_failing_job_does_not_stop_the_sweep_and_wandb_groups_the_jobs(workdir):
-    fast = [o for o in FAST if not o.startswith("logger=")]  # wandb, offline: the default logger
-    r = run_train("-m", "experiment=ternary_v5_5", "task.lr=-1.0,0.001", *fast, "trainer.max_epochs=1", cwd=workdir)
+    quick = [o for o in SINE if not o.startswith("logger=")]  # wandb, offline: the default logger
+    r = run_train("-m", "task.lr=-1.0,0.001", *quick, "trainer.max_epochs=1", cwd=workdir)
     assert r.returncode == 1  # the sweep says something failed ...
-    assert r.stdout.count("Training ternary_v5_5") == 1  # ... after running the other job
+    assert r.stdout.count("Training sine") == 1  # ... after running the other job
     directory = sweep_dir(workdir)
     rows = list(csv.DictReader(open(directory / "summary.csv")))
     assert [row["status"] for row in rows] == ["failed", "finished"]
@@ -105,7 +106,7 @@ def test_arc_ablation_preset_plans_five_baselines_times_three_seeds():
 
     from experiments.cli import CONF_DIR
     from experiments.config_schema import register
-    from experiments.sweep import plan, sweep_id
+    from experiments.sweep import experiment_order, plan, sweep_id
 
     register()
     experiments = ["exp_neg1_decoder_only", "exp0_encoder_decoder", "exp1_grid2d_pe", "exp2_perminv", "exp3_champion"]
@@ -118,7 +119,8 @@ def test_arc_ablation_preset_plans_five_baselines_times_three_seeds():
                                                          for s in range(3))
     assert full.hydra.mode.name == "MULTIRUN" and sweep_id(full) == "arc_ablation"
     assert len(plan(quick)) == 5 and sweep_id(quick) == "arc_ablation,seed=0"  # its own sweep directory
-    assert list(full.sweep_chain) == experiments  # the comparison steps, each adding one component
+    # the comparison steps, each adding one component: the order the preset lists its experiments
+    assert full.sweep_chain is None and experiment_order(jobs) == experiments
 
 
 def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
@@ -126,7 +128,7 @@ def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
 
     from experiments.cli import CONF_DIR
     from experiments.config_schema import register
-    from experiments.sweep import plan
+    from experiments.sweep import experiment_order, plan
 
     register()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -134,12 +136,13 @@ def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
         job = compose("train", overrides=plan(cfg)[0])
     jobs = plan(cfg)
     assert len(jobs) == 10 and all("data=arc_small" in j for j in jobs)
-    assert sorted({j[0] for j in jobs}) == sorted(f"experiment={e}" for e in cfg.sweep_chain)
+    assert sorted({j[0] for j in jobs}) == sorted(f"experiment={e}" for e in experiment_order(jobs))
     assert job.data.max_tasks is None and job.data.max_side == 10 and job.trainer.max_epochs == 80
 
 
 def test_optuna_sweep_returns_each_jobs_monitor_as_its_objective(workdir):
-    r = run_train("sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *FAST, "trainer.max_epochs=1", cwd=workdir)
+    fast = [o for o in FAST if not o.startswith("experiment=")]  # the preset chooses its experiment
+    r = run_train("sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *fast, "trainer.max_epochs=1", cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     best = yaml.safe_load((workdir / "outputs" / "optimization_results.yaml").read_text())
     rows = list(csv.DictReader(open(sweep_dir(workdir) / "summary.csv")))
@@ -150,16 +153,16 @@ def test_optuna_sweep_returns_each_jobs_monitor_as_its_objective(workdir):
 
 
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(workdir):
-    r = run_train("-m", "hydra/launcher=submitit_local", "experiment=ternary_v5_5", "seed=3", *FAST,
+    r = run_train("-m", "hydra/launcher=submitit_local", "seed=3", *SINE,
                   "trainer.max_epochs=1", cwd=workdir, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (row,) = csv.DictReader(open(sweep_dir(workdir) / "summary.csv"))
-    assert row["status"] == "finished" and Path(row["run_dir"]).name.startswith("data.batch_size=256,seed=3")
+    assert row["status"] == "finished" and Path(row["run_dir"]).name == "seed=3,trainer.max_epochs=1"
     assert list((workdir / "outputs" / ".submitit").glob("*/*_log.out"))  # the job's own process and log
 
 
 def test_slurm_launcher_config_composes():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "hydra/launcher=slurm", "--cfg", "hydra", "-p",
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=ternary_v5_5", "hydra/launcher=slurm", "--cfg", "hydra", "-p",
                         "hydra.launcher"], env=env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     launcher = yaml.safe_load(r.stdout.replace("# @package hydra.launcher", ""))

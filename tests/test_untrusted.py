@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, one_error_line, run_program, run_train
 from experiments.checkpoint.io import check_archive, load_checkpoint, save_checkpoint, sha256_file
 from experiments.errors import UserError
-from experiments.untrusted import check_stored_config, pickled_globals, registry
+from experiments.untrusted import check_stored_config, package_config_folders, pickled_globals, registry
 
 PACKAGE_CONF = str(ROOT / "src" / "experiments" / "conf")
 SINE_CONF = str(ROOT / "examples" / "sine" / "conf")
@@ -147,21 +147,22 @@ def test_a_partial_verify_keeps_the_fuller_report(ternary_run, tmp_path):
 
 # ---- the allow-list and the bounds, in-process ----
 def test_the_registry_is_what_the_config_folders_place_at_each_key():
-    package = registry([PACKAGE_CONF])
-    assert "experiments.models.ternary_vae_v5_5.DualVAE" in package.allowed("model")
-    assert "experiments.models.ternary_vae_v5_5.DualVAE" not in package.allowed("task")
+    assert not registry([PACKAGE_CONF]).allowed("model"), "the framework's own folder registers no family"
+    package = registry(package_config_folders())  # and each built-in family's, as the programs see them
+    assert "experiments.families.ternary.vae_v5_5.DualVAE" in package.allowed("model")
+    assert "experiments.families.ternary.vae_v5_5.DualVAE" not in package.allowed("task")
     assert package.allowed("trainer") == {"lightning.pytorch.Trainer"}
-    assert "experiments.homeostasis.CoverageGuard" in package.allowed("callbacks.coverage_guard")  # a _global_ preset
+    assert "experiments.families.ternary.homeostasis.CoverageGuard" in package.allowed("callbacks.coverage_guard")
     assert not any("SweepSummary" in t for ts in package.targets.values() for t in ts), "hydra/ composes no run"
     assert {"exp3_champion", "ternary_v5_5", "magvit"} <= package.experiments
     assert "examples.sine.model.MLP" not in package.allowed("model")
-    with_sine = registry([PACKAGE_CONF, SINE_CONF])  # a user's family: its config folder, as given to train.py
+    with_sine = registry([*package_config_folders(), SINE_CONF])  # a user's family: its folder, as given to train.py
     assert "examples.sine.model.MLP" in with_sine.allowed("model") and "sine" in with_sine.experiments
 
 
 def test_a_real_config_passes_and_every_other_shape_is_refused(ternary_run):
     config = torch.load(ternary_run / "checkpoints" / "last.ckpt", weights_only=True)["config"]
-    reg = registry([PACKAGE_CONF])
+    reg = registry(package_config_folders())
     check_stored_config(config, reg, "x.ckpt")  # what train.py writes is accepted
     deep = {}
     node = deep
@@ -317,8 +318,8 @@ def test_a_sweep_directory_of_junk_is_summarised_without_a_crash(tmp_path):
 def test_data_files_that_lie_about_their_size_or_nest_too_deep_are_one_line(tmp_path):
     import numpy as np
 
-    from experiments.data.arc import read_task
-    from experiments.data.video import load_folder
+    from experiments.families.arc.data import read_task
+    from experiments.families.video.data import load_folder
 
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="nested too deeply"):

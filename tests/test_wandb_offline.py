@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, run_train, start_train
 from experiments.loggers import stable_id
-from test_resume import wait_for
+from conftest import wait_for
 from wandb_records import records
 
 ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "trainer.max_epochs=40",

@@ -10,7 +10,7 @@ import math
 import lightning as L
 import torch
 
-from experiments.data.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done, shard
+from experiments.family import batches_done, BatchLoader, EpochBatchSampler, shard
 
 
 def curve(x: torch.Tensor, frequency: float) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Training and evaluation of the curve regression: what the framework needs from a family
-(experiments/task_contract.py), and nothing else.
+(experiments.family, docs/FAMILIES.md), and nothing else.
 
 Loss: mean squared error on the noisy training points. Validation, on the clean grid: `val/mse` and
 `val/r2` = 1 - SSE / SST (the share of the curve's variance explained; 0 for predicting its mean).
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.task_contract import ExperimentTask
+from experiments.family import atomic_savefig, ExperimentTask
 
 
 class SineTask(ExperimentTask):
@@ -32,21 +32,21 @@ class SineTask(ExperimentTask):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-    # ---- evaluation ----
-    def on_validation_epoch_start(self) -> None:
-        self._val = []
-
+    # ---- evaluation: the framework runs these for validation, verify.py and eval.py alike ----
     @torch.no_grad()
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._val.append(torch.cat([self.model(batch[:, :1]), batch[:, 1:]], 1))
+    def evaluation_step(self, batch: torch.Tensor, epoch: int) -> torch.Tensor:
+        batch = batch.to(self.device)
+        return torch.cat([self.model(batch[:, :1]), batch[:, 1:]], 1)  # (prediction, target) rows
 
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        self._last = torch.cat(self._val)
-        metrics = figures(self._last)
-        self.epoch_metrics.update(metrics)
-        self.log_dict(metrics)
+    def figures(self, parts: list, epoch: int) -> dict[str, float]:
+        return fit_figures(torch.cat(parts))
+
+    def evaluation_files(self, parts, figures, folder: Path, epoch: int, during_training: bool,
+                         datamodule=None) -> None:
+        """fit.png: the curve and the model's prediction (at the end of training: on_fit_end)."""
+        self._last = torch.cat(parts).cpu()
+        if not during_training:
+            draw_fit(datamodule.val_pairs[:, 0], self._last, figures, folder / "fit.png")
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self._last is not None:
@@ -54,19 +54,12 @@ class SineTask(ExperimentTask):
                      Path(self.trainer.default_root_dir) / "fit.png")
 
     @torch.no_grad()
-    def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
-        self.eval()
-        rows = [torch.cat([self.model(b[:, :1].to(self.device)), b[:, 1:].to(self.device)], 1)
-                for b in datamodule.val_dataloader()]
-        return figures(torch.cat(rows))
-
-    @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
         batch = batch.to(self.device)
         return [("prediction", self.model(batch[:, :1]), (len(batch), 1))]
 
 
-def figures(rows: torch.Tensor) -> dict[str, float]:
+def fit_figures(rows: torch.Tensor) -> dict[str, float]:
     """val/mse and val/r2 from (prediction, target) rows."""
     prediction, target = rows[:, 0].double(), rows[:, 1].double()
     sse = ((prediction - target) ** 2).sum()
@@ -85,5 +78,5 @@ def draw_fit(x: torch.Tensor, rows: torch.Tensor, metrics: dict, path: Path) -> 
     ax.set_title(f"val/r2 {metrics.get('val/r2', float('nan')):.4f}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)

@@ -44,8 +44,12 @@ def build(cfg: DictConfig):
     model = built(cfg.model, "model")
     task = built(cfg.task, "task", model=model)
     if not isinstance(task, ExperimentTask):
-        raise UserError(f"task._target_={cfg.task._target_} is not an {ExperimentTask.__module__}.ExperimentTask: "
-                        f"a family's task subclasses it (README, 'Add your own experiment')")
+        raise UserError(f"task._target_={cfg.task._target_} is not an experiments.family.ExperimentTask: "
+                        f"a family's task subclasses it (docs/FAMILIES.md)")
+    gaps = type(task).contract_gaps()
+    if gaps:
+        raise UserError(f"{cfg.task._target_} does not implement {', '.join(gaps)} of the family contract "
+                        f"(docs/FAMILIES.md)")
     return datamodule, model, task
 
 

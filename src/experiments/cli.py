@@ -13,7 +13,22 @@ def _one_line(e: BaseException) -> str:
     if cause is not None and str(cause) and str(cause) not in text:
         text = f"{text} {cause}"
     text = text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "")
+    text = text.split("Config search path:")[0]  # Hydra's list of folders: `--info searchpath` shows it
     return " ".join(text.split())
+
+
+def _misspelled_option(message: str) -> str | None:
+    """For "Could not find 'experiment/exp3_champoin' Available options in 'experiment': ...": the line that
+    names the option it most resembles."""
+    import difflib
+
+    found = re.search(r"Could not find '([\w/]+)/([^']+)'\s+Available options in '[\w/]+':\s*(.*)$", message)
+    if not found:
+        return None
+    group, given, options = found.group(1), found.group(2), found.group(3).split()
+    close = difflib.get_close_matches(given, options, n=1)
+    hint = f"did you mean {group}={close[0]}? " if close else ""
+    return f"{group}={given} is not one of the {group} options: {hint}(available: {' '.join(options)})"
 
 
 def _causes(e: BaseException):
@@ -76,7 +91,9 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
         from experiments.errors import UserError
 
         refused = next((c for c in _causes(e) if isinstance(c, UserError)), None)  # our resolvers' (config_schema)
-        line = str(refused) if refused else _misspelled_key(_one_line(e), config_name) or _one_line(e)
+        message = _one_line(e)
+        line = str(refused) if refused else (_misspelled_key(message, config_name) or _misspelled_option(message)
+                                             or message)
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
@@ -85,7 +102,7 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
         print(f"error: cannot create {e.filename or 'the run directory'}: {e.strerror or e}; choose a folder this "
               f"user can write: paths.outputs=DIR", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: train.ctrl_c_saves)
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: stop.py)
         print("\ninterrupted (Ctrl-C); every file written so far is whole (each is renamed into place once "
               "complete); rerun the same command to do the rest", file=sys.stderr, flush=True)
         sys.exit(130)
@@ -194,24 +211,14 @@ def train_job(cfg):
     from hydra.core.hydra_config import HydraConfig
 
     from experiments import sweep
-    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome
-    from experiments.ranks import process_rank
+    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
     from experiments.train import train
 
     def recorded_training(c):
         sweep.record_job("running")
         return train(c)
 
-    outcome = _outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir)
-    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(outcome.code,
-                                                                                                     "failed")
-    unrecorded = _outcome(lambda c: sweep.record_job(status, outcome.code, outcome.error), cfg)
-    if unrecorded is not None:  # the job's record could not be written (a full disk): the job failed
-        outcome = Outcome(max(outcome.code, unrecorded.code), outcome.error or unrecorded.error)
-    if outcome.code and process_rank():
-        # An extra DDP process whose job failed the same way as rank 0 (which reports it): a non-zero
-        # exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep.
-        outcome.code = EXIT_OK
+    outcome = recorded(_outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir), cfg)
     if not _in_multirun():
         return outcome, None
     if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) or outcome.stop:  # a rerun resumes this job (or the next)
@@ -220,6 +227,24 @@ def train_job(cfg):
         raise SystemExit(outcome.code or EXIT_INTERRUPTED)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
+
+
+def recorded(outcome, cfg):
+    """A job's outcome once its end is in the sweep's record: a record that cannot be written (a full disk)
+    fails the job; an extra DDP process reports success whatever happened (rank 0 reports the failure: a
+    non-zero exit would make Lightning's watcher in rank 0 kill it, and with it the rest of a sweep)."""
+    from experiments import sweep
+    from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome
+    from experiments.ranks import process_rank
+
+    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(outcome.code,
+                                                                                                     "failed")
+    unrecorded = _outcome(lambda c: sweep.record_job(status, outcome.code, outcome.error), cfg)
+    if unrecorded is not None:
+        outcome = Outcome(max(outcome.code, unrecorded.code), outcome.error or unrecorded.error, outcome.stop)
+    if outcome.code and process_rank():
+        outcome.code = EXIT_OK
+    return outcome
 
 
 def verify_job(cfg):
@@ -256,7 +281,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # An epoch shorter than log_every_n_steps: the epoch's figures are logged at its end all the same.
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-    # DDP: the tasks sum their epoch figures over processes themselves (data/epoch_sampler.totals_over_ranks)
+    # DDP: the tasks sum their epoch figures over processes themselves (epoch_sampler.totals_over_ranks)
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.checkpoint.io import atomic_savefig, atomic_write_csv
+from experiments.atomic import atomic_savefig, atomic_write_csv
 
 PER_OUTPUT = "per_output.csv"
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0

@@ -2,14 +2,13 @@
 
 Group nodes (model, data, task, trainer, ...) are checked against their `_target_` signatures instead
 (stages/config_check.py)."""
-import hashlib
-import os
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from experiments import run_dir as rd
 
 
 class Resume(str, Enum):
@@ -48,51 +47,6 @@ class TrainSchema:
     frozen_checkpoint: Any = None  # tasks with frozen parts: where they come from (checkpoint/frozen.py)
 
 
-def run_id(override_dirname: str) -> str:
-    """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
-    # quotes are the command line's (cli.quote_path_values), not part of the value
-    name = override_dirname.replace("/", "~").replace("'", "").replace('"', "") or "default"
-    if len(name) > 150:  # file systems cap a name at 255 bytes
-        name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name
-
-
-def outputs_root(outputs) -> str:
-    """`${outputs_root:${paths.outputs}}`: the folder that holds every run directory, refused (one line,
-    before Hydra creates anything) when it is empty, a file, or under a folder this process cannot write."""
-    from experiments.errors import UserError
-
-    text = "" if outputs is None else str(outputs)
-    if not text.strip():
-        raise UserError("paths.outputs is empty: give the folder that holds the run directories, e.g. "
-                        "paths.outputs=outputs")
-    path = Path(text)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if existing.exists() and not existing.is_dir():
-        raise UserError(f"paths.outputs={text}: {existing} is a file, not a folder; choose another paths.outputs")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"paths.outputs={text}: {existing} is not writable by this user; choose another paths.outputs")
-    return text
-
-
-def run_subdir(experiment, override_dirname: str) -> str:
-    """`${run_subdir:${hydra:runtime.choices.experiment},${hydra:job.override_dirname}}`: a run's directory
-    below the outputs root, `<experiment>/<overrides>`; an experiment given as a path that leaves the
-    outputs root (`experiment=../x`, an absolute path) is refused."""
-    from experiments.errors import UserError
-
-    name = str(experiment)
-    if not name or name.startswith(("/", "\\")) or ".." in PurePosixPath(name).parts:
-        raise UserError(f"experiment={name}: an experiment is the name of a preset (experiment/<name>.yaml), not a "
-                        f"path; its run directory must stay inside paths.outputs")
-    return f"{name}/{run_id(override_dirname)}"
-
-
-def run_dir(outputs, experiment, override_dirname: str) -> str:
-    """`hydra.run.dir`: <outputs root>/<experiment>/<overrides>, both parts checked."""
-    return f"{outputs_root(outputs)}/{run_subdir(experiment, override_dirname)}"
-
-
 def gpu_precision() -> str:
     """bf16 mixed precision where the GPU supports it (Ampere and later), else fp16 mixed."""
     import torch
@@ -100,7 +54,7 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
-def sweep_id() -> str | None:
+def current_sweep_id() -> str | None:
     """`${sweep_id:}`: the id of the sweep this job belongs to, or null (a logger's group)."""
     from experiments.sweep import current_id
 
@@ -111,11 +65,11 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
-    for name, resolver in (("run_id", run_id), ("outputs_root", outputs_root), ("run_subdir", run_subdir),
-                           ("run_dir", run_dir)):
+    for name, resolver in (("run_id", rd.run_id), ("outputs_root", rd.outputs_root), ("run_subdir", rd.run_subdir),
+                           ("run_dir", rd.run_path)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     if not OmegaConf.has_resolver("gpu_precision"):
         OmegaConf.register_new_resolver("gpu_precision", gpu_precision)
     if not OmegaConf.has_resolver("sweep_id"):
-        OmegaConf.register_new_resolver("sweep_id", sweep_id)
+        OmegaConf.register_new_resolver("sweep_id", current_sweep_id)

@@ -23,12 +23,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
-from experiments.checkpoint.io import atomic_write_bytes
-from experiments.config_schema import run_id
+from experiments.atomic import atomic_write_bytes
 from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_experiment_name, program_registry
-from experiments.verify import VerifyContext, config_hash
+from experiments.stored_run import StoredRun, config_hash
 
 SCHEMA = "experiments.eval/1"
 
@@ -84,7 +83,7 @@ def data_config(run_config: dict, data_args: list[str], registry: Registry, wher
 def data_identity(data_args: list[str]) -> str:
     """The folder name of an evaluation's data: its arguments as a run directory names overrides;
     `own` for the run's own data."""
-    return run_id(",".join(sorted(data_args))) if data_args else "own"
+    return rd.run_id(",".join(sorted(data_args))) if data_args else "own"
 
 
 def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
@@ -110,41 +109,50 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
     checkpoint = checkpoint_of(Path(str(cfg.ckpt)))
     registry = program_registry()
-    ctx = VerifyContext(checkpoint, registry, device=cfg.device)  # weights_only=True; its config proved data
+    stored = StoredRun(checkpoint, registry, device=cfg.device)  # read as data, its config proved to build only ours
     try:
-        task = ctx.trained(checkpoint)
+        task = stored.trained(checkpoint)
     except StageFailure as e:
         raise UserError(str(e))
-    run_config = ctx.config
-    node = data_config(run_config, data_args, registry, str(checkpoint))
-    datamodule = ctx.datamodule(node)
+    node = data_config(stored.config, data_args, registry, str(checkpoint))
+    datamodule = stored.datamodule(node)
     folder = output_folder(cfg, checkpoint, data_args)
     if not cfg.out:
         rd.refuse_links_out(folder, rd.run_of(checkpoint))
     rd.remove_stale_temporaries(folder)  # of eval.py runs killed while writing here (a running one's are kept)
-    epoch = ctx.ckpts[checkpoint]["epoch"]
-    described = getattr(datamodule, "describe", lambda: "")()
-    print(f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"
-          + (f" {' '.join(data_args)}" if data_args else " (the run's own data)")
-          + (f": {described}" if described else ""), flush=True)
+    epoch = stored.ckpts[checkpoint]["epoch"]
+    announce(checkpoint, epoch, node, data_args, datamodule)
     with_progress(datamodule)
     with torch.no_grad():
         metrics = task.evaluate_to(datamodule, epoch, folder)
-    result = {
-        "schema": SCHEMA,
-        "checkpoint": {"path": str(checkpoint), "sha256": ctx.sha256(checkpoint), "epoch": rd.epoch_number(epoch),
-                       "global_step": ctx.ckpts[checkpoint]["global_step"],
-                       "experiment": run_config.get("experiment"), "config_hash": config_hash(run_config)},
-        "data": {"arguments": data_args, "identity": data_identity(data_args), "config": node},
-        "metrics": metrics,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    result = record(stored, checkpoint, node, data_args, metrics, time.perf_counter() - t0)
     atomic_write_bytes(folder / "metrics.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     print_metrics(metrics, task)
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     print(f"Done in {result['seconds']:.1f}s; {folder}: {', '.join(files)}", flush=True)
     return Outcome(EXIT_OK)
+
+
+def announce(checkpoint: Path, epoch: int, node: dict, data_args: list[str], datamodule) -> None:
+    described = getattr(datamodule, "describe", lambda: "")()
+    print(f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"
+          + (f" {' '.join(data_args)}" if data_args else " (the run's own data)")
+          + (f": {described}" if described else ""), flush=True)
+
+
+def record(stored: StoredRun, checkpoint: Path, node: dict, data_args: list[str], metrics: dict, seconds: float) -> dict:
+    """metrics.json: which checkpoint, which data, the figures (schema experiments.eval/1)."""
+    ckpt = stored.ckpts[checkpoint]
+    return {
+        "schema": SCHEMA,
+        "checkpoint": {"path": str(checkpoint), "sha256": stored.sha256(checkpoint), "epoch": rd.epoch_number(ckpt["epoch"]),
+                       "global_step": ckpt["global_step"], "experiment": stored.config.get("experiment"),
+                       "config_hash": config_hash(stored.config)},
+        "data": {"arguments": data_args, "identity": data_identity(data_args), "config": node},
+        "metrics": metrics,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
 
 
 def print_metrics(metrics: dict, task) -> None:

@@ -18,15 +18,17 @@ Layout (every program finds a run's files through the names and functions here):
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import os
 import shutil
 import socket
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
-from experiments.checkpoint.io import atomic_write_bytes, read_intact, remove_temporaries, sidecar
+from experiments.checkpoint.io import read_intact, sidecar
+from experiments.atomic import atomic_write_bytes, remove_temporaries
 from experiments.errors import UserError
 from experiments.untrusted import read_text
 
@@ -39,6 +41,49 @@ SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 LOCK = ".lock"
 EVAL = "eval"
+
+
+# ---- where a run goes (Hydra's run.dir and sweep.dir: conf/hydra/default.yaml, resolvers of config_schema) ----
+def run_id(override_dirname: str) -> str:
+    """Directory name for a run's overrides: 'default' when there are none; '/' is not a separator."""
+    # quotes are the command line's (cli.quote_path_values), not part of the value
+    name = override_dirname.replace("/", "~").replace("'", "").replace('"', "") or "default"
+    if len(name) > 150:  # file systems cap a name at 255 bytes
+        name = name[:120] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def outputs_root(outputs) -> str:
+    """`${outputs_root:${paths.outputs}}`: the folder that holds every run directory, refused (one line,
+    before Hydra creates anything) when it is empty, a file, or under a folder this process cannot write."""
+    text = "" if outputs is None else str(outputs)
+    if not text.strip():
+        raise UserError("paths.outputs is empty: give the folder that holds the run directories, e.g. "
+                        "paths.outputs=outputs")
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"paths.outputs={text}: {existing} is a file, not a folder; choose another paths.outputs")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"paths.outputs={text}: {existing} is not writable by this user; choose another paths.outputs")
+    return text
+
+
+def run_subdir(experiment, override_dirname: str) -> str:
+    """`${run_subdir:${hydra:runtime.choices.experiment},${hydra:job.override_dirname}}`: a run's directory
+    below the outputs root, `<experiment>/<overrides>`; an experiment given as a path that leaves the
+    outputs root (`experiment=../x`, an absolute path) is refused."""
+    name = str(experiment)
+    if not name or name.startswith(("/", "\\")) or ".." in PurePosixPath(name).parts:
+        raise UserError(f"experiment={name}: an experiment is the name of a preset (experiment/<name>.yaml), not a "
+                        f"path; its run directory must stay inside paths.outputs")
+    return f"{name}/{run_id(override_dirname)}"
+
+
+def run_path(outputs, experiment, override_dirname: str) -> str:
+    """`hydra.run.dir`: <outputs root>/<experiment>/<overrides>, both parts checked."""
+    return f"{outputs_root(outputs)}/{run_subdir(experiment, override_dirname)}"
+
 
 
 def epoch_number(epoch: int) -> int:
@@ -237,7 +282,10 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
     return newest, read[newest][0], moved
 
 
-def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
+def decide(run_dir: Path, config: dict, ignore: list[str], comparable=lambda config: config) -> Decision:
+    """Fresh, resume or finished; refused when the run directory holds another config. Both configs are
+    compared as `comparable` makes them (e.g. moved classes under their current names, derived settings
+    filled in), so that a change of spelling is not a change of run."""
     stored_path = run_dir / RUN_CONFIG
     resume_from, ckpt, moved = newest_intact(run_dir)
     if resume_from is None and (moved or has_damaged_aside(run_dir)):  # refused until the user chooses resume=never
@@ -258,7 +306,7 @@ def decide(run_dir: Path, config: dict, ignore: list[str]) -> Decision:
     elif ckpt is not None:  # the checkpoint holds the config too
         stored = ckpt.get("config")
     if stored is not None:
-        diff = config_diff(stored, config, ignore)
+        diff = config_diff(comparable(stored), comparable(config), ignore)
         if diff:
             shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise UserError(

@@ -30,7 +30,7 @@ from hydra.experimental.callback import Callback
 
 from experiments import comparisons
 from experiments import run_dir as rd
-from experiments.checkpoint.io import atomic_savefig, atomic_write_bytes, atomic_write_csv
+from experiments.atomic import atomic_savefig, atomic_write_bytes, atomic_write_csv
 from experiments.errors import EXIT_FAILED, EXIT_USER, UserError, write_failure, write_failure_line
 from experiments.ranks import process_rank
 from experiments.untrusted import current_registry, program_registry, read_text
@@ -68,14 +68,12 @@ def _group_exclude(exclude_keys) -> list[str]:
 def sweep_id(config) -> str:
     """`sweep_name` (a sweep preset's), then the command's overrides that change results, including
     overrides of the preset's sweeper params: `arc_ablation`, `arc_ablation,seed=0`, `experiment=a,b,seed=0,1`."""
-    from experiments.config_schema import run_id
-
     exclude = set(config.hydra.job.config.override_dirname.exclude_keys) - {"experiment"}
     prefix = "hydra.sweeper.params."
     overrides = [o[len(prefix):] for o in config.hydra.overrides.hydra if o.startswith(prefix)]
     overrides += list(config.hydra.overrides.task)
     parts = ([str(config.sweep_name)] if config.get("sweep_name") else []) + _identity_overrides(overrides, exclude)
-    return run_id(",".join(parts))
+    return rd.run_id(",".join(parts))
 
 
 def plan(config) -> list[list[str]] | None:
@@ -89,6 +87,14 @@ def plan(config) -> list[list[str]] | None:
     params = config.hydra.sweeper.get("params") or {}
     args = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)[0]
+
+
+def experiment_order(grid: list[list[str]]) -> list[str] | None:
+    """The sweep's experiments in the order its command lists them (the chain its paired comparisons
+    follow when `sweep_chain` does not give one); None for a sweep of one experiment."""
+    found = [o.split("=", 1)[1] for job in grid for o in job if o.split("=", 1)[0].lstrip("+") == "experiment"]
+    order = list(dict.fromkeys(found))
+    return order if len(order) > 1 else None
 
 
 @contextlib.contextmanager
@@ -120,18 +126,16 @@ class SweepSummary(Callback):
 
     @staticmethod
     def open(config) -> None:
-        from experiments.config_schema import outputs_root
-
         sid = sweep_id(config)
         try:
-            directory = Path(outputs_root(config.paths.outputs)) / "sweeps" / sid
+            directory = Path(rd.outputs_root(config.paths.outputs)) / "sweeps" / sid
         except UserError as e:  # before anything is created; SystemExit passes Hydra's callback guard
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER)
         (directory / "jobs").mkdir(parents=True, exist_ok=True)
         grid = plan(config)
         if grid is not None:
-            chain = list(config.get("sweep_chain") or []) or None
+            chain = list(config.get("sweep_chain") or []) or experiment_order(grid)
             exclude = _group_exclude(config.hydra.job.config.override_dirname.exclude_keys)
             atomic_write_bytes(directory / "plan.json", (json.dumps(
                 {"sweep_id": sid, "jobs": grid, "chain": chain, "group_exclude": exclude}, indent=1) + "\n").encode())
@@ -215,7 +219,10 @@ def _final_row(run_dir: Path) -> tuple[dict | None, dict]:
 def _task_class(task_target, registry):
     """The task class a job's config names, imported only when a registered config folder places it at
     `task` (a job's checkpoint is data: untrusted.py); None otherwise or when it cannot be imported."""
-    if not isinstance(task_target, str) or task_target not in registry.allowed("task"):
+    if not isinstance(task_target, str):
+        return None
+    task_target = registry.renamed.get(task_target, task_target)
+    if task_target not in registry.allowed("task"):
         return None
     from hydra.utils import get_class
 
@@ -328,45 +335,65 @@ def _fmt(v: float) -> str:
 
 
 def write_summary(directory: Path, registry=None) -> dict:
+    """summary.csv, summary.md, summary.png (and comparisons.csv/.png) of a sweep directory; returns the rows,
+    the groups, the comparisons and the text printed at a sweep's end."""
     directory = Path(directory)
     rows = collect(directory, registry or current_registry())
     groups = aggregate(rows)
-    metric_keys = sorted({k for r in rows for k in r["metrics"]})
-    # CSV: one line per job, every final metric
-    atomic_write_csv([{"job": r["job"], "experiment": r["experiment"], "seed": r["seed"], "status": r["status"],
-                       "epochs": r["epochs"], "overrides": r["overrides"], "run_dir": r["run_dir"], "error": r["error"],
-                       **{k: r["metrics"].get(k, "") for k in metric_keys}} for r in rows], directory / "summary.csv",
-                     ["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error", *metric_keys])
+    write_summary_csv(rows, directory / "summary.csv")
     shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
-    lines = [f"# Sweep {directory.name}", "",
-             f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished.", "",
-             "## Mean +- std over seeds (sample std; n/a for one seed)", "",
-             "| " + " | ".join(["group", "n", "seeds", *shown]) + " |", "|" + " --- |" * (3 + len(shown))]
-    for g in groups:
-        cells = [f"{_fmt(g['stats'][k][0])} +- {_fmt(g['stats'][k][1])}" if k in g["stats"] else "" for k in shown]
-        lines.append("| " + " | ".join([g["group"], str(g["n"]), ",".join(g["seeds"]), *cells]) + " |")
-    lines += ["", "## Jobs", "", "| " + " | ".join(["job", "overrides", "status", "epochs", *shown, "error"]) + " |",
-              "|" + " --- |" * (5 + len(shown))]
-    for r in rows:
-        cells = [_fmt(r["metrics"][k]) if k in r["metrics"] else "" for k in shown]
-        lines.append("| " + " | ".join([str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells,
-                                        r["error"].replace("|", "/")]) + " |")
+    finished = f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished."
+    table = group_table(groups, shown)
     paired = _paired_comparisons(directory, groups)
+    lines = [f"# Sweep {directory.name}", "", finished, "", "## Mean +- std over seeds (sample std; n/a for one seed)",
+             "", *table, "", "## Jobs", "", *job_table(rows, shown)]
     if paired:
         lines += ["", "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)", "",
                   *comparisons.markdown(paired)]
     atomic_write_bytes(directory / "summary.md", ("\n".join(lines) + "\n").encode())
     if groups and shown:
         _bar_chart(groups, shown[0], directory / "summary.png")
+    return {"rows": rows, "groups": groups, "comparisons": paired,
+            "text": summary_text(directory, finished, table, rows, paired)}
+
+
+def write_summary_csv(rows: list[dict], path: Path) -> None:
+    """One line per job, every final metric."""
+    metric_keys = sorted({k for r in rows for k in r["metrics"]})
+    columns = ["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error"]
+    atomic_write_csv([{**{c: r[c] for c in columns}, **{k: r["metrics"].get(k, "") for k in metric_keys}}
+                      for r in rows], path, [*columns, *metric_keys])
+
+
+def group_table(groups: list[dict], shown: list[str]) -> list[str]:
+    """Markdown: per group, n, seeds and mean +- std of the shown metrics."""
+    lines = ["| " + " | ".join(["group", "n", "seeds", *shown]) + " |", "|" + " --- |" * (3 + len(shown))]
+    for g in groups:
+        cells = [f"{_fmt(g['stats'][k][0])} +- {_fmt(g['stats'][k][1])}" if k in g["stats"] else "" for k in shown]
+        lines.append("| " + " | ".join([g["group"], str(g["n"]), ",".join(g["seeds"]), *cells]) + " |")
+    return lines
+
+
+def job_table(rows: list[dict], shown: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(["job", "overrides", "status", "epochs", *shown, "error"]) + " |",
+             "|" + " --- |" * (5 + len(shown))]
+    for r in rows:
+        cells = [_fmt(r["metrics"][k]) if k in r["metrics"] else "" for k in shown]
+        lines.append("| " + " | ".join([str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells,
+                                        r["error"].replace("|", "/")]) + " |")
+    return lines
+
+
+def summary_text(directory: Path, finished: str, table: list[str], rows: list[dict], paired: list[dict]) -> str:
+    """What a sweep prints at its end: where the summary is, the group table, what did not finish."""
+    text = f"Sweep summary: {directory}/summary.md (.csv, .png); {finished}\n" + "\n".join(table)
     failed = [r for r in rows if r["status"] != "finished"]
-    table = "\n".join(lines[6:8 + len(groups)])
-    text = f"Sweep summary: {directory}/summary.md (.csv, .png); {lines[2]}\n{table}"
     if failed:
         text += "\nNot finished: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
                                                + (f": {r['error']}" if r["error"] else "") for r in failed)
     if paired:
         text += "\nPaired comparisons:\n" + "\n".join(comparisons.markdown(paired))
-    return {"rows": rows, "groups": groups, "comparisons": paired, "text": text}
+    return text
 
 
 def _paired_comparisons(directory: Path, groups: list[dict]) -> list[dict]:

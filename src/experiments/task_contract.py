@@ -1,52 +1,62 @@
-"""The contract between a family and the framework, in one place.
+"""The contract between a family and the framework, in one place (docs/FAMILIES.md has it with types).
 
-A family's task is a LightningModule that subclasses `ExperimentTask`. What each part of the framework
-reads from it:
+A family's task is a LightningModule that subclasses `ExperimentTask` and implements:
 
-- train.py and the preflight stages: `training_loss(batch, batch_idx)` (the scalar one step minimises;
-  the preflight runs exactly this on real batches), `configure_optimizers()`, `preflight_stages` (the
-  family's own stages, named in its preset's `validation.preflight`) and `frozen_parts`.
-- the checkpoint policy: `epoch_metrics` (this epoch's figures: the training means after
-  `on_train_epoch_end`, the validation figures after the family's `on_validation_epoch_end`; copied into
-  the history), `summary_keys` and `percent_keys` (the console's epoch line), `monitor(...)` (which
-  metric picks the best checkpoint when the config names none).
-- verify.py: `evaluate(datamodule, epoch)` (the validation figures outside a Trainer, writing nothing),
-  `check_outputs(batch)` ((name, output, expected shape) of a forward pass on real data),
-  `primary_metric`, `higher_is_better` / `lower_is_better` (how each metric is judged against an
-  untrained control; the others are shown, not judged) and `frozen_parts`.
-- eval.py: `evaluate_to(datamodule, epoch, folder)` (the figures of `evaluate` on any data of the family,
-  and the family's files of them, e.g. predictions and pictures, written into `folder`).
-- the sweep summary: `primary_metric` and the judged metrics (its columns), and for paired per-output
-  comparisons `paired_metrics` (metric -> column of the run's `per_output.csv`, which has `task` and
-  `index` columns) and `binary_metrics` (those that also get an exact McNemar test).
+- `training_loss(batch, batch_idx) -> Tensor`: the scalar one step minimises (the preflight runs exactly
+  this), calling `add_training_terms(terms, count)` with the batch's detached training figures (the
+  framework sums them over the epoch and the DDP processes and reports `train/<term>`; a loss that was
+  never counted stops the run at its first step, since `train/loss` would read 0);
+- `configure_optimizers()`;
+- evaluation, in two parts the framework runs for training's validation, `verify.py` and `eval.py` alike,
+  so their figures are equal by construction:
+  `evaluation_step(batch, epoch) -> part` (one validation batch, e.g. predictions beside targets, moved to
+  `self.device` by the family) and `figures(parts, epoch) -> {metric: float}` (the collected parts);
+  optionally `evaluation_files(parts, figures, folder, epoch, during_training, datamodule)` (pictures,
+  per-output records: during training into the run directory, for eval.py into its result folder) and
+  `evaluates(epoch)` (whether an epoch's validation evaluates at all; default every epoch);
+- `check_outputs(batch) -> [(name, output, expected shape)]`: a forward pass for verify.py's `predicts`.
 
-What every family repeated lives here once: the training terms summed over an epoch's batches, summed
-again over DDP processes at the epoch's end, and carried by a mid-epoch checkpoint so that a preempted
-epoch resumes with its partial sums. A family calls `add_training_terms` from `training_loss`.
+Class attributes say what the figures mean: `primary_metric` (the figure a run stands or falls by; the
+best checkpoint follows it unless `checkpoint.monitor` names another), `higher_is_better` /
+`lower_is_better` (how verify.py judges each against an untrained control, and the direction of a
+monitored metric), `summary_keys` / `percent_keys` (the console's epoch line), `paired_metrics` (metric ->
+column of the run's `per_output.csv`, which has `task` and `index` columns: a sweep's per-output
+comparisons) and `binary_metrics` (those that also get an exact McNemar test), `long_validation` (a
+progress bar for validation), `train_terms` (the names of what `add_training_terms` sums).
+
+Optional: `preflight_stages` ({name: stage(ctx) -> StageResult}: the family's own checks, run after the
+framework's loading stages) and `frozen_parts` (submodules of `self.model` loaded from another run by the
+`frozen_checkpoint` preflight stage; the framework records where they came from in `frozen_source`, keeps
+them in every checkpoint as `checkpoint["frozen"]` and refuses to train when they were never loaded; a
+family that unfreezes a part on purpose calls `mark_trained(part)`).
+
+Everything else (the epoch sums over batches and DDP processes and their checkpoint state, the validation
+hooks, the frozen-part bookkeeping) is provided here, once.
 """
-from typing import Callable, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import lightning as L
 import torch
 
-from experiments.data.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
+from experiments.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
+from experiments.errors import UserError
+
+REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
 
 
 class ExperimentTask(L.LightningModule):
+    """A family's task: the contract is this module's docstring (with types: docs/FAMILIES.md)."""
+
     summary_keys: ClassVar[tuple[str, ...]] = ()      # shown in the epoch line, when present
     percent_keys: ClassVar[tuple[str, ...]] = ()      # ... as a percentage
     primary_metric: ClassVar[str | None] = None       # the figure a run stands or falls by
     higher_is_better: ClassVar[tuple[str, ...]] = ()
     lower_is_better: ClassVar[tuple[str, ...]] = ()
-    paired_metrics: ClassVar[dict[str, str]] = {}
+    paired_metrics: ClassVar[dict[str, str]] = {}     # metric -> column of per_output.csv
     binary_metrics: ClassVar[tuple[str, ...]] = ()
     long_validation: ClassVar[bool] = False           # validation is long work: the progress bar shows it
-    # Submodules of `self.model` loaded from another run's checkpoint by the `frozen_checkpoint` preflight
-    # stage (checkpoint/frozen.py). Such a task sets `frozen_source` and saves `checkpoint["frozen"]` =
-    # {"source", "always_frozen", "ever_trained"}, which verify.py's stages read.
-    frozen_parts: ClassVar[tuple[str, ...]] = ()
-    # The family's own preflight stages: name -> stage(ctx) (stages/registry.py), run when its preset's
-    # `validation.preflight` names them.
+    frozen_parts: ClassVar[tuple[str, ...]] = ()      # submodules of self.model loaded from another run
     preflight_stages: ClassVar[dict[str, Callable]] = {}
     train_terms: ClassVar[tuple[str, ...]] = ("loss",)  # the training figures summed over an epoch
 
@@ -55,33 +65,66 @@ class ExperimentTask(L.LightningModule):
         self.epoch_metrics: dict[str, float] = {}
         self._epoch_sums = torch.zeros(len(self.train_terms))
         self._epoch_count = 0
+        self._parts: list = []
+        # Where the frozen parts came from (set by the frozen_checkpoint preflight stage) and which of them
+        # trained at some point on purpose: kept in every checkpoint for verify.py's frozen_identical.
+        self.frozen_source: dict = {}
+        self.ever_trained: set[str] = set()
 
     # ---- what a family implements ----
     def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch, batch_idx) "
+                                  f"(docs/FAMILIES.md)")
 
-    def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
-        raise NotImplementedError
+    def evaluation_step(self, batch, epoch: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluation_step(batch, epoch) "
+                                  f"(docs/FAMILIES.md)")
+
+    def figures(self, parts: list, epoch: int) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} must implement figures(parts, epoch) (docs/FAMILIES.md)")
 
     def check_outputs(self, batch) -> list[tuple[str, torch.Tensor, tuple]]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement check_outputs(batch) (docs/FAMILIES.md)")
 
-    def evaluate_to(self, datamodule, epoch: int, folder) -> dict[str, float]:
-        """eval.py: the figures of `evaluate` on this data, and the family's files of them in `folder`
-        (a `pathlib.Path`, maybe not yet created). Without files of its own a family inherits this."""
-        return self.evaluate(datamodule, epoch)
+    def evaluation_files(self, parts: list, figures: dict[str, float], folder: Path, epoch: int,
+                         during_training: bool, datamodule=None) -> None:
+        """The family's files of an evaluation (none by default); `datamodule` is the one evaluated."""
 
-    # ---- provided ----
+    def evaluates(self, epoch: int) -> bool:
+        """Whether this epoch's validation evaluates (an expensive evaluation may skip epochs)."""
+        return True
+
+    # ---- provided: the contract, checked ----
+    @classmethod
+    def contract_gaps(cls) -> list[str]:
+        """The required methods a family's task does not implement (checked before training)."""
+        return [name for name in REQUIRED if getattr(cls, name) is getattr(ExperimentTask, name, None)
+                or (name == "configure_optimizers" and getattr(cls, name) is L.LightningModule.configure_optimizers)]
+
     @classmethod
     def monitor(cls, name: str | None = None, mode: str | None = None) -> tuple[str | None, str]:
         """(metric, 'min' | 'max') that picks the best checkpoint: the config's `checkpoint.monitor` when
-        set, else the primary metric in its own direction."""
-        if name:
-            return name, mode or "min"
-        return cls.primary_metric, "max" if cls.primary_metric in cls.higher_is_better else "min"
+        set, else the primary metric. The direction of the primary metric is the family's
+        (`higher_is_better` / `lower_is_better`); that of a named monitor `checkpoint.mode` when set, else
+        the family's too."""
+        if name and mode:
+            return name, mode
+        name = name or cls.primary_metric
+        if name in cls.higher_is_better:
+            return name, "max"
+        if name in cls.lower_is_better or name is None:
+            return name, "min"
+        raise UserError(f"checkpoint.monitor={name}: {cls.__name__} does not say whether higher or lower is better "
+                        f"for it; give checkpoint.mode=min or checkpoint.mode=max")
 
+    # ---- provided: training ----
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.training_loss(batch, batch_idx)
+        counted = self._epoch_count
+        loss = self.training_loss(batch, batch_idx)
+        if self._epoch_count == counted:
+            raise UserError(f"{type(self).__name__}.training_loss did not call add_training_terms(...): the epoch's "
+                            f"train/loss would read 0 (docs/FAMILIES.md)")
+        return loss
 
     def add_training_terms(self, terms: torch.Tensor, count: float = 1) -> None:
         """Add one batch's training terms (in `train_terms` order) and its weight (1 per batch, or e.g.
@@ -96,6 +139,13 @@ class ExperimentTask(L.LightningModule):
         """The epoch's training figures from the means of `train_terms` (a family may add its own)."""
         return {f"train/{k}": v for k, v in zip(self.train_terms, means)}
 
+    def on_train_start(self) -> None:
+        # The frozen_checkpoint stage is the only door to training on frozen parts: a config that dropped it
+        # must not train on random parts in silence (the failure this framework was built against).
+        if self.frozen_parts and not self.frozen_source:
+            raise UserError("the frozen parts were never loaded: keep the frozen_checkpoint stage in "
+                            "validation.preflight")
+
     def on_train_epoch_start(self) -> None:
         # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.
         self.epoch_metrics = {}  # an epoch without validation must not inherit the last one's figures
@@ -108,10 +158,68 @@ class ExperimentTask(L.LightningModule):
         self.epoch_metrics.update(train)
         self.log_dict(train)
 
+    # ---- provided: evaluation (training's validation, verify.py, eval.py) ----
+    def on_validation_epoch_start(self) -> None:
+        self._parts = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        if self.evaluates(self.current_epoch):
+            self._parts.append(self.evaluation_step(batch, self.current_epoch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self.evaluates(self.current_epoch):
+            return
+        figures = self.figures(self._parts, self.current_epoch)
+        self.epoch_metrics.update(figures)
+        self.log_dict(figures)
+        if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
+            self.evaluation_files(self._parts, figures, Path(self.trainer.default_root_dir), self.current_epoch,
+                                  during_training=True, datamodule=self.trainer.datamodule)
+        self._parts = []
+
+    @torch.no_grad()
+    def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
+        """The validation figures of `epoch` on the data module's validation data, outside a Trainer (verify.py,
+        the preflight); writes nothing."""
+        return self.figures(self._evaluation_parts(datamodule, epoch), epoch)
+
+    @torch.no_grad()
+    def evaluate_to(self, datamodule, epoch: int, folder: Path) -> dict[str, float]:
+        """eval.py: the figures of `evaluate`, and the family's files of them in `folder`."""
+        parts = self._evaluation_parts(datamodule, epoch)
+        figures = self.figures(parts, epoch)
+        self.evaluation_files(parts, figures, Path(folder), epoch, during_training=False, datamodule=datamodule)
+        return figures
+
+    def _evaluation_parts(self, datamodule, epoch: int) -> list:
+        was_training = self.training
+        self.eval()
+        parts = [self.evaluation_step(batch, epoch) for batch in datamodule.val_dataloader()]
+        self.train(was_training)
+        return parts
+
+    # ---- provided: frozen parts ----
+    def mark_trained(self, part: str) -> None:
+        """A frozen part that now trains on purpose (verify.py then does not hold it byte-identical)."""
+        self.ever_trained.add(part)
+
+    def always_frozen(self) -> list[str]:
+        """The frozen parts that have not trained at any point of this run."""
+        return [p for p in self.frozen_parts if p not in self.ever_trained
+                and not any(q.requires_grad for q in getattr(self.model, p).parameters())]
+
+    # ---- provided: what travels in every checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["task_epoch_state"] = {"sums": self._epoch_sums.detach().cpu().clone(), "count": self._epoch_count}
+        if self.frozen_parts:
+            checkpoint["frozen"] = {"source": dict(self.frozen_source), "ever_trained": sorted(self.ever_trained),
+                                    "always_frozen": self.always_frozen()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        frozen = checkpoint.get("frozen")
+        if self.frozen_parts and isinstance(frozen, dict):
+            self.frozen_source = dict(frozen.get("source") or {})
+            self.ever_trained = set(frozen.get("ever_trained") or [])
         state = epoch_state_for_this_rank(self, checkpoint)
         if state is None:
             return

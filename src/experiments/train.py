@@ -1,14 +1,13 @@
 """The training program: config -> run directory decision -> build -> preflight -> fit -> report."""
 import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -17,8 +16,10 @@ from experiments.assemble import build, build_trainer, ddp_children_as_this_job,
 from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped,
                                 UserError, write_failure)
 from experiments.ranks import process_rank
-from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stages_for
+from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stage_order, stages_for
 from experiments.stages.registry import run_stages
+from experiments.stop import ctrl_c_stops
+from experiments.untrusted import program_registry, with_current_targets
 
 
 def fail(message: str) -> Outcome:
@@ -32,7 +33,7 @@ def print_stages(results) -> None:
         print(f"preflight {r.status:4s} {r.name:16s} {r.seconds:6.2f}s  {details}", flush=True)
 
 
-def check_config(cfg: DictConfig) -> list:
+def config_or_refuse(cfg: DictConfig) -> list:
     """The `config` stage, before anything is built: a mistake there is the user's (exit 2)."""
     results = run_stages(["config"], PreflightContext(cfg), PREFLIGHT_STAGES)
     if results[-1].status == "fail":
@@ -47,12 +48,28 @@ def decide_run(cfg: DictConfig, run_dir: Path, config: dict, child: bool) -> rd.
         if moved:
             print(f"resume=never: the earlier run in {run_dir} was moved to {moved}", flush=True)
     ignore = list(HydraConfig.get().job.config.override_dirname.exclude_keys)
-    return rd.decide(run_dir, config, ignore)
+    return rd.decide(run_dir, config, ignore, comparable(program_registry().renamed, get_class(cfg.task._target_)))
+
+
+def comparable(renamed: dict, task_class):
+    """A stored or new config as a run's identity reads it: moved classes under their current names, and the
+    checkpoint's monitor and mode as they take effect (null means the family's own: the same run)."""
+    def same(config):
+        config = with_current_targets(config, renamed)
+        checkpoint = config.get("checkpoint") if isinstance(config, dict) else None
+        if not isinstance(checkpoint, dict) or not hasattr(task_class, "monitor"):
+            return config
+        try:
+            monitor, mode = task_class.monitor(checkpoint.get("monitor"), checkpoint.get("mode"))
+        except UserError:
+            return config
+        return {**config, "checkpoint": {**checkpoint, "monitor": monitor, "mode": mode}}
+    return same
 
 
 def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.Decision, results: list) -> list:
     """The remaining preflight stages on real batches; returns every stage's result, printed."""
-    names = [s for s in cfg.validation.preflight if s != "config"]
+    names = [s for s in stage_order(list(cfg.validation.preflight), task) if s != "config"]
     ctx = PreflightContext(cfg, task, datamodule, batches=cfg.validation.batches, experiment=experiment,
                            resume_from=decision.ckpt_path)
     try:
@@ -98,45 +115,15 @@ def process_state_restored():
         torch.set_num_threads(threads_before)
 
 
-@contextlib.contextmanager
-def ctrl_c_saves(policy, trainer):
-    """The first Ctrl-C stops training exactly as SIGTERM does (Lightning finishes the batch, its loop
-    state complete, and the policy saves `last.ckpt`), recorded as a Ctrl-C; later ones are ignored, so
-    the save cannot be cut short. A single process only: DDP's processes would each see the signal at a
-    different batch (Lightning's own handling stays)."""
-    if trainer.world_size > 1 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if policy.stop_requested:
-            print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
-            return
-        policy.stop_requested = True  # the policy stops the fit where Lightning stops for SIGTERM
-        print("\nCtrl-C: stopping after this batch (or at this epoch's end, if it is validating) with a "
-              "checkpoint", flush=True)
-
-    before = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    except SIGTERMException:  # stopping: further presses are ignored until the process has exited with 130
-        signal.signal(signal.SIGINT, signal.SIG_IGN if policy.stop_requested else before)
-        raise
-    except BaseException:
-        signal.signal(signal.SIGINT, before)
-        raise
-    signal.signal(signal.SIGINT, before)
-
-
 def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decision) -> Outcome:
     """Trainer.fit, with a preemption (SIGTERM), Ctrl-C, a failed write or a deliberate stop turned into
     its exit status and one line."""
     ckpt_path = str(decision.ckpt_path) if decision.ckpt_path else None
     try:
-        with process_state_restored(), ddp_children_as_this_job(cfg), ctrl_c_saves(policy, trainer):
+        with process_state_restored(), ddp_children_as_this_job(cfg), ctrl_c_stops(policy.stop, trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        if policy.stop_requested:
+        if policy.stop.requested:
             print(f"interrupted {stopped_where(trainer, policy)}; saved {policy.last_path}; rerun the same command "
                   f"to resume.", flush=True)
             return Outcome(EXIT_INTERRUPTED)
@@ -151,9 +138,9 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
             raise
         return fail(f"{failed}; training stopped. {last_good(policy)}; every earlier checkpoint is as it was. Free "
                     f"space (or fix the disk) and rerun the same command to resume")
-    if policy.stop_requested:  # pressed as the last epoch ended: nothing was left to stop
+    if policy.stop.requested:  # pressed as the last epoch ended: nothing was left to stop
         print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
-    return Outcome(EXIT_OK, stop=policy.stop_requested)
+    return Outcome(EXIT_OK, stop=policy.stop.requested)
 
 
 def stopped_where(trainer, policy) -> str:
@@ -209,7 +196,7 @@ def train(cfg: DictConfig) -> Outcome:
     if child:
         sys.stdout = open(os.devnull, "w")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = check_config(cfg)
+    results = config_or_refuse(cfg)
     if child:  # rank 0 holds the run's lock for all its processes
         return train_run(cfg, run_dir, results, child)
     with rd.held(run_dir):

@@ -19,7 +19,7 @@ Text files are read with a size bound (`read_text`).
 """
 import importlib.resources
 import pickletools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -56,10 +56,12 @@ def shown(value, limit: int = 80) -> str:
 @dataclass(frozen=True)
 class Registry:
     """What the config folders a program was started with may build: {config key: targets placed there},
-    the experiment presets' names, and the folders (for messages)."""
+    the experiment presets' names, the folders (for messages), and {old target: current target} for
+    classes a family moved (its `renamed_targets.yaml`), so that checkpoints written before still load."""
     targets: dict
     experiments: frozenset
     folders: tuple
+    renamed: dict = field(default_factory=dict)
 
     def allowed(self, key: str) -> frozenset:
         return self.targets.get(key, frozenset())
@@ -107,11 +109,22 @@ def _folder(source: str):
     return Path(source.removeprefix("file://"))
 
 
+RENAMED = "renamed_targets"  # <config folder>/renamed_targets.yaml: {renamed_targets: {old: current}}
+
+
+def _renamed(text: str) -> dict:
+    try:
+        found = (yaml.safe_load(text) or {}).get(RENAMED) or {}
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    return {old: new for old, new in found.items() if isinstance(old, str) and isinstance(new, str)}
+
+
 def registry(sources: list[str]) -> Registry:
     """The targets and experiment names that these config folders register (read as text, nothing imported)."""
     from hydra.plugins.config_source import ConfigSource
 
-    targets, experiments = {}, set()
+    targets, experiments, renamed = {}, set(), {}
     for source in sources:
         root = _folder(source)
         if not root.is_dir():
@@ -119,6 +132,9 @@ def registry(sources: list[str]) -> Registry:
         for group, file in _config_files(root):
             text = file.read_text()
             stem = file.name.rsplit(".", 1)[0]
+            if (group, stem) == ("", RENAMED):
+                renamed.update(_renamed(text))
+                continue
             if group == "experiment" or group.startswith("experiment/"):  # experiment=sub/name for nested presets
                 experiments.add(f"{group.removeprefix('experiment').strip('/')}/{stem}".lstrip("/"))
             try:
@@ -129,7 +145,7 @@ def registry(sources: list[str]) -> Registry:
             if isinstance(content, dict):  # the defaults list composes other files; it is not config
                 content = {k: v for k, v in content.items() if k != "defaults"}
             _targets_in(content, _package(header, group, stem), targets)
-    return Registry({k: frozenset(v) for k, v in targets.items()}, frozenset(experiments), tuple(sources))
+    return Registry({k: frozenset(v) for k, v in targets.items()}, frozenset(experiments), tuple(sources), renamed)
 
 
 def program_registry(hydra_node=None) -> Registry:
@@ -152,14 +168,21 @@ def current_registry(extra: tuple[str, ...] = ()) -> Registry:
 
     if HydraConfig.initialized():
         return program_registry()
-    from experiments.cli import CONF_DIR
+    return registry([*package_config_folders(), *extra])
 
-    return registry([str(CONF_DIR), *extra])
+
+def package_config_folders() -> list[str]:
+    """The package's config folder and each built-in family's (what hydra_plugins/experiments_families puts
+    on a program's search path), for a script that runs outside Hydra."""
+    package = Path(__file__).resolve().parent
+    return [str(package / "conf"), *(str(conf) for conf in sorted((package / "families").glob("*/conf")))]
 
 
 # ---- a stored config, checked before anything is built from it ----
-def check_stored_config(config: dict, reg: Registry, where: str) -> None:
-    """Refuse (UserError, one line naming the key) a stored config that could run code or is not plain data."""
+def check_stored_config(config: dict, reg: Registry, where: str) -> dict:
+    """A stored config as data that builds only what `reg` registers, with moved classes' targets under their
+    current names (reg.renamed); anything that could run code or is not plain data is refused (UserError,
+    one line naming the key)."""
     if not isinstance(config, dict):
         raise UserError(f"{where}: its config is a {type(config).__name__}, not a mapping")
     count = 0
@@ -168,36 +191,40 @@ def check_stored_config(config: dict, reg: Registry, where: str) -> None:
         raise UserError(f"{where}: config {key} {why}; a stored config is data and may not name code to run "
                         f"(docs/SECURITY.md)")
 
-    def walk(node, key: str, depth: int) -> None:
+    def walk(node, key: str, depth: int):
         nonlocal count
         count += 1
         if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
             refuse(key or "(root)", f"is larger than any config this framework writes (over {MAX_CONFIG_VALUES:,} "
                                    f"values or {MAX_CONFIG_DEPTH} levels)")
         if isinstance(node, dict):
+            out = {}
             if TARGET in node:  # the outermost target first: it is what would be called
-                check_target(node[TARGET], key)
+                out[TARGET] = current_target(node[TARGET], key)
             for k, v in node.items():
                 if not isinstance(k, str):
                     refuse(f"{key}[{shown(k)}]", "has a key that is not a string")
                 child = f"{key}.{k}" if key else k
                 if k.startswith("_") and k != TARGET:
                     refuse(child, f"is a Hydra instruction ({shown(k)})")
-                walk(v, child, depth + 1)
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{key}.{i}", depth + 1)
-        elif isinstance(node, str):
+                if k != TARGET:
+                    out[k] = walk(v, child, depth + 1)
+            return out
+        if isinstance(node, list):
+            return [walk(v, f"{key}.{i}", depth + 1) for i, v in enumerate(node)]
+        if isinstance(node, str):
             if "${" in node:
                 refuse(key, f"holds an interpolation ({shown(node)})")
         elif not (node is None or isinstance(node, (bool, int, float))):
             refuse(key, f"holds a {type(node).__name__}, not a plain value")
+        return node
 
-    def check_target(target, key: str) -> None:
+    def current_target(target, key: str) -> str:
         if not isinstance(target, str):
             refuse(f"{key}._target_", f"is a {type(target).__name__}, not a class name")
         if not key:
             refuse("_target_", "is at the top level, where no registered config places one")
+        target = reg.renamed.get(target, target)
         allowed = reg.allowed(key)
         if target not in allowed:
             known = ", ".join(sorted(allowed)[:4]) or "none"
@@ -205,8 +232,20 @@ def check_stored_config(config: dict, reg: Registry, where: str) -> None:
                 f"{where}: config {key}._target_={shown(target)} is not a target that a registered config folder "
                 f"places at {key} (registered: {known}); a stored config is data and may not name code to run. A "
                 f"family of your own: give its config folder, as to train.py: --config-dir PATH (docs/SECURITY.md)")
+        return target
 
-    walk(config, "", 0)
+    return walk(config, "", 0)
+
+
+def with_current_targets(config, renamed: dict):
+    """A config with moved classes' `_target_`s under their current names (to compare it with a new one;
+    nothing is built from it)."""
+    if isinstance(config, dict):
+        return {k: renamed.get(v, v) if k == TARGET and isinstance(v, str) else with_current_targets(v, renamed)
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [with_current_targets(v, renamed) for v in config]
+    return config
 
 
 def check_experiment_name(name, reg: Registry, where: str) -> str:

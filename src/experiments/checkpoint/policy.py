@@ -24,10 +24,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import experiments
 from experiments.callbacks import console_print, summary_line
 from experiments import run_dir as rd
-from experiments.checkpoint.io import atomic_write_csv, copy_checkpoint, sidecar
+from experiments.checkpoint.io import copy_checkpoint, sidecar
+from experiments.atomic import atomic_write_csv
 from experiments.commit import checkout_commit
 from experiments.errors import UserError
 from experiments.run_dir import LAST
+from experiments.stop import StopRequest, stop_lightning
 
 
 def epoch_name(epoch: int, prefix: str = "") -> str:
@@ -74,7 +76,7 @@ def restore_rng_state(state: dict) -> None:
 
 class CheckpointPolicy(Checkpoint):
     def __init__(self, dirpath: str, every_n_epochs: int = 1, save_last: bool = True, save_top_k: int = 0,
-                 monitor: str | None = None, mode: str = "min", last_every_n_epochs: int = 1,
+                 monitor: str | None = None, mode: str | None = "min", last_every_n_epochs: int = 1,
                  run_config: dict | None = None):
         for key, value in (("every_n_epochs", every_n_epochs), ("last_every_n_epochs", last_every_n_epochs)):
             if value < 1:
@@ -93,7 +95,8 @@ class CheckpointPolicy(Checkpoint):
         self._finished = False
         self._preempted = False
         self._last_saved_step = -1
-        self.stop_requested = False  # set by Ctrl-C (train.ctrl_c_saves): the stop is the user's, not SIGTERM's
+        self._epoch_t0 = time.perf_counter()
+        self.stop = StopRequest()  # Ctrl-C's (stop.py): the stop is the user's, not SIGTERM's
 
     @property
     def state_key(self) -> str:
@@ -129,6 +132,9 @@ class CheckpointPolicy(Checkpoint):
             restore_rng_state(checkpoint["rng"])
 
     # ---- when ----
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._epoch_t0 = time.perf_counter()  # a mid-epoch resume has no epoch start: its epoch's time is since here
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_t0 = time.perf_counter()
 
@@ -137,21 +143,9 @@ class CheckpointPolicy(Checkpoint):
         # epoch_metrics are complete here: record the history row, print it, then write.
         if trainer.sanity_checking:
             return
-        epoch = trainer.current_epoch
-        row = {"epoch": epoch, "global_step": trainer.global_step}
-        row.update({k: float(v) for k, v in pl_module.epoch_metrics.items()})
-        row["time/epoch_s"] = time.perf_counter() - getattr(self, "_epoch_t0", time.perf_counter())
-        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
-        if trainer.is_global_zero:
-            console_print(trainer, summary_line(row, pl_module.summary_keys, trainer.max_epochs, pl_module.percent_keys))
-        self._finished = self._is_final(trainer, epoch)
-        names = []
-        if (epoch + 1) % self.every_n_epochs == 0 or self._finished:
-            names.append(epoch_name(epoch))
-        best, evicted = self._update_top_k(row)
-        names += best
-        if self.save_last and ((epoch + 1) % self.last_every_n_epochs == 0 or self._finished or names):
-            names.append(LAST)  # whenever anything is written, last.ckpt is the newest state
+        row = self._record(trainer, pl_module)
+        self._finished = self._is_final(trainer, row["epoch"])
+        names, evicted = self._files_of(row)
         self._write(trainer, names)
         if not trainer.is_global_zero:  # DDP: one process owns the files
             return
@@ -159,8 +153,29 @@ class CheckpointPolicy(Checkpoint):
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
         atomic_write_csv(history_rows(self.history), self.history_path)  # whatever the logger
-        if self.stop_requested:  # Ctrl-C: Lightning stops at the end of this epoch (logged), unless it was the last
-            trainer._signal_connector.received_sigterm = not self._finished
+        if self.stop.requested:  # Ctrl-C: Lightning stops at the end of this epoch (logged), unless it was the last
+            stop_lightning(trainer, not self._finished)
+
+    def _record(self, trainer, pl_module) -> dict:
+        """The epoch's history row (replacing a row of the same epoch a resume redid), printed on rank 0."""
+        epoch = trainer.current_epoch
+        row = {"epoch": epoch, "global_step": trainer.global_step}
+        row.update({k: float(v) for k, v in pl_module.epoch_metrics.items()})
+        row["time/epoch_s"] = time.perf_counter() - self._epoch_t0
+        self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
+        if trainer.is_global_zero:
+            console_print(trainer, summary_line(row, pl_module.summary_keys, trainer.max_epochs, pl_module.percent_keys))
+        return row
+
+    def _files_of(self, row: dict) -> tuple[list[str], list[str]]:
+        """(the checkpoint names this epoch writes, those evicted from the top k)."""
+        epoch = row["epoch"]
+        names = [epoch_name(epoch)] if (epoch + 1) % self.every_n_epochs == 0 or self._finished else []
+        best, evicted = self._update_top_k(row)
+        names += best
+        if self.save_last and ((epoch + 1) % self.last_every_n_epochs == 0 or self._finished or names):
+            names.append(LAST)  # whenever anything is written, last.ckpt is the newest state
+        return names, evicted
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
@@ -169,13 +184,13 @@ class CheckpointPolicy(Checkpoint):
         return by_epochs or by_steps or trainer.should_stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # Ctrl-C: Lightning's own SIGTERM flag, set here rather than in the signal handler (Lightning clears
-        # it while the fit starts), ends the fit after this batch with its loop state complete
-        if self.stop_requested:
-            trainer._signal_connector.received_sigterm = True
+        # Ctrl-C: acted on here rather than in the signal handler (Lightning clears its flag while the fit
+        # starts); the fit ends after this batch with its loop state complete
+        if self.stop.requested:
+            stop_lightning(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        # Cluster preemption or Ctrl-C (train.ctrl_c_saves): Lightning raises SIGTERMException after the
+        # Cluster preemption or Ctrl-C (stop.py): Lightning raises SIGTERMException after the
         # current batch, its loop state complete.
         if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
             self._preempted = True

@@ -85,6 +85,10 @@ def check_node(key: str, node: dict, supplied: set[str]) -> None:
     sig = inspect.signature(target)
     params = sig.parameters
     has_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    refused = sorted(n for n in supplied if n not in params and not has_kwargs)
+    if refused:  # e.g. a data module without `seed`: its data order must follow the run's seed
+        raise UserError(f"{node['_target_']} (config {key}) takes no {', '.join(f'{n}=' for n in refused)} argument, "
+                        f"which the framework passes it: add it to its __init__ (docs/FAMILIES.md)")
     hints = _hints(fn)
     for name, value in node.items():
         if name.startswith("_"):

@@ -32,8 +32,13 @@ class PreflightContext:
 
 
 def _loss(task, batch, batch_idx: int) -> torch.Tensor:
-    """A task's `training_loss(batch, batch_idx)`: the scalar its training step minimises."""
+    """A task's `training_loss(batch, batch_idx)`: the scalar its training step minimises, which must also
+    count the batch's training figures (`add_training_terms`): else train/loss would read 0."""
+    counted = task._epoch_count
     out = task.training_loss(batch, batch_idx)
+    if task._epoch_count == counted:
+        raise StageFailure(f"{type(task).__name__}.training_loss did not call add_training_terms(...): the epoch's "
+                           f"train/loss would read 0 (docs/FAMILIES.md)")
     loss = out["loss"] if isinstance(out, dict) else out
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         raise StageFailure(f"training_loss must return a scalar loss tensor, got {type(loss).__name__}")
@@ -134,10 +139,10 @@ def frozen_checkpoint(ctx) -> StageResult:
 
 
 def family_checks(ctx):
-    """How `frozen_checkpoint.path=auto` judges a candidate: the family's own preflight stages that the preset
-    names (e.g. the coverage of the frozen path), run on a copy of the task holding the candidate's parts.
+    """How `frozen_checkpoint.path=auto` judges a candidate: the family's own preflight stages (e.g. the
+    coverage of the frozen path), run on a copy of the task holding the candidate's parts.
     Returns judge(path, parts) -> None, or why the candidate is not usable."""
-    names = [n for n in ctx.cfg.validation.preflight if n in type(ctx.task).preflight_stages]
+    names = list(type(ctx.task).preflight_stages)
 
     def judge(path: Path, parts: dict) -> str | None:
         task = copy.deepcopy(ctx.task)
@@ -169,3 +174,13 @@ PREFLIGHT_STAGES = {
 def stages_for(task) -> dict:
     """The framework's preflight stages and the task's family's own."""
     return {**PREFLIGHT_STAGES, **type(task).preflight_stages}
+
+
+def stage_order(listed: list[str], task) -> list[str]:
+    """The stages to run: `validation.preflight` as listed, with the family's own stages that it does not
+    name inserted right after the framework's loading stages (`config`, `frozen_checkpoint`), since they
+    check what was loaded and come before anything trains."""
+    own = [name for name in type(task).preflight_stages if name not in listed]
+    loading = [i for i, name in enumerate(listed) if name in ("config", "frozen_checkpoint")]
+    at = loading[-1] + 1 if loading else 0
+    return [*listed[:at], *own, *listed[at:]]

@@ -1,0 +1,141 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent  # the checkout
+# Small and quick, but the real programs: 77 steps an epoch instead of 308.
+# The smallest family (examples/sine, a user's family outside the package): what the framework's own tests run.
+SINE_CONF = ROOT / "examples" / "sine" / "conf"
+SINE = ["--config-dir", str(SINE_CONF), "experiment=sine", "logger=none", "trainer.enable_progress_bar=false"]
+FAST = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=256", "task.coverage_samples=2000",
+        "trainer.enable_progress_bar=false"]
+
+
+def run_name(args, exclude=("experiment", "logger", "trainer.enable_progress_bar")) -> str:
+    """The run directory name Hydra gives a command's overrides (the sorted ones that change the result)."""
+    return ",".join(sorted(a for a in args if "=" in a and a.split("=")[0] not in exclude)) or "default"
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    # one thread a process: two test workers share two cores (a resumed run is compared with runs of the
+    # same setting, so exactness is unaffected)
+    e.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), e.get("PYTHONPATH")) if p))  # examples/, as from the root
+    return e
+
+
+def options_first(args) -> list[str]:
+    """Hydra's options (`--config-dir DIR`, `-m`, ...) before the overrides, wherever a test put them."""
+    args, options, overrides = list(args), [], []
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config-dir", "-cd", "--cfg", "-c", "--package", "-p"):
+            options += [arg, args.pop(0)]
+        elif arg.startswith("-"):
+            options.append(arg)
+        else:
+            overrides.append(arg)
+    return options + overrides
+
+
+def train_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *options_first(overrides)]
+
+
+def run_train(*overrides: str, cwd: Path, timeout: float = 300, extra_env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(*overrides), cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(train_cmd(*overrides), cwd=cwd, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return tmp_path
+
+
+def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """verify.py or eval.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / program), *options_first(args)], cwd=cwd,
+                          env={**env(), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    """The one stderr line a refusal prints (and nothing else: no traceback, no Hydra header)."""
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def ternary_run(tmp_path_factory) -> Path:
+    """A real v5.5 run (6 epochs, checkpoints every 2), shared read-only: copy it before changing it."""
+    root = tmp_path_factory.mktemp("ternary_run")
+    r = run_train(*FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", "task.coverage_samples=19683",
+                  cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
+    return run
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a test worker beside another: one core each
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def assert_identical(a, b):
+    """Two checkpoints of one run, bit for bit: weights, optimizer state, step, history (epoch times aside)."""
+    import torch
+
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), f"weights differ at {k}"
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        for k in sa:
+            assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), f"optimizer state {k} differs"
+    assert a["global_step"] == b["global_step"]
+    strip = lambda h: [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+
+
+def wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < timeout, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+def killed_then_rerun(args, run: Path, cwd: Path, delay: float) -> subprocess.CompletedProcess:
+    """Start a run, SIGKILL it `delay` seconds after its first last.ckpt (inside a later epoch, unfinished),
+    then run the same command again to its end; returns the rerun (it must say it resumes)."""
+    import signal
+
+    import torch
+
+    proc = start_train(*args, cwd=cwd)
+    wait_for(run / "checkpoints" / "last.ckpt", proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not partial["run"]["finished"], "the kill came too late to test anything"
+    again = run_train(*args, cwd=cwd)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Resuming" in again.stdout
+    return again
+

@@ -1,0 +1,130 @@
+"""A batch sampler whose order is a pure function of (seed, epoch), resumable mid-epoch; optionally
+grouped by length (bucketing), so that a batch of variable-length sequences pads little.
+
+Lightning calls `set_epoch` before each epoch; `iterations` records which epochs were really iterated
+so that a test (and the task) can check that the epoch reached the sampler.
+"""
+import torch
+from torch.utils.data import Sampler
+
+
+class BatchLoader:
+    """Yields `tensor[indices]` for each index batch of `sampler`: the job of a DataLoader without its
+    per-batch machinery, which costs a measurable share of a step for models this small.
+    Lightning finds `sampler.set_epoch` through the `sampler` attribute, as on a DataLoader."""
+
+    batch_sampler = None  # Lightning inspects it on anything that has a `sampler`
+
+    def __init__(self, tensor: torch.Tensor, sampler: "EpochBatchSampler"):
+        self.tensor, self.sampler = tensor, sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for index in self.sampler:
+            yield self.tensor[index]
+
+    # Resumable to Lightning (its _Stateful protocol): where an interrupted epoch stands travels in the data
+    # module's state_dict (the sampler's), so the loader itself has nothing to keep.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EpochBatchSampler(Sampler):
+    """`lengths` (one per item) with `bucket_window` > 0: each epoch's shuffled order is cut into windows
+    of `bucket_window` batches, each window sorted by length and cut into batches, and the batches of
+    the epoch shuffled. Every item still comes once an epoch, and the order is still f(seed, epoch)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                 lengths=None, bucket_window: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if bucket_window < 0:
+            raise ValueError(f"bucket_window must be >= 0 (0: no bucketing), got {bucket_window}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.lengths = None if lengths is None or not bucket_window else torch.as_tensor(lengths)
+        self.bucket_window = bucket_window
+        self.epoch = 0
+        self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
+        self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
+        self.iterations: list[int] = []
+
+    def set_shard(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch_indices(self, epoch: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_items, generator=g) if self.shuffle else torch.arange(self.num_items)
+        if self.lengths is not None:
+            windows = order.split(self.batch_size * self.bucket_window)
+            order = torch.cat([w[self.lengths[w].argsort(stable=True)] for w in windows])
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.lengths is not None and self.shuffle:  # no epoch runs from short to long
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        if self.world > 1:  # every rank takes as many batches: the order wraps round to fill the last turn
+            per_rank = -(-len(batches) // self.world)
+            batches = (batches + batches[: per_rank * self.world - len(batches)])[self.rank::self.world]
+        return batches
+
+    def __len__(self) -> int:
+        # Always the full epoch: Lightning counts batches already done when it resumes mid-epoch.
+        full, rest = divmod(self.num_items, self.batch_size)
+        total = full + (1 if rest and not self.drop_last else 0)
+        return -(-total // self.world)
+
+    def __iter__(self):
+        self.iterations.append(self.epoch)
+        epoch, done = self.resume_at
+        self.resume_at = (-1, 0)
+        yield from self.batch_indices(self.epoch)[done if epoch == self.epoch else 0:]
+
+    def state_dict(self, batches_done: int) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"checkpoint data order has seed {state['seed']}, this run has seed {self.seed}")
+        self.epoch = state["epoch"]
+        self.resume_at = (state["epoch"], state["batches_done"])
+
+
+def shard(sampler: EpochBatchSampler, trainer) -> EpochBatchSampler:
+    """Give a training sampler this process's share of each epoch under DDP (no-op on one process)."""
+    if trainer is not None:
+        sampler.set_shard(trainer.global_rank, trainer.world_size)
+    return sampler
+
+
+def totals_over_ranks(module, sums: torch.Tensor, count: int) -> tuple[torch.Tensor, float]:
+    """An epoch's per-process sums (e.g. of training losses) and their count (batches, tokens), summed
+    over all DDP processes in one reduction; unchanged on one process."""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size == 1:
+        return sums, float(count)
+    flat = torch.cat([sums.detach().double().reshape(-1), torch.tensor([float(count)], dtype=torch.float64)])
+    flat = trainer.strategy.reduce(flat.to(module.device), reduce_op="sum").cpu()
+    return flat[:-1].reshape(sums.shape), flat[-1].item()
+
+
+def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
+    """A mid-epoch checkpoint's partial epoch sums (`task_epoch_state`). Under DDP they are rank 0's, so
+    only rank 0 takes them back: the others start from zero instead of counting rank 0's share twice."""
+    state = checkpoint.get("task_epoch_state")
+    return state if state is not None and not getattr(module._trainer, "global_rank", 0) else None
+
+
+def batches_done(trainer) -> int:
+    """Training batches finished in the current epoch (a checkpoint taken mid-epoch resumes after them)."""
+    if trainer is None:
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.completed

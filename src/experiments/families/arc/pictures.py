@@ -1,0 +1,84 @@
+"""Pictures of every held-out output: its input, true output and the model's two attempts, in ARC colours.
+
+One row per output, `per_page` rows per PNG (`predictions.png`, then `predictions_2.png`, ...). The grids
+of a page share one scale and show their cell lines, so a prediction of the wrong shape looks wrong."""
+from pathlib import Path
+
+import numpy as np
+
+from experiments.family import atomic_savefig
+
+PALETTE = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
+           "#870C25"]
+STEM = "predictions"
+
+
+def page_paths(folder: Path, pages: int) -> list[Path]:
+    return [Path(folder) / (f"{STEM}.png" if p == 1 else f"{STEM}_{p}.png") for p in range(1, pages + 1)]
+
+
+def verdict(attempt, target) -> str:
+    if attempt is None:
+        return "no grid"
+    if attempt.shape != target.shape:
+        return f"wrong shape {attempt.shape[0]}x{attempt.shape[1]}"
+    return "right" if (attempt == target).all() else f"{int((attempt != target).sum())} cells wrong"
+
+
+def draw_grid(ax, grid, side: int, cmap) -> None:
+    """A grid at the page's scale (`side` cells across the panel), one square per cell, with cell lines."""
+    ax.set_xlim(0, side), ax.set_ylim(side, 0)
+    ax.set_aspect("equal")
+    ax.set_xticks([]), ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if grid is None:
+        return
+    grid = np.asarray(grid)
+    h, w = grid.shape
+    ax.pcolormesh(np.arange(w + 1), np.arange(h + 1), grid, cmap=cmap, vmin=0, vmax=9,
+                  edgecolors="#555555", linewidth=0.3)
+
+
+def draw_page(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(PALETTE)
+    side = max(max(np.asarray(g).shape) for r in rows for g in (r.get("input"), r["target"], *r["attempts"][:2])
+               if g is not None)
+    height = 2.1 * len(rows) + 0.5
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8, height), squeeze=False)
+    for row, r in zip(axes, rows):
+        target = r["target"]
+        a1, a2 = r["attempts"][:2]
+        panels = [(f"{r['task']} #{r['index']}: input", r.get("input")),
+                  (f"true output {target.shape[0]}x{target.shape[1]}", target),
+                  (f"attempt 1: {verdict(a1, target)}", a1), (f"attempt 2: {verdict(a2, target)}", a2)]
+        for ax, (label, grid) in zip(row, panels):
+            draw_grid(ax, grid, side, cmap)
+            ax.set_title(label, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # the page's title above the first row
+    atomic_savefig(fig, path, dpi=80)
+    plt.close(fig)
+
+
+def draw_predictions(results: list[dict], folder: Path, title: str, per_page: int = 8) -> list[Path]:
+    """Every result (task, index, input, target, attempts) on pages of `per_page`; earlier pages beyond
+    the new count are removed, so the folder never mixes two drawings. Returns the pages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pages = max(1, -(-len(results) // per_page))
+    paths = page_paths(folder, pages)
+    for p, path in enumerate(paths):
+        rows = results[p * per_page:(p + 1) * per_page]
+        if rows:
+            draw_page(rows, path, f"{title} (page {p + 1} of {pages})" if pages > 1 else title)
+    for stale in folder.glob(f"{STEM}_*.png"):
+        if stale not in paths:
+            stale.unlink()
+    return paths

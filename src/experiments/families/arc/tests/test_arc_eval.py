@@ -1,0 +1,149 @@
+"""eval.py: a checkpoint on other data than its run's, through the same command a user types. ARC on a
+task set of its own (files in ARC's JSON format) checked by an independent scorer; bad input refused."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, env, one_error_line, run_train
+
+ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
+           "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
+           "trainer.enable_progress_bar=false"]
+
+
+def run_eval(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def arc_run(tmp_path_factory):
+    """exp0 trained on the 4 tiny tasks' demonstrations until it reproduces most of them."""
+    root = tmp_path_factory.mktemp("arc_eval")
+    r = run_train(*ARC_RUN, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = (root / "outputs" / "exp0_encoder_decoder").iterdir()
+    return root, run
+
+
+def task_set(folder):
+    """A task set unlike the run's: each tiny task asked its own demonstrations (which the model learnt,
+    so some answers are right) and one ARC-AGI-1 evaluation task it never saw, as ARC JSON files."""
+    from experiments.families.arc.data import load_tasks, select
+
+    training, evaluation = load_tasks("arcagi")
+    grid = lambda g: [[int(c) for c in row] for row in g]  # noqa: E731
+    pairs = lambda ps: [{"input": grid(i), "output": grid(o)} for i, o in ps]  # noqa: E731
+    folder.mkdir()
+    truths = {}
+    for t in select(training, 4, 6):
+        truths[t.id] = pairs(t.train)
+        (folder / f"{t.id}.json").write_text(json.dumps({"train": pairs(t.train), "test": pairs(t.train)}))
+    unseen = select(evaluation, 1, 6)[0]
+    truths[unseen.id] = pairs(unseen.test)
+    (folder / f"{unseen.id}.json").write_text(json.dumps({"train": pairs(unseen.train), "test": pairs(unseen.test)}))
+    return truths
+
+
+def independent_score(submission: dict, truths: dict) -> dict:
+    """ARC Prize scoring from the files alone: an output is solved when either attempt equals it."""
+    solved = {(task, i): [att[f"attempt_{k}"] == truth["output"] for k in (1, 2)]
+              for task, tests in truths.items() for i, (att, truth) in enumerate(zip(submission[task], tests))}
+    assert all(len(submission[t]) == len(truths[t]) for t in truths) and set(submission) == set(truths)
+    return solved
+
+
+def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_same(arc_run, tmp_path):
+    root, run = arc_run
+    truths = task_set(tmp_path / "tasks")
+    r = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", "data.max_side=null", "data.max_tasks=null", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (out,) = (run / "eval").glob("data.folder=*")
+    out = out / "last"
+    result = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(out / "per_output.csv")))
+    solved = independent_score(json.loads((out / "submission.json").read_text()), truths)
+    assert len(rows) == len(solved) == sum(len(v) for v in truths.values())
+    for row in rows:
+        at1, either = solved[(row["task"], int(row["index"]))]
+        assert (int(row["exact@1"]), int(row["exact@2"])) == (int(at1), int(at1 or either)), row
+    metrics = result["metrics"]
+    assert metrics["arc/exact_output@2"] == pytest.approx(sum(any(s) for s in solved.values()) / len(solved))
+    assert metrics["arc/exact_output@1"] == pytest.approx(sum(s[0] for s in solved.values()) / len(solved))
+    assert 0 < metrics["arc/exact_output@2"] < 1, "some right and some wrong, or the comparison proves little"
+    assert result["checkpoint"]["epoch"] == 60 and result["data"]["config"]["format"] == "encoder_decoder"
+    # every held-out output drawn: 8 per page
+    pages = sorted(p.name for p in out.glob("predictions*.png"))
+    assert len(pages) == -(-len(rows) // 8) and pages[0] == "predictions.png"
+
+
+def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path):
+    """data=GROUP composes as train.py would for the run's experiment: the group's tasks, the preset's format."""
+    root, run = arc_run
+    r = run_eval(f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=arc_tiny", "data.max_tasks=2", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((run / "eval" / "data.max_tasks=2,data=arc_tiny" / "last" / "metrics.json").read_text())
+    assert result["data"]["config"]["format"] == "encoder_decoder" and result["data"]["config"]["max_tasks"] == 2
+    assert result["metrics"]["arc/tasks"] == 2.0
+    assert "Evaluating" in r.stdout and "arc/cell_accuracy" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ckpt=nowhere.ckpt"], "nowhere.ckpt does not exist"),
+    (["data.task_ids=[nope]"], "unknown ARC task id(s) ['nope']"),
+    (["data.max_task=2"], "data.max_task is not a parameter of experiments.families.arc.data.ArcDataModule"),
+    (["data=no_such_group"], "Could not find 'data/no_such_group' Available options in 'data': arc arc_full"),
+])
+def test_unusable_input_is_one_line_and_exit_2(arc_run, args, message):
+    root, run = arc_run
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = run_eval(*([f"ckpt={run}"] if not args[0].startswith("ckpt=") else []), *args, cwd=root)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before, "nothing written for refused input"
+
+
+BAD_GRIDS = {  # a test input as a task file holds it -> what the line says
+    "a cell out of range": ([[1, 10]], "holds the cell 10; ARC cells are integers 0-9"),
+    "a 3-D grid": ([[[1]]], "holds the cell [1]; ARC cells are integers 0-9"),
+    "a scalar": (3, "is not a grid (a non-empty list of non-empty rows of cells)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GRIDS))
+def test_a_bad_task_file_is_one_line_naming_it(arc_run, tmp_path, case):
+    root, run = arc_run
+    grid, message = BAD_GRIDS[case]
+    good = [[1, 2], [3, 4]]
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.json").write_text(json.dumps(
+        {"train": [{"input": good, "output": good}] * 2, "test": [{"input": grid, "output": good}]}))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", cwd=root)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert f"{tmp_path / 'tasks' / 't.json'}: test[0].input {message}" in line, line
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_every_kind_of_bad_grid_is_refused():
+    from experiments.families.arc.data import grid_of
+
+    for bad in ([[1, 2], [3]], [[]], [], [["1"]], [[1.5]], [[True]], [[-1]], [[None]], [[0] * 31], [[0]] * 31, "12"):
+        with pytest.raises(ValueError, match="t.json: x"):
+            grid_of(bad, "t.json: x")
+    assert grid_of([[0, 9]], "x").tolist() == [[0, 9]]
+
+
+def test_data_of_another_family_is_refused_before_the_model_runs(ternary_run, tmp_path):
+    r = run_eval(f"ckpt={ternary_run}", "data=arc_tiny", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = one_error_line(r)
+    assert "data=arc_tiny is data for experiments.families.arc.data.ArcDataModule, but this checkpoint was trained on " \
+           "experiments.families.ternary.data.TernaryOpsDataModule data" in line, line
+    assert not (ternary_run / "eval").exists()
+

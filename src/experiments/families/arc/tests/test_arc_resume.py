@@ -1,0 +1,26 @@
+"""ARC's data order resumes exactly: length-bucketed batches and augmentations drawn per (seed, epoch,
+example), with evaluations in between; a run killed with SIGKILL and started again ends bit-identical to
+one never interrupted (the framework's resume itself is tested on the smallest family: tests/test_resume.py)."""
+import torch
+
+from conftest import assert_identical, killed_then_rerun, run_name, run_train
+
+ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
+        "trainer.max_epochs=40", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=15", "logger=none",
+        "trainer.enable_progress_bar=false"]
+RUN = "outputs/exp3_champion/" + run_name(ARGS)
+
+
+def final(root):
+    ckpt = torch.load(root / RUN / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["run"]["finished"] and ckpt["epoch"] == 39
+    return ckpt
+
+
+def test_sigkill_then_rerun_is_bit_identical(tmp_path):
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    ref_dir.mkdir(), killed_dir.mkdir()
+    done = run_train(*ARGS, cwd=ref_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    killed_then_rerun(ARGS, killed_dir / RUN, killed_dir, delay=1.0)
+    assert_identical(final(killed_dir), final(ref_dir))

@@ -1,0 +1,184 @@
+"""The hyperbolic Ternary variants through the real programs: the v5.5 -> v5.11 chain with
+frozen_checkpoint.path=auto, every refusal of the frozen_checkpoint / frozen_coverage preflight, frozen
+parts that never change, homeostasis in a real run, and the coverage guard."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, env, one_error_line, run_train
+from experiments.checkpoint.io import save_checkpoint
+
+QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
+PARTS = ("model.encoder_a.", "model.encoder_b.", "model.decoder_a.")
+
+
+def verify(target: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={target}"], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A v5.5 run trained to full coverage and passed through verify.py, as the README chain has it."""
+    root = tmp_path_factory.mktemp("chain")
+    outputs = root / "outputs"
+    r = run_train("experiment=ternary_v5_5", f"paths.outputs={outputs}", "trainer.max_epochs=8", *QUIET, cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = outputs / "ternary_v5_5" / "trainer.max_epochs=8"
+    v = verify(run, root)
+    assert v.returncode == 0, v.stdout + v.stderr
+    return {"root": root, "outputs": outputs, "run": run, "ckpt": run / "checkpoints" / "epoch=0008.ckpt"}
+
+
+def test_verify_flags_sampled_coverage_as_proving_nothing(source):
+    """The v5.5 source's verification: reconstruction coverage beats the untrained control by far, while the
+    sampled coverage of an untrained decoder is as high: the report must say it proves nothing."""
+    report = json.loads((source["run"] / "checkpoints" / "verification" / "epoch=0008.json").read_text())
+    metrics = {s["name"]: s for s in report["stages"]}["metrics"]["metrics"]
+    assert metrics["coverage/recon_a"]["clearly_better"] is True
+    assert metrics["coverage/recon_a"]["untrained_control"] < 0.01
+    assert metrics["coverage/sampled_a"]["clearly_better"] is False
+
+
+def frozen_state(path: Path, prefixes=PARTS) -> dict:
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith(prefixes)}
+
+
+def train_v511(source, *overrides, experiment="ternary_v5_11"):
+    return run_train(f"experiment={experiment}", f"paths.outputs={source['outputs']}", *QUIET, *overrides,
+                     cwd=source["root"])
+
+
+def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(source):
+    r = train_v511(source, "frozen_checkpoint.path=auto")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"picked {source['ckpt']}" in r.stdout  # says which checkpoint it took
+    start = float(re.search(r"frozen_coverage .* coverage ([\d.]+)% >= 95%", r.stdout).group(1))
+    assert start >= 99.0
+    run = source["outputs"] / "ternary_v5_11" / "frozen_checkpoint.path=auto"
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    history = last["history"]
+    assert len(history) == 20 and min(row["coverage/recon_a"] for row in history) >= 0.99
+    assert history[-1]["hierarchy/b"] <= -0.80
+    # frozen parameters never changed: every tensor of encoders A, B and decoder A equals the source's
+    src, trained = frozen_state(source["ckpt"]), frozen_state(run / "checkpoints" / "last.ckpt")
+    assert src.keys() == trained.keys() and len(src) == 26
+    assert all(torch.equal(src[k], trained[k]) for k in src)
+    assert last["frozen"]["source"]["path"] == str(source["ckpt"].resolve())
+    v = verify(run, source["root"])
+    assert v.returncode == 0, v.stdout + v.stderr
+    report = json.loads((run / "checkpoints" / "verification" / "epoch=0020.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["frozen_identical"]["status"] == "pass" and "byte-identical" in stages["frozen_identical"]["details"]
+    metrics = stages["metrics"]["metrics"]
+    assert metrics["hierarchy/b"]["clearly_better"] and metrics["coverage/recon_a"]["untrained_control"] >= 0.99
+    rep = subprocess.run([sys.executable, str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"), str(run)], env=env(),
+                         capture_output=True, text=True, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    png = run / "report" / "ternary_report.png"
+    assert f"wrote {png}" in rep.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def other_sources(source):
+    """Checkpoints that must be refused: barely trained, of another width, of an incompatible variant."""
+    other = source["root"] / "other"
+    short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "checkpoint.save_top_k=0"]
+    for extra in ([], ["model.latent_dim=8"]):
+        r = run_train("experiment=ternary_v5_5", f"paths.outputs={other}", *short, *extra, *QUIET, cwd=source["root"])
+        assert r.returncode == 0, r.stdout + r.stderr
+    runs = {p.name: p for p in (other / "ternary_v5_5").iterdir()}
+    family = source["root"] / "v5_12.ckpt"
+    ckpt = torch.load(source["ckpt"], weights_only=True)
+    ckpt["config"]["experiment"] = "ternary_v5_12"  # v5.11 may load only v5.5 or v5.11 parts
+    save_checkpoint(ckpt, family)
+    narrow = next(p for name, p in runs.items() if "latent_dim=8" in name)
+    untrained = next(p for name, p in runs.items() if "latent_dim" not in name)
+    return {"family": family, "narrow": narrow / "checkpoints" / "last.ckpt", "untrained": untrained}
+
+
+REFUSALS = {
+    "null path": ([], [r"frozen_checkpoint\.path is null", r"allow_random=true", "compatible under"]),
+    "missing file": (["frozen_checkpoint.path=/nowhere/v5_5.ckpt"], [r"/nowhere/v5_5\.ckpt does not exist"]),
+    "wrong family": (["frozen_checkpoint.path={family}"],
+                     [r"is a ternary_v5_12 checkpoint; ternary_v5_11 loads frozen parts only from ternary_v5_5 or ternary_v5_11"]),
+    "wrong shapes": (["frozen_checkpoint.path={narrow}"],
+                     [r"do not fit this model: model\.decoder_a\.net\.0\.weight \(32, 8\) in the checkpoint vs \(32, 16\) here"]),
+    "low coverage": (["frozen_checkpoint.path={untrained}"],
+                     [r"coverage of the frozen parts is \d+\.\d+%.*below frozen_checkpoint\.min_coverage=95%"]),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_refusals_stop_before_training_with_one_line(case, source, other_sources):
+    overrides, patterns = REFUSALS[case]
+    overrides = [o.format(**other_sources) for o in overrides]
+    written = lambda: sorted((source["outputs"] / "ternary_v5_11").glob("*/checkpoints/*"))  # noqa: E731
+    before = written()
+    r = train_v511(source, *overrides)
+    assert r.returncode == 2, r.stdout + r.stderr  # the frozen parts' source is bad input
+    error = one_error_line(r)
+    assert error.endswith("Nothing was trained."), error
+    for pattern in patterns:
+        assert re.search(pattern, error), (pattern, error)
+    if case in ("null path", "wrong shapes"):  # suggests what would work
+        assert str(source["run"] / "checkpoints") in error
+    assert "Training ternary_v5_11" not in r.stdout and written() == before  # stopped before training
+
+
+def test_allow_random_trains_and_says_so(source):
+    r = train_v511(source, "frozen_checkpoint.allow_random=true", "trainer.max_epochs=1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "frozen parts are RANDOM" in r.stdout and "not enforced" in r.stdout
+    ckpt = torch.load(source["outputs"] / "ternary_v5_11" / "frozen_checkpoint.allow_random=true,trainer.max_epochs=1"
+                      / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["frozen"]["source"]["allow_random"] is True
+
+
+def test_partial_freeze_homeostasis_in_a_real_run_and_verified(source):
+    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "trainer.max_epochs=10",
+                   experiment="ternary_v5_11_partial_freeze")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"homeostasis: epoch 5: coverage/recon_a [\d.]+% -> unfroze encoder A", r.stdout)
+    run = next((source["outputs"] / "ternary_v5_11_partial_freeze").iterdir())
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    frozen_flags = [row["homeostasis/encoder_a_frozen"] for row in last["history"]]
+    assert frozen_flags == [1.0] * 4 + [0.0] * 6
+    assert last["frozen"]["always_frozen"] == ["decoder_a"]
+    src, trained = frozen_state(source["ckpt"]), frozen_state(run / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(src[k], trained[k]) for k in src if k.startswith("model.decoder_a."))
+    assert not all(torch.equal(src[k], trained[k]) for k in src if k.startswith("model.encoder_b."))
+    v = verify(run, source["root"])  # resume_exact restores the controller's state (A unfrozen) from the file
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_coverage_guard_stops_a_collapse_and_keeps_the_last_good_checkpoint(source):
+    # Encoder A unfrozen after one epoch at 10 x lr with no cross-entropy to hold it: coverage collapses.
+    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "task.encoder_a_lr_scale=10",
+                   "task.ce_weight=0", "callbacks.homeostasis.warmup_epochs=1", "callbacks.homeostasis.hysteresis=0",
+                   "callbacks.coverage_guard.stop=true", "checkpoint.save_top_k=0",
+                   experiment="ternary_v5_11_partial_freeze")
+    assert r.returncode == 1, r.stdout + r.stderr
+    error = next(line for line in r.stdout.splitlines() if line.startswith("error:"))
+    assert re.search(r"coverage/recon_a fell to \d+\.\d+% at epoch 2, below 95%; stopped", error)
+    assert "last good checkpoint" in error and "(epoch 1)" in error
+    run = next(p for p in (source["outputs"] / "ternary_v5_11_partial_freeze").iterdir() if "coverage_guard" in p.name)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and last["history"][-1]["coverage/recon_a"] >= 0.99
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt"]
+
+
+def test_v5_12_trains_with_its_rich_loss(source):
+    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "trainer.max_epochs=3",
+                   experiment="ternary_v5_12")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = next((source["outputs"] / "ternary_v5_12").iterdir())
+    history = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["history"]
+    assert history[-1]["hierarchy/b"] < history[0]["hierarchy/b"] and history[-1]["hierarchy/b"] < -0.3
+    assert all(row["train/separation"] >= 0 and row["coverage/recon_a"] >= 0.99 for row in history)

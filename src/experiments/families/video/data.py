@@ -1,0 +1,116 @@
+"""Video clips, (C, T, H, W) float in [0, 1] (batches (B, C, T, H, W)), never 0-255.
+
+Default: procedurally generated clips of 1-3 coloured squares and discs moving with constant velocity and
+bouncing off the borders, each clip a pure function of (seed, clip index); train and validation clips
+are disjoint indices. Or `folder=PATH`: every `*.npy` in it is one clip, shaped (C, T, H, W); uint8 clips
+are divided by 255, float clips must already lie in [0, 1]. The last `val_fraction` (sorted by name)
+validate; `val_fraction=1`: all of them (eval.py on a folder of clips).
+"""
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from experiments.family import batches_done, BatchLoader, EpochBatchSampler, shard
+
+
+def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, index])
+    clip = np.zeros((3, frames, size, size), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for _ in range(rng.integers(1, 4)):
+        r = rng.uniform(size / 10, size / 5)
+        pos = rng.uniform(r, size - r, 2)
+        vel = rng.uniform(-size / 12, size / 12, 2)
+        colour = rng.uniform(0.3, 1.0, 3).astype(np.float32)
+        disc = rng.random() < 0.5
+        for t in range(frames):
+            cy, cx = pos
+            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) if disc else \
+                ((np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r))
+            clip[:, t][:, mask] = colour[:, None]
+            pos = pos + vel
+            for k in range(2):  # bounce
+                if pos[k] < r or pos[k] > size - r:
+                    vel[k] = -vel[k]
+                    pos[k] = np.clip(pos[k], r, size - r)
+    return clip
+
+
+def read_clip(path: Path) -> np.ndarray:
+    """A .npy file, read only when its header's shape fits the file's size (a file is data: a header can
+    claim any shape), never unpickled."""
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a .npy array ({e})")
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > Path(path).stat().st_size:
+            raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
+        raise ValueError(f"{path}: {' '.join(str(e).split())}")
+
+
+def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
+    files = sorted(f for f in Path(folder).glob("*.npy") if f.is_file())
+    if not files:
+        raise ValueError(f"no .npy clips in {folder}")
+    clips = []
+    for f in files:
+        a = read_clip(f)
+        if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
+            raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        elif not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
+        elif not np.isfinite(a).all():
+            raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
+        elif a.min() < 0 or a.max() > 1:
+            raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
+        clips.append(torch.from_numpy(a.astype(np.float32)))
+    if len({c.shape for c in clips}) != 1:
+        raise ValueError(f"clips in {folder} differ in shape: {sorted({tuple(c.shape) for c in clips})}")
+    return torch.stack(clips), [f.name for f in files]
+
+
+class VideoDataModule(L.LightningDataModule):
+    def __init__(self, frames: int = 8, size: int = 16, train_clips: int = 64, val_clips: int = 16,
+                 batch_size: int = 8, folder: str | None = None, val_fraction: float = 0.2, seed: int = 0):
+        super().__init__()
+        self.batch_size, self.seed = batch_size, seed
+        if not 0 < val_fraction <= 1:
+            raise ValueError(f"data.val_fraction must lie in (0, 1], got {val_fraction}")
+        if folder:
+            clips, names = load_folder(Path(folder))
+            n_val = max(1, int(round(len(clips) * val_fraction)))
+            self.train, self.val = clips[:-n_val], clips[-n_val:]
+            self.val_names = names[-n_val:]
+        else:
+            make = lambda i: moving_shapes(i, seed, frames, size)  # noqa: E731
+            self.train = torch.from_numpy(np.stack([make(i) for i in range(train_clips)]))
+            self.val = torch.from_numpy(np.stack([make(train_clips + i) for i in range(val_clips)]))
+            self.val_names = [f"generated_{train_clips + i}" for i in range(val_clips)]
+        self.train_sampler = EpochBatchSampler(len(self.train), batch_size, seed, shuffle=True)
+
+    def describe(self) -> str:
+        return f"{len(self.train)} training clips, {len(self.val)} validation clips {tuple(self.val.shape[1:])}"
+
+    def train_dataloader(self) -> BatchLoader:
+        if not len(self.train):
+            raise ValueError("no training clips: data.val_fraction=1 keeps every clip for validation")
+        return BatchLoader(self.train, shard(self.train_sampler, self.trainer))
+
+    def val_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.val, EpochBatchSampler(len(self.val), self.batch_size, self.seed, shuffle=False))
+
+    def state_dict(self) -> dict:
+        return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_sampler.load_state_dict(state["train_sampler"])
