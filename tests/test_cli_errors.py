@@ -1,7 +1,7 @@
 """Bad input: one clear line, a non-zero exit, no traceback, and no run directory left behind."""
 import pytest
 
-from conftest import FAST, one_error_line, run_train
+from conftest import FAST, SINE, one_error_line, run_train
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -39,11 +39,12 @@ def test_cfg_job_prints_composed_config(workdir):
 @pytest.mark.parametrize("override, expected", [
     ("checkpoint.every_n_epochs=0", "checkpoint.every_n_epochs must be >= 1"),
     ("checkpoint.mode=sideways", "checkpoint.mode must be 'min' or 'max'"),
+    ("checkpoint.mode=min", "checkpoint.mode=min contradicts SineTask: higher is better for val/r2"),  # no monitor
     ("validation.preflight=[config,no_such_stage]", "unknown validation stage"),
     ("task._target_=torch.nn.Identity", "is not an experiments.family.ExperimentTask"),  # outside the contract
 ])
 def test_bad_settings_found_after_composition_are_one_line_too(workdir, override, expected):
-    r = run_train(*FAST, override, cwd=workdir, timeout=60)
+    r = run_train(*SINE, override, cwd=workdir, timeout=60)  # (its checkpoint.monitor is null: the family's)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -50,27 +49,51 @@ def reference(reference_dir):
     return final_state(reference_dir)
 
 
+# The signals are sent by the process to itself from a hook, at a set place: sent from outside, they land
+# wherever a loaded machine happens to be (inside an epoch's validation instead of in the middle of its batches).
+SIGNALS_AT = """
+import os, runpy, signal, sys
+from experiments.checkpoint.policy import CheckpointPolicy
+EPOCH, BATCH = int(os.environ["SIGNAL_EPOCH"]) - 1, int(os.environ["SIGNAL_BATCH"])  # batch -1: as it validates
+def send(trainer):
+    if not trainer.sanity_checking and trainer.current_epoch == EPOCH:
+        for name in os.environ["SIGNALS"].split(","):
+            os.kill(os.getpid(), signal.Signals[name])
+def on_validation_start(self, trainer, pl_module):
+    if BATCH == -1:
+        send(trainer)
+def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    if batch_idx == BATCH:
+        send(trainer)
+CheckpointPolicy.on_validation_start = on_validation_start
+CheckpointPolicy.on_train_batch_start = on_train_batch_start
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def with_signals(*args, epoch, batch=-1, signals=("SIGINT",), cwd):
+    """train.py, with `signals` sent in epoch `epoch` (1-based) before its batch `batch` (or as it validates)."""
+    return subprocess.run([sys.executable, "-c", SIGNALS_AT, str(ROOT / "train.py"), *options_first(args)], cwd=cwd,
+                          env={**env(), "SIGNAL_EPOCH": str(epoch), "SIGNAL_BATCH": str(batch),
+                               "SIGNALS": ",".join(signals)}, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("signals, code, said", [
-    ([signal.SIGTERM], 143, "SIGTERM: saved "),
-    ([signal.SIGINT, signal.SIGINT], 130, "interrupted in epoch "),  # Ctrl-C pressed twice: the save goes on
+    (["SIGTERM"], 143, "SIGTERM: saved "),
+    (["SIGINT", "SIGINT"], 130, "interrupted in epoch "),  # Ctrl-C pressed twice: the save goes on
 ], ids=["sigterm", "ctrl_c"])
 def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, signals, code, said):
-    proc = start_train(*ARGS, cwd=tmp_path)
+    r = with_signals(*ARGS, epoch=2, batch=50, signals=signals, cwd=tmp_path)
+    assert r.returncode == code, r.stdout + r.stderr
+    (line,) = [l for l in r.stdout.splitlines() if l.startswith(said)]
     last = tmp_path / RUN / "checkpoints" / "last.ckpt"
-    wait_for(last, proc)
-    time.sleep(0.2)
-    for sig in signals:
-        proc.send_signal(sig)
-        time.sleep(0.05)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == code, out
-    (line,) = [l for l in out.splitlines() if l.startswith(said)]
     assert "checkpoints/last.ckpt" in line and "rerun the same command to resume" in line
     assert read_intact(last)[1] is None, "the saved checkpoint is whole and matches its sidecar"
     saved = torch.load(last, weights_only=True)
     assert saved["run"]["preempted"] and not saved["run"]["finished"]
-    assert saved["global_step"] % STEPS != 0, "expected a mid-epoch checkpoint"
-    where = f"in epoch {saved['epoch'] + 1} at step {saved['global_step']}"  # the same words for the same place:
+    assert saved["global_step"] == STEPS + 51, "saved after the batch the signal came in"
+    where = f"in epoch 2 at step {STEPS + 51}"  # the same words for the same place:
     assert where in line
 
     again = run_train(*ARGS, cwd=tmp_path)
@@ -79,26 +102,9 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     assert_identical(final_state(tmp_path), reference)
 
 
-CTRL_C_IN_VALIDATION = """
-import os, runpy, signal, sys
-from experiments.checkpoint.policy import CheckpointPolicy
-def on_validation_start(self, trainer, pl_module):  # the user presses Ctrl-C while epoch N validates
-    if not trainer.sanity_checking and trainer.current_epoch == int(os.environ["CTRL_C_EPOCH"]) - 1:
-        os.kill(os.getpid(), signal.SIGINT)
-CheckpointPolicy.on_validation_start = on_validation_start
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def with_ctrl_c_in_validation(epoch, *args, cwd):
-    return subprocess.run([sys.executable, "-c", CTRL_C_IN_VALIDATION, str(ROOT / "train.py"), *options_first(args)], cwd=cwd,
-                          env={**env(), "CTRL_C_EPOCH": str(epoch)}, capture_output=True, text=True, timeout=300)
-
-
 def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
     logged = [a if a != "logger=none" else "logger=csv" for a in ARGS]  # the stopped epoch reaches the logger
-    r = with_ctrl_c_in_validation(2, *logged, cwd=tmp_path)
+    r = with_signals(*logged, epoch=2, cwd=tmp_path)
     assert r.returncode == 130, r.stdout + r.stderr
     saved = torch.load(tmp_path / RUN / "checkpoints" / "last.ckpt", weights_only=True)
     assert (saved["epoch"], saved["global_step"]) == (1, 2 * STEPS), "epoch 2's end"
@@ -115,13 +121,13 @@ def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
 
 
 def test_ctrl_c_as_the_last_epoch_validates_completes_the_run_and_stops_a_sweep(tmp_path, reference):
-    r = with_ctrl_c_in_validation(4, *ARGS, cwd=tmp_path)  # nothing is left to stop: complete, and it says so
+    r = with_signals(*ARGS, epoch=4, cwd=tmp_path)  # nothing is left to stop: complete, and it says so
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Ctrl-C came as the last epoch ended: the run is complete." in r.stdout
     assert_identical(final_state(tmp_path), reference)
 
     (tmp_path / "sweep").mkdir()
-    sweep = with_ctrl_c_in_validation(4, "-m", *ARGS, "seed=0,1", cwd=tmp_path / "sweep")
+    sweep = with_signals("-m", *ARGS, "seed=0,1", epoch=4, cwd=tmp_path / "sweep")
     assert sweep.returncode == 130, sweep.stdout + sweep.stderr
     assert "Ctrl-C: the sweep stops; rerun the same command to resume it." in sweep.stdout
     records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("outputs/sweeps/*/jobs/*.json")]

@@ -107,13 +107,19 @@ class ExperimentTask(L.LightningModule):
         set, else the primary metric. The direction of the primary metric is the family's
         (`higher_is_better` / `lower_is_better`); that of a named monitor `checkpoint.mode` when set, else
         the family's too."""
+        if mode not in (None, "min", "max"):
+            raise UserError(f"checkpoint.mode must be 'min' or 'max' (or null: the family's direction), got {mode!r}")
         if name and mode:
             return name, mode
         name = name or cls.primary_metric
-        if name in cls.higher_is_better:
-            return name, "max"
-        if name in cls.lower_is_better or name is None:
-            return name, "min"
+        direction = "max" if name in cls.higher_is_better else "min" if name in cls.lower_is_better or name is None \
+            else None
+        if direction and mode and mode != direction:  # a mode without a monitor would keep the worst checkpoint
+            raise UserError(f"checkpoint.mode={mode} contradicts {cls.__name__}: higher is "
+                            f"{'better' if direction == 'max' else 'worse'} for {name}; leave checkpoint.mode null "
+                            f"or name the metric it is meant for in checkpoint.monitor")
+        if direction:
+            return name, direction
         raise UserError(f"checkpoint.monitor={name}: {cls.__name__} does not say whether higher or lower is better "
                         f"for it; give checkpoint.mode=min or checkpoint.mode=max")
 
