@@ -71,6 +71,43 @@ def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
+def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python PROGRAM ARGS` run inside the test process, for a command that stops before it trains or
+    evaluates anything (a refusal, a run already complete): the same script and code path, its exit status,
+    stdout and stderr returned as subprocess.run would, without a process start (about 8 s, mostly importing
+    Lightning). Behaviour that is about processes (signals, kills, locks, several processes, training) keeps
+    real processes."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv, before, environ = sys.argv, os.getcwd(), dict(os.environ)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [str(ROOT / program), *options_first(args)]
+    try:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env())
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(sys.argv[0], run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            except BaseException:  # as the interpreter would: the traceback on stderr, exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(before)
+        os.environ.clear()
+        os.environ.update(environ)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())
+
+
 def one_error_line(r: subprocess.CompletedProcess) -> str:
     """The one stderr line a refusal prints (and nothing else: no traceback, no Hydra header)."""
     lines = [line for line in r.stderr.splitlines() if line.strip()]

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import SINE, run_train
+from conftest import SINE, in_process, run_train
 from experiments import atomic
 from experiments.checkpoint import io as ckpt_io
 from experiments.checkpoint.io import load_checkpoint, save_checkpoint
@@ -192,7 +192,7 @@ def test_resume_refuses_a_pickled_last_checkpoint(tmp_path):
     assert first.returncode == 0
     (rd,) = (tmp_path / "outputs" / "sine").iterdir()
     torch.save({"run": {"finished": False}, "x": Payload(str(marker))}, rd / "checkpoints" / "last.ckpt")
-    r = run_train(*SINE, "trainer.max_epochs=1", cwd=tmp_path)
+    r = in_process("train.py", *SINE, "trainer.max_epochs=1", cwd=tmp_path)
     assert r.returncode == 2 and "refusing to unpickle" in r.stderr and "no intact checkpoint" in r.stderr
     assert not marker.exists()
     assert list((rd / "checkpoints" / "damaged").glob("*/last.ckpt")), "moved aside, never deleted"

@@ -1,7 +1,12 @@
-"""Bad input: one clear line, a non-zero exit, no traceback, and no run directory left behind."""
+"""Bad input: one clear line, a non-zero exit, no traceback, and no run directory left behind. (train.py runs
+inside the test process here: every command is refused before training.)"""
 import pytest
 
-from conftest import FAST, SINE, one_error_line, run_train
+from conftest import FAST, SINE, one_error_line, in_process, run_train
+
+
+def train(*args, cwd):
+    return in_process("train.py", *args, cwd=cwd)
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -13,7 +18,7 @@ from conftest import FAST, SINE, one_error_line, run_train
     ("resume=sometimes", "resume"),                        # not one of the allowed values
 ])
 def test_bad_config_is_one_line(workdir, override, expected):
-    r = run_train(*[a for a in FAST if a.split("=")[0] != override.split("=")[0]], override, cwd=workdir, timeout=60)
+    r = train(*[a for a in FAST if a.split("=")[0] != override.split("=")[0]], override, cwd=workdir)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
@@ -23,7 +28,7 @@ def test_bad_config_is_one_line(workdir, override, expected):
 
 
 def test_did_you_mean(workdir):
-    r = run_train(*FAST, "+task.learning_rate=0.1", cwd=workdir, timeout=60)
+    r = train(*FAST, "+task.learning_rate=0.1", cwd=workdir)
     assert r.returncode == 2
     assert "task.learning_rate" in r.stderr
 
@@ -44,7 +49,7 @@ def test_cfg_job_prints_composed_config(workdir):
     ("task._target_=torch.nn.Identity", "is not an experiments.family.ExperimentTask"),  # outside the contract
 ])
 def test_bad_settings_found_after_composition_are_one_line_too(workdir, override, expected):
-    r = run_train(*SINE, override, cwd=workdir, timeout=60)  # (its checkpoint.monitor is null: the family's)
+    r = train(*SINE, override, cwd=workdir)  # (its checkpoint.monitor is null: the family's)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
@@ -62,10 +67,10 @@ def test_paths_with_equals_and_commas_pass_as_one_value():
 
 
 def test_misspelled_key_names_the_right_key_at_once(workdir):
-    r = run_train(*FAST, "trainer.max_epoch=2", cwd=workdir, timeout=60)
+    r = train(*FAST, "trainer.max_epoch=2", cwd=workdir)
     assert r.returncode == 2 and "error: trainer.max_epoch is not a key of trainer: did you mean " \
                                  "trainer.max_epochs=2?" in r.stderr, r.stderr
-    r = run_train("experiment=exp3_champion", "task.eval_evry_n_epochs=5", cwd=workdir, timeout=60)
+    r = train("experiment=exp3_champion", "task.eval_evry_n_epochs=5", cwd=workdir)
     assert r.returncode == 2 and "did you mean task.eval_every_n_epochs=5?" in r.stderr, r.stderr
     assert not list(workdir.glob("outputs/**/*"))
 
@@ -83,7 +88,7 @@ def test_a_refused_start_leaves_nothing_behind(workdir, overrides, expected):
     overrides = [o.format(file=workdir / "a_file", empty=workdir / "empty") for o in overrides]
     if not any(o.startswith("experiment=") for o in overrides):
         overrides = ["experiment=ternary_v5_5", *overrides]
-    r = run_train("logger=none", "trainer.enable_progress_bar=false", *overrides, cwd=workdir, timeout=60)
+    r = train("logger=none", "trainer.enable_progress_bar=false", *overrides, cwd=workdir)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert expected in line and "Error executing job" not in r.stdout + r.stderr, line

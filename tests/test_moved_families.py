@@ -7,7 +7,7 @@ import shutil
 import torch
 import yaml
 
-from conftest import FAST, ROOT, run_program, run_train
+from conftest import FAST, ROOT, in_process, run_program
 from experiments.checkpoint.io import save_checkpoint
 from experiments.untrusted import registry
 
@@ -48,7 +48,7 @@ def test_an_old_run_directory_is_recognised_as_the_same_run(ternary_run, tmp_pat
     stored = yaml.safe_load((run / "run.yaml").read_text())
     (run / "run.yaml").write_text(yaml.safe_dump(as_before(stored, old_paths()), sort_keys=False))
     assert "experiments.tasks.ternary.TernaryVAETask" in (run / "run.yaml").read_text()
-    r = run_train(*FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", "task.coverage_samples=19683",
-                  cwd=tmp_path)
+    r = in_process("train.py", *FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
+                           "task.coverage_samples=19683", cwd=tmp_path)  # (trains nothing: the run is complete)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Run already complete (epoch 6)" in r.stdout

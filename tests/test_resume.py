@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, run_name, run_train,
-                      start_train, wait_for)
+from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, in_process,
+                      run_name, run_train, start_train, wait_for)
 from experiments.checkpoint.io import read_intact
 
-# The smallest family, 128 steps an epoch: long enough for a signal to land inside one.
+# The smallest family, 128 steps an epoch: long enough for a kill to land inside one.
 STEPS = 128
 ARGS = [*SINE, f"data.train_points={STEPS * 64}", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]
 RUN = "outputs/sine/" + run_name(ARGS)
@@ -194,7 +194,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, 
             f.seek(f.seek(0, 2) // 2)
             f.write(b"\xff" * 64)
     for attempt in ("first", "second"):  # refused, and refused again: never a silent fresh start
-        refused = run_train(*ARGS, cwd=tmp_path)
+        refused = in_process("train.py", *ARGS, cwd=tmp_path)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         (line,) = refused.stderr.strip().splitlines()
         assert "no intact checkpoint" in line and "resume=never" in line, line

@@ -1,7 +1,7 @@
 """Run identity: the same command finds the same directory; it resumes, reports completion, or refuses."""
 import torch
 
-from conftest import SINE, run_name, run_train
+from conftest import SINE, in_process, run_name, run_train
 
 ARGS = [*SINE, "trainer.max_epochs=2"]
 
@@ -24,14 +24,14 @@ def test_two_epochs_then_same_command_trains_nothing(workdir):
     assert [row["epoch"] for row in ckpt["history"]] == [0, 1]
     mtimes = {p: p.stat().st_mtime_ns for p in (rd / "checkpoints").iterdir()}
 
-    again = run_train(*ARGS, cwd=workdir)
+    again = in_process("train.py", *ARGS, cwd=workdir)  # (it trains nothing)
     assert again.returncode == 0
     assert "Run already complete (epoch 2)" in again.stdout
     assert "Training" not in again.stdout and "preflight" not in again.stdout
     assert {p: p.stat().st_mtime_ns for p in (rd / "checkpoints").iterdir()} == mtimes
 
     # Keys outside the run's identity (logger, outputs root) find the same run.
-    same = run_train(*[a for a in ARGS if not a.startswith("logger=")], "logger=csv", cwd=workdir)
+    same = in_process("train.py", *[a for a in ARGS if not a.startswith("logger=")], "logger=csv", cwd=workdir)
     assert same.returncode == 0 and "Run already complete" in same.stdout
 
 
@@ -44,7 +44,7 @@ def test_changed_config_is_refused_with_the_difference(workdir):
     (rd / "run.yaml").write_text(stored.replace("lr: 0.003", "lr: 0.01"))
     files = lambda: {p: p.stat().st_mtime_ns for p in rd.rglob("*") if p.name != ".lock"}  # noqa: E731
     before = files()  # (.lock: every start takes the lock and writes its PID there before deciding)
-    r = run_train(*ARGS, cwd=workdir)
+    r = in_process("train.py", *ARGS, cwd=workdir)
     assert r.returncode == 2
     assert "task.lr: 0.01 -> 0.003" in r.stderr and "resume=never" in r.stderr
     assert files() == before, "a refused run must change nothing"

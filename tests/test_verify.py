@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import SINE, SINE_CONF, run_program, run_train
+from conftest import SINE, SINE_CONF, in_process, run_program, run_train
 from experiments.checkpoint.io import save_checkpoint
 from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.registry import run_stages
@@ -214,7 +214,7 @@ def test_bad_input_is_exit_2_one_line_nothing_written(run_dir, tmp_path, name, m
 
 def test_missing_required_key_fails_loadable_as_unusable_input(copy_run, tmp_path):
     rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", lambda c: c.pop("rng"))
-    r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
+    r = in_process("verify.py", *CONF, f"ckpt={copy_run}", cwd=tmp_path)
     assert r.returncode == 2 and "epoch=0004.ckpt lacks required key(s) ['rng']" in r.stderr
     assert not (copy_run / "checkpoints" / "verification").exists()
 

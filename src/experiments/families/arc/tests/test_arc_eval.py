@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, env, one_error_line, run_train
+from conftest import ROOT, env, one_error_line, in_process, run_train
 
 ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
@@ -100,7 +100,7 @@ def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path)
 def test_unusable_input_is_one_line_and_exit_2(arc_run, args, message):
     root, run = arc_run
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
-    r = run_eval(*([f"ckpt={run}"] if not args[0].startswith("ckpt=") else []), *args, cwd=root)
+    r = in_process("eval.py", *([f"ckpt={run}"] if not args[0].startswith("ckpt=") else []), *args, cwd=root)
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
@@ -123,7 +123,7 @@ def test_a_bad_task_file_is_one_line_naming_it(arc_run, tmp_path, case):
     (tmp_path / "tasks" / "t.json").write_text(json.dumps(
         {"train": [{"input": good, "output": good}] * 2, "test": [{"input": grid, "output": good}]}))
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
-    r = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", cwd=root)
+    r = in_process("eval.py", f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", cwd=root)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert f"{tmp_path / 'tasks' / 't.json'}: test[0].input {message}" in line, line
@@ -140,7 +140,7 @@ def test_every_kind_of_bad_grid_is_refused():
 
 
 def test_data_of_another_family_is_refused_before_the_model_runs(ternary_run, tmp_path):
-    r = run_eval(f"ckpt={ternary_run}", "data=arc_tiny", cwd=tmp_path)
+    r = in_process("eval.py", f"ckpt={ternary_run}", "data=arc_tiny", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert "data=arc_tiny is data for experiments.families.arc.data.ArcDataModule, but this checkpoint was trained on " \

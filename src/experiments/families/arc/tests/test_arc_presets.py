@@ -9,13 +9,22 @@ from conftest import run_train
 PRESETS = ["exp_neg1_decoder_only", "exp0_encoder_decoder", "exp1_grid2d_pe", "exp2_perminv", "exp3_champion"]
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The five presets trained as the jobs of one sweep (one process: the same code path per job)."""
+    root = tmp_path_factory.mktemp("presets")
+    # (++: a multirun composes its base config with no experiment chosen, where task holds no keys yet)
+    r = run_train("-m", f"experiment={','.join(PRESETS)}", "data=arc_tiny", "logger=none",
+                  "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "++task.eval_every_n_epochs=2",
+                  "++task.eval_augmentations=2", cwd=root, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "5 of 5 jobs finished" in r.stdout and r.stdout.count("preflight pass optimizer_step") == 5
+    return root
+
+
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_trains_and_evaluates(preset, tmp_path):
-    r = run_train(f"experiment={preset}", "data=arc_tiny", "logger=none", "trainer.enable_progress_bar=false",
-                  "trainer.max_epochs=5", "task.eval_every_n_epochs=2", "task.eval_augmentations=2",
-                  cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "preflight pass optimizer_step" in r.stdout
+def test_preset_trains_and_evaluates(preset, trained):
+    tmp_path = trained
     (rd,) = (tmp_path / "outputs" / preset).iterdir()
     ckpt = torch.load(rd / "checkpoints" / "last.ckpt", weights_only=True)
     evaluated = [row for row in ckpt["history"] if "arc/exact_output@2" in row]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, env, one_error_line, run_train
+from conftest import ROOT, env, one_error_line, in_process, run_train
 from experiments.checkpoint.io import save_checkpoint
 
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
@@ -121,7 +121,8 @@ def test_refusals_stop_before_training_with_one_line(case, source, other_sources
     overrides = [o.format(**other_sources) for o in overrides]
     written = lambda: sorted((source["outputs"] / "ternary_v5_11").glob("*/checkpoints/*"))  # noqa: E731
     before = written()
-    r = train_v511(source, *overrides)
+    r = in_process("train.py", "experiment=ternary_v5_11", f"paths.outputs={source['outputs']}", *QUIET,
+                           *overrides, cwd=source["root"])
     assert r.returncode == 2, r.stdout + r.stderr  # the frozen parts' source is bad input
     error = one_error_line(r)
     assert error.endswith("Nothing was trained."), error

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, env, one_error_line, run_program, run_train
+from conftest import ROOT, env, one_error_line, in_process, run_program, run_train
 from experiments.checkpoint.size import checkpoint_size_report
 from experiments.families.video.data import VideoDataModule, load_folder
 from experiments.families.video.magvit import SEED_PARAMETERS, MagVit
@@ -135,7 +135,7 @@ def test_clips_holding_nan_are_refused_in_one_line(magvit_run, tmp_path):
     clip[0, 2, 3, 4] = np.nan
     np.save(clips / "bad.npy", clip)
     before = sorted(magvit_run.rglob("*"))
-    r = run_program("eval.py", f"ckpt={magvit_run}", f"data.folder={clips}", "data.val_fraction=1", cwd=tmp_path)
+    r = in_process("eval.py", f"ckpt={magvit_run}", f"data.folder={clips}", "data.val_fraction=1", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"{clips / 'bad.npy'}: holds NaN or Inf at 1 value(s)" in one_error_line(r)
     assert sorted(magvit_run.rglob("*")) == before, "a refused evaluation writes nothing"
