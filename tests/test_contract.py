@@ -73,7 +73,11 @@ def test_a_data_module_must_take_the_seed():
 
 def test_a_monitors_direction_is_the_familys_unless_given():
     assert Curve.monitor() == ("val/r2", "max")  # the primary metric, in its own direction
-    assert Curve.monitor(None, "min") == ("val/r2", "max")  # a mode applies to a monitor one names
+    assert Curve.monitor(None, "max") == ("val/r2", "max")  # a mode that agrees with the family's
+    with pytest.raises(UserError, match="checkpoint.mode=min contradicts Curve: higher is better for val/r2"):
+        Curve.monitor(None, "min")  # it would keep the worst checkpoint as the best
+    with pytest.raises(UserError, match="checkpoint.mode must be 'min' or 'max'"):
+        Curve.monitor("val/r2", "sideways")
     assert Curve.monitor("val/mse") == ("val/mse", "min")  # derived for a named monitor too
     assert Curve.monitor("val/r2", "min") == ("val/r2", "min")  # given: as given
     with pytest.raises(UserError, match="give checkpoint.mode=min or checkpoint.mode=max"):

@@ -138,7 +138,7 @@ def test_a_second_launch_is_refused_while_the_first_trains(tmp_path, reference):
     first = start_train(*ARGS, cwd=tmp_path)
     wait_for(tmp_path / RUN / "checkpoints" / "last.ckpt", first)
     first.send_signal(signal.SIGSTOP)  # paused while the second launches: it holds the lock, and is still running
-    second = run_train(*ARGS, cwd=tmp_path)
+    second = in_process("train.py", *ARGS, cwd=tmp_path)  # (refused: no process start needed)
     first.send_signal(signal.SIGCONT)
     assert first.poll() is None, "the first run ended before the second launch was tried"
     assert second.returncode == 2, second.stdout + second.stderr
