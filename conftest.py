@@ -79,32 +79,49 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     real processes."""
     import contextlib
     import io
+    import logging
+    import random
     import runpy
     import traceback
 
+    import numpy as np
+    import torch
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
-    argv, before, environ = sys.argv, os.getcwd(), dict(os.environ)
+    # what the program changes in this process, put back after it: Hydra configures logging (the root
+    # logger's handlers and level), the scripts put src/ on sys.path, a run seeds the random generators
+    root = logging.getLogger()
+    saved = (sys.argv, os.getcwd(), dict(os.environ), sys.path[:], root.handlers[:], root.level, random.getstate(),
+             np.random.get_state(), torch.get_rng_state())
+    fresh = env()  # (read before the environment is replaced)
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [str(ROOT / program), *options_first(args)]
     try:
         os.chdir(cwd)
         os.environ.clear()
-        os.environ.update(env())
+        os.environ.update(fresh)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(sys.argv[0], run_name="__main__")
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            except KeyboardInterrupt:  # the person running the tests
+                raise
             except BaseException:  # as the interpreter would: the traceback on stderr, exit 1
                 traceback.print_exc()
                 code = 1
     finally:
-        sys.argv = argv
-        os.chdir(before)
+        sys.argv, cwd_before, environ, sys.path[:], root.handlers[:], level = saved[:6]
+        os.chdir(cwd_before)
         os.environ.clear()
         os.environ.update(environ)
+        root.setLevel(level)
+        random.setstate(saved[6])
+        np.random.set_state(saved[7])
+        torch.set_rng_state(saved[8])
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())
 
 

@@ -2,6 +2,7 @@
 finished one and summarises all four; a failing job does not stop the others; the summary's numbers are
 the jobs' own final metrics."""
 import csv
+import math
 import hashlib
 import json
 import re
@@ -82,6 +83,9 @@ def test_killed_sweep_resumes_skips_finished_jobs_and_summarises_all(workdir):
     m, s = mean_std([finals["0"]["val/r2"], finals["2"]["val/r2"]])
     md = (directory / "summary.md").read_text()
     assert f"{m:.4g} +- {s:.4g}" in md and "4 of 4 jobs finished" in md
+    for lr in ("0.001", "0.002"):  # one group per learning rate, its two seeds averaged
+        assert re.search(rf"^\| .*task\.lr={lr} .*\| 2 \| 0,1 \|", md, re.M), md
+    assert "val/r2" in md.splitlines()[6]  # the primary metric is the first column
     assert (directory / "summary.png").read_bytes()[:4] == b"\x89PNG"
     again = summarize(directory)
     assert again.returncode == 0 and (directory / "summary.md").read_text() == md
@@ -181,3 +185,15 @@ def test_sigterm_stops_the_whole_sweep_after_saving(workdir):
     jobs = sorted((sweep_dir(workdir) / "jobs").glob("*.json"))
     assert [json.loads(j.read_text())["status"] for j in jobs] == ["preempted"]
     assert (Path(json.loads(jobs[0].read_text())["run_dir"]) / "checkpoints" / "last.ckpt").exists()
+
+
+def test_the_objective_of_a_monitor_the_family_does_not_judge_follows_the_given_mode(tmp_path):
+    """checkpoint.monitor=a metric the family lists in neither direction, with its mode: training keeps it, so
+    the sweep's objective reads it too (a run that never finished: nan), instead of failing on the direction."""
+    from omegaconf import OmegaConf
+
+    from experiments.sweep import objective
+
+    cfg = OmegaConf.create({"task": {"_target_": "examples.sine.task.SineTask"},
+                            "checkpoint": {"monitor": "val/spread", "mode": "max"}})
+    assert math.isnan(objective(cfg, tmp_path))

@@ -92,7 +92,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     """The Trainer and its checkpoint policy. The policy's monitor is the config's, else the task's
     primary metric (task_contract.ExperimentTask.monitor)."""
-    monitor, mode = task.monitor(cfg.checkpoint.get("monitor"), cfg.checkpoint.get("mode"))
+    monitor, mode = task.monitor_of(cfg.checkpoint)
     # _partial_: the run config holds _target_ nodes that must stay plain values, not be built
     policy = instantiate(cfg.checkpoint, _partial_=True)(dirpath=str(rd.checkpoint_dir(run_dir)), run_config=config,
                                                          monitor=monitor, mode=mode)

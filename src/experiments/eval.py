@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from hydra import compose
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -123,8 +122,7 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     epoch = stored.ckpts[checkpoint]["epoch"]
     announce(checkpoint, epoch, node, data_args, datamodule)
     with_progress(datamodule)
-    with torch.no_grad():
-        metrics = task.evaluate_to(datamodule, epoch, folder)
+    metrics = task.evaluate_to(datamodule, epoch, folder)
     result = record(stored, checkpoint, node, data_args, metrics, time.perf_counter() - t0)
     atomic_write_bytes(folder / "metrics.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     print_metrics(metrics, task)

@@ -136,8 +136,7 @@ class StoredRun:
 
     def monitor(self) -> tuple[str, str]:
         """The metric the run's checkpoint policy followed: its config's, else the task's primary metric."""
-        ck = self.config.get("checkpoint", {})
-        return self.task_class.monitor(ck.get("monitor"), ck.get("mode"))
+        return self.task_class.monitor_of(self.config.get("checkpoint"))
 
     def row(self, path: Path) -> dict:
         epoch = self.ckpts[path]["epoch"]

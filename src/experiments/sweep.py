@@ -189,7 +189,7 @@ def objective(cfg, run_dir: Path) -> float:
     from experiments.checkpoint.io import load_checkpoint
 
     last = rd.last_checkpoint(run_dir)
-    monitor, _ = get_class(cfg.task._target_).monitor((cfg.get("checkpoint") or {}).get("monitor"))
+    monitor, _ = get_class(cfg.task._target_).monitor_of(cfg.get("checkpoint"))
     if not monitor or not last.exists():
         return float("nan")
     history = load_checkpoint(last).get("history") or [{}]

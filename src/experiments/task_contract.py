@@ -98,8 +98,8 @@ class ExperimentTask(L.LightningModule):
     @classmethod
     def contract_gaps(cls) -> list[str]:
         """The required methods a family's task does not implement (checked before training)."""
-        return [name for name in REQUIRED if getattr(cls, name) is getattr(ExperimentTask, name, None)
-                or (name == "configure_optimizers" and getattr(cls, name) is L.LightningModule.configure_optimizers)]
+        # (ExperimentTask leaves configure_optimizers to Lightning's: the same object when not implemented)
+        return [name for name in REQUIRED if getattr(cls, name) is getattr(ExperimentTask, name, None)]
 
     @classmethod
     def monitor(cls, name: str | None = None, mode: str | None = None) -> tuple[str | None, str]:
@@ -122,6 +122,12 @@ class ExperimentTask(L.LightningModule):
             return name, direction
         raise UserError(f"checkpoint.monitor={name}: {cls.__name__} does not say whether higher or lower is better "
                         f"for it; give checkpoint.mode=min or checkpoint.mode=max")
+
+    @classmethod
+    def monitor_of(cls, checkpoint) -> tuple[str | None, str]:
+        """`monitor` for a config's `checkpoint` node (its `monitor` and `mode`; either may be absent)."""
+        checkpoint = checkpoint or {}
+        return cls.monitor(checkpoint.get("monitor"), checkpoint.get("mode"))
 
     # ---- provided: training ----
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -187,17 +193,19 @@ class ExperimentTask(L.LightningModule):
     def evaluate(self, datamodule, epoch: int) -> dict[str, float]:
         """The validation figures of `epoch` on the data module's validation data, outside a Trainer (verify.py,
         the preflight); writes nothing."""
-        return self.figures(self._evaluation_parts(datamodule, epoch), epoch)
+        return self.figures(self.evaluation_parts(datamodule, epoch), epoch)
 
     @torch.no_grad()
     def evaluate_to(self, datamodule, epoch: int, folder: Path) -> dict[str, float]:
         """eval.py: the figures of `evaluate`, and the family's files of them in `folder`."""
-        parts = self._evaluation_parts(datamodule, epoch)
+        parts = self.evaluation_parts(datamodule, epoch)
         figures = self.figures(parts, epoch)
         self.evaluation_files(parts, figures, Path(folder), epoch, during_training=False, datamodule=datamodule)
         return figures
 
-    def _evaluation_parts(self, datamodule, epoch: int) -> list:
+    def evaluation_parts(self, datamodule, epoch: int) -> list:
+        """`evaluation_step` of every validation batch of `datamodule`, in eval mode (a family may call it to
+        draw more from the same evaluation, e.g. its own pictures)."""
         was_training = self.training
         self.eval()
         parts = [self.evaluation_step(batch, epoch) for batch in datamodule.val_dataloader()]

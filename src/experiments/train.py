@@ -60,7 +60,7 @@ def comparable(renamed: dict, task_class):
         if not isinstance(checkpoint, dict) or not hasattr(task_class, "monitor"):
             return config
         try:
-            monitor, mode = task_class.monitor(checkpoint.get("monitor"), checkpoint.get("mode"))
+            monitor, mode = task_class.monitor_of(checkpoint)
         except UserError:
             return config
         return {**config, "checkpoint": {**checkpoint, "monitor": monitor, "mode": mode}}

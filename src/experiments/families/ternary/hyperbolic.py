@@ -164,11 +164,8 @@ class HyperbolicTernaryTask(ExperimentTask):
         ok = (trits_from_logits(out["logits_a"]) == batch.long()).all(-1)
         return {"index": operation_index(batch), "ok": ok, "z_hyp_a": out["z_hyp_a"], "z_hyp_b": out["z_hyp_b"]}
 
-    def figures(self, parts: list, epoch: int) -> dict[str, float]:
-        return self.evaluate_collected(parts)
-
     @torch.no_grad()
-    def evaluate_collected(self, parts: list[dict]) -> dict[str, float]:
+    def figures(self, parts: list[dict], epoch: int) -> dict[str, float]:
         cat = {k: torch.cat([p[k] for p in parts]).cpu() for k in parts[0]}
         levels = self.levels_of(cat["index"].to(self._levels.device)).cpu()
         metrics = {"coverage/recon_a": cat["ok"].float().mean().item()}
@@ -198,7 +195,7 @@ class HyperbolicTernaryTask(ExperimentTask):
     @torch.no_grad()
     def radii_by_level(self, datamodule, side: str = "b") -> tuple[torch.Tensor, torch.Tensor]:
         """(levels, Poincare radii) of all operations, for reports."""
-        parts = self._evaluation_parts(datamodule, 0)
+        parts = self.evaluation_parts(datamodule, 0)
         index = torch.cat([p["index"] for p in parts]).cpu()
         z = torch.cat([p[f"z_hyp_{side}"] for p in parts]).cpu().double()
         return self.levels_of(index.to(self._levels.device)).cpu(), hm.poincare_radius(z)

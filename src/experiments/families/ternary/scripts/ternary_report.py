@@ -31,6 +31,8 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from experiments.family import atomic_savefig
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     print(f"{path} (epoch {ckpt['epoch'] + 1}): mean radius per level")
     draw_radii(left, task, datamodule)
@@ -38,8 +40,7 @@ def main() -> int:
     right.set_title(f"{config.get('experiment')}, {origin_of(ckpt['frozen']['source'])}", fontsize=9)
     fig.tight_layout()
     out = args.out or args.run_dir / "report" / "ternary_report.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    atomic_savefig(fig, out, dpi=110)
     print(f"wrote {out}")
     return 0
 
