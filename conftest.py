@@ -17,7 +17,9 @@ FAST = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=256", "task.c
 
 def run_name(args, exclude=("experiment", "logger", "trainer.enable_progress_bar")) -> str:
     """The run directory name Hydra gives a command's overrides (the sorted ones that change the result)."""
-    return ",".join(sorted(a for a in args if "=" in a and a.split("=")[0] not in exclude)) or "default"
+    from experiments.run_dir import run_id
+
+    return run_id(",".join(sorted(a for a in args if "=" in a and a.split("=")[0] not in exclude)))
 
 
 def env() -> dict:
@@ -152,7 +154,7 @@ def pytest_configure(config):
 
 
 def assert_identical(a, b):
-    """Two checkpoints of one run, bit for bit: weights, optimizer state, step, history (epoch times aside)."""
+    """Two checkpoints of one run, bit for bit: weights, optimizer state, step, history (times aside)."""
     import torch
 
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -162,7 +164,7 @@ def assert_identical(a, b):
         for k in sa:
             assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), f"optimizer state {k} differs"
     assert a["global_step"] == b["global_step"]
-    strip = lambda h: [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in row.items() if not k.startswith("time/")} for row in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
 
 

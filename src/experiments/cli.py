@@ -253,10 +253,10 @@ def verify_job(cfg):
     return _outcome(verify, cfg, one_line_crash=True), None
 
 
-def eval_job(cfg, data_args: list[str]):
+def eval_job(cfg, data_args: list[str], task_args: list[str] = ()):
     from experiments.eval import evaluate
 
-    return _outcome(lambda c: evaluate(c, data_args), cfg, one_line_crash=True), None
+    return _outcome(lambda c: evaluate(c, data_args, task_args), cfg, one_line_crash=True), None
 
 
 def _remove_empty_run_dir() -> None:
@@ -301,10 +301,12 @@ def verify_main() -> None:
 
 
 def eval_main() -> None:
-    """The data arguments (`data=GROUP`, `data.KEY=VALUE`) choose data for the checkpoint's family, which
-    only the checkpoint knows: they are taken out here and composed by the evaluation program."""
-    from experiments.eval import is_data_arg
+    """The data arguments (`data=GROUP`, `data.KEY=VALUE`) choose data for the checkpoint's family, and the
+    task arguments (`task.KEY=VALUE`) how its task evaluates, which only the checkpoint knows: they are
+    taken out here and composed by the evaluation program."""
+    from experiments.eval import is_data_arg, is_task_arg
 
     data_args = [a for a in sys.argv[1:] if is_data_arg(a)]
-    sys.argv = [a for a in sys.argv if a not in data_args]
-    _run(lambda cfg: eval_job(cfg, data_args), "eval")
+    task_args = [a for a in sys.argv[1:] if is_task_arg(a)]
+    sys.argv = [a for a in sys.argv if a not in data_args and a not in task_args]
+    _run(lambda cfg: eval_job(cfg, data_args, task_args), "eval")

@@ -1,11 +1,12 @@
 """The evaluation program: one checkpoint on any data of its family.
 
-`python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE ...]`. The checkpoint is read with
+`python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE ...] [task.KEY=VALUE ...]`. The checkpoint is read with
 `weights_only=True` and rebuilt from its own config (verify.py's reader). The data:
 - no `data=GROUP`: the run's own data config, with the `data.KEY=VALUE` overrides applied;
 - `data=GROUP`: the data config train.py would compose for the run's experiment with that group and
   those overrides (so what the preset fixes for its model, e.g. ARC's token format, still holds).
-The task writes what it evaluates (`ExperimentTask.evaluate_to`) into
+`task.KEY=VALUE`: how the task evaluates (ARC: its views, ranking, test-time training), merged into its
+stored config. The task writes what it evaluates (`ExperimentTask.evaluate_to`) into
 `<run directory>/eval/<data identity>/<checkpoint name>/`, with `metrics.json`.
 
 Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given).
@@ -38,6 +39,11 @@ def _key(arg: str) -> str:
 def is_data_arg(arg: str) -> bool:
     """`data=GROUP`, `data.KEY=VALUE` (also with Hydra's + or ~): what chooses the data to evaluate on."""
     return "=" in arg and (_key(arg) == "data" or _key(arg).startswith("data."))
+
+
+def is_task_arg(arg: str) -> bool:
+    """`task.KEY=VALUE`: an evaluation setting of the checkpoint's task."""
+    return "=" in arg and _key(arg).startswith("task.")
 
 
 def checkpoint_of(target: Path) -> Path:
@@ -101,7 +107,7 @@ def with_progress(datamodule) -> None:
                                                 disable=None)  # None: no bar where output is not a terminal
 
 
-def evaluate(cfg, data_args: list[str]) -> Outcome:
+def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
     if not cfg.ckpt:
         raise UserError("give a checkpoint or run directory: python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE]")
     t0 = time.perf_counter()
@@ -109,21 +115,24 @@ def evaluate(cfg, data_args: list[str]) -> Outcome:
     checkpoint = checkpoint_of(Path(str(cfg.ckpt)))
     registry = program_registry()
     stored = StoredRun(checkpoint, registry, device=cfg.device)  # read as data, its config proved to build only ours
+    if task_args:
+        stored.settings_of_task(list(task_args))
     try:
         task = stored.trained(checkpoint)
     except StageFailure as e:
         raise UserError(str(e))
     node = data_config(stored.config, data_args, registry, str(checkpoint))
     datamodule = stored.datamodule(node)
-    folder = output_folder(cfg, checkpoint, data_args)
+    folder = output_folder(cfg, checkpoint, [*data_args, *task_args])
     if not cfg.out:
         rd.refuse_links_out(folder, rd.run_of(checkpoint))
     rd.remove_stale_temporaries(folder)  # of eval.py runs killed while writing here (a running one's are kept)
     epoch = stored.ckpts[checkpoint]["epoch"]
-    announce(checkpoint, epoch, node, data_args, datamodule)
+    announce(checkpoint, epoch, node, [*data_args, *task_args], datamodule)
     with_progress(datamodule)
     metrics = task.evaluate_to(datamodule, epoch, folder)
     result = record(stored, checkpoint, node, data_args, metrics, time.perf_counter() - t0)
+    result["task"] = {"arguments": list(task_args), "settings": stored.task_settings}
     atomic_write_bytes(folder / "metrics.json", (json.dumps(result, indent=2, default=str) + "\n").encode())
     print_metrics(metrics, task)
     files = sorted(p.name for p in folder.iterdir() if p.is_file())

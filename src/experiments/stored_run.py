@@ -8,12 +8,28 @@ from pathlib import Path
 
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
 from experiments.checkpoint.io import load_checkpoint, sha256_file
 from experiments.errors import StageFailure, UserError
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_stored_config
+
+
+def _refuse_instructions(value, key: str) -> None:
+    """A command-line setting is a value: a mapping key starting with `_` (a Hydra instruction such as
+    `_target_`) or an interpolation anywhere in it is refused."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if str(k).startswith("_"):
+                raise UserError(f"{key}.{k}: eval.py changes how a checkpoint's task evaluates, never what it is")
+            _refuse_instructions(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_instructions(v, f"{key}.{i}")
+    elif isinstance(value, str) and "${" in value:
+        raise UserError(f"{key}: holds an interpolation; give a plain value")
 
 
 class StoredRun:
@@ -34,6 +50,7 @@ class StoredRun:
         self.config = self.ckpts[self.primary]["config"]
         self._check_family()
         self._trained, self._sha = {}, {}
+        self.task_settings: dict = {}  # eval.py's task.KEY=VALUE: how to evaluate (settings_of_task)
 
     @staticmethod
     def _find(target: Path) -> list[Path]:
@@ -93,8 +110,32 @@ class StoredRun:
         Only the `metrics` stage's labelled control and structural checks use it."""
         import lightning as L
 
+        from experiments.assemble import built
+
         L.seed_everything(self.config["seed"], verbose=False)
-        return instantiate(self.config["task"], model=instantiate(self.config["model"]))
+        node = OmegaConf.merge(self.config["task"], self.task_settings) if self.task_settings else self.config["task"]
+        return built(node, "task", model=instantiate(self.config["model"]))
+
+    def settings_of_task(self, args: list[str]) -> None:
+        """eval.py's `task.KEY=VALUE` arguments: evaluation settings of the task, merged into its stored config
+        for the tasks built from now on. Only the keys the task class lists in `evaluation_settings` (how it
+        evaluates, never what it is), with plain values: no `_` key at any depth, no interpolation."""
+        allowed = tuple(getattr(self.task_class, "evaluation_settings", ()))
+        plain = [a[1:] if a.startswith("+") else a for a in args]
+        try:
+            if any(a.startswith("~") for a in plain):
+                raise UserError(f"{plain[0]}: eval.py sets evaluation settings; it removes none")
+            settings = OmegaConf.to_container(OmegaConf.from_dotlist([a.split(".", 1)[1] for a in plain]))
+        except OmegaConfBaseException as e:
+            raise UserError(f"task: {' '.join(str(e).split())}")
+        for key, value in settings.items():
+            if key not in allowed:
+                raise UserError(f"task.{key} is not an evaluation setting of {self.config['task']['_target_']}: "
+                                f"eval.py may set {', '.join(f'task.{k}' for k in allowed) or 'none of its task'}")
+            _refuse_instructions(value, f"task.{key}")
+        node = OmegaConf.merge(self.config["task"], settings)
+        check_config(OmegaConf.create({"task": OmegaConf.to_container(node)}))
+        self.task_settings = settings
 
     def control_task(self):
         """The untrained control of the `metrics` stage. For variants built on frozen parts, those parts

@@ -36,7 +36,7 @@ from experiments.ranks import process_rank
 from experiments.untrusted import current_registry, program_registry, read_text
 
 _ENV_DIR, _ENV_ID = "EXPERIMENTS_SWEEP_DIR", "EXPERIMENTS_SWEEP_ID"
-SKIP = ("epoch", "global_step", "time/epoch_s")
+SKIP = ("epoch", "global_step")  # and every time/ figure: how long, not how well
 
 
 def open_sweep(directory: Path, sid: str) -> None:
@@ -298,7 +298,8 @@ def collect(directory: Path, registry) -> list[dict]:
             status = "incomplete"
         row["status"] = status
         row["epochs"] = final["epoch"] + 1 if final else 0
-        row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and isinstance(v, (int, float))}
+        row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and not k.startswith("time/")
+                          and isinstance(v, (int, float))}
         row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
         row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"

@@ -22,7 +22,8 @@ best checkpoint follows it unless `checkpoint.monitor` names another), `higher_i
 monitored metric), `summary_keys` / `percent_keys` (the console's epoch line), `paired_metrics` (metric ->
 column of the run's `per_output.csv`, which has `task` and `index` columns: a sweep's per-output
 comparisons) and `binary_metrics` (those that also get an exact McNemar test), `long_validation` (a
-progress bar for validation), `train_terms` (the names of what `add_training_terms` sums).
+progress bar for validation), `train_terms` (the names of what `add_training_terms` sums),
+`evaluation_settings` (the task's parameters that `eval.py task.KEY=VALUE` may set: how it evaluates).
 
 Optional: `preflight_stages` ({name: stage(ctx) -> StageResult}: the family's own checks, run after the
 framework's loading stages) and `frozen_parts` (submodules of `self.model` loaded from another run by the
@@ -59,6 +60,7 @@ class ExperimentTask(L.LightningModule):
     frozen_parts: ClassVar[tuple[str, ...]] = ()      # submodules of self.model loaded from another run
     preflight_stages: ClassVar[dict[str, Callable]] = {}
     train_terms: ClassVar[tuple[str, ...]] = ("loss",)  # the training figures summed over an epoch
+    evaluation_settings: ClassVar[tuple[str, ...]] = ()  # task parameters eval.py may set (task.KEY=VALUE)
 
     def __init__(self) -> None:
         super().__init__()

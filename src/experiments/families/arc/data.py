@@ -25,6 +25,7 @@ class Example:
     index: int                      # which test output of the task (evaluation) or demonstration (training)
     query: tuple                    # (input grid, output grid)
     context: list = field(default_factory=list)  # two (input, output) pairs of the same task, not the query
+    demos: list = field(default_factory=list)    # a held-out output's: all its task's demonstration pairs
 
 
 @dataclass
@@ -116,9 +117,16 @@ def context_for(demos: list, exclude: int | None) -> list:
 def examples_of(task, split: str) -> list[Example]:
     demos = [(np.asarray(i), np.asarray(o)) for i, o in task.train]
     if split == "train":
-        return [Example(task.id, i, d, context_for(demos, i)) for i, d in enumerate(demos)]
+        return demonstrations_of(task.id, demos)
     tests = [(np.asarray(i), np.asarray(o)) for i, o in task.test]
-    return [Example(task.id, i, t, context_for(demos, None)) for i, t in enumerate(tests)]
+    return [Example(task.id, i, t, context_for(demos, None), demos) for i, t in enumerate(tests)]
+
+
+def demonstrations_of(task: str, demos: list, fmt: str | None = None) -> list[Example]:
+    """Each demonstration as a query, its context the others (`context_for`); for the champion's format
+    only those that have another demonstration to be their context."""
+    examples = [Example(task, i, d, context_for(demos, i)) for i, d in enumerate(demos)]
+    return [ex for ex in examples if ex.context or fmt != "champion"]
 
 
 def augment(ex: Example, aug: af.Augmentation) -> Example:
@@ -230,20 +238,28 @@ class ArcLoader:
 
 
 class EvalLoader:
-    """Evaluation batches are lists of raw examples, `batch_size` held-out outputs each, the task decodes
-    them itself (all views of a batch together). Sorted by the length of what is known before decoding
+    """Evaluation batches are lists of raw examples, whole tasks of up to `batch_size` held-out outputs
+    together (a task with more is a batch of its own); the task decodes them itself (all views of a batch
+    together). A task's outputs stay in one batch because what is done per task (test-time training, its
+    demonstrations' fit) must be done once. Tasks in order of the length of what is known before decoding
     (input and context), so that the sequences of a batch are alike and end at about the same step."""
 
     def __init__(self, examples, batch_size: int, fmt: str):
-        self.examples = sorted(examples, key=lambda ex: tokens_of(ex, fmt, output=False))
-        self.batch_size = batch_size
+        tasks: dict[str, list] = {}
+        for ex in examples:
+            tasks.setdefault(ex.task, []).append(ex)
+        known = lambda exs: max(tokens_of(ex, fmt, output=False) for ex in exs)  # noqa: E731
+        self.batches: list[list] = []
+        for exs in sorted(tasks.values(), key=known):
+            if not self.batches or len(self.batches[-1]) + len(exs) > batch_size:
+                self.batches.append([])
+            self.batches[-1].extend(exs)
 
     def __len__(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
+        return len(self.batches)
 
     def __iter__(self):
-        for i in range(0, len(self.examples), self.batch_size):
-            yield self.examples[i: i + self.batch_size]
+        yield from self.batches
 
 
 class ArcDataModule(L.LightningDataModule):

@@ -16,18 +16,37 @@ def cell_accuracy(pred: np.ndarray | None, target: np.ndarray) -> float:
     return float((pred == target).sum()) / target.size
 
 
+def distinct(candidates: list[np.ndarray | None]) -> tuple[list[np.ndarray], list[int]]:
+    """The distinct grids among candidates, in order of first appearance, and the votes of each (how many
+    candidates spell it); None (no grid) is no candidate."""
+    votes, grids = Counter(), {}
+    for g in candidates:
+        if g is not None:
+            key = (g.shape, g.astype(np.int64).tobytes())
+            votes[key] += 1
+            grids.setdefault(key, g)
+    return list(grids.values()), [votes[key] for key in grids]
+
+
+def top(grids: list[np.ndarray], order: list[int], k: int) -> list[np.ndarray | None]:
+    return [grids[i] for i in order[:k]] + [None] * (k - len(order[:k]))
+
+
 def rank_attempts(candidates: list[np.ndarray | None], k: int = 2) -> list[np.ndarray | None]:
-    """The k most voted distinct grids among candidates (first seen wins ties); None where fewer exist."""
-    votes, first, grids = Counter(), {}, {}
-    for i, g in enumerate(candidates):
-        if g is None:
-            continue
-        key = (g.shape, g.tobytes())
-        votes[key] += 1
-        first.setdefault(key, i)
-        grids[key] = g
-    ranked = sorted(votes, key=lambda key: (-votes[key], first[key]))
-    return [grids[key] for key in ranked[:k]] + [None] * (k - len(ranked[:k]))
+    """Voting: the k most voted distinct grids among candidates (first seen wins ties); None where fewer
+    exist."""
+    grids, votes = distinct(candidates)
+    return top(grids, sorted(range(len(grids)), key=lambda i: (-votes[i], i)), k)
+
+
+def rank_by_product(grids: list[np.ndarray], votes: list[int], log_probs, k: int = 2) -> list[np.ndarray | None]:
+    """Product of experts: the k distinct grids whose log-probabilities summed over the views are highest
+    (`log_probs[i][v]`: grid i, mapped into view v, under the model given view v of the task); ties go
+    to the more voted, then the first seen."""
+    if not grids:
+        return [None] * k
+    totals = np.asarray(log_probs, dtype=np.float64).reshape(len(grids), -1).sum(1)
+    return top(grids, sorted(range(len(grids)), key=lambda i: (-totals[i], -votes[i], i)), k)
 
 
 def output_record(r: dict) -> dict:
@@ -39,7 +58,11 @@ def output_record(r: dict) -> dict:
             "exact@2": int(any(exact(a, target) for a in r["attempts"][:2])),
             "right_shape": int(first is not None and first.shape == target.shape),
             "cell_accuracy": cell_accuracy(first, target), "nll_bits": float(r.get("nll_bits", float("nan"))),
-            "tokens": int(r.get("tokens", 0))}
+            "tokens": int(r.get("tokens", 0)), **{key: r[key] for key in HOW if key in r}}
+
+
+# How an output was predicted, recorded beside its figures (per_output.csv) so that runs can be told apart.
+HOW = ("views", "ranking", "ttt_steps", "candidates")
 
 
 def score(results: list[dict]) -> dict[str, float]:
@@ -56,12 +79,22 @@ def score(results: list[dict]) -> dict[str, float]:
     out = {
         "arc/exact_output@1": mean("exact@1"), "arc/exact_output@2": mean("exact@2"),
         "arc/exact_task@1": float(np.mean(by_task("exact@1"))), "arc/exact_task@2": float(np.mean(by_task("exact@2"))),
+        "arc/prize_score": prize_score(rows, tasks),
         "arc/cell_accuracy": mean("cell_accuracy"), "arc/right_shape": mean("right_shape"),
         "arc/outputs": float(len(rows)), "arc/tasks": float(len(tasks)),
     }
     if all("nll_bits" in r for r in results):
         out["arc/test_nll"] = mean("nll_bits")
     return out
+
+
+def prize_score(rows: list[dict], tasks: list[str]) -> float:
+    """The ARC Prize figure: a task scores the fraction of its test outputs solved within two attempts,
+    and the benchmark is the mean over all `tasks` of the set (a task with no row scores 0)."""
+    if not tasks:
+        return 0.0
+    solved = {t: [r["exact@2"] for r in rows if r["task"] == t] for t in tasks}
+    return float(np.mean([np.mean(s) if s else 0.0 for s in solved.values()]))
 
 
 def nll_bits(logits, targets, pad: int):

@@ -1,35 +1,60 @@
 """Training and honest evaluation of the ARC baselines.
 
 Training: teacher-forced cross-entropy on output tokens. Evaluation: greedy autoregressive decoding (no
-teacher forcing, through the model's key/value cache: `arc_decoding.py`) of each held-out test output
-under `eval_augmentations` views of the task (the first is the identity), all views of an evaluation
-batch decoded together, each mapped back before voting; the two most voted grids are attempts 1 and 2. The
-output's size is part of the prediction. Each evaluation also measures the teacher-forced likelihood of
-each true output (identity view; `arc/test_nll`, bits per output token) and writes `submission.json` (ARC
-Prize format) and `per_output.csv` (one row per held-out output, what a sweep's paired comparisons read;
-each evaluation's copy also under `eval/`) in the run directory; the end of training draws every
-held-out output with its two attempts (`predictions.png`, more pages as `predictions_2.png`, ...). eval.py
-writes the same files for any task set.
+teacher forcing, through the model's key/value cache: `decoding.py`) of each held-out test output under
+`eval_augmentations` views of the task (the first is the identity), each mapped back; the two best-ranked
+distinct grids are attempts 1 and 2. Ranking (`ranking`): `vote` (the grids most views spelled) or `poe`,
+product of experts (the grids whose log-probability, summed over the views, is highest: each candidate
+is scored teacher-forced in every view). The output's size is part of the prediction.
+
+Test-time training (`ttt`, `test_time.py`): before a task's outputs are decoded, a copy of the model is
+fine-tuned on that task's demonstrations and predicts it instead (at the final evaluation of training,
+verify.py and eval.py; at every evaluation with `ttt.periodic`).
+
+Each evaluation also measures the teacher-forced likelihood of each true output (identity view;
+`arc/test_nll`, bits per output token) under the model that predicts it, how many of the evaluated tasks'
+own demonstrations the model reproduces exactly (`arc/train_exact`, identity view; with test-time
+training also its copies' `arc/ttt_train_exact`), and writes `submission.json` (ARC Prize format) and
+`per_output.csv` (one row per held-out output, what a sweep's paired comparisons read; each evaluation's
+copy also under `eval/`) in the run directory; the end of training draws every held-out output with its
+two attempts (`predictions.png`, more pages as `predictions_2.png`, ...). eval.py writes the same files
+for any task set.
 """
 import json
+import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask
 from experiments.families.arc import format as af
-from experiments.families.arc.data import augment, collate
-from experiments.families.arc.metrics import nll_bits, output_record, rank_attempts, score
+from experiments.families.arc.data import augment, collate, demonstrations_of, Example
+from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
+                                              rank_by_product, score)
 from experiments.families.arc.decoding import CachedSteps, FullRecomputation, greedy
+from experiments.families.arc.test_time import fine_tuned, TestTimeTraining, token_loss
+
+RANKINGS = ("vote", "poe")
+
+
+@dataclass
+class ArcPart:
+    """One evaluation batch's results (whole tasks)."""
+    outputs: list = field(default_factory=list)       # one result per held-out output (metrics.score)
+    demos_exact: list = field(default_factory=list)   # each demonstration reproduced exactly by the model?
+    tuned_demos_exact: list = field(default_factory=list)  # ... by its task's fine-tuned copy?
+    ttt_seconds: list = field(default_factory=list)   # per fine-tuned task
 
 
 class ArcTask(ExperimentTask):
     summary_keys = ("train/loss", "arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@2",
-                    "arc/cell_accuracy", "arc/right_shape", "arc/test_nll")
+                    "arc/cell_accuracy", "arc/right_shape", "arc/test_nll", "arc/train_exact")
     higher_is_better = ("arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@1", "arc/exact_task@2",
-                        "arc/cell_accuracy", "arc/right_shape")
+                        "arc/prize_score", "arc/cell_accuracy", "arc/right_shape", "arc/train_exact",
+                        "arc/ttt_train_exact")
     lower_is_better = ("arc/test_nll",)
     # A sweep's paired comparisons (comparisons.py): metric -> its column of per_output.csv; the binary
     # ones also get an exact McNemar test.
@@ -38,23 +63,29 @@ class ArcTask(ExperimentTask):
     binary_metrics = ("arc/exact_output@2",)
     primary_metric = "arc/cell_accuracy"
     long_validation = True  # decoding every held-out output: the progress bar shows it
+    evaluation_settings = ("eval_augmentations", "ranking", "ttt", "train_exact", "max_decode_tokens")
 
     def __init__(self, model, format: str = "encoder_decoder", lr: float = 1e-3, weight_decay: float = 0.01,
                  eval_augmentations: int = 1, max_decode_tokens: int = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1,
-                 eval_every_n_epochs: int = 1, seed: int = 0):
+                 eval_every_n_epochs: int = 1, seed: int = 0, ranking: str = "vote", ttt: dict | None = None,
+                 train_exact: bool = True):
         super().__init__()
+        if ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS} (voting, product of experts), got {ranking!r}")
+        if not (isinstance(eval_augmentations, int) and eval_augmentations >= 1):
+            raise ValueError(f"eval_augmentations must be an integer >= 1 (1: the identity view only), got "
+                             f"{eval_augmentations!r}")
         self.model, self.format = model, format
         self.lr, self.weight_decay = lr, weight_decay
         self.eval_augmentations, self.max_decode_tokens, self.seed = eval_augmentations, max_decode_tokens, seed
         self.eval_every_n_epochs = eval_every_n_epochs
+        self.ranking, self.ttt, self.train_exact = ranking, TestTimeTraining.of(ttt), train_exact
         self.last_results: list[dict] = []
 
     # ---- training ----
     def training_loss(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch)
-        targets = batch["targets"]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=af.PAD)
-        n = int((targets != af.PAD).sum())
+        loss = token_loss(self.model(batch), batch["targets"])
+        n = int((batch["targets"] != af.PAD).sum())
         self.add_training_terms(loss.detach() * n, n)  # the epoch's loss: a mean over its tokens
         return loss
 
@@ -74,17 +105,52 @@ class ArcTask(ExperimentTask):
         """Decoding is the expensive part: every `eval_every_n_epochs` epochs, and the final epoch always."""
         return (epoch + 1) % self.eval_every_n_epochs == 0 or epoch + 1 >= (self.trainer.max_epochs or 0)
 
-    def evaluation_step(self, examples: list, epoch: int) -> list[dict]:
-        return self.predict(examples)
+    def tunes_at(self, epoch: int) -> bool:
+        """Whether an evaluation fine-tunes per task: always outside training (verify.py, eval.py), at its
+        final evaluation, and at every one with `ttt.periodic`."""
+        if not self.ttt.steps:
+            return False
+        trainer = self._trainer  # None outside a Trainer
+        return self.ttt.periodic or trainer is None or epoch + 1 >= (trainer.max_epochs or 0)
+
+    def evaluation_step(self, examples: list, epoch: int) -> ArcPart:
+        """The batch's outputs predicted (by each task's fine-tuned copy when test-time training is on)
+        and, with `train_exact`, its tasks' demonstrations decoded by the model (and by each copy)."""
+        part = ArcPart()
+        tasks: dict[str, list] = {}
+        for ex in examples:
+            tasks.setdefault(ex.task, []).append(ex)
+        if self.train_exact:
+            part.demos_exact = self.reproduces([d for exs in tasks.values() for d in self.demos(exs[0])])
+        if not self.tunes_at(epoch):
+            part.outputs = self.predict(examples)
+            return part
+        for task, exs in tasks.items():
+            start = time.perf_counter()
+            tuned = fine_tuned(self.model, self.format, task, exs[0].demos, self.ttt, self.seed, self.device)
+            part.ttt_seconds.append(time.perf_counter() - start)
+            part.outputs += self.predict(exs, model=tuned, ttt_steps=self.ttt.steps if tuned is not None else 0)
+            if self.train_exact:
+                part.tuned_demos_exact += self.reproduces(self.demos(exs[0]), tuned)
+        return part
+
+    def demos(self, example: Example) -> list[Example]:
+        return demonstrations_of(example.task, example.demos, self.format)
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
-        return score(in_task_order([r for part in parts for r in part]))
+        figures = score(in_task_order([r for part in parts for r in part.outputs]))
+        for name, key in (("arc/train_exact", "demos_exact"), ("arc/ttt_train_exact", "tuned_demos_exact"),
+                          ("time/ttt_s_per_task", "ttt_seconds")):
+            values = [v for part in parts for v in getattr(part, key)]
+            if values:
+                figures[name] = float(np.mean(values))
+        return figures
 
     def evaluation_files(self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool,
                          datamodule=None) -> None:
         """submission.json and per_output.csv; during training also each evaluation's copy under eval/, the
         pictures once at the end (on_fit_end), for eval.py the pictures now."""
-        results = in_task_order([r for part in parts for r in part])
+        results = in_task_order([r for part in parts for r in part.outputs])
         write_submission(results, folder / "submission.json")
         write_per_output(results, folder / "per_output.csv")
         if during_training:
@@ -103,9 +169,11 @@ class ArcTask(ExperimentTask):
     def draw(results: list[dict], folder: Path, epoch: int, metrics: dict) -> None:
         from experiments.families.arc.pictures import draw_predictions
 
+        how = results[0] if results else {}
+        ttt = f"test-time training {how.get('ttt_steps')} steps" if how.get("ttt_steps") else "no test-time training"
         title = (f"epoch {epoch_number(epoch)}: cell accuracy {metrics['arc/cell_accuracy']:.1%}, right shape "
                  f"{metrics['arc/right_shape']:.1%}, exact@2 {metrics['arc/exact_output@2']:.1%} "
-                 f"of {len(results)} outputs")
+                 f"of {len(results)} outputs ({how.get('views')} views, {how.get('ranking')}, {ttt})")
         draw_predictions(results, folder, title)
 
     @torch.no_grad()
@@ -119,34 +187,79 @@ class ArcTask(ExperimentTask):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def predict(self, examples: list, cached: bool = True) -> list[dict]:
-        """Results for `score`: each test output with its two attempts, voted over the views. All views of
-        all the given outputs are decoded together, as one batch."""
-        was_training = self.training
-        self.eval()
+    def predict(self, examples: list, cached: bool = True, model: torch.nn.Module | None = None,
+                ttt_steps: int = 0) -> list[dict]:
+        """Results for `score`: each test output with its two attempts, ranked over the views, by `model`
+        (default: the task's). All views of all the given outputs are decoded together, as one batch."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
         views = self.views()
         seen = [augment(ex, view) for ex in examples for view in views]
         candidates = [[] for _ in examples]
-        for j, tokens in enumerate(self.greedy(seen, cached)):
+        for j, tokens in enumerate(self.greedy(seen, cached, model=model)):
             grid = af.tokens_to_grid(tokens)
             candidates[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
-        bits, tokens = self.likelihood(examples)
-        self.train(was_training)
-        return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1],
-                 "attempts": rank_attempts(c, 2), "nll_bits": float(b), "tokens": int(n)}
-                for ex, c, b, n in zip(examples, candidates, bits, tokens)]
+        attempts = self.rank(examples, candidates, views, model)
+        bits, tokens = self.likelihood(examples, model)
+        model.train(was_training)
+        return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1], "attempts": a,
+                 "nll_bits": float(b), "tokens": int(n), "views": len(views), "ranking": self.ranking,
+                 "ttt_steps": ttt_steps, "candidates": len(distinct(c)[0])}
+                for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)]
+
+    def rank(self, examples: list, candidates: list, views: list, model) -> list[list]:
+        """Attempts 1 and 2 of each output from its candidates (one per view, mapped back): by vote, or by
+        product of experts: each distinct candidate, put in the place of the output (never the true one)
+        and seen in every view, scored teacher-forced; its log-probabilities summed."""
+        if self.ranking == "vote":
+            return [rank_attempts(c, 2) for c in candidates]
+        found = [distinct(c) for c in candidates]
+        scored = [augment(Example(ex.task, ex.index, (ex.query[0], grid), ex.context), view)
+                  for ex, (grids, _) in zip(examples, found) for grid in grids for view in views]
+        log_probs, at, attempts = self.log_probs(scored, model), 0, []
+        for grids, votes in found:
+            n = len(grids) * len(views)
+            attempts.append(rank_by_product(grids, votes, log_probs[at: at + n].reshape(len(grids), len(views))))
+            at += n
+        return attempts
 
     @torch.no_grad()
-    def likelihood(self, examples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_probs(self, examples: list, model, chunk: int = 256) -> np.ndarray:
+        """Teacher-forced log-probability (nats) of each example's whole output, batched by `chunk`."""
+        out = []
+        for i in range(0, len(examples), chunk):
+            batch = self._to_device(collate(examples[i: i + chunk], self.format))
+            bits, tokens = nll_bits(model(batch), batch["targets"], af.PAD)
+            out.append(-(bits * tokens).double().cpu().numpy() * math.log(2))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    @torch.no_grad()
+    def reproduces(self, demonstrations: list, model: torch.nn.Module | None = None) -> list[bool]:
+        """Whether `model` decodes each demonstration's output exactly from its input and context (identity
+        view): does it fit what it was given."""
+        if not demonstrations:
+            return []
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        decoded = self.greedy(demonstrations, model=model)
+        model.train(was_training)
+        return [exact(af.tokens_to_grid(tokens), ex.query[1]) for ex, tokens in zip(demonstrations, decoded)]
+
+    @torch.no_grad()
+    def likelihood(self, examples: list, model: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced bits per token of each true output (row ends and EOS included) under the model,
         as given (the identity view), and its token count."""
         batch = self._to_device(collate(examples, self.format))
-        return nll_bits(self.model(batch), batch["targets"], af.PAD)
+        return nll_bits((self.model if model is None else model)(batch), batch["targets"], af.PAD)
 
-    def greedy(self, examples: list, cached: bool = True, record: list | None = None) -> list[list[int]]:
+    def greedy(self, examples: list, cached: bool = True, record: list | None = None,
+               model: torch.nn.Module | None = None) -> list[list[int]]:
         """Greedy decoding of each example's output from its input (and context): through the model's
         key/value cache, or (`cached=False`, the reference) by full recomputation at every step."""
-        steps = (CachedSteps if cached else FullRecomputation)(self.model, self.format, examples, self.device)
+        model = self.model if model is None else model
+        steps = (CachedSteps if cached else FullRecomputation)(model, self.format, examples, self.device)
         return greedy(steps, self.format, len(examples), self.max_decode_tokens, self.device, record)
 
 

@@ -48,6 +48,15 @@ def task_set(folder):
     return truths
 
 
+def run_scorer(submission, *args, cwd) -> dict:
+    """scripts/score_submission.py on a submission file: its last line's figures."""
+    script = ROOT / "src/experiments/families/arc/scripts/score_submission.py"
+    r = subprocess.run([sys.executable, str(script), str(submission), "--max-tasks", "0", "--max-side", "0",
+                        *map(str, args)], cwd=cwd, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {k: float(v) for k, v in (item.split("=") for item in r.stdout.strip().splitlines()[-1].split())}
+
+
 def independent_score(submission: dict, truths: dict) -> dict:
     """ARC Prize scoring from the files alone: an output is solved when either attempt equals it."""
     solved = {(task, i): [att[f"attempt_{k}"] == truth["output"] for k in (1, 2)]
@@ -74,6 +83,19 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
     assert metrics["arc/exact_output@2"] == pytest.approx(sum(any(s) for s in solved.values()) / len(solved))
     assert metrics["arc/exact_output@1"] == pytest.approx(sum(s[0] for s in solved.values()) / len(solved))
     assert 0 < metrics["arc/exact_output@2"] < 1, "some right and some wrong, or the comparison proves little"
+    # the family's own scorer of submission files: the same figures; a task left out of the file scores 0
+    score = lambda path: run_scorer(path, "--folder", tmp_path / "tasks", cwd=root)  # noqa: E731
+    figures = score(out / "submission.json")
+    assert figures["prize_score"] == pytest.approx(metrics["arc/prize_score"], abs=1e-6)
+    assert (figures["solved"], figures["outputs"], figures["missing"]) == \
+        (sum(any(s) for s in solved.values()), len(solved), 0)
+    submission = json.loads((out / "submission.json").read_text())
+    dropped = max(submission, key=lambda t: sum(any(solved[(t, i)]) for i in range(len(truths[t]))))
+    share = sum(any(solved[(dropped, i)]) for i in range(len(truths[dropped]))) / len(truths[dropped])
+    (tmp_path / "partial.json").write_text(json.dumps({t: v for t, v in submission.items() if t != dropped}))
+    partial = score(tmp_path / "partial.json")
+    assert partial["missing"] == 1 and share > 0
+    assert partial["prize_score"] == pytest.approx(figures["prize_score"] - share / len(truths), abs=1e-6)
     assert result["checkpoint"]["epoch"] == 60 and result["data"]["config"]["format"] == "encoder_decoder"
     # every held-out output drawn: 8 per page
     pages = sorted(p.name for p in out.glob("predictions*.png"))
@@ -81,13 +103,18 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
 
 
 def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path):
-    """data=GROUP composes as train.py would for the run's experiment: the group's tasks, the preset's format."""
+    """data=GROUP composes as train.py would for the run's experiment: the group's tasks, the preset's format;
+    task.KEY=VALUE sets how the task evaluates (here with test-time training), in a folder of its own."""
     root, run = arc_run
-    r = run_eval(f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=arc_tiny", "data.max_tasks=2", cwd=root)
+    r = run_eval(f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=arc_tiny", "data.max_tasks=2", "task.ttt.steps=2",
+                 "task.ranking=poe", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
-    result = json.loads((run / "eval" / "data.max_tasks=2,data=arc_tiny" / "last" / "metrics.json").read_text())
+    out = run / "eval" / "data.max_tasks=2,data=arc_tiny,task.ranking=poe,task.ttt.steps=2" / "last"
+    result = json.loads((out / "metrics.json").read_text())
     assert result["data"]["config"]["format"] == "encoder_decoder" and result["data"]["config"]["max_tasks"] == 2
-    assert result["metrics"]["arc/tasks"] == 2.0
+    assert result["metrics"]["arc/tasks"] == 2.0 and result["task"]["arguments"] == ["task.ttt.steps=2", "task.ranking=poe"]
+    assert result["metrics"]["time/ttt_s_per_task"] > 0 and "arc/ttt_train_exact" in result["metrics"]
+    assert {(row["ttt_steps"], row["ranking"]) for row in csv.DictReader(open(out / "per_output.csv"))} == {("2", "poe")}
     assert "Evaluating" in r.stdout and "arc/cell_accuracy" in r.stdout
 
 
@@ -96,6 +123,17 @@ def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path)
     (["data.task_ids=[nope]"], "unknown ARC task id(s) ['nope']"),
     (["data.max_task=2"], "data.max_task is not a parameter of experiments.families.arc.data.ArcDataModule"),
     (["data=no_such_group"], "Could not find 'data/no_such_group' Available options in 'data': arc arc_full"),
+    (["task._target_=os.system"], "task._target_ is not an evaluation setting of experiments.families.arc.task.ArcTask"),
+    (["task.format=decoder_only"], "task.format is not an evaluation setting of experiments.families.arc.task.ArcTask: "
+                                   "eval.py may set task.eval_augmentations, task.ranking, task.ttt"),
+    (["task.rankng=poe"], "task.rankng is not an evaluation setting"),
+    (["task.ttt={_target_: os.system, command: id}"], "task.ttt._target_: eval.py changes how a checkpoint's task "
+                                                      "evaluates, never what it is"),
+    (["task.ttt[_target_]=os.getcwd"], "task.ttt._target_: eval.py changes how"),
+    (["task.ttt.lr=${oc.env:HOME}"], "task.ttt.lr: holds an interpolation"),
+    (["~task.ranking=vote"], "eval.py sets evaluation settings; it removes none"),
+    (["task.ttt=5"], "task.ttt=5 has type int, expected dict | None"),
+    (["task.ttt.step=3"], "task: ttt.step is not a test-time training setting"),
 ])
 def test_unusable_input_is_one_line_and_exit_2(arc_run, args, message):
     root, run = arc_run

@@ -1,4 +1,6 @@
-"""All five ARC presets pass preflight, train and evaluate end to end through train.py on the tiny set."""
+"""All five ARC presets pass preflight, train and evaluate end to end through train.py on the tiny set,
+with test-time training at the final evaluation and product-of-experts ranking."""
+import csv
 import json
 
 import pytest
@@ -16,7 +18,7 @@ def trained(tmp_path_factory):
     # (++: a multirun composes its base config with no experiment chosen, where task holds no keys yet)
     r = run_train("-m", f"experiment={','.join(PRESETS)}", "data=arc_tiny", "logger=none",
                   "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "++task.eval_every_n_epochs=2",
-                  "++task.eval_augmentations=2", cwd=root, timeout=900)
+                  "++task.eval_augmentations=2", "++task.ttt.steps=3", "++task.ranking=poe", cwd=root, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "5 of 5 jobs finished" in r.stdout and r.stdout.count("preflight pass optimizer_step") == 5
     return root
@@ -38,6 +40,13 @@ def test_preset_trains_and_evaluates(preset, trained):
     # each evaluation's per-output records under eval/, the final one at the top (test_comparisons.py)
     assert sorted(p.name for p in (rd / "eval").iterdir()) == [f"per_output_epoch={e:04d}.csv" for e in (2, 4, 5)]
     assert (rd / "per_output.csv").read_bytes() == (rd / "eval" / "per_output_epoch=0005.csv").read_bytes()
+    # test-time training at the final evaluation only (not periodic), recorded per output and in the history
+    how = lambda epoch: {(r["ttt_steps"], r["ranking"], r["views"])  # noqa: E731
+                         for r in csv.DictReader(open(rd / "eval" / f"per_output_epoch={epoch:04d}.csv"))}
+    assert how(2) == {("0", "poe", "2")} and how(5) == {("3", "poe", "2")}
+    assert "arc/ttt_train_exact" not in evaluated[0] and "time/ttt_s_per_task" not in evaluated[0]
+    assert 0 < evaluated[-1]["time/ttt_s_per_task"] and 0 <= evaluated[-1]["arc/ttt_train_exact"] <= 1
+    assert all(0 <= row["arc/train_exact"] <= 1 for row in evaluated)
 
 
 def test_presets_differ_only_in_their_component(tmp_path):
