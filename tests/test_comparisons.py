@@ -103,7 +103,7 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
         run_dir = root / job["run_dir"]  # relative to the sweep's working directory, or absolute
         rows = read_rows(f"{run_dir}/per_output.csv")
         assert list(rows[0]) == ["task", "index", "exact@1", "exact@2", "right_shape", "cell_accuracy", "nll_bits",
-                                 "tokens"]
+                                 "tokens", "views", "ranking", "ttt_steps", "candidates"]
         assert len(rows) == 5  # arc_tiny: 5 held-out outputs
         final = torch.load(f"{run_dir}/checkpoints/last.ckpt", weights_only=True)["history"][-1]
         assert np.mean([float(x["nll_bits"]) for x in rows]) == pytest.approx(final["arc/test_nll"], rel=1e-9)

