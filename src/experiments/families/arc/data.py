@@ -129,6 +129,14 @@ def demonstrations_of(task: str, demos: list, fmt: str | None = None) -> list[Ex
     return [ex for ex in examples if ex.context or fmt != "champion"]
 
 
+def by_task(examples: list[Example]) -> dict[str, list[Example]]:
+    """Examples grouped by task id, tasks and examples in the order given."""
+    tasks: dict[str, list[Example]] = {}
+    for ex in examples:
+        tasks.setdefault(ex.task, []).append(ex)
+    return tasks
+
+
 def augment(ex: Example, aug: af.Augmentation) -> Example:
     return Example(ex.task, ex.index, (aug(ex.query[0]), aug(ex.query[1])),
                    [(aug(i), aug(o)) for i, o in ex.context])
@@ -245,9 +253,7 @@ class EvalLoader:
     (input and context), so that the sequences of a batch are alike and end at about the same step."""
 
     def __init__(self, examples, batch_size: int, fmt: str):
-        tasks: dict[str, list] = {}
-        for ex in examples:
-            tasks.setdefault(ex.task, []).append(ex)
+        tasks = by_task(examples)
         known = lambda exs: max(tokens_of(ex, fmt, output=False) for ex in exs)  # noqa: E731
         self.batches: list[list] = []
         for exs in sorted(tasks.values(), key=known):

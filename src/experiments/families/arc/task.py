@@ -31,7 +31,7 @@ import torch
 
 from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask
 from experiments.families.arc import format as af
-from experiments.families.arc.data import augment, collate, demonstrations_of, Example
+from experiments.families.arc.data import augment, by_task, collate, demonstrations_of, Example
 from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
                                               rank_by_product, score)
 from experiments.families.arc.decoding import CachedSteps, FullRecomputation, greedy
@@ -117,9 +117,7 @@ class ArcTask(ExperimentTask):
         """The batch's outputs predicted (by each task's fine-tuned copy when test-time training is on)
         and, with `train_exact`, its tasks' demonstrations decoded by the model (and by each copy)."""
         part = ArcPart()
-        tasks: dict[str, list] = {}
-        for ex in examples:
-            tasks.setdefault(ex.task, []).append(ex)
+        tasks = by_task(examples)
         if self.train_exact:
             part.demos_exact = self.reproduces([d for exs in tasks.values() for d in self.demos(exs[0])])
         if not self.tunes_at(epoch):
@@ -195,11 +193,7 @@ class ArcTask(ExperimentTask):
         was_training = model.training
         model.eval()
         views = self.views()
-        seen = [augment(ex, view) for ex in examples for view in views]
-        candidates = [[] for _ in examples]
-        for j, tokens in enumerate(self.greedy(seen, cached, model=model)):
-            grid = af.tokens_to_grid(tokens)
-            candidates[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
+        candidates = self.candidates(examples, views, model, cached)
         attempts = self.rank(examples, candidates, views, model)
         bits, tokens = self.likelihood(examples, model)
         model.train(was_training)
@@ -208,21 +202,35 @@ class ArcTask(ExperimentTask):
                  "ttt_steps": ttt_steps, "candidates": len(distinct(c)[0])}
                 for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)]
 
+    def candidates(self, examples: list, views: list, model, cached: bool = True) -> list[list]:
+        """Each output's candidate from each view (None: no grid), mapped back to the task as given; all
+        views of all outputs decoded together, as one batch."""
+        seen = [augment(ex, view) for ex in examples for view in views]
+        found = [[] for _ in examples]
+        for j, tokens in enumerate(self.greedy(seen, cached, model=model)):
+            grid = af.tokens_to_grid(tokens)
+            found[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
+        return found
+
     def rank(self, examples: list, candidates: list, views: list, model) -> list[list]:
         """Attempts 1 and 2 of each output from its candidates (one per view, mapped back): by vote, or by
-        product of experts: each distinct candidate, put in the place of the output (never the true one)
-        and seen in every view, scored teacher-forced; its log-probabilities summed."""
+        product of experts over `view_log_probs`."""
         if self.ranking == "vote":
             return [rank_attempts(c, 2) for c in candidates]
         found = [distinct(c) for c in candidates]
+        tables = self.view_log_probs(examples, [grids for grids, _ in found], views, model)
+        return [rank_by_product(grids, votes, table) for (grids, votes), table in zip(found, tables)]
+
+    def view_log_probs(self, examples: list, grids: list[list], views: list, model) -> list[np.ndarray]:
+        """Per output, a (grids x views) table: each of its grids put in the place of the output (never the
+        true one) and seen in every view, its teacher-forced log-probability; all scored as one batch."""
         scored = [augment(Example(ex.task, ex.index, (ex.query[0], grid), ex.context), view)
-                  for ex, (grids, _) in zip(examples, found) for grid in grids for view in views]
-        log_probs, at, attempts = self.log_probs(scored, model), 0, []
-        for grids, votes in found:
-            n = len(grids) * len(views)
-            attempts.append(rank_by_product(grids, votes, log_probs[at: at + n].reshape(len(grids), len(views))))
-            at += n
-        return attempts
+                  for ex, gs in zip(examples, grids) for grid in gs for view in views]
+        log_probs, at, tables = self.log_probs(scored, model), 0, []
+        for gs in grids:
+            tables.append(log_probs[at: at + len(gs) * len(views)].reshape(len(gs), len(views)))
+            at += len(gs) * len(views)
+        return tables
 
     @torch.no_grad()
     def log_probs(self, examples: list, model, chunk: int = 256) -> np.ndarray:

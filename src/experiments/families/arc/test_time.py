@@ -41,13 +41,12 @@ class TestTimeTraining:
         if unknown:
             raise ValueError(f"ttt.{unknown[0]} is not a test-time training setting; they are {', '.join(known)}")
         ttt = cls(**settings)
-        if not (isinstance(ttt.steps, int) and ttt.steps >= 0 and isinstance(ttt.batch_size, int)
-                and ttt.batch_size >= 1):
+        counts = (ttt.steps, ttt.batch_size)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise ValueError(f"ttt.steps and ttt.batch_size must be integers, got {ttt.steps!r}, {ttt.batch_size!r}")
+        if ttt.steps < 0 or ttt.batch_size < 1:
             raise ValueError(f"ttt.steps must be an integer >= 0 and ttt.batch_size >= 1, got {ttt.steps!r}, "
                              f"{ttt.batch_size!r}")
-        if not (isinstance(ttt.steps, int) and not isinstance(ttt.steps, bool)
-                and isinstance(ttt.batch_size, int) and not isinstance(ttt.batch_size, bool)):
-            raise ValueError(f"ttt.steps and ttt.batch_size must be integers, got {ttt.steps!r}, {ttt.batch_size!r}")
         if not (isinstance(ttt.augment, bool) and isinstance(ttt.periodic, bool)):
             raise ValueError(f"ttt.augment and ttt.periodic must be true or false, got {ttt.augment!r}, {ttt.periodic!r}")
         if not (isinstance(ttt.lr, (int, float)) and ttt.lr > 0 and isinstance(ttt.weight_decay, (int, float))

@@ -23,8 +23,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from experiments.families.arc import format as af  # noqa: E402
-from experiments.families.arc.data import augment, Example  # noqa: E402
+from experiments.families.arc.data import by_task  # noqa: E402
 from experiments.families.arc.metrics import distinct, rank_attempts, rank_by_product, score  # noqa: E402
 from experiments.families.arc.test_time import TestTimeTraining, tuning  # noqa: E402
 from experiments.family import atomic_write_csv  # noqa: E402
@@ -47,21 +46,12 @@ def load(target: Path, data_args: dict):
 @torch.no_grad()
 def decoded(task, examples: list, model, views: list) -> dict:
     """Per output: the candidate of each view (mapped back), and each distinct grid's log-probability in
-    every view (the product of experts' experts)."""
-    seen = [augment(ex, view) for ex in examples for view in views]
-    found = [[] for _ in examples]
-    for j, tokens in enumerate(task.greedy(seen, model=model)):
-        grid = af.tokens_to_grid(tokens)
-        found[j // len(views)].append(None if grid is None else views[j % len(views)].invert(grid))
+    every view (the product of experts' experts): the task's own `candidates` and `view_log_probs`."""
+    found = task.candidates(examples, views, model)
     grids = [distinct(c)[0] for c in found]
-    scored = [augment(Example(ex.task, ex.index, (ex.query[0], g), ex.context), view)
-              for ex, gs in zip(examples, grids) for g in gs for view in views]
-    log_probs, at, tables = task.log_probs(scored, model), 0, []
-    for gs in grids:
-        tables.append(log_probs[at: at + len(gs) * len(views)].reshape(len(gs), len(views)))
-        at += len(gs) * len(views)
     bits, tokens = task.likelihood(examples, model)
-    return {"candidates": found, "grids": grids, "log_probs": tables, "bits": bits.tolist(), "tokens": tokens.tolist()}
+    return {"candidates": found, "grids": grids, "log_probs": task.view_log_probs(examples, grids, views, model),
+            "bits": bits.tolist(), "tokens": tokens.tolist()}
 
 
 def attempts_of(d: dict, i: int, k: int, ranking: str) -> list:
@@ -92,13 +82,11 @@ def curves(task, datamodule, steps: list, view_counts: list, ttt: TestTimeTraini
     assert ttt.steps == max(steps), "the copies are fine-tuned for the largest step count"
     task.eval_augmentations = max(view_counts)
     views, rankings = task.views(), ["vote", "poe"]
-    by_task: dict[str, list] = {}
-    for ex in datamodule.eval_examples:
-        by_task.setdefault(ex.task, []).append(ex)
+    tasks = by_task(datamodule.eval_examples)
     results: dict = {}
     seconds = []
     t0 = time.perf_counter()
-    for n, (name, exs) in enumerate(by_task.items(), 1):
+    for n, (name, exs) in enumerate(tasks.items(), 1):
         def add(s: int, model) -> None:
             for key, rs in cells(exs, decoded(task, exs, model, views), s, view_counts, rankings).items():
                 results.setdefault(key, []).extend(rs)
@@ -112,7 +100,7 @@ def curves(task, datamodule, steps: list, view_counts: list, ttt: TestTimeTraini
             for s in (s for s in steps if s):
                 add(s, task.model)
         seconds.append(time.perf_counter() - start)
-        progress(f"task {n}/{len(by_task)} {name}: {time.perf_counter() - t0:.0f}s")
+        progress(f"task {n}/{len(tasks)} {name}: {time.perf_counter() - t0:.0f}s")
     return {key: score(rs) for key, rs in results.items()}, float(np.mean(seconds))
 
 
