@@ -65,26 +65,32 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
-def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess:
-    """verify.py or eval.py as a user runs it."""
+def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = None, timeout: float = 300,
+                process: bool = False) -> subprocess.CompletedProcess:
+    """verify.py or eval.py as a user runs it: inside the test process (`in_process`), or in a process of its
+    own with `process=True` or an environment of its own (what is about imports needs one: a family's
+    package off the Python path, a module that must not be imported)."""
+    if not (process or extra_env):
+        return in_process(program, *args, cwd=cwd)
     return subprocess.run([sys.executable, str(ROOT / program), *options_first(args)], cwd=cwd,
                           env={**env(), **(extra_env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
 def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python PROGRAM ARGS` run inside the test process, for a command that stops before it trains or
-    evaluates anything (a refusal, a run already complete): the same script and code path, its exit status,
-    stdout and stderr returned as subprocess.run would, without a process start (about 8 s, mostly importing
-    Lightning). Behaviour that is about processes (signals, kills, locks, several processes, training) keeps
-    real processes."""
+    """`python PROGRAM ARGS` run inside the test process, for a command that stops before it trains (a
+    refusal, a run already complete) and for verify.py and eval.py (whose replay of training runs here
+    too): the same script and code path, its exit status, stdout and stderr returned as subprocess.run
+    would, on one thread as a test's process has it, without a process start (about 8 s, mostly importing
+    Lightning). Behaviour that is about processes (signals, kills, locks, several processes, a run's
+    training) or about imports keeps real processes."""
     import contextlib
     import io
     import logging
     import random
     import runpy
     import traceback
+    import warnings
 
     import numpy as np
     import torch
@@ -95,7 +101,7 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     # logger's handlers and level), the scripts put src/ on sys.path, a run seeds the random generators
     root = logging.getLogger()
     saved = (sys.argv, os.getcwd(), dict(os.environ), sys.path[:], root.handlers[:], root.level, random.getstate(),
-             np.random.get_state(), torch.get_rng_state())
+             np.random.get_state(), torch.get_rng_state(), torch.get_num_threads(), warnings.filters[:])
     fresh = env()  # (read before the environment is replaced)
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [str(ROOT / program), *options_first(args)]
@@ -103,6 +109,7 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(fresh)
+        torch.set_num_threads(1)  # OMP_NUM_THREADS=1, as env() gives a test's processes
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -122,6 +129,8 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
         random.setstate(saved[6])
         np.random.set_state(saved[7])
         torch.set_rng_state(saved[8])
+        torch.set_num_threads(saved[9])
+        warnings.filters[:] = saved[10]
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())

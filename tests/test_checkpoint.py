@@ -43,13 +43,10 @@ def test_policy_writes_every_n_final_last_and_top_k(trained):
 def test_eval_on_the_runs_own_data_gives_its_last_validation_figures(trained, tmp_path):
     """eval.py without data arguments: the run's data, every figure equal to the final epoch's history row."""
     import json
-    import subprocess
-    import sys
 
-    from conftest import ROOT, env
+    from conftest import run_program
 
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SINE[:2], f"ckpt={trained}"], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = run_program("eval.py", *SINE[:2], f"ckpt={trained}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((trained / "eval" / "own" / "last" / "metrics.json").read_text())
     final = torch.load(trained / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]

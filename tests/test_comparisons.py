@@ -4,13 +4,11 @@ beside the untrained control's."""
 import csv
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, env, run_train
+from conftest import run_program, run_train
 from experiments.comparisons import compare, mcnemar_exact, task_bootstrap_interval, verdict
 
 
@@ -137,8 +135,7 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
 def test_verify_reports_test_nll_beside_the_untrained_control(arc_sweep, tmp_path):
     root, directory, _ = arc_sweep
     job = json.loads((directory / "jobs" / "0003.json").read_text())
-    r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={root / job['run_dir']}", "stages=[metrics]"],
-                       cwd=root, env=env(), capture_output=True, text=True, timeout=300)
+    r = run_program("verify.py", f"ckpt={root / job['run_dir']}", "stages=[metrics]", cwd=root)
     assert "arc/test_nll" in r.stdout, r.stdout + r.stderr
     (report,) = (root / job["run_dir"] / "checkpoints" / "verification").glob("*.json")
     metrics = {s["name"]: s for s in json.loads(report.read_text())["stages"]}["metrics"]["metrics"]

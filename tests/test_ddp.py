@@ -1,6 +1,8 @@
 """trainer=ddp on CPU: two processes over gloo through the real train.py. Each process trains on half of
-every epoch's batches, one process prints, and a run killed (both processes) after a checkpoint resumes
+every epoch's batches and evaluates half of the validation batches (gathered, the figures are those of one
+process evaluating all), one process prints, and a run killed (both processes) after a checkpoint resumes
 to the same weights as a run never stopped."""
+import json
 import os
 import signal
 import subprocess
@@ -8,7 +10,7 @@ import time
 
 import torch
 
-from conftest import SINE, env, run_train, train_cmd
+from conftest import SINE, env, run_program, run_train, train_cmd
 
 DDP = ["trainer=ddp", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
 STEPS_PER_EPOCH = 128  # 256 batches of 64, split over 2 processes
@@ -19,10 +21,26 @@ def ckpt_dir(root):
     return run / "checkpoints"
 
 
+COUNTING = """
+from lightning.pytorch.callbacks import Callback
+
+
+class CountParts(Callback):
+    \"\"\"Writes how many validation batches each process evaluated (before the task gathers them), in the
+    folder the run was started from.\"\"\"
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        with open(f"parts_rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{len(pl_module._parts)}\\n")
+"""
+
+
 def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    r = run_train(*DDP, cwd=whole, timeout=600)
+    (tmp_path / "counting.py").write_text(COUNTING)
+    count = "callbacks={count: {_target_: counting.CountParts}}"
+    r = run_train(*DDP, count, cwd=whole, timeout=600, extra_env={"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("epoch 3/3 |") == 1  # one process speaks
     last = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
@@ -31,6 +49,8 @@ def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
         ["best-epoch=0003.ckpt", "best-epoch=0003.ckpt.sha256", "epoch=0003.ckpt", "epoch=0003.ckpt.sha256",
          "last.ckpt", "last.ckpt.sha256"])
     assert [row["epoch"] for row in last["history"]] == [0, 1, 2]
+    # each process evaluated one of the two validation batches at each of the 3 epochs
+    assert [(whole / f"parts_rank{k}.txt").read_text().split() for k in (0, 1)] == [["1"] * 3] * 2
 
     # the same run, both processes killed once the first epoch's checkpoint is on disk, then rerun
     p = subprocess.Popen(train_cmd(*DDP), cwd=killed, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -52,6 +72,13 @@ def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
     differ = [k for k, v in last["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not differ, differ[:5]
     assert [r["train/loss"] for r in resumed["history"]] == [r["train/loss"] for r in last["history"]]
+    # gathered, the figures are one process's: eval.py's on the same checkpoint (the killed run: its config
+    # names no callback of the test's own, which eval.py would refuse to build)
+    (run,) = (killed / "outputs" / "sine").iterdir()
+    e = run_program("eval.py", *SINE[:2], f"ckpt={run}", cwd=killed)
+    assert e.returncode == 0, e.stdout + e.stderr
+    alone = json.loads((run / "eval" / "own" / "last" / "metrics.json").read_text())["metrics"]
+    assert alone == {k: resumed["history"][-1][k] for k in ("val/mse", "val/r2")}
 
 
 STOPPING = """

@@ -62,7 +62,7 @@ def test_example_passes_verify_beside_an_untrained_control(trained):
     """Its one documented step: verify.py gets the same --config-dir as train.py (a checkpoint's config may
     only build what a registered config folder builds)."""
     root, run, _ = trained
-    r = run_program("verify.py", *CONF, f"ckpt={run}", cwd=root)
+    r = run_program("verify.py", *CONF, f"ckpt={run}", cwd=root, process=True)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((run / "checkpoints" / "verification" / "epoch=0030.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
@@ -73,11 +73,11 @@ def test_example_passes_verify_beside_an_untrained_control(trained):
 
 def test_example_evaluates_after_its_one_step_and_is_refused_without_it(trained):
     root, run, _ = trained
-    r = run_program("eval.py", *CONF, f"ckpt={run}", "data.noise=0.0", cwd=root)
+    r = run_program("eval.py", *CONF, f"ckpt={run}", "data.noise=0.0", cwd=root, process=True)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((run / "eval" / "data.noise=0.0" / "last" / "metrics.json").read_text())
     assert result["metrics"]["val/r2"] > 0.9
-    without = run_program("verify.py", f"ckpt={run}", cwd=root)
+    without = run_program("verify.py", f"ckpt={run}", cwd=root, process=True)
     assert without.returncode == 2
     line = one_error_line(without)
     assert "model._target_='examples.sine.model" in line and "--config-dir PATH" in line, line
@@ -94,7 +94,8 @@ def test_a_family_package_that_is_not_importable_is_named(trained, tmp_path):
     for key in ("model", "data", "task"):
         ckpt["config"][key]["_target_"] = ckpt["config"][key]["_target_"].replace("examples.sine.", "elsewhere_sine.")
     save_checkpoint(ckpt, tmp_path / "moved.ckpt")
-    r = run_program("verify.py", "--config-dir", str(conf), f"ckpt={tmp_path / 'moved.ckpt'}", cwd=tmp_path)
+    r = run_program("verify.py", "--config-dir", str(conf), f"ckpt={tmp_path / 'moved.ckpt'}", cwd=tmp_path,
+                    process=True)
     assert r.returncode == 2
     line = one_error_line(r)
     assert "no package 'elsewhere_sine' on the Python path" in line and "no longer matches" not in line, line

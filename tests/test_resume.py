@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, in_process,
+from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, in_process, run_program,
                       run_name, run_train, start_train, wait_for)
 from experiments.checkpoint.io import read_intact
 
@@ -265,8 +265,7 @@ def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
     ended.wait()
     killed = folder / f".metrics.json.tmp-{ended.pid}-{socket.gethostname()}"  # an eval killed while writing
     killed.write_bytes(b"half")
-    ok = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SINE[:2], f"ckpt={run}"], cwd=reference_dir, env=env(),
-                        capture_output=True, text=True, timeout=300)
+    ok = run_program("eval.py", *SINE[:2], f"ckpt={run}", cwd=reference_dir)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["fit.png", "metrics.json"]
 
@@ -274,9 +273,8 @@ def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
     reports.mkdir(exist_ok=True)
     killed = reports / f".last.json.tmp-{ended.pid}-{socket.gethostname()}"
     killed.write_bytes(b"half")
-    checked = subprocess.run([sys.executable, str(ROOT / "verify.py"), *SINE[:2], f"ckpt={run}/checkpoints/last.ckpt",
-                              "stages=[loadable]"], cwd=reference_dir, env=env(), capture_output=True, text=True,
-                             timeout=300)
+    checked = run_program("verify.py", *SINE[:2], f"ckpt={run}/checkpoints/last.ckpt", "stages=[loadable]",
+                          cwd=reference_dir)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert sorted(p.name for p in reports.iterdir()) == ["last.json", "last.md"]
 

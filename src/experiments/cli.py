@@ -159,7 +159,8 @@ def _in_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-COMMAND = list(sys.argv[1:])  # as the user typed it (eval.py takes its data arguments out of sys.argv)
+COMMAND = list(sys.argv[1:])  # as the user typed it (eval.py takes its data arguments out of sys.argv); each
+                              # program's main sets it again, for a caller that imported this module before
 
 
 def crash_line(e: BaseException) -> str:
@@ -293,10 +294,12 @@ def _sweep_codes() -> list[int]:
 
 
 def train_main() -> None:
+    COMMAND[:] = sys.argv[1:]
     _run(train_job, "train", _sweep_codes)
 
 
 def verify_main() -> None:
+    COMMAND[:] = sys.argv[1:]
     _run(verify_job, "verify")
 
 
@@ -306,6 +309,7 @@ def eval_main() -> None:
     taken out here and composed by the evaluation program."""
     from experiments.eval import is_data_arg, is_task_arg
 
+    COMMAND[:] = sys.argv[1:]
     data_args = [a for a in sys.argv[1:] if is_data_arg(a)]
     task_args = [a for a in sys.argv[1:] if is_task_arg(a)]
     sys.argv = [a for a in sys.argv if a not in data_args and a not in task_args]

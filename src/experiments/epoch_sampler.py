@@ -116,6 +116,30 @@ def totals_over_ranks(module, sums: torch.Tensor, count: int) -> tuple[torch.Ten
     return flat[:-1].reshape(sums.shape), flat[-1].item()
 
 
+def evaluates_batch(trainer, batch_idx: int) -> bool:
+    """Whether this process evaluates validation batch `batch_idx`: under DDP every world_size-th, unless the
+    loader is a torch DataLoader, which Lightning's distributed sampler has already split."""
+    if trainer.world_size == 1 or isinstance(trainer.val_dataloaders, torch.utils.data.DataLoader):
+        return True
+    return batch_idx % trainer.world_size == trainer.global_rank
+
+
+def parts_over_ranks(module, parts: list[tuple[int, object]]) -> list:
+    """An evaluation's (batch index, part) pairs of every DDP process, gathered and put in batch order: the
+    list one process evaluating every batch would have made; unchanged on one process. (The parts travel
+    pickled between this run's own processes, never from a file.)"""
+    trainer = module._trainer
+    if trainer is None or trainer.world_size == 1:
+        return [part for _, part in parts]
+    from lightning_utilities import apply_to_collection
+
+    # on CPU first: a GPU tensor would come back on the GPU of the process that sent it
+    parts = apply_to_collection(parts, torch.Tensor, lambda t: t.detach().cpu())
+    gathered: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, parts)
+    return [part for _, part in sorted((pair for rank in gathered for pair in rank), key=lambda pair: pair[0])]
+
+
 def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
     """A mid-epoch checkpoint's partial epoch sums (`task_epoch_state`). Under DDP they are rank 0's, so
     only rank 0 takes them back: the others start from zero instead of counting rank 0's share twice."""

@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar
 import lightning as L
 import torch
 
-from experiments.epoch_sampler import epoch_state_for_this_rank, totals_over_ranks
+from experiments.epoch_sampler import epoch_state_for_this_rank, evaluates_batch, parts_over_ranks, totals_over_ranks
 from experiments.errors import UserError
 
 REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
@@ -177,17 +177,20 @@ class ExperimentTask(L.LightningModule):
         self._parts = []
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        if self.evaluates(self.current_epoch):
-            self._parts.append(self.evaluation_step(batch, self.current_epoch))
+        # DDP: each process evaluates its share of the batches (every world_size-th); the epoch's end
+        # gathers them back in batch order, so the figures are those of one process evaluating them all
+        if self.evaluates(self.current_epoch) and evaluates_batch(self.trainer, batch_idx):
+            self._parts.append((batch_idx, self.evaluation_step(batch, self.current_epoch)))
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self.evaluates(self.current_epoch):
             return
-        figures = self.figures(self._parts, self.current_epoch)
+        parts = parts_over_ranks(self, self._parts)
+        figures = self.figures(parts, self.current_epoch)
         self.epoch_metrics.update(figures)
         self.log_dict(figures)
-        if self.trainer.is_global_zero:  # DDP: every process validates in full; one writes
-            self.evaluation_files(self._parts, figures, Path(self.trainer.default_root_dir), self.current_epoch,
+        if self.trainer.is_global_zero:  # DDP: every process has every part; one writes
+            self.evaluation_files(parts, figures, Path(self.trainer.default_root_dir), self.current_epoch,
                                   during_training=True, datamodule=self.trainer.datamodule)
         self._parts = []
 

@@ -49,13 +49,27 @@ def rank_by_product(grids: list[np.ndarray], votes: list[int], log_probs, k: int
     return top(grids, sorted(range(len(grids)), key=lambda i: (-totals[i], -votes[i], i)), k)
 
 
+PLACEHOLDER = np.zeros((1, 1), dtype=np.int64)  # the format's usual grid where a model has none to give
+
+
+def submitted(attempts: list) -> list[np.ndarray]:
+    """The two attempts as `submission.json` holds them, which is what exact match scores (as the ARC Prize
+    scores the file): a missing second attempt repeats the first (no free guess), and where the model
+    spelled no grid at all both are the 1x1 placeholder."""
+    first = attempts[0] if attempts and attempts[0] is not None else PLACEHOLDER
+    second = attempts[1] if len(attempts) > 1 and attempts[1] is not None else first
+    return [first, second]
+
+
 def output_record(r: dict) -> dict:
-    """One held-out output's row of `per_output.csv`: task, index, exact@1, exact@2 (pass@2), right_shape,
-    cell_accuracy (of attempt 1), nll_bits (teacher-forced, bits per output token) and tokens (the true
-    output's tokens, row ends and EOS included); nan / 0 where the result carries no likelihood."""
+    """One held-out output's row of `per_output.csv`: task, index, exact@1, exact@2 (pass@2; of the attempts
+    as submitted), right_shape, cell_accuracy (of the model's attempt 1: none is wrong), nll_bits
+    (teacher-forced, bits per output token) and tokens (the true output's tokens, row ends and EOS
+    included); nan / 0 where the result carries no likelihood."""
     first, target = r["attempts"][0], r["target"]
-    return {"task": r["task"], "index": r["index"], "exact@1": int(exact(first, target)),
-            "exact@2": int(any(exact(a, target) for a in r["attempts"][:2])),
+    attempts = submitted(r["attempts"])
+    return {"task": r["task"], "index": r["index"], "exact@1": int(exact(attempts[0], target)),
+            "exact@2": int(any(exact(a, target) for a in attempts)),
             "right_shape": int(first is not None and first.shape == target.shape),
             "cell_accuracy": cell_accuracy(first, target), "nll_bits": float(r.get("nll_bits", float("nan"))),
             "tokens": int(r.get("tokens", 0)), **{key: r[key] for key in HOW if key in r}}

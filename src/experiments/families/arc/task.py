@@ -33,7 +33,7 @@ from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_numbe
 from experiments.families.arc import format as af
 from experiments.families.arc.data import augment, by_task, collate, demonstrations_of, Example
 from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
-                                              rank_by_product, score)
+                                              rank_by_product, score, submitted)
 from experiments.families.arc.decoding import CachedSteps, FullRecomputation, greedy
 from experiments.families.arc.test_time import fine_tuned, TestTimeTraining, token_loss
 
@@ -103,15 +103,23 @@ class ArcTask(ExperimentTask):
 
     def evaluates(self, epoch: int) -> bool:
         """Decoding is the expensive part: every `eval_every_n_epochs` epochs, and the final epoch always."""
-        return (epoch + 1) % self.eval_every_n_epochs == 0 or epoch + 1 >= (self.trainer.max_epochs or 0)
+        return (epoch + 1) % self.eval_every_n_epochs == 0 or self.is_final(epoch)
+
+    def is_final(self, epoch: int) -> bool:
+        """The last epoch of training, by its epoch or step limit (as the checkpoint policy tells a run's
+        end); a run with neither (`trainer.max_epochs=-1`) has no final evaluation to single out."""
+        trainer = self.trainer
+        by_epochs = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+        max_steps = getattr(trainer, "max_steps", -1)
+        by_steps = max_steps not in (None, -1) and trainer.global_step >= max_steps
+        return by_epochs or by_steps
 
     def tunes_at(self, epoch: int) -> bool:
         """Whether an evaluation fine-tunes per task: always outside training (verify.py, eval.py), at its
         final evaluation, and at every one with `ttt.periodic`."""
         if not self.ttt.steps:
             return False
-        trainer = self._trainer  # None outside a Trainer
-        return self.ttt.periodic or trainer is None or epoch + 1 >= (trainer.max_epochs or 0)
+        return self.ttt.periodic or self._trainer is None or self.is_final(epoch)  # _trainer: None outside one
 
     def evaluation_step(self, examples: list, epoch: int) -> ArcPart:
         """The batch's outputs predicted (by each task's fine-tuned copy when test-time training is on)
@@ -282,12 +290,12 @@ def write_per_output(results: list[dict], path: Path) -> None:
 
 
 def write_submission(results: list[dict], path: Path) -> None:
-    """ARC Prize format: task id -> one {attempt_1, attempt_2} per test input, in order. A missing attempt
-    (the model spelled no grid) is written as [[0]], the usual placeholder; our score counts it wrong, and
-    so does a standard scorer unless the true output is that 1x1 grid."""
+    """ARC Prize format: task id -> one {attempt_1, attempt_2} per test input, in order; the attempts as
+    `metrics.submitted` gives them (the ones exact match scores), so any scorer of the file agrees with
+    the run's figures."""
     tasks: dict[str, dict[int, dict]] = {}
     for r in results:
-        a1, a2 = (a.tolist() if a is not None else [[0]] for a in r["attempts"])
+        a1, a2 = (a.tolist() for a in submitted(r["attempts"]))
         tasks.setdefault(r["task"], {})[r["index"]] = {"attempt_1": a1, "attempt_2": a2}
     data = {t: [entries[i] for i in sorted(entries)] for t, entries in sorted(tasks.items())}
     atomic_write_bytes(path, json.dumps(data).encode())

@@ -74,18 +74,12 @@ def pseudo_example(task: str, demos: list, i: int, rng: np.random.Generator) -> 
     return Example(task, i, demos[i], [others[j] for j in picked])
 
 
-def fine_tuned(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: TestTimeTraining, seed: int,
-               device) -> torch.nn.Module | None:
+def fine_tuned(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: TestTimeTraining, seed: int, device,
+               milestones=(), at_milestone=None) -> torch.nn.Module | None:
     """A copy of `model` fine-tuned on the task's demonstrations (None when it has none to learn from).
     Runs with gradients even inside Lightning's inference mode; leaves `model` and the global RNGs as they
-    were."""
-    return tuning(model, fmt, task, demos, ttt, seed, device)
-
-
-def tuning(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: TestTimeTraining, seed: int, device,
-           milestones=(), at_milestone=None) -> torch.nn.Module | None:
-    """`fine_tuned`, calling `at_milestone(step, copy in eval mode)` after each step in `milestones` (a curve
-    of the effect of steps then costs the longest run only)."""
+    were. `at_milestone(step, copy in eval mode)` is called after each step in `milestones` (a curve of the
+    effect of steps then costs the longest run only: scripts/ttt_curves.py)."""
     # a leave-one-out query needs another demonstration for the champion's context
     queries = list(range(len(demos))) if fmt != "champion" or len(demos) > 1 else []
     if not ttt.steps or not queries:
@@ -101,7 +95,7 @@ def tuning(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: TestTi
             torch.cuda.manual_seed(s)
         tuned = copy.deepcopy(model)
         params = [p for p in tuned.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=ttt.lr, weight_decay=ttt.weight_decay, foreach=True)
+        optimizer = torch.optim.AdamW(params, lr=ttt.lr, weight_decay=ttt.weight_decay, fused=True)
         for step in range(1, ttt.steps + 1):
             tuned.train()
             chosen = [pseudo_example(task, demos, queries[k], rng) for k in rng.integers(len(queries), size=ttt.batch_size)]

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from experiments.families.arc.data import by_task  # noqa: E402
 from experiments.families.arc.metrics import distinct, rank_attempts, rank_by_product, score  # noqa: E402
-from experiments.families.arc.test_time import TestTimeTraining, tuning  # noqa: E402
+from experiments.families.arc.test_time import fine_tuned, TestTimeTraining  # noqa: E402
 from experiments.family import atomic_write_csv  # noqa: E402
 
 
@@ -94,8 +94,8 @@ def curves(task, datamodule, steps: list, view_counts: list, ttt: TestTimeTraini
         if 0 in steps:
             add(0, task.model)
         start = time.perf_counter()
-        tuned = tuning(task.model, task.format, name, exs[0].demos, ttt, task.seed, task.device,
-                       milestones=[s for s in steps if s], at_milestone=add) if max(steps) else None
+        tuned = fine_tuned(task.model, task.format, name, exs[0].demos, ttt, task.seed, task.device,
+                           milestones=[s for s in steps if s], at_milestone=add) if max(steps) else None
         if tuned is None and max(steps):  # nothing to learn from: the checkpoint's own predictions
             for s in (s for s in steps if s):
                 add(s, task.model)

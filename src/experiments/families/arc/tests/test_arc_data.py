@@ -139,6 +139,29 @@ def test_scoring_wrong_shape_is_wrong_and_pass_at_2():
     assert s["arc/right_shape"] == pytest.approx(1 / 3)
 
 
+def test_exact_match_scores_the_attempts_as_submitted(tmp_path):
+    """A lone candidate is repeated as attempt 2 (the 1x1 placeholder would be a free guess, right whenever
+    the true output is [[0]]); no grid at all: both attempts the placeholder, scored as a scorer of the file
+    scores it. The figures equal what submission.json gives, output by output."""
+    import json
+
+    from experiments.families.arc.task import write_submission
+
+    zero, eight = np.array([[0]]), np.array([[8]])
+    results = [{"task": "a", "index": 0, "attempts": [eight, None], "target": zero},
+               {"task": "a", "index": 1, "attempts": [None, None], "target": zero},
+               {"task": "b", "index": 0, "attempts": [None, None], "target": eight}]
+    assert [[g.tolist() for g in am.submitted(r["attempts"])] for r in results] == [
+        [[[8]], [[8]]], [[[0]], [[0]]], [[[0]], [[0]]]]
+    rows = [am.output_record(r) for r in results]
+    assert [(r["exact@1"], r["exact@2"], r["right_shape"], r["cell_accuracy"]) for r in rows] == [
+        (0, 0, 1, 0.0), (1, 1, 0, 0.0), (0, 0, 0, 0.0)]  # shape and cells: of the model's own grid (none)
+    write_submission(results, tmp_path / "submission.json")
+    written = json.loads((tmp_path / "submission.json").read_text())
+    by_file = [int(any(a == r["target"].tolist() for a in written[r["task"]][r["index"]].values())) for r in results]
+    assert by_file == [r["exact@2"] for r in rows]
+
+
 def test_attempts_are_ranked_by_votes():
     a, b = np.array([[1]]), np.array([[2]])
     assert [g.tolist() for g in am.rank_attempts([b, a, a, None, b, a])] == [[[1]], [[2]]]

@@ -3,11 +3,10 @@ task set of its own (files in ARC's JSON format) checked by an independent score
 import csv
 import json
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, env, one_error_line, in_process, run_train
+from conftest import ROOT, one_error_line, in_process, run_program, run_train
 
 ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
@@ -15,8 +14,7 @@ ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=
 
 
 def run_eval(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    return run_program("eval.py", *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

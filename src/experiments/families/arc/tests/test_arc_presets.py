@@ -67,3 +67,23 @@ def test_presets_differ_only_in_their_component(tmp_path):
     first = configs[PRESETS[0]]
     for p in PRESETS[1:]:
         assert configs[p] == first, p
+
+
+def test_the_cpu_preset_is_the_champion_on_arc_small_with_its_budget():
+    """experiment=exp3_champion_ttt: the champion's model and format unchanged, data=arc_small (every task that
+    fits 10x10), and the budget the README measures: 240 epochs, 64 test-time steps, 8 views, poe."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.cli import CONF_DIR
+    from experiments.config_schema import register
+
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        champion, cpu, small = (OmegaConf.to_container(compose("train", overrides=o), resolve=True) for o in (
+            ["experiment=exp3_champion"], ["experiment=exp3_champion_ttt"], ["experiment=exp3_champion", "data=arc_small"]))
+    assert cpu["model"] == champion["model"] and cpu["data"] == small["data"]
+    assert cpu["data"]["max_tasks"] is None and cpu["data"]["max_side"] == 10 and cpu["data"]["format"] == "champion"
+    assert cpu["trainer"]["max_epochs"] == 240 and cpu["task"]["eval_every_n_epochs"] == 120
+    assert (cpu["task"]["ttt"]["steps"], cpu["task"]["ttt"]["lr"], cpu["task"]["eval_augmentations"],
+            cpu["task"]["ranking"]) == (64, 1e-3, 8, "poe")

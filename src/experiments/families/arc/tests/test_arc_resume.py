@@ -10,8 +10,8 @@ from conftest import assert_identical, killed_then_rerun, run_name, run_program,
 
 ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
         "trainer.max_epochs=24", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=8", "task.ttt.steps=4",
-        "task.ttt.periodic=true", "task.ranking=poe", "logger=none",
-        "trainer.enable_progress_bar=false"]
+        "task.ttt.periodic=true", "task.ranking=poe", "task.eval_augmentations=2", "task.train_exact=false",
+        "logger=none", "trainer.enable_progress_bar=false"]
 RUN = "outputs/exp3_champion/" + run_name(ARGS)
 
 

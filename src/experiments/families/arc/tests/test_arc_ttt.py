@@ -175,6 +175,10 @@ def test_periodic_evaluations_fine_tune_only_when_asked():
     assert not ArcTask(torch.nn.Linear(1, 1)).tunes_at(0), "steps=0: never"
     task._trainer = SimpleNamespace(max_epochs=5)  # in training: the final evaluation only
     assert not task.tunes_at(1) and task.tunes_at(4)
+    task._trainer = SimpleNamespace(max_epochs=-1, max_steps=-1, global_step=5000)  # no limit: no final evaluation
+    assert not task.tunes_at(0) and not task.tunes_at(999)
+    task._trainer = SimpleNamespace(max_epochs=-1, max_steps=100, global_step=100)  # a step limit reached: final
+    assert task.tunes_at(7)
     periodic = ArcTask(torch.nn.Linear(1, 1), ttt={"steps": 2, "periodic": True})
     periodic._trainer = SimpleNamespace(max_epochs=5)
     assert periodic.tunes_at(1) and periodic.tunes_at(4)

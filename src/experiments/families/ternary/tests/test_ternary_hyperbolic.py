@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, env, one_error_line, in_process, run_train
+from conftest import ROOT, env, one_error_line, in_process, run_program, run_train
 from experiments.checkpoint.io import save_checkpoint
 from experiments.families.ternary.data import all_operations
 from experiments.families.ternary.metrics import reconstruction_coverage, trits_from_logits
@@ -21,8 +21,7 @@ PARTS = ("model.encoder_a.", "model.encoder_b.", "model.decoder_a.")
 
 
 def verify(target: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={target}"], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    return run_program("verify.py", f"ckpt={target}", cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,12 @@
 """Video family: the seed's shape contract, causality of magvit_v2, data range, LFQ, and both presets
 end to end through train.py and verify.py."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, env, one_error_line, in_process, run_program, run_train
+from conftest import one_error_line, in_process, run_program, run_train
 from experiments.checkpoint.size import checkpoint_size_report
 from experiments.families.video.data import VideoDataModule, load_folder
 from experiments.families.video.magvit import SEED_PARAMETERS, MagVit
@@ -90,8 +88,7 @@ def test_magvit_trains_beats_control_and_verifies(magvit_run, tmp_path):
     assert history[-1]["val/mse"] < history[0]["val/mse"]
     assert sorted(p.name for p in (magvit_run / "reconstructions").glob("*.png")) == \
         [f"epoch={e:04d}.png" for e in range(1, 7)]
-    r = subprocess.run([sys.executable, str(ROOT / "verify.py"), f"ckpt={magvit_run}"], cwd=tmp_path, env=env(),
-                       capture_output=True, text=True, timeout=300)
+    r = run_program("verify.py", f"ckpt={magvit_run}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((magvit_run / "checkpoints" / "verification" / "epoch=0006.json").read_text())
     stages = {s["name"]: s for s in report["stages"]}
@@ -112,8 +109,7 @@ def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
 
     for i in range(5):  # uint8 clips of another seed, 8 frames of 16x16 as the run's
         np.save(clips / f"clip{i}.npy", (moving_shapes(i, 99, 8, 16) * 255).astype(np.uint8))
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), f"ckpt={magvit_run}", f"data.folder={clips}",
-                        "data.val_fraction=1"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    r = run_program("eval.py", f"ckpt={magvit_run}", f"data.folder={clips}", "data.val_fraction=1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (out,) = (magvit_run / "eval").glob("data.folder=*")
     result = json.loads((out / "last" / "metrics.json").read_text())
