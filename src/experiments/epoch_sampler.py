@@ -147,6 +147,13 @@ def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
     return state if state is not None and not getattr(module._trainer, "global_rank", 0) else None
 
 
+def at_limit(trainer, epoch: int) -> bool:
+    """Whether `epoch` ends training by the Trainer's epoch or step limit (neither when both are -1)."""
+    by_epochs = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
+    max_steps = getattr(trainer, "max_steps", -1)
+    return by_epochs or (max_steps not in (None, -1) and trainer.global_step >= max_steps)
+
+
 def batches_done(trainer) -> int:
     """Training batches finished in the current epoch (a checkpoint taken mid-epoch resumes after them)."""
     if trainer is None:

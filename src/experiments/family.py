@@ -8,7 +8,7 @@ everything else in `experiments` may change without breaking a family.
 """
 from experiments.atomic import atomic_savefig, atomic_write_bytes, atomic_write_csv
 from experiments.callbacks import console_print
-from experiments.epoch_sampler import BatchLoader, EpochBatchSampler, batches_done, shard
+from experiments.epoch_sampler import at_limit, BatchLoader, EpochBatchSampler, batches_done, shard
 from experiments.errors import RunStopped, StageFailure, UserError
 from experiments.run_dir import epoch_number
 from experiments.stages.preflight import PreflightContext
@@ -19,6 +19,7 @@ from experiments.untrusted import read_text, shown
 __all__ = [
     "ExperimentTask",                                                         # the contract (task_contract.py)
     "EpochBatchSampler", "BatchLoader", "batches_done", "shard",              # data order as a function of (seed, epoch)
+    "at_limit",                                                               # the epoch that ends training
     "atomic_write_bytes", "atomic_write_csv", "atomic_savefig",               # a family's own files, never torn
     "epoch_number",                                                           # epochs as users count them (from 1)
     "StageResult", "StageFailure", "PreflightContext",                        # a family's own preflight stages

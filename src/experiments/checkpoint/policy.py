@@ -27,6 +27,7 @@ from experiments import run_dir as rd
 from experiments.checkpoint.io import copy_checkpoint, sidecar
 from experiments.atomic import atomic_write_csv
 from experiments.commit import checkout_commit
+from experiments.epoch_sampler import at_limit
 from experiments.errors import UserError
 from experiments.run_dir import LAST
 from experiments.stop import StopRequest, stop_lightning
@@ -179,9 +180,7 @@ class CheckpointPolicy(Checkpoint):
 
     @staticmethod
     def _is_final(trainer, epoch: int) -> bool:
-        by_epochs = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
-        by_steps = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
-        return by_epochs or by_steps or trainer.should_stop
+        return at_limit(trainer, epoch) or trainer.should_stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # Ctrl-C: acted on here rather than in the signal handler (Lightning clears its flag while the fit

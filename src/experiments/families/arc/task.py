@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask
+from experiments.family import at_limit, atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask
 from experiments.families.arc import format as af
 from experiments.families.arc.data import augment, by_task, collate, demonstrations_of, Example
 from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
@@ -106,13 +106,9 @@ class ArcTask(ExperimentTask):
         return (epoch + 1) % self.eval_every_n_epochs == 0 or self.is_final(epoch)
 
     def is_final(self, epoch: int) -> bool:
-        """The last epoch of training, by its epoch or step limit (as the checkpoint policy tells a run's
-        end); a run with neither (`trainer.max_epochs=-1`) has no final evaluation to single out."""
-        trainer = self.trainer
-        by_epochs = trainer.max_epochs not in (None, -1) and epoch + 1 >= trainer.max_epochs
-        max_steps = getattr(trainer, "max_steps", -1)
-        by_steps = max_steps not in (None, -1) and trainer.global_step >= max_steps
-        return by_epochs or by_steps
+        """The last epoch of training, by its epoch or step limit (`at_limit`, as the checkpoint policy tells
+        a run's end); a run with neither (`trainer.max_epochs=-1`) has no final evaluation to single out."""
+        return at_limit(self.trainer, epoch)
 
     def tunes_at(self, epoch: int) -> bool:
         """Whether an evaluation fine-tunes per task: always outside training (verify.py, eval.py), at its
