@@ -58,8 +58,8 @@ class ArcTask(ExperimentTask):
     lower_is_better = ("arc/test_nll",)
     # A sweep's paired comparisons (comparisons.py): metric -> its column of per_output.csv; the binary
     # ones also get an exact McNemar test.
-    paired_metrics = {"arc/test_nll": "nll_bits", "arc/cell_accuracy": "cell_accuracy",
-                      "arc/exact_output@2": "exact@2"}
+    paired_metrics = {"arc/exact_output@2": "exact@2", "arc/cell_accuracy": "cell_accuracy",
+                      "arc/test_nll": "nll_bits"}
     binary_metrics = ("arc/exact_output@2",)
     primary_metric = "arc/cell_accuracy"
     long_validation = True  # decoding every held-out output: the progress bar shows it
