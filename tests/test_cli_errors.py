@@ -95,3 +95,16 @@ def test_a_refused_start_leaves_nothing_behind(workdir, overrides, expected):
     assert sorted(p.name for p in workdir.iterdir()) == ["a_file", "empty"], "no run directory, here or above"
     assert not (workdir.parent / "experiment").exists() and not list((workdir / "empty").iterdir())
 
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["experimnt=exp3_champion"], "experimnt is not a key or group of train.py: did you mean experiment=exp3_champion?"),
+    (["+experimnt=exp3_champion"], "did you mean experiment=exp3_champion?"),  # Hydra's own hint, followed
+    (["experiment=ternary_v5_5", "sed=1"], "sed is not a key or group of train.py: did you mean seed=1?"),
+    (["experiment=ternary_v5_5", "debg=limit"], "did you mean debug=limit?"),
+])
+def test_a_misspelled_top_level_key_or_group_says_which_was_meant(workdir, args, expected):
+    r = train(*args, cwd=workdir)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert expected in one_error_line(r)
+    assert not (workdir / "outputs").exists(), "nothing trains"

@@ -4,6 +4,7 @@ smallest family, it is also the one the framework's own tests train: resume afte
 sweeps and their summaries in test_sweep.py.)"""
 import json
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -47,12 +48,38 @@ def test_a_run_ends_with_what_it_achieved(trained):
             f"(epoch {best['epoch'] + 1})") in r.stdout
 
 
+def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
+    """train.py with its output on a pseudo-terminal, as a person at a console sees it."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    from conftest import env, train_cmd
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # a terminal of 30 x 120
+    proc = subprocess.Popen(train_cmd(*args), cwd=cwd, env=env(), stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the program has ended
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
+
+
 def test_the_console_carries_no_noise(tmp_path):
-    """With the progress bar and the default logger (wandb, offline): no logger version on the bar, no
-    library warning that tells the user nothing."""
-    r = run_train(*CONF, "experiment=sine", "trainer.max_epochs=2", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    out = r.stdout + r.stderr
+    """On a terminal, with the progress bar and the default logger (wandb, offline): no logger version on the
+    bar, no library warning that tells the user nothing."""
+    code, out = on_a_terminal([*CONF, "experiment=sine", "trainer.max_epochs=2"], tmp_path)
+    assert code == 0, out
     assert "it/s" in out  # the bar was drawn
     assert "Epoch 2/2" in out and "Epoch 0" not in out  # the bar counts epochs as every other line does
     assert "v_num" not in out and "anonymous setting" not in out and "logging interval" not in out

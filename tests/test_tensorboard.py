@@ -30,19 +30,20 @@ def test_tensorboard_holds_the_config_every_metric_and_the_pictures(tmp_path):
     config = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())
     assert config["experiment"] == "sine" and config["model"]["_target_"] == "examples.sine.model.MLP"
     assert config["trainer"]["max_epochs"] == 6 and config["seed"] == 0
-    scalars, images = {}, set()
+    scalars, images = {}, {}
     for f in (run / "tensorboard").glob("events.out.tfevents.*"):
         for event in events(f):
             for value in event.summary.value:
                 if value.HasField("image"):
-                    images.add(value.tag)
+                    images.setdefault(value.tag, []).append(event.step)
                 else:
                     scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
     history = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["history"]
     for key in ("val/r2", "train/loss"):
         logged = [v for _, v in sorted(scalars[key])]
         assert logged == [torch.tensor(row[key]).float().item() for row in history], key  # every epoch, float32
-    assert "fit" in images  # fit.png, drawn at the end of training
+    assert images["fit"] == [max(step for step, _ in scalars["val/r2"])]  # fit.png, drawn at the end, at the last figures' step
+    assert len(scalars["epoch"]) == len({step for step, _ in scalars["epoch"]})  # once a step, not once per logged row
     epoch_at = dict(scalars["epoch"])  # every logged row's epoch, by step: counted from 1, as everywhere
     assert [epoch_at[step] for step, _ in sorted(scalars["val/r2"])] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert [epoch_at[step] for step, _ in sorted(scalars["train/loss"])] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

@@ -36,7 +36,7 @@ class SineTask(ExperimentTask):
     @torch.no_grad()
     def evaluation_step(self, batch: torch.Tensor, epoch: int) -> torch.Tensor:
         batch = batch.to(self.device)
-        return torch.cat([self.model(batch[:, :1]), batch[:, 1:]], 1)  # (prediction, target) rows
+        return torch.cat([batch[:, :1], self.model(batch[:, :1]), batch[:, 1:]], 1)  # (x, prediction, target) rows
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         return fit_figures(torch.cat(parts))
@@ -46,12 +46,11 @@ class SineTask(ExperimentTask):
         """fit.png: the curve and the model's prediction (at the end of training: on_fit_end)."""
         self._last = torch.cat(parts).cpu()
         if not during_training:
-            draw_fit(datamodule.val_pairs[:, 0], self._last, figures, folder / "fit.png")
+            draw_fit(self._last, figures, folder / "fit.png")
 
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self._last is not None:
-            draw_fit(self.trainer.datamodule.val_pairs[:, 0], self._last, self.epoch_metrics,
-                     Path(self.trainer.default_root_dir) / "fit.png")
+            draw_fit(self._last, self.epoch_metrics, Path(self.trainer.default_root_dir) / "fit.png")
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -60,21 +59,24 @@ class SineTask(ExperimentTask):
 
 
 def fit_figures(rows: torch.Tensor) -> dict[str, float]:
-    """val/mse and val/r2 from (prediction, target) rows."""
-    prediction, target = rows[:, 0].double(), rows[:, 1].double()
+    """val/mse and val/r2 from (x, prediction, target) rows."""
+    prediction, target = rows[:, 1].double(), rows[:, 2].double()
     sse = ((prediction - target) ** 2).sum()
     sst = ((target - target.mean()) ** 2).sum()
     return {"val/mse": (sse / len(rows)).item(), "val/r2": (1 - sse / sst).item()}
 
 
-def draw_fit(x: torch.Tensor, rows: torch.Tensor, metrics: dict, path: Path) -> None:
+def draw_fit(rows: torch.Tensor, metrics: dict, path: Path) -> None:
+    """The curve and the model's prediction over the rows evaluated (all of the validation set, or the
+    batches a debug run limits it to), in order of x."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(x, rows[:, 1], label="curve", color="black", linewidth=1)
-    ax.plot(x, rows[:, 0], label="model", color="tab:red", linewidth=1)
+    rows = rows[rows[:, 0].argsort()]
+    ax.plot(rows[:, 0], rows[:, 2], label="curve", color="black", linewidth=1)
+    ax.plot(rows[:, 0], rows[:, 1], label="model", color="tab:red", linewidth=1)
     ax.set_title(f"val/r2 {metrics.get('val/r2', float('nan')):.4f}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

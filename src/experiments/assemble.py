@@ -3,6 +3,7 @@ checkpoint policy, callbacks and logger. The training program and verify.py's `r
 replays a run's epochs) both build through here, so a replay is assembled exactly as the run was."""
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -16,8 +17,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
-from experiments.callbacks import LoggerReport, StepSeeding
+from experiments.callbacks import LoggerReport, StepSeeding, ValidationLines
 from experiments.checkpoint.io import load_checkpoint, save_checkpoint
+from experiments.console import is_terminal
 from experiments.errors import UserError
 from experiments.task_contract import ExperimentTask
 
@@ -54,8 +56,27 @@ def build(cfg: DictConfig):
 
 
 class TrainingBar(TQDMProgressBar):
-    """Lightning's bar for training. Validation is usually one short pass, summarised in the epoch line; a
-    task whose evaluation is long work (`long_validation`) gets a bar for it too."""
+    """Lightning's bar for training, on a terminal only. Validation is usually one short pass, summarised in
+    the epoch line; a task whose evaluation is long work (`long_validation`) gets a bar for it too. The bar
+    is redrawn every `refresh_rate` batches, and at least twice a second (an epoch of a few slow batches
+    would otherwise sit at 0/N until its end); a stop (Ctrl-C) closes it before the stop's line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._drawn = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        now = time.monotonic()
+        if super()._should_update(current, total) or (self.is_enabled and now - self._drawn >= 0.5):
+            self._drawn = now
+            return True
+        return False
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        for bar in (self._train_progress_bar, self._val_progress_bar):
+            if bar is not None:
+                bar.leave = False
+                bar.close()
 
     def init_validation_tqdm(self):
         if self.trainer.lightning_module.long_validation:
@@ -98,14 +119,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
                                                          monitor=monitor, mode=mode)
     callbacks = [StepSeeding(cfg.seed), policy]
     callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    if cfg.trainer.get("enable_progress_bar", True):
+    bar = cfg.trainer.get("enable_progress_bar", True) and is_terminal()  # redrawn bars garble a file
+    if bar:
         callbacks.append(TrainingBar(refresh_rate=cfg.progress_refresh_rate))
+    elif task.long_validation:
+        callbacks.append(ValidationLines())
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.logger else False
     if logger:
         callbacks.append(LoggerReport(run_dir))
     try:
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
-                              default_root_dir=str(run_dir))
+                              default_root_dir=str(run_dir), enable_progress_bar=bar)
     except Exception as e:  # e.g. trainer=gpu on a machine without one (Hydra wraps Lightning's error)
         cause = e if isinstance(e, MisconfigurationException) else e.__cause__
         if not isinstance(cause, MisconfigurationException):

@@ -1,10 +1,12 @@
 """Small Lightning callbacks the programs attach to every run."""
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
 from experiments.run_dir import epoch_number
 
@@ -30,14 +32,22 @@ class StepSeeding(Callback):
             torch.cuda.manual_seed_all(s)
 
 
-def summary_line(row: dict, keys, max_epochs: int | None, percent_keys=()) -> str:
-    """One console line for a finished epoch: the task's summary keys (`percent_keys` as percentages)
-    and the epoch's wall time."""
+def shown(key: str, figures: dict, task_cls, digits: int = 4) -> str:
+    """A figure as the console shows it: a count of its denominator (`count_keys`: 3/18), a percentage
+    (`percent_keys`), or `digits` significant digits."""
+    value, total = figures[key], figures.get(getattr(task_cls, "count_keys", {}).get(key))
+    if total:
+        return f"{round(value * total)}/{round(total)}"
+    return f"{value:.2%}" if key in getattr(task_cls, "percent_keys", ()) else f"{value:.{digits}g}"
+
+
+def summary_line(row: dict, task_cls, max_epochs: int | None) -> str:
+    """One console line for a finished epoch: the task's summary keys, as `shown`, and the epoch's wall
+    time."""
     parts = [f"epoch {epoch_number(row['epoch'])}/{max_epochs}"]
-    for key in keys:
+    for key in task_cls.summary_keys:
         if key in row:
-            value = row[key]
-            parts.append(f"{key} {value:.2%}" if key in percent_keys else f"{key} {value:.4g}")
+            parts.append(f"{key} {shown(key, row, task_cls)}")
     if "time/epoch_s" in row:
         parts.append(f"{row['time/epoch_s']:.1f}s")
     return " | ".join(parts)
@@ -50,6 +60,30 @@ def console_print(trainer, line: str) -> None:
         bar.print(line)
     else:
         print(line, flush=True)
+
+
+class ValidationLines(Callback):
+    """A long validation's progress without a bar (the console is not a terminal): a line a minute while it
+    runs, and one when it ends if it took 10 s or more."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._started = self._said = time.monotonic()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        now = time.monotonic()
+        if now - self._said >= self.every_s:
+            self._said = now
+            total = sum(trainer.num_val_batches) if trainer.num_val_batches else "?"
+            print(f"  evaluating epoch {epoch_number(trainer.current_epoch)}: batch {batch_idx + 1}/{total}, "
+                  f"{now - self._started:.0f}s", flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and time.monotonic() - self._started >= 10:  # short ones: the epoch line
+            print(f"  evaluated epoch {epoch_number(trainer.current_epoch)} in {time.monotonic() - self._started:.0f}s",
+                  flush=True)
 
 
 class LoggerReport(Callback):
@@ -79,10 +113,12 @@ class LoggerReport(Callback):
         takers = [lg for lg in trainer.loggers if hasattr(lg, "log_image")]
         if not takers or not trainer.is_global_zero:
             return
+        # Lightning logs an epoch's figures at the step of its last batch, one less than the steps done by then
+        step = max(trainer.global_step - 1, 0)
         for path in self._new_pictures():
             key = path.relative_to(self.run_dir).parts[0].removesuffix(".png")
             for logger in takers:
-                logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
+                logger.log_image(key=key, images=[str(path)], step=step)
 
     # Lightning tags each logged row with its own `epoch`, counted from 0; a logged `epoch` takes its place,
     # so that charts count epochs as the console, file names and history.csv do (from 1).
@@ -105,3 +141,39 @@ class LoggerReport(Callback):
             summary = getattr(getattr(logger, "experiment", None), "summary", None)
             if summary is not None and hasattr(summary, "update"):
                 summary.update(dict(pl_module.epoch_metrics))
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's EarlyStopping on what the run monitors: `monitor` null takes the checkpoint policy's
+    (`checkpoint.monitor`, else the family's primary metric) and `mode` null its direction. Checked at the
+    end of each epoch that evaluated the metric (an ARC run evaluates every few epochs: `patience` counts
+    evaluations, not epochs). The stop ends the run as its last epoch would (the checkpoint policy marks
+    it finished); wait count and best score resume with the run (Lightning keeps them in the checkpoint)."""
+
+    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 10,
+                 min_delta: float = 0.0):
+        if patience < 1:
+            raise ValueError(f"callbacks.early_stopping.patience must be >= 1, got {patience}")
+        super().__init__(monitor=monitor or "", mode=mode or "min", patience=patience, min_delta=min_delta,
+                         strict=False, check_on_train_epoch_end=True)
+        self._asked = (monitor, mode, abs(min_delta))
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        monitor, mode, min_delta = self._asked
+        policy = trainer.checkpoint_callback
+        if monitor is None and policy is not None and getattr(policy, "monitor", None):
+            monitor, mode = policy.monitor, mode or policy.mode
+        self.monitor, self.mode = type(pl_module).monitor(monitor, mode)
+        if not self.monitor:
+            raise ValueError("callbacks.early_stopping: no metric to watch; set callbacks.early_stopping.monitor")
+        self.min_delta = min_delta if self.monitor_op == torch.gt else -min_delta
+        self.best_score = torch.tensor(-torch.inf if self.monitor_op == torch.gt else torch.inf)
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.monitor not in pl_module.epoch_metrics:  # an epoch that did not evaluate it
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        if trainer.should_stop and self.stopped_epoch == trainer.current_epoch:
+            reason = self.stopping_reason_message or f"{self.monitor} did not improve"
+            console_print(trainer, f"early stopping after epoch {epoch_number(trainer.current_epoch)}: {reason}")

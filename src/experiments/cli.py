@@ -63,6 +63,11 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
     a multirun; exit with the worst job's status (`recorded_codes()` when the jobs ran in other
     processes). Composition errors become one line and exit 2."""
     _check_conf_dir(config_name)
+    from experiments import help
+
+    if help.asked(sys.argv[1:]):  # Hydra's own help lists every folder of the search path: ours says what to type
+        help.print_help(config_name)
+        sys.exit(0)
     sys.argv = sys.argv[:1] + [quote_path_values(a) for a in sys.argv[1:]]
     # Let composition errors reach us instead of Hydra's multi-line report, so each is one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -93,7 +98,7 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
         refused = next((c for c in _causes(e) if isinstance(c, UserError)), None)  # our resolvers' (config_schema)
         message = _one_line(e)
         line = str(refused) if refused else (_misspelled_key(message, config_name) or _misspelled_option(message)
-                                             or message)
+                                             or _misspelled_top_level(message, config_name) or message)
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
@@ -108,6 +113,27 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
         sys.exit(130)
     codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
+
+
+def _misspelled_top_level(message: str, config_name: str) -> str | None:
+    """For a top-level key or group the program does not have (`sed=1`, `experimnt=NAME`, also behind a
+    `+` that Hydra's own hint suggests): the line naming the one it most resembles."""
+    import difflib
+
+    from experiments.help import defaults_and_keys
+
+    groups, keys = defaults_and_keys(CONF_DIR / f"{config_name}.yaml")
+    known = groups + [name for name, _, _ in keys]
+    given = [a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    given = [(k.lstrip("+~"), v) for k, v in given if "." not in k and k.lstrip("+~") not in known + ["hydra"]]
+    missing = re.search(r"Could not override '(\w+)'|You must specify '(\w+)'", message)
+    if not missing:
+        return None
+    for key, value in given:
+        close = difflib.get_close_matches(key, known, n=1)
+        if close:
+            return f"{key} is not a key or group of {config_name}.py: did you mean {close[0]}={value}? (--help lists them)"
+    return None
 
 
 def _misspelled_key(message: str, config_name: str) -> str | None:

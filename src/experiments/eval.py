@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
+from experiments.callbacks import shown
 from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_experiment_name, program_registry
@@ -163,6 +164,5 @@ def record(stored: StoredRun, checkpoint: Path, node: dict, data_args: list[str]
 
 
 def print_metrics(metrics: dict, task) -> None:
-    for name, value in metrics.items():
-        shown = f"{value:.2%}" if name in task.percent_keys else f"{value:.6g}"  # as the epoch line shows it
-        print(f"  {name:28s} {shown}", flush=True)
+    for name in metrics:
+        print(f"  {name:28s} {shown(name, metrics, type(task), digits=6)}", flush=True)  # as the epoch line shows it

@@ -5,7 +5,10 @@ Running the same command again lands in the same directory; `decide` then resume
 reports a finished run, or refuses when the stored config differs from the new one.
 
 Layout (every program finds a run's files through the names and functions here):
-    run.yaml                          the composed config, written once at the start
+    run.yaml                          the composed config, written once at the start: the run's identity
+    .hydra/config.yaml, overrides.yaml  the latest start's composed config and command-line overrides, where
+                                      Hydra users look for them
+    train.log                         what the console showed, every start appended, as plain lines
     history.csv                       one row per finished epoch (the checkpoint history), whatever the logger
     checkpoints/epoch=NNNN.ckpt       (+ .sha256 sidecars) the checkpoint policy's files (NNNN: `epoch_number`)
     checkpoints/last.ckpt             the newest state: what a rerun resumes from
@@ -41,6 +44,8 @@ SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 LOCK = ".lock"
 EVAL = "eval"
+TRAIN_LOG = "train.log"
+START_RECORD = ".hydra"
 
 
 # ---- where a run goes (Hydra's run.dir and sweep.dir: conf/hydra/default.yaml, resolvers of config_schema) ----
@@ -317,6 +322,32 @@ def decide(run_dir: Path, config: dict, ignore: list[str], comparable=lambda con
     action = "finished" if ckpt.get("run", {}).get("finished") else "resume"
     epoch, mid_epoch = stop_point(ckpt.get("history") or [], ckpt.get("epoch"), ckpt.get("global_step"))
     return Decision(action, resume_from, epoch, ckpt.get("global_step"), mid_epoch)
+
+
+def contents(run_dir: Path) -> list[str]:
+    """A run directory's files and folders (a folder with how many files it holds), the lock and earlier
+    runs left out."""
+    shown = []
+    for path in sorted(run_dir.iterdir(), key=lambda p: (p.is_dir(), p.name)):
+        if path.name in (LOCK, SUPERSEDED):
+            continue
+        if path.is_dir():
+            n = sum(1 for p in path.rglob("*") if p.is_file())
+            shown.append(f"{path.name}/ ({n} file{'s' if n != 1 else ''})")
+        else:
+            shown.append(path.name)
+    return shown
+
+
+def train_log(run_dir: Path) -> Path:
+    return run_dir / TRAIN_LOG
+
+
+def write_start_record(run_dir: Path, config: dict, overrides: list[str]) -> None:
+    """This start's config and overrides, as Hydra would write them (its own writing is off: it would write
+    before the run is decided, and so overwrite a run's record with a refused command's)."""
+    atomic_write_bytes(run_dir / START_RECORD / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
+    atomic_write_bytes(run_dir / START_RECORD / "overrides.yaml", yaml.safe_dump(overrides).encode())
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:

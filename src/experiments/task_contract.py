@@ -19,7 +19,8 @@ A family's task is a LightningModule that subclasses `ExperimentTask` and implem
 Class attributes say what the figures mean: `primary_metric` (the figure a run stands or falls by; the
 best checkpoint follows it unless `checkpoint.monitor` names another), `higher_is_better` /
 `lower_is_better` (how verify.py judges each against an untrained control, and the direction of a
-monitored metric), `summary_keys` / `percent_keys` (the console's epoch line), `paired_metrics` (metric ->
+monitored metric), `summary_keys` / `percent_keys` / `count_keys` (the console's epoch line; a fraction
+shown as a count `3/18`: metric -> the figure holding its denominator), `paired_metrics` (metric ->
 column of the run's `per_output.csv`, which has `task` and `index` columns: a sweep's per-output
 comparisons) and `binary_metrics` (those that also get an exact McNemar test), `long_validation` (a
 progress bar for validation), `train_terms` (the names of what `add_training_terms` sums),
@@ -51,6 +52,7 @@ class ExperimentTask(L.LightningModule):
 
     summary_keys: ClassVar[tuple[str, ...]] = ()      # shown in the epoch line, when present
     percent_keys: ClassVar[tuple[str, ...]] = ()      # ... as a percentage
+    count_keys: ClassVar[dict[str, str]] = {}         # ... as a count: metric -> the figure of how many it is of
     primary_metric: ClassVar[str | None] = None       # the figure a run stands or falls by
     higher_is_better: ClassVar[tuple[str, ...]] = ()
     lower_is_better: ClassVar[tuple[str, ...]] = ()

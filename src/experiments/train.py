@@ -12,6 +12,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from experiments import run_dir as rd
+from experiments.cli import COMMAND
+from experiments.console import logged_to
+from experiments.callbacks import shown
 from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
 from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped,
                                 UserError, write_failure)
@@ -173,22 +176,34 @@ def summary(experiment: str, history: list[dict], task, seconds: float) -> list[
     trained = sum(row.get("time/epoch_s", 0.0) for row in history)
     lines = [f"Done: {experiment}, {len(history)} epochs, {duration(trained)} of training "
              f"({duration(seconds)} wall for this start)"]
-    metric = type(task).primary_metric
+    cls = type(task)
+    metric = cls.primary_metric
     scored = [row for row in history if metric in row]
     if scored:
-        pick = max if metric in type(task).higher_is_better else min
+        pick = max if metric in cls.higher_is_better else min
         best = pick(scored, key=lambda row: row[metric])
-        shown = "{:.2%}" if metric in type(task).percent_keys else "{:.4g}"  # as the epoch line shows it
-        lines.append(f"{metric}: final {shown.format(scored[-1][metric])} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
-                     f"best {shown.format(best[metric])} (epoch {rd.epoch_number(best['epoch'])})")
+        lines.append(f"{metric}: final {shown(metric, scored[-1], cls)} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
+                     f"best {shown(metric, best, cls)} (epoch {rd.epoch_number(best['epoch'])})")
+    evaluated = [row for row in history if any(k in row for k in cls.summary_keys if not k.startswith("train/"))]
+    if evaluated:
+        row = evaluated[-1]
+        figures = [f"{k} {shown(k, row, cls)}" for k in cls.summary_keys if k in row and not k.startswith("train/")]
+        lines.append(f"last evaluation (epoch {rd.epoch_number(row['epoch'])}): " + " | ".join(figures))
     return lines
 
 
 def report(run_dir: Path, policy, lines: list[str]) -> None:
+    """The closing summary: what the run achieved, and every file it wrote."""
     print("\n".join(lines), flush=True)
-    print(f"Run directory: {run_dir}\nlast checkpoint: {policy.last_path}", flush=True)
+    print(f"Run directory: {run_dir}\n  holds: {', '.join(rd.contents(run_dir))}", flush=True)
+    print(f"last checkpoint: {policy.last_path}" if policy.last_path.exists() else
+          "no checkpoint written (trainer.fast_dev_run: a trial of the code, nothing to resume)", flush=True)
     if policy.best_path:
         print(f"best checkpoint ({policy.monitor}={policy.best[0]['score']:.6g}): {policy.best_path}", flush=True)
+    if (run_dir / "wandb").is_dir():  # every start of the run is a folder of its own: upload them all
+        print(f"wandb (offline): upload with `wandb sync {run_dir}/wandb/offline-run-*`", flush=True)
+    if (run_dir / "tensorboard").is_dir():
+        print(f"TensorBoard: `tensorboard --logdir {run_dir}/tensorboard`", flush=True)
 
 
 def train(cfg: DictConfig) -> Outcome:
@@ -207,7 +222,8 @@ def train(cfg: DictConfig) -> Outcome:
 
 
 def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Outcome:
-    """The run, once its directory is this process's to write."""
+    """The run, once its directory is this process's to write: decided, then started (rank 0 keeping the
+    console's lines in train.log)."""
     experiment = HydraConfig.get().runtime.choices.get("experiment")
     config = {**plain_config(cfg), "experiment": experiment}
     decision = decide_run(cfg, run_dir, config, child)
@@ -216,7 +232,14 @@ def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Out
               f"last checkpoint: {decision.ckpt_path}\nNothing to train; rerun with resume=never to train it again.",
               flush=True)
         return Outcome(EXIT_OK)
+    if child:
+        return started(cfg, run_dir, results, child, experiment, config, decision)
+    with logged_to(rd.train_log(run_dir), " ".join(["python train.py", *COMMAND])) as log:
+        return started(cfg, run_dir, results, child, experiment, config, decision, log.keep)
 
+
+def started(cfg: DictConfig, run_dir: Path, results: list, child: bool, experiment: str, config: dict,
+            decision: rd.Decision, under_way=lambda: None) -> Outcome:
     datamodule, model, task = build(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -230,9 +253,11 @@ def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Out
     trainer, policy = build_trainer(cfg, run_dir, config, task)  # may refuse the checkpoint settings: before run.yaml
     if not child:
         rd.write_run_config(run_dir, config)
+        rd.write_start_record(run_dir, config, list(HydraConfig.get().overrides.task))
+        under_way()  # train.log from here on (with what was printed before): the run has a record
     announce(run_dir, experiment, model, decision)
-    started = time.perf_counter()
+    began = time.perf_counter()
     outcome = fit(cfg, trainer, policy, task, datamodule, decision)
     if outcome.code == EXIT_OK:
-        report(run_dir, policy, summary(experiment, policy.history, task, time.perf_counter() - started))
+        report(run_dir, policy, summary(experiment, policy.history, task, time.perf_counter() - began))
     return outcome

@@ -145,6 +145,8 @@ class CheckpointPolicy(Checkpoint):
         if trainer.sanity_checking:
             return
         row = self._record(trainer, pl_module)
+        if trainer.fast_dev_run:  # debug=fast_dev_run: a trial of the code paths, not a run to keep or resume
+            return
         self._finished = self._is_final(trainer, row["epoch"])
         names, evicted = self._files_of(row)
         self._write(trainer, names)
@@ -165,7 +167,7 @@ class CheckpointPolicy(Checkpoint):
         row["time/epoch_s"] = time.perf_counter() - self._epoch_t0
         self.history = [r for r in self.history if r["epoch"] < epoch] + [row]
         if trainer.is_global_zero:
-            console_print(trainer, summary_line(row, pl_module.summary_keys, trainer.max_epochs, pl_module.percent_keys))
+            console_print(trainer, summary_line(row, type(pl_module), trainer.max_epochs))
         return row
 
     def _files_of(self, row: dict) -> tuple[list[str], list[str]]:

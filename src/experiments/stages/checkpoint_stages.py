@@ -39,6 +39,7 @@ def loadable(ctx) -> StageResult:
 
 
 def integrity(ctx) -> StageResult:
+    """sha256 of each file equals the one its .sha256 sidecar recorded at save time."""
     checked, unrecorded = 0, []
     for path in ctx.ckpts:
         recorded = recorded_sha256(path)
@@ -57,6 +58,7 @@ def integrity(ctx) -> StageResult:
 
 
 def restorable(ctx) -> StageResult:
+    """Strict load_state_dict into the stored architecture; a mismatch names the keys."""
     for path in ctx.ckpts:
         ctx.trained(path)  # strict load; raises StageFailure naming the keys
     return StageResult(name="restorable", details=f"strict load_state_dict into "
@@ -64,6 +66,7 @@ def restorable(ctx) -> StageResult:
 
 
 def predicts(ctx) -> StageResult:
+    """A forward pass on real data: outputs of the expected shapes, finite."""
     task, datamodule = ctx.trained(ctx.primary), ctx.datamodule()
     batch = next(iter(datamodule.val_dataloader()))  # the task moves it to its device
     shapes = []
@@ -109,6 +112,7 @@ def frozen_identical(ctx) -> StageResult:
 
 
 def progress(ctx) -> StageResult:
+    """Checkpoint epochs strictly increase; the monitored metric improves from the first to the last."""
     if len(ctx.series) < 2:
         return _skip("progress", "needs at least two checkpoints of different epochs")
     epochs = [ctx.ckpts[p]["epoch"] for p in ctx.series]
@@ -129,6 +133,7 @@ def progress(ctx) -> StageResult:
 
 
 def weights_updated(ctx) -> StageResult:
+    """Parameters changed between consecutive checkpoints; frozen ones did not."""
     if len(ctx.series) < 2:
         return _skip("weights_updated", "needs at least two checkpoints of different epochs")
     recorded = ctx.ckpts[ctx.series[-1]].get("frozen")
@@ -155,6 +160,7 @@ def weights_updated(ctx) -> StageResult:
 
 
 def history_consistent(ctx) -> StageResult:
+    """Each checkpoint's epoch ends its own history, and the histories agree row for row."""
     latest = max(ctx.ckpts, key=lambda p: (len(ctx.ckpts[p]["history"]), ctx.ckpts[p]["global_step"]))
     history = {row["epoch"]: row for row in ctx.ckpts[latest]["history"]}
     if not history:
@@ -179,6 +185,7 @@ def history_consistent(ctx) -> StageResult:
 
 
 def resume_exact(ctx) -> StageResult:
+    """Resume from the checkpoint before the closest later one, train to it, compare bit for bit."""
     from omegaconf import OmegaConf
 
     from experiments.assemble import build, build_trainer
@@ -232,6 +239,7 @@ def _other_code(checkpoint: dict) -> str:
 
 
 def metrics(ctx) -> StageResult:
+    """The family's metrics on the weights beside an untrained control of the same architecture and seed."""
     epoch = ctx.ckpts[ctx.primary]["epoch"]
     trained = ctx.trained(ctx.primary).evaluate(ctx.datamodule(), epoch)
     control_task, control_note = ctx.control_task()

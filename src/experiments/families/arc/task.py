@@ -56,6 +56,9 @@ class ArcTask(ExperimentTask):
                         "arc/prize_score", "arc/cell_accuracy", "arc/right_shape", "arc/train_exact",
                         "arc/ttt_train_exact")
     lower_is_better = ("arc/test_nll",)
+    count_keys = {"arc/exact_output@1": "arc/outputs", "arc/exact_output@2": "arc/outputs",
+                  "arc/exact_task@1": "arc/tasks", "arc/exact_task@2": "arc/tasks", "arc/train_exact": "arc/demos",
+                  "arc/ttt_train_exact": "arc/tuned_demos"}
     # A sweep's paired comparisons (comparisons.py): metric -> its column of per_output.csv; the binary
     # ones also get an exact McNemar test.
     paired_metrics = {"arc/exact_output@2": "exact@2", "arc/cell_accuracy": "cell_accuracy",
@@ -141,11 +144,14 @@ class ArcTask(ExperimentTask):
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         figures = score(in_task_order([r for part in parts for r in part.outputs]))
-        for name, key in (("arc/train_exact", "demos_exact"), ("arc/ttt_train_exact", "tuned_demos_exact"),
-                          ("time/ttt_s_per_task", "ttt_seconds")):
+        for name, key, count in (("arc/train_exact", "demos_exact", "arc/demos"),
+                                 ("arc/ttt_train_exact", "tuned_demos_exact", "arc/tuned_demos"),
+                                 ("time/ttt_s_per_task", "ttt_seconds", None)):
             values = [v for part in parts for v in getattr(part, key)]
             if values:
                 figures[name] = float(np.mean(values))
+                if count:
+                    figures[count] = float(len(values))
         return figures
 
     def evaluation_files(self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool,

@@ -202,5 +202,5 @@ def test_the_curve_script_gives_what_an_evaluation_with_those_settings_gives(cha
     for steps, views, ranking in [(8, 3, "poe"), (3, 1, "vote"), (0, 3, "vote")]:
         alone = with_settings(task, ttt={**TTT, "steps": steps}, eval_augmentations=views, ranking=ranking)
         parts = [alone.evaluation_step(batch, epoch=0) for batch in dm.val_dataloader()]
-        expected = {k: v for k, v in alone.figures(parts, 0).items() if k.startswith("arc/") and "train_exact" not in k}
+        expected = {k: v for k, v in alone.figures(parts, 0).items() if k.startswith("arc/") and "train_exact" not in k and "demos" not in k}
         assert figures[(steps, views, ranking)] == pytest.approx(expected), (steps, views, ranking)

@@ -1,0 +1,126 @@
+"""What a run prints, as a terminal shows it and as a file keeps it.
+
+`logged_to(path)` sends everything the process writes through `sys.stdout` and `sys.stderr` to the console
+and, as plain lines, to `<run dir>/train.log`: escape codes (colours, cursor moves) removed, a line redrawn
+with carriage returns kept as its last state, progress bars left out (their figures are in the epoch
+lines). When the console is not a terminal (output redirected to a file, a batch system's log), the
+console gets the same plain text: no colours there either, and the programs draw no bars
+(`is_terminal`), one line per epoch instead.
+"""
+import contextlib
+import datetime
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from experiments.errors import UserError
+
+ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")   # CSI sequences (colours, cursor) and 2-byte escapes
+BAR = re.compile(r"\[\d+:\d\d[^\]]*(it/s|s/it)\]\s*$")             # a tqdm bar's "[00:02<00:00, 14.2it/s]"
+
+
+def is_terminal(stream=None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or bare stream
+        return False
+
+
+def plain(line: str) -> str | None:
+    """A console line as a log file keeps it: the last state of a line redrawn with carriage returns,
+    without escape codes; None for a progress bar's line or a blank redraw."""
+    text = ESCAPE.sub("", line)
+    redrawn = "\r" in text
+    text = next((s for s in reversed(text.split("\r")) if s.strip()), "").rstrip()
+    if redrawn and not text or BAR.search(text):
+        return None
+    return text
+
+
+class PlainLines:
+    """Text written in pieces, passed on (to `write`) one plain line at a time."""
+
+    def __init__(self, write):
+        self.write_line, self.pending = write, ""
+
+    def write(self, text: str) -> None:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            kept = plain(line)
+            if kept is not None:
+                self.write_line(kept + "\n")
+
+    def close(self) -> None:
+        if self.pending:
+            self.write("\n")
+
+
+class Tee:
+    """A text stream that writes to `console` (plain text unless it is a terminal) and to `log`."""
+
+    def __init__(self, console, log: PlainLines):
+        self.console, self.log = console, log
+        self.to_console = None if is_terminal(console) else PlainLines(console.write)
+
+    def write(self, text: str) -> int:
+        (self.console if self.to_console is None else self.to_console).write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+
+    def __getattr__(self, name):  # encoding, isatty, fileno...: the console's
+        return getattr(self.console, name)
+
+
+class LogFile:
+    """`path`, appended to; for a run that has none yet, held in memory until `keep()` (the run has started
+    for good), so that a start refused before (bad data, a failed preflight) leaves no file behind."""
+
+    def __init__(self, path: Path):
+        self.path, self.held, self.file = path, [], None
+        if path.exists():
+            self.keep()
+
+    def keep(self) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a", encoding="utf-8", buffering=1)
+            self.file.write("".join(self.held))
+            self.held = []
+
+    def write(self, text: str) -> None:
+        (self.held.append if self.file is None else self.file.write)(text)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+@contextlib.contextmanager
+def logged_to(path: Path, command: str):
+    """Everything printed inside the block also goes to `path` (appended: a resumed run's starts follow one
+    another, each headed by its time and command). Yields the LogFile: `keep()` once the run is under way."""
+    out, err = sys.stdout, sys.stderr
+    log = LogFile(path)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    log.write(f"==== {started}: {command}\n")
+    tees = Tee(out, PlainLines(log.write)), Tee(err, PlainLines(log.write))  # a line each: never mixed
+    sys.stdout, sys.stderr = tees
+    try:
+        yield log
+    except UserError as e:  # printed by the program once this block is left: kept here too
+        log.write(f"error: {e}\n")
+        raise
+    except Exception:
+        log.write(traceback.format_exc())
+        raise
+    finally:
+        for tee in tees:
+            for lines in (tee.to_console, tee.log):
+                if lines is not None:
+                    lines.close()
+        sys.stdout, sys.stderr = out, err
+        log.close()

@@ -1,0 +1,94 @@
+"""Clips from the files people have: `.npy` arrays, video files (read with PyAV, FFmpeg inside its wheel) and
+folders of image frames. Every source is data: read within bounds, and a file that cannot be read is
+refused with its name, never skipped.
+
+A video or a frame folder is cut into clips of `frames` frames, a new clip every `stride` frames; each
+frame is cropped to its central square and resized to `size` x `size` (area averaging), RGB in [0, 1].
+A `.npy` file is one clip as it is, shaped (C, T, H, W).
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
+IMAGE = (".png", ".jpg", ".jpeg", ".bmp")
+MAX_FRAMES = 10_000  # read from one source at most: a clip folder, not a film
+
+
+def sources(folder: Path) -> list[Path]:
+    """The clip sources in `folder`, sorted by name; refused when there are none, or when a file is none
+    of the kinds read (named, so that nothing is left out silently)."""
+    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    odd = [p.name for p in entries if p.is_file() and p.suffix.lower() not in (".npy", *VIDEO)]
+    odd += [p.name + "/" for p in entries if p.is_dir() and not frame_files(p)]
+    if odd:
+        raise ValueError(f"{folder} holds {', '.join(odd[:5])}{' and more' if len(odd) > 5 else ''}, which "
+                         f"are not clips: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and folders "
+                         f"of frames ({' '.join(IMAGE)}); move the others out")
+    if not entries:
+        raise ValueError(f"no clips in {folder}: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and "
+                         f"folders of frames ({' '.join(IMAGE)})")
+    return entries
+
+
+def frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE)
+
+
+def square(frame: np.ndarray, size: int) -> torch.Tensor:
+    """An (H, W, 3) uint8 frame as a (3, size, size) float frame in [0, 1]: its central square, resized."""
+    h, w = frame.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    x = torch.from_numpy(np.ascontiguousarray(frame[top:top + side, left:left + side, :3])).permute(2, 0, 1)
+    x = x.float().div(255).unsqueeze(0)
+    return F.interpolate(x, size=(size, size), mode="area")[0] if side != size else x[0]
+
+
+def video_frames(path: Path, size: int) -> list[torch.Tensor]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("it has no video stream")
+            frames = []
+            for frame in container.decode(video=0):
+                frames.append(square(frame.to_ndarray(format="rgb24"), size))
+                if len(frames) >= MAX_FRAMES:
+                    break
+    except (av.error.FFmpegError, OSError) as e:  # a broken or truncated file, or not a video at all
+        raise ValueError(f"{path}: cannot be read as a video ({' '.join(str(e).split())})")
+    return frames
+
+
+def image_frames(folder: Path, size: int) -> list[torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    frames = []
+    for path in frame_files(folder)[:MAX_FRAMES]:
+        try:
+            with Image.open(path) as image:  # Pillow refuses images past its decompression-bomb limit
+                frames.append(square(np.asarray(image.convert("RGB")), size))
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{path}: cannot be read as an image ({' '.join(str(e).split())})")
+    return frames
+
+
+def cut(frames: list[torch.Tensor], length: int, stride: int, source: Path) -> list[torch.Tensor]:
+    """Clips (3, length, size, size) starting every `stride` frames; refused when there is not one."""
+    if len(frames) < length:
+        raise ValueError(f"{source}: {len(frames)} frame(s), fewer than data.frames={length} of a clip")
+    return [torch.stack(frames[start:start + length], 1) for start in range(0, len(frames) - length + 1, stride)]
+
+
+def clips_of(source: Path, frames: int, size: int, stride: int, read_npy) -> tuple[list[torch.Tensor], list[str]]:
+    """One source's clips and their names (`name` for a .npy file, `name@start` for the clips cut from a
+    video or a frame folder)."""
+    if source.suffix.lower() == ".npy":
+        return [read_npy(source)], [source.name]
+    decoded = image_frames(source, size) if source.is_dir() else video_frames(source, size)
+    clips = cut(decoded, frames, stride, source)
+    return clips, [f"{source.name}@{i * stride}" for i in range(len(clips))]

@@ -1,0 +1,65 @@
+"""The debugging switches (`debug=`) and the `callbacks` group: each runs the real program, and early
+stopping ends a run as its last epoch would and resumes exactly (its wait count and best score kept)."""
+import signal
+import time
+
+import torch
+import yaml
+
+from conftest import SINE, assert_identical, in_process, run_train, start_train
+
+
+def history_rows(run) -> int:
+    path = run / "history.csv"
+    return len(path.read_text().splitlines()) - 1 if path.exists() else 0
+
+
+def test_fast_dev_run_tries_the_code_and_keeps_nothing_to_resume(tmp_path):
+    r = run_train(*SINE, "debug=fast_dev_run", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "outputs" / "sine" / "debug=fast_dev_run"  # a run directory of its own
+    assert [line.split(" |")[0] for line in r.stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/1"]
+    assert not (run / "checkpoints").exists() and not (run / "history.csv").exists()
+    assert "no checkpoint written" in r.stdout and not list(run.rglob("*.ckpt"))
+
+
+def test_limit_profiler_and_anomaly_presets_run(tmp_path):
+    r = run_train(*SINE, "-m", "debug=limit,profiler,anomaly", "trainer.max_epochs=2", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = tmp_path / "outputs" / "sine"
+    limited = torch.load(runs / "debug=limit,trainer.max_epochs=2" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert limited["global_step"] == 2 * 4 and len(limited["history"]) == 2  # 4 training batches an epoch
+    assert "Profiler Report" in (runs / "debug=profiler,trainer.max_epochs=2" / "fit-profile.txt").read_text()
+    config = yaml.safe_load((runs / "debug=anomaly,trainer.max_epochs=2" / "run.yaml").read_text())
+    assert config["trainer"]["detect_anomaly"] is True
+    assert len(torch.load(runs / "debug=anomaly,trainer.max_epochs=2" / "checkpoints" / "last.ckpt",
+                          weights_only=True)["history"]) == 2
+
+
+EARLY = [*SINE, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
+         "callbacks.early_stopping.min_delta=0.5"]  # val/r2 never gains 0.5 again after its first epoch
+
+
+def test_early_stopping_ends_the_run_and_resumes_exactly(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    r = run_train(*EARLY, cwd=whole)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "early stopping after epoch 3: Monitored metric val/r2 did not improve in the last 2 records" in r.stdout
+    run = next((whole / "outputs" / "sine").iterdir())
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 2 and final["run"]["finished"]  # epochs count from 0 in a checkpoint
+    assert "Run already complete (epoch 3)" in in_process("train.py", *EARLY, cwd=whole).stdout
+
+    proc = start_train(*EARLY, cwd=killed)  # killed after epoch 2: one evaluation without improvement so far
+    other = killed / "outputs" / "sine" / run.name
+    while history_rows(other) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not partial["run"]["finished"], "the kill came too late to test anything"
+    again = run_train(*EARLY, cwd=killed)
+    assert again.returncode == 0 and "Resuming" in again.stdout and "early stopping after epoch 3" in again.stdout
+    assert_identical(final, torch.load(other / "checkpoints" / "last.ckpt", weights_only=True))
