@@ -80,7 +80,7 @@ def test_misspelled_key_names_the_right_key_at_once(workdir):
     (["paths.outputs="], "paths.outputs is empty"),
     (["paths.outputs={file}"], "is a file, not a folder"),
     (["paths.outputs=/proc/no_runs_here"], "paths.outputs"),  # root: mkdir fails; others: not writable
-    (["experiment=magvit", "data.folder={empty}"], "data: no .npy clips in"),  # refused by the family's data module
+    (["experiment=magvit", "data.folder={empty}"], "data: no clips in"),  # refused by the family's data module
 ])
 def test_a_refused_start_leaves_nothing_behind(workdir, overrides, expected):
     (workdir / "a_file").write_text("")

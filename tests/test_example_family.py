@@ -62,8 +62,13 @@ def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # a terminal of 30 x 120
     proc = subprocess.Popen(train_cmd(*args), cwd=cwd, env=env(), stdout=follower, stderr=follower)
     os.close(follower)
-    chunks = []
-    while True:
+    import select
+    import time
+
+    chunks, deadline = [], time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if not select.select([leader], [], [], 5)[0]:
+            continue
         try:
             chunk = os.read(leader, 65536)
         except OSError:  # the terminal closed: the program has ended
@@ -71,6 +76,8 @@ def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
         if not chunk:
             break
         chunks.append(chunk)
+    else:
+        proc.kill()
     os.close(leader)
     return proc.wait(timeout=300), b"".join(chunks).decode(errors="replace")
 

@@ -17,6 +17,7 @@ def test_plain_keeps_a_lines_last_state_without_escape_codes():
     assert plain("Epoch 14/80: 100%|██████████| 37/37 [00:02<00:00, 14.23it/s]") is None
     assert plain("Validation DataLoader 0:  50%|█████     | 3/6 [00:01<00:01,  2.10s/it]\x1b[A") is None
     assert plain("an ordinary line with [brackets] and 100%") == "an ordinary line with [brackets] and 100%"
+    assert plain("see \x1b]8;;https://wandb.ai\x1b\\the run\x1b]8;;\x1b\\ here") == "see the run here"  # a link
 
 
 def test_plain_lines_are_passed_on_whole():
@@ -27,6 +28,36 @@ def test_plain_lines_are_passed_on_whole():
     assert got == ["epoch 1\n", "red\n"]
     lines.close()
     assert got[-1] == "tail\n"
+
+
+def test_a_bar_redrawn_all_epoch_is_kept_short_and_as_plain_reads_it():
+    got = []
+    lines = PlainLines(got.append)
+    for i in range(20_000):
+        lines.write(f"\rEpoch 1:  {i % 100}%|#  | {i}/20000 [00:01<00:01, 9.1it/s]")
+    assert len(lines.pending) < 10_000  # not every redraw of the epoch
+    lines.write("\r" + " " * 40 + "\r")  # cleared, then the epoch's line
+    lines.write("epoch 1/3 | train/loss 0.3\n")
+    assert got == ["epoch 1/3 | train/loss 0.3\n"]
+
+
+def test_log_lines_of_libraries_reach_train_log(tmp_path):
+    import logging
+    import sys
+
+    from experiments.console import logged_to
+
+    handler = logging.StreamHandler(sys.stdout)
+    logger = logging.getLogger("some.library")
+    logger.addHandler(handler), logger.setLevel(logging.INFO)
+    try:
+        with logged_to(tmp_path / "train.log", "cmd") as log:
+            log.keep()
+            logger.info("a model summary")
+    finally:
+        logger.removeHandler(handler)
+    assert "a model summary" in (tmp_path / "train.log").read_text()
+    assert handler.stream is sys.stdout
 
 
 def test_a_run_keeps_its_console_config_and_overrides_and_names_its_files(tmp_path):

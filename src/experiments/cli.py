@@ -129,6 +129,8 @@ def _misspelled_top_level(message: str, config_name: str) -> str | None:
     missing = re.search(r"Could not override '(\w+)'|You must specify '(\w+)'", message)
     if not missing:
         return None
+    if missing.group(1):  # Hydra named the key it could not place: that one, not another unknown argument
+        given = [(k, v) for k, v in given if k == missing.group(1)]
     for key, value in given:
         close = difflib.get_close_matches(key, known, n=1)
         if close:

@@ -32,6 +32,8 @@ class TrainSchema:
     seed: int = 0
     resume: Resume = Resume.auto
     preflight_only: bool = False
+    init_from: Any = None          # a checkpoint or run directory whose weights a new run starts from
+    init_strict: bool = True
     progress_refresh_rate: int = 20
     sweep_name: Any = None
     sweep_chain: Any = None        # [experiment, ...]: the steps of a sweep's paired comparisons

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from experiments.errors import UserError
 
-ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")   # CSI sequences (colours, cursor) and 2-byte escapes
+# OSC sequences (links, window titles) with their text, CSI sequences (colours, cursor moves), 2-byte escapes
+ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 BAR = re.compile(r"\[\d+:\d\d[^\]]*(it/s|s/it)\]\s*$")             # a tqdm bar's "[00:02<00:00, 14.2it/s]"
 
 
@@ -46,6 +47,13 @@ class PlainLines:
         self.write_line, self.pending = write, ""
 
     def write(self, text: str) -> None:
+        if "\n" not in text:  # a bar redrawn many times before its line ends: keep only what `plain` can keep
+            self.pending += text
+            if len(self.pending) > 4096 and "\r" in self.pending:
+                segments = self.pending.split("\r")
+                kept = next((s for s in reversed(segments) if s.strip()), "")
+                self.pending = "\r" + kept + ("\r" + segments[-1] if segments[-1] is not kept else "")
+            return
         *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
             kept = plain(line)
@@ -68,6 +76,10 @@ class Tee:
         (self.console if self.to_console is None else self.to_console).write(text)
         self.log.write(text)
         return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         self.console.flush()
@@ -99,6 +111,16 @@ class LogFile:
             self.file.close()
 
 
+def console_handlers(out, err) -> list:
+    """(handler, its stream) of every logging handler that writes to the console's streams."""
+    import logging
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    return [(h, h.stream) for lg in loggers for h in lg.handlers
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (out, err)]
+
+
 @contextlib.contextmanager
 def logged_to(path: Path, command: str):
     """Everything printed inside the block also goes to `path` (appended: a resumed run's starts follow one
@@ -109,6 +131,9 @@ def logged_to(path: Path, command: str):
     log.write(f"==== {started}: {command}\n")
     tees = Tee(out, PlainLines(log.write)), Tee(err, PlainLines(log.write))  # a line each: never mixed
     sys.stdout, sys.stderr = tees
+    handlers = console_handlers(out, err)  # Lightning's and Hydra's log lines (a model summary) too
+    for handler, stream in handlers:
+        handler.setStream(tees[0] if stream is out else tees[1])
     try:
         yield log
     except UserError as e:  # printed by the program once this block is left: kept here too
@@ -123,4 +148,6 @@ def logged_to(path: Path, command: str):
                 if lines is not None:
                     lines.close()
         sys.stdout, sys.stderr = out, err
+        for handler, stream in handlers:
+            handler.setStream(stream)
         log.close()

@@ -40,7 +40,8 @@ class WandbLogger(LightningWandbLogger):
         """Lightning's, then the wandb run finished here, while the run's console (and train.log) still
         listens, instead of at the process's exit."""
         super().finalize(status)
-        if self._experiment is not None and hasattr(self._experiment, "finish"):
+        # ("finished": Lightning's SLURM requeue handler, mid-training: the run goes on in the next job)
+        if status in ("success", "failed") and self._experiment is not None and hasattr(self._experiment, "finish"):
             self._experiment.finish(exit_code=0 if status == "success" else 1)
 
 

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from experiments import run_dir as rd
+from experiments.checkpoint.init_from import initialise
 from experiments.cli import COMMAND
 from experiments.console import logged_to
 from experiments.callbacks import shown
@@ -241,6 +242,9 @@ def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Out
 def started(cfg: DictConfig, run_dir: Path, results: list, child: bool, experiment: str, config: dict,
             decision: rd.Decision, under_way=lambda: None) -> Outcome:
     datamodule, model, task = build(cfg)
+    if cfg.get("init_from") and decision.action == "fresh":  # a resume has its own weights
+        print(initialise(task, str(cfg.init_from), bool(cfg.init_strict), cfg.task._target_,
+                         program_registry().renamed), flush=True)
     datamodule.prepare_data()
     datamodule.setup("fit")
     failed = [r for r in preflight(cfg, task, datamodule, experiment, decision, results) if r.status == "fail"]

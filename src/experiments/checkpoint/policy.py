@@ -193,7 +193,8 @@ class CheckpointPolicy(Checkpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Cluster preemption or Ctrl-C (stop.py): Lightning raises SIGTERMException after the
         # current batch, its loop state complete.
-        if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step:
+        if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step \
+                and not trainer.fast_dev_run:  # a trial keeps nothing to resume
             self._preempted = True
             self._write(trainer, [LAST])
             self._preempted = False

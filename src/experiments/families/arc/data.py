@@ -312,7 +312,7 @@ class ArcDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
-        return (f"ARC: {tasks} evaluation tasks{self.selected}, {len(self.train_examples)} training pairs, "
+        return (f"ARC: {tasks} tasks scored{self.selected}, {len(self.train_examples)} training pairs, "
                 f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))

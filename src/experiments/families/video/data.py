@@ -2,9 +2,12 @@
 
 Default: procedurally generated clips of 1-3 coloured squares and discs moving with constant velocity and
 bouncing off the borders, each clip a pure function of (seed, clip index); train and validation clips
-are disjoint indices. Or `folder=PATH`: every `*.npy` in it is one clip, shaped (C, T, H, W); uint8 clips
-are divided by 255, float clips must already lie in [0, 1]. The last `val_fraction` (sorted by name)
-validate; `val_fraction=1`: all of them (eval.py on a folder of clips).
+are disjoint indices. Or `folder=PATH`: each `*.npy` in it is one clip, shaped (C, T, H, W) (uint8 clips
+are divided by 255, float clips must already lie in [0, 1]); each video file (.mp4 .webm .avi .mkv .mov
+.gif) and each folder of image frames is cut into clips of `frames` frames, a new one every `stride`
+frames, each frame's central square resized to `size` (files.py). The last `val_fraction` of the sources
+(sorted by name: a video's clips stay on one side) validate; `val_fraction=1`: all of them (eval.py on a
+folder of clips).
 """
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from experiments.families.video.files import clips_of, sources
 from experiments.family import batches_done, BatchLoader, EpochBatchSampler, shard
 
 
@@ -56,41 +60,54 @@ def read_clip(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: {' '.join(str(e).split())}")
 
 
-def load_folder(folder: Path) -> tuple[torch.Tensor, list[str]]:
-    files = sorted(f for f in Path(folder).glob("*.npy") if f.is_file())
-    if not files:
-        raise ValueError(f"no .npy clips in {folder}")
-    clips = []
-    for f in files:
-        a = read_clip(f)
-        if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
-            raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        elif not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
-        elif not np.isfinite(a).all():
-            raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
-        elif a.min() < 0 or a.max() > 1:
-            raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
-        clips.append(torch.from_numpy(a.astype(np.float32)))
+def npy_clip(f: Path) -> torch.Tensor:
+    """A .npy file as one clip (C, T, H, W) float in [0, 1], checked."""
+    a = read_clip(f)
+    if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
+        raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
+    elif not np.isfinite(a).all():
+        raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
+    elif a.min() < 0 or a.max() > 1:
+        raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def load_folder(folder: Path, frames: int = 8, size: int = 16, stride: int | None = None
+                ) -> tuple[torch.Tensor, list[str], list[int]]:
+    """Every clip of the folder's sources, their names, and which source (its index, by name) each came from."""
+    if stride is not None and stride < 1:
+        raise ValueError(f"data.stride must be >= 1 (or null: data.frames), got {stride}")
+    clips, names, origin = [], [], []
+    for i, source in enumerate(sources(Path(folder))):
+        got, called = clips_of(source, frames, size, stride or frames, npy_clip)
+        clips += got
+        names += called
+        origin += [i] * len(got)
     if len({c.shape for c in clips}) != 1:
         raise ValueError(f"clips in {folder} differ in shape: {sorted({tuple(c.shape) for c in clips})}")
-    return torch.stack(clips), [f.name for f in files]
+    return torch.stack(clips), names, origin
 
 
 class VideoDataModule(L.LightningDataModule):
     def __init__(self, frames: int = 8, size: int = 16, train_clips: int = 64, val_clips: int = 16,
-                 batch_size: int = 8, folder: str | None = None, val_fraction: float = 0.2, seed: int = 0):
+                 batch_size: int = 8, folder: str | None = None, val_fraction: float = 0.2, stride: int | None = None,
+                 seed: int = 0):
         super().__init__()
         self.batch_size, self.seed = batch_size, seed
         if not 0 < val_fraction <= 1:
             raise ValueError(f"data.val_fraction must lie in (0, 1], got {val_fraction}")
         if folder:
-            clips, names = load_folder(Path(folder))
-            n_val = max(1, int(round(len(clips) * val_fraction)))
-            self.train, self.val = clips[:-n_val], clips[-n_val:]
-            self.val_names = names[-n_val:]
+            clips, names, origin = load_folder(Path(folder), frames, size, stride)
+            n_sources = origin[-1] + 1
+            first_val = n_sources - max(1, int(round(n_sources * val_fraction)))  # whole sources on each side
+            train = [i for i, o in enumerate(origin) if o < first_val]
+            val = [i for i, o in enumerate(origin) if o >= first_val]
+            self.train, self.val = clips[train], clips[val]
+            self.val_names = [names[i] for i in val]
         else:
             make = lambda i: moving_shapes(i, seed, frames, size)  # noqa: E731
             self.train = torch.from_numpy(np.stack([make(i) for i in range(train_clips)]))
@@ -103,7 +120,9 @@ class VideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> BatchLoader:
         if not len(self.train):
-            raise ValueError("no training clips: data.val_fraction=1 keeps every clip for validation")
+            raise ValueError(f"no training clips: whole sources (files, frame folders) are split, and all "
+                             f"{len(set(n.split('@')[0] for n in self.val_names))} validate "
+                             f"(data.val_fraction); give the folder more sources")
         return BatchLoader(self.train, shard(self.train_sampler, self.trainer))
 
     def val_dataloader(self) -> BatchLoader:

@@ -6,6 +6,7 @@ A video or a frame folder is cut into clips of `frames` frames, a new clip every
 frame is cropped to its central square and resized to `size` x `size` (area averaging), RGB in [0, 1].
 A `.npy` file is one clip as it is, shaped (C, T, H, W).
 """
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ import torch.nn.functional as F
 VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
 IMAGE = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_FRAMES = 10_000  # read from one source at most: a clip folder, not a film
+MAX_PIXELS = 4096 * 4096  # a frame at most (decoded whole before it is resized)
+# The demuxer each kind is read with, whatever the file's content claims (a playlist named .mp4 would
+# otherwise open the files or addresses it lists), and local files only.
+DEMUXER = {".mp4": "mov", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi", ".gif": "gif"}
 
 
 def sources(folder: Path) -> list[Path]:
@@ -33,8 +38,14 @@ def sources(folder: Path) -> list[Path]:
     return entries
 
 
+def in_order(name: str) -> list:
+    """A frame's place by its name, numbers as numbers: `f_2.png` before `f_10.png`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE)
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE),
+                  key=lambda p: in_order(p.name))
 
 
 def square(frame: np.ndarray, size: int) -> torch.Tensor:
@@ -51,14 +62,20 @@ def video_frames(path: Path, size: int) -> list[torch.Tensor]:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=DEMUXER[path.suffix.lower()], options={"protocol_whitelist": "file"}) as container:
             if not container.streams.video:
-                raise ValueError("it has no video stream")
+                raise ValueError(f"{path}: has no video stream")
+            stream = container.streams.video[0]
+            if (stream.width or 0) * (stream.height or 0) > MAX_PIXELS:
+                raise ValueError(f"{path}: frames of {stream.width}x{stream.height}, more than {MAX_PIXELS:,} pixels; "
+                                 f"scale the video down first")
             frames = []
-            for frame in container.decode(video=0):
+            for frame in container.decode(stream):
+                if len(frames) == MAX_FRAMES:
+                    raise ValueError(f"{path}: more than {MAX_FRAMES:,} frames; cut it into shorter files")
+                if frame.width * frame.height > MAX_PIXELS:
+                    raise ValueError(f"{path}: a frame of {frame.width}x{frame.height}; scale the video down first")
                 frames.append(square(frame.to_ndarray(format="rgb24"), size))
-                if len(frames) >= MAX_FRAMES:
-                    break
     except (av.error.FFmpegError, OSError) as e:  # a broken or truncated file, or not a video at all
         raise ValueError(f"{path}: cannot be read as a video ({' '.join(str(e).split())})")
     return frames
@@ -67,8 +84,11 @@ def video_frames(path: Path, size: int) -> list[torch.Tensor]:
 def image_frames(folder: Path, size: int) -> list[torch.Tensor]:
     from PIL import Image, UnidentifiedImageError
 
+    files = frame_files(folder)
+    if len(files) > MAX_FRAMES:
+        raise ValueError(f"{folder}: {len(files):,} frames, more than {MAX_FRAMES:,}; split it into shorter folders")
     frames = []
-    for path in frame_files(folder)[:MAX_FRAMES]:
+    for path in files:
         try:
             with Image.open(path) as image:  # Pillow refuses images past its decompression-bomb limit
                 frames.append(square(np.asarray(image.convert("RGB")), size))

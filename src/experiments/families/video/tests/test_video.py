@@ -66,7 +66,7 @@ def test_clips_are_in_unit_range_and_deterministic(tmp_path):
     clip = (np.random.default_rng(0).random((3, 4, 8, 8)) * 255).astype(np.uint8)
     np.save(tmp_path / "a.npy", clip)
     np.save(tmp_path / "b.npy", clip)
-    loaded, names = load_folder(tmp_path)
+    loaded, names, _ = load_folder(tmp_path)
     assert loaded.shape == (2, 3, 4, 8, 8) and loaded.max() <= 1.0 and names == ["a.npy", "b.npy"]
     np.save(tmp_path / "c.npy", clip.astype(np.float32))  # floats outside [0, 1]: refused
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
