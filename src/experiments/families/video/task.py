@@ -76,8 +76,11 @@ class VideoTask(ExperimentTask):
         if during_training:
             if parts:
                 first = parts[0]
+                shown = [f"{k} {figures[k]:.4g}" for k in ("val/psnr", "val/ssim") if k in figures]
                 draw_reconstructions(first["clips"][: self.pictures], first["recon"][: self.pictures],
-                                     folder / "reconstructions" / f"epoch={epoch_number(epoch):04d}.png")
+                                     folder / "reconstructions" / f"epoch={epoch_number(epoch):04d}.png",
+                                     title=f"epoch {epoch_number(epoch)}: " + ", ".join(shown),
+                                     names=[f"validation clip {i}" for i in range(self.pictures)])
             return
         names = getattr(datamodule, "val_names", None)
         rows, clip = [], 0
@@ -90,7 +93,10 @@ class VideoTask(ExperimentTask):
                 last = min(start + self.pictures, len(part["clips"])) - 1
                 draw_reconstructions(part["clips"][start:start + self.pictures],
                                      part["recon"][start:start + self.pictures],
-                                     folder / "reconstructions" / f"clips_{clip + start:04d}-{clip + last:04d}.png")
+                                     folder / "reconstructions" / f"clips_{clip + start:04d}-{clip + last:04d}.png",
+                                     title=f"checkpoint epoch {epoch_number(epoch)}: clips {clip + start}-{clip + last}",
+                                     names=[str(names[clip + k]) if names else str(clip + k)
+                                            for k in range(start, last + 1)])
             clip += len(part["clips"])
         atomic_write_csv(rows, folder / "per_clip.csv")
 

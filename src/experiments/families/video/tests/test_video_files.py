@@ -115,3 +115,14 @@ def test_a_folder_of_videos_trains_and_evaluates(clip_folder, tmp_path):
     (bad / "x.avi").write_bytes(b"\x00" * 64)
     r = in_process("eval.py", f"ckpt={run}", f"data.folder={bad}", "data.val_fraction=1", cwd=tmp_path)
     assert r.returncode == 2 and f"{bad / 'x.avi'}: cannot be read as a video" in one_error_line(r)
+
+
+def test_pictures_leave_a_white_gap_between_frames_and_name_each_clip(tmp_path):
+    from experiments.families.video.pictures import draw_reconstructions, psnr, strip
+
+    clip = torch.zeros(3, 3, 2, 2)  # 3 black frames of 2x2
+    img = strip(clip)
+    assert img.shape == (2, 3 * 2 + 2, 3) and (img[:, [2, 5]] == 1).all() and (img[:, [0, 1, 3, 4, 6, 7]] == 0).all()
+    assert psnr(torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 0.1)) == pytest.approx(20.0)  # MSE 0.01
+    draw_reconstructions(clip[None], clip[None] + 0.1, tmp_path / "x.png", title="epoch 1: val/psnr 20", names=["a.mp4@0"])
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
