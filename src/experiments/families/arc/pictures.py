@@ -1,7 +1,9 @@
-"""Pictures of every held-out output: its input, true output and the model's two attempts, in ARC colours.
+"""Pictures of every held-out output: its input, true output and the model's two attempts, in ARC colours,
+below its task's demonstrations (up to DEMOS pairs), so that the rule can be seen.
 
-One row per output, `per_page` rows per PNG (`predictions.png`, then `predictions_2.png`, ...). The grids
-of a page share one scale and show their cell lines, so a prediction of the wrong shape looks wrong."""
+One row per output (and one per task's demonstrations), `per_page` outputs per PNG (`predictions.png`, then
+`predictions_2.png`, ...). The grids of a page share one scale and show their cell lines, so a prediction of
+the wrong shape looks wrong."""
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from experiments.family import atomic_savefig
 PALETTE = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
            "#870C25"]
 STEM = "predictions"
+DEMOS = 3  # demonstration pairs drawn above a task's outputs
 
 
 def page_paths(folder: Path, pages: int) -> list[Path]:
@@ -45,23 +48,39 @@ def draw_page(rows: list[dict], path: Path, title: str) -> None:
     from matplotlib.colors import ListedColormap
 
     cmap = ListedColormap(PALETTE)
-    side = max(max(np.asarray(g).shape) for r in rows for g in (r.get("input"), r["target"], *r["attempts"][:2])
-               if g is not None)
-    height = 2.1 * len(rows) + 0.5
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8, height), squeeze=False)
-    for row, r in zip(axes, rows):
-        target = r["target"]
-        a1, a2 = r["attempts"][:2]
-        panels = [(f"{r['task']} #{r['index']}: input", r.get("input")),
-                  (f"true output {target.shape[0]}x{target.shape[1]}", target),
-                  (f"attempt 1: {verdict(a1, target)}", a1), (f"attempt 2: {verdict(a2, target)}", a2)]
-        for ax, (label, grid) in zip(row, panels):
+    lines = panel_rows(rows)
+    side = max(max(np.asarray(grid).shape) for line in lines for _, grid in line if grid is not None)
+    height = 2.1 * len(lines) + 0.5
+    fig, axes = plt.subplots(len(lines), 2 * DEMOS, figsize=(12, height), squeeze=False)
+    for row, line in zip(axes, lines):
+        for ax in row[len(line):]:
+            ax.set_axis_off()
+        for ax, (label, grid) in zip(row, line):
             draw_grid(ax, grid, side, cmap)
             ax.set_title(label, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # the page's title above the first row
     atomic_savefig(fig, path, dpi=80)
     plt.close(fig)
+
+
+def panel_rows(rows: list[dict]) -> list[list[tuple[str, object]]]:
+    """The page's rows of (label, grid) panels: a task's demonstrations before its first output on the page,
+    then each output's input, true output and two attempts."""
+    lines, shown = [], set()
+    for r in rows:
+        demos = r.get("demos") or []
+        if r["task"] not in shown and demos:
+            shown.add(r["task"])
+            of = f" (of {len(demos)})" if len(demos) > DEMOS else ""  # more than the row shows
+            lines.append([(f"{r['task']} demonstration {k + 1}{of if (k, side) == (0, 'input') else ''}: {side}", grid)
+                          for k, (x, y) in enumerate(demos[:DEMOS]) for side, grid in (("input", x), ("output", y))])
+        target = r["target"]
+        a1, a2 = r["attempts"][:2]
+        lines.append([(f"{r['task']} #{r['index']}: input", r.get("input")),
+                      (f"true output {target.shape[0]}x{target.shape[1]}", target),
+                      (f"attempt 1: {verdict(a1, target)}", a1), (f"attempt 2: {verdict(a2, target)}", a2)])
+    return lines
 
 
 def draw_predictions(results: list[dict], folder: Path, title: str, per_page: int = 8) -> list[Path]:

@@ -208,6 +208,7 @@ class ArcTask(ExperimentTask):
         bits, tokens = self.likelihood(examples, model)
         model.train(was_training)
         return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1], "attempts": a,
+                 "demos": list(ex.demos),
                  "nll_bits": float(b), "tokens": int(n), "views": len(views), "ranking": self.ranking,
                  "ttt_steps": ttt_steps, "candidates": len(distinct(c)[0])}
                 for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)]

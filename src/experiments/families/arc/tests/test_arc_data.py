@@ -241,3 +241,18 @@ def test_evaluation_batches_hold_every_output_once_in_order_of_input_length():
     assert sorted((ex.task, ex.index) for ex in flat) == sorted((ex.task, ex.index) for ex in dm.eval_examples)
     lengths = [tokens_of(ex, "champion", output=False) for ex in flat]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_prediction_pages_show_each_tasks_demonstrations_above_its_outputs():
+    from experiments.families.arc.pictures import DEMOS, panel_rows
+
+    grid = lambda v: np.full((2, 2), v)  # noqa: E731
+    rows = [{"task": "t", "index": i, "input": grid(1), "target": grid(2), "attempts": [grid(2), None],
+             "demos": [(grid(k), grid(k + 1)) for k in range(DEMOS + 1)]} for i in range(2)]
+    lines = panel_rows(rows)
+    assert len(lines) == 3  # the task's demonstrations once, then its two outputs
+    assert [label for label, _ in lines[0]][:2] == [f"t demonstration 1 (of {DEMOS + 1}): input",
+                                                   "t demonstration 1: output"]
+    assert len(lines[0]) == 2 * DEMOS and (lines[0][1][1] == 1).all()
+    assert [label for label, _ in lines[1]] == ["t #0: input", "true output 2x2", "attempt 1: right",
+                                               "attempt 2: no grid"]
