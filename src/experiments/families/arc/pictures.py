@@ -43,6 +43,19 @@ def draw_grid(ax, grid, side: int, cmap) -> None:
                   edgecolors="#555555", linewidth=0.3)
 
 
+def demonstrations_image(line: list, side: int) -> np.ndarray:
+    """A row of demonstration grids as one RGB image at the page's scale (`side` cells a grid), a white column
+    between grids: one panel instead of one per grid, which is what drawing a page costs."""
+    from matplotlib.colors import to_rgb
+
+    rgb, gap = np.array([to_rgb(c) for c in PALETTE]), 1
+    image = np.ones((side, len(line) * (side + gap) - gap, 3))
+    for k, (_, grid) in enumerate(line):
+        grid = np.asarray(grid)
+        image[:grid.shape[0], k * (side + gap): k * (side + gap) + grid.shape[1]] = rgb[grid]
+    return image
+
+
 def draw_page(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
@@ -51,11 +64,18 @@ def draw_page(rows: list[dict], path: Path, title: str) -> None:
     lines = panel_rows(rows)
     side = max(max(np.asarray(grid).shape) for line in lines for _, grid in line if grid is not None)
     height = 2.1 * len(lines) + 0.5
-    fig, axes = plt.subplots(len(lines), 2 * DEMOS, figsize=(12, height), squeeze=False)
-    for row, line in zip(axes, lines):
-        for ax in row[len(line):]:
+    fig = plt.figure(figsize=(8, height))
+    cells = fig.add_gridspec(len(lines), 4)
+    for i, line in enumerate(lines):
+        if " demonstration " in line[0][0]:
+            ax = fig.add_subplot(cells[i, :])
+            ax.imshow(demonstrations_image(line, side), interpolation="nearest")
             ax.set_axis_off()
-        for ax, (label, grid) in zip(row, line):
+            ax.set_title(f"{line[0][0].removesuffix(': input')} to {len(line) // 2}: each input, then its output",
+                         fontsize=7)
+            continue
+        for j, (label, grid) in enumerate(line):
+            ax = fig.add_subplot(cells[i, j])
             draw_grid(ax, grid, side, cmap)
             ax.set_title(label, fontsize=7)
     fig.suptitle(title, fontsize=9)
