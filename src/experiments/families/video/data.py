@@ -42,40 +42,6 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
     return clip
 
 
-def read_clip(path: Path) -> np.ndarray:
-    """A .npy file, read only when its header's shape fits the file's size (a file is data: a header can
-    claim any shape), never unpickled."""
-    with open(path, "rb") as f:
-        try:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-        except (ValueError, OSError, EOFError) as e:
-            raise ValueError(f"{path}: not a .npy array ({e})")
-        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > Path(path).stat().st_size:
-            raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
-        raise ValueError(f"{path}: {' '.join(str(e).split())}")
-
-
-def npy_clip(f: Path) -> torch.Tensor:
-    """A .npy file as one clip (C, T, H, W) float in [0, 1], checked."""
-    a = read_clip(f)
-    if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
-        raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
-    if a.dtype == np.uint8:
-        a = a.astype(np.float32) / 255.0
-    elif not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
-    elif not np.isfinite(a).all():
-        raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
-    elif a.min() < 0 or a.max() > 1:
-        raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
-    return torch.from_numpy(a.astype(np.float32))
-
-
 def load_folder(folder: Path, frames: int = 8, size: int = 16, stride: int | None = None
                 ) -> tuple[torch.Tensor, list[str], list[int]]:
     """Every clip of the folder's sources, their names, and which source (its index, by name) each came from."""
@@ -83,7 +49,7 @@ def load_folder(folder: Path, frames: int = 8, size: int = 16, stride: int | Non
         raise ValueError(f"data.stride must be >= 1 (or null: data.frames), got {stride}")
     clips, names, origin = [], [], []
     for i, source in enumerate(sources(Path(folder))):
-        got, called = clips_of(source, frames, size, stride or frames, npy_clip)
+        got, called = clips_of(source, frames, size, stride or frames)
         clips += got
         names += called
         origin += [i] * len(got)

@@ -22,6 +22,40 @@ MAX_PIXELS = 4096 * 4096  # a frame at most (decoded whole before it is resized)
 DEMUXER = {".mp4": "mov", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi", ".gif": "gif"}
 
 
+def read_clip(path: Path) -> np.ndarray:
+    """A .npy file, read only when its header's shape fits the file's size (a file is data: a header can
+    claim any shape), never unpickled."""
+    with open(path, "rb") as f:
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a .npy array ({e})")
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > Path(path).stat().st_size:
+            raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
+        raise ValueError(f"{path}: {' '.join(str(e).split())}")
+
+
+def npy_clip(f: Path) -> torch.Tensor:
+    """A .npy file as one clip (C, T, H, W) float in [0, 1], checked."""
+    a = read_clip(f)
+    if a.ndim != 4 or a.shape[0] not in (1, 3) or a.size == 0:
+        raise ValueError(f"{f}: expected a clip shaped (C, T, H, W) with C 1 or 3, got {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{f}: clips are uint8 (0-255) or float (0-1), not {a.dtype}")
+    elif not np.isfinite(a).all():
+        raise ValueError(f"{f}: holds NaN or Inf at {int((~np.isfinite(a)).sum())} value(s); clips must be finite")
+    elif a.min() < 0 or a.max() > 1:
+        raise ValueError(f"{f}: float clips must lie in [0, 1], found [{a.min():.3g}, {a.max():.3g}]")
+    return torch.from_numpy(a.astype(np.float32))
+
+
 def sources(folder: Path) -> list[Path]:
     """The clip sources in `folder`, sorted by name; refused when there are none, or when a file is none
     of the kinds read (named, so that nothing is left out silently)."""
@@ -104,11 +138,11 @@ def cut(frames: list[torch.Tensor], length: int, stride: int, source: Path) -> l
     return [torch.stack(frames[start:start + length], 1) for start in range(0, len(frames) - length + 1, stride)]
 
 
-def clips_of(source: Path, frames: int, size: int, stride: int, read_npy) -> tuple[list[torch.Tensor], list[str]]:
+def clips_of(source: Path, frames: int, size: int, stride: int) -> tuple[list[torch.Tensor], list[str]]:
     """One source's clips and their names (`name` for a .npy file, `name@start` for the clips cut from a
     video or a frame folder)."""
     if source.suffix.lower() == ".npy":
-        return [read_npy(source)], [source.name]
+        return [npy_clip(source)], [source.name]
     decoded = image_frames(source, size) if source.is_dir() else video_frames(source, size)
     clips = cut(decoded, frames, stride, source)
     return clips, [f"{source.name}@{i * stride}" for i in range(len(clips))]
