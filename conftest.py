@@ -78,12 +78,13 @@ def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = No
 
 
 def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python PROGRAM ARGS` run inside the test process, for a command that stops before it trains (a
-    refusal, a run already complete) and for verify.py and eval.py (whose replay of training runs here
-    too): the same script and code path, its exit status, stdout and stderr returned as subprocess.run
-    would, on one thread as a test's process has it, without a process start (about 8 s, mostly importing
-    Lightning). Behaviour that is about processes (signals, kills, locks, several processes, a run's
-    training) or about imports keeps real processes."""
+    """`python PROGRAM ARGS` run inside the test process: the same script and code path, its exit status,
+    stdout and stderr returned as subprocess.run would, on one thread as a test's process has it, without a
+    process start (about 10 s on the CI machine, mostly importing Lightning, torch._dynamo and torchmetrics).
+    For what a test reads from a program's result: a refusal, a run a test then inspects (a fixture's
+    trained run, a run's files), verify.py and eval.py. Behaviour that is about processes (signals, kills,
+    locks, several processes, the console of a real process) or about imports (a family's package, a module
+    that must not be imported) keeps real processes."""
     import contextlib
     import io
     import logging
@@ -148,8 +149,9 @@ def one_error_line(r: subprocess.CompletedProcess) -> str:
 def ternary_run(tmp_path_factory) -> Path:
     """A real v5.5 run (6 epochs, checkpoints every 2), shared read-only: copy it before changing it."""
     root = tmp_path_factory.mktemp("ternary_run")
-    r = run_train(*FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", "task.coverage_samples=19683",
-                  cwd=root)
+    # trained inside the test process: what the tests read is the run it leaves, not how a process ran it
+    r = in_process("train.py", *FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
+                   "task.coverage_samples=19683", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
     return run
@@ -187,7 +189,8 @@ def wait_for(path, proc, timeout=120):
 
 def killed_then_rerun(args, run: Path, cwd: Path, delay: float) -> subprocess.CompletedProcess:
     """Start a run, SIGKILL it `delay` seconds after its first last.ckpt (inside a later epoch, unfinished),
-    then run the same command again to its end; returns the rerun (it must say it resumes)."""
+    then run the same command again to its end (inside the test process: what it resumes from is on disk);
+    returns the rerun (it must say it resumes)."""
     import signal
 
     import torch
@@ -199,7 +202,7 @@ def killed_then_rerun(args, run: Path, cwd: Path, delay: float) -> subprocess.Co
     proc.wait()
     partial = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert not partial["run"]["finished"], "the kill came too late to test anything"
-    again = run_train(*args, cwd=cwd)
+    again = in_process("train.py", *args, cwd=cwd)  # the rerun reads what the killed process left
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resuming" in again.stdout
     return again

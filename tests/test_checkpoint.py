@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import SINE, in_process, run_train
+from conftest import in_process, SINE
 from experiments import atomic
 from experiments.checkpoint import io as ckpt_io
 from experiments.checkpoint.io import load_checkpoint, save_checkpoint
@@ -20,8 +20,8 @@ from experiments.checkpoint.size import checkpoint_size_report
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     # a monitor that is not the primary metric (val/r2), its direction (lower is better) derived from the family
-    r = run_train(*SINE, "trainer.max_epochs=3", "checkpoint.every_n_epochs=2", "checkpoint.save_top_k=2",
-                  "checkpoint.monitor=val/mse", cwd=root)
+    r = in_process("train.py", *SINE, "trainer.max_epochs=3", "checkpoint.every_n_epochs=2", "checkpoint.save_top_k=2",
+                   "checkpoint.monitor=val/mse", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (rd,) = (root / "outputs" / "sine").iterdir()
     return rd
@@ -185,7 +185,7 @@ def test_truncated_checkpoint_is_a_user_error(trained, tmp_path):
 
 def test_resume_refuses_a_pickled_last_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
-    first = run_train(*SINE, "trainer.max_epochs=1", cwd=tmp_path)
+    first = in_process("train.py", *SINE, "trainer.max_epochs=1", cwd=tmp_path)
     assert first.returncode == 0
     (rd,) = (tmp_path / "outputs" / "sine").iterdir()
     torch.save({"run": {"finished": False}, "x": Payload(str(marker))}, rd / "checkpoints" / "last.ckpt")

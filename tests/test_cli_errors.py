@@ -2,7 +2,7 @@
 inside the test process here: every command is refused before training.)"""
 import pytest
 
-from conftest import FAST, SINE, one_error_line, in_process, run_train
+from conftest import FAST, in_process, one_error_line, SINE
 
 
 def train(*args, cwd):
@@ -34,7 +34,7 @@ def test_did_you_mean(workdir):
 
 
 def test_cfg_job_prints_composed_config(workdir):
-    r = run_train("--cfg", "job", "experiment=ternary_v5_5", cwd=workdir, timeout=60)
+    r = in_process("train.py", "--cfg", "job", "experiment=ternary_v5_5", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "_target_: experiments.families.ternary.vae_v5_5.DualVAE" in r.stdout
     assert "max_epochs: 20" in r.stdout

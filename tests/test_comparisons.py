@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import run_program, run_train
+from conftest import in_process, run_program
 from experiments.comparisons import compare, mcnemar_exact, task_bootstrap_interval, verdict
 
 
@@ -83,8 +83,9 @@ def read_rows(path):
 @pytest.fixture(scope="module")
 def arc_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc_sweep")
-    r = run_train("-m", "experiment=exp0_encoder_decoder,exp3_champion", "seed=0,1", "data=arc_tiny", "logger=none",
-                  "trainer.enable_progress_bar=false", "trainer.max_epochs=8", "validation.preflight=[config]", cwd=root, timeout=900)
+    r = in_process("train.py", "-m", "experiment=exp0_encoder_decoder,exp3_champion", "seed=0,1", "data=arc_tiny",
+                   "logger=none", "trainer.enable_progress_bar=false", "trainer.max_epochs=8",
+                   "validation.preflight=[config]", cwd=root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (directory,) = (root / "outputs" / "sweeps").iterdir()
     return root, directory, r.stdout

@@ -6,7 +6,7 @@ import time
 import torch
 import yaml
 
-from conftest import SINE, assert_identical, in_process, run_train, start_train
+from conftest import assert_identical, in_process, run_train, SINE, start_train
 
 
 def history_rows(run) -> int:
@@ -15,7 +15,7 @@ def history_rows(run) -> int:
 
 
 def test_fast_dev_run_tries_the_code_and_keeps_nothing_to_resume(tmp_path):
-    r = run_train(*SINE, "debug=fast_dev_run", cwd=tmp_path)
+    r = in_process("train.py", *SINE, "debug=fast_dev_run", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     run = tmp_path / "outputs" / "sine" / "debug=fast_dev_run"  # a run directory of its own
     assert [line.split(" |")[0] for line in r.stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/1"]
@@ -24,7 +24,7 @@ def test_fast_dev_run_tries_the_code_and_keeps_nothing_to_resume(tmp_path):
 
 
 def test_limit_profiler_and_anomaly_presets_run(tmp_path):
-    r = run_train(*SINE, "-m", "debug=limit,profiler,anomaly", "trainer.max_epochs=2", cwd=tmp_path, timeout=600)
+    r = in_process("train.py", *SINE, "-m", "debug=limit,profiler,anomaly", "trainer.max_epochs=2", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     runs = tmp_path / "outputs" / "sine"
     limited = torch.load(runs / "debug=limit,trainer.max_epochs=2" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -3,22 +3,22 @@ weights that fit (or init_strict=false, naming what is left out); never a resume
 import pytest
 import torch
 
-from conftest import SINE, in_process, one_error_line, run_train
+from conftest import in_process, one_error_line, SINE
 from experiments.checkpoint.io import save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("source")
-    r = run_train(*SINE, "trainer.max_epochs=3", cwd=root)
+    r = in_process("train.py", *SINE, "trainer.max_epochs=3", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     return root / "outputs" / "sine" / "trainer.max_epochs=3"
 
 
 def test_a_run_starts_from_the_given_weights(source, tmp_path):
     # lr 0: the one epoch changes nothing, so the new run's weights are the ones it started from
-    r = run_train(*SINE, f"init_from={source}", "task.lr=0", "trainer.max_epochs=1", "validation.preflight=[config]",
-                  cwd=tmp_path)  # (the optimizer_step stage would refuse lr 0, rightly)
+    r = in_process("train.py", *SINE, f"init_from={source}", "task.lr=0", "trainer.max_epochs=1",
+                   "validation.preflight=[config]", cwd=tmp_path)  # (the optimizer_step stage refuses lr 0)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Initialised from {source / 'checkpoints' / 'last.ckpt'} (epoch 3" in r.stdout
     (run,) = (tmp_path / "outputs" / "sine").iterdir()

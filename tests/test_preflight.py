@@ -3,7 +3,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import SINE, run_train
+from conftest import in_process, SINE
 from experiments.families.ternary.data import TernaryOpsDataModule
 from experiments.errors import UserError
 from experiments.families.ternary.vae_v5_5 import DualVAE
@@ -85,7 +85,7 @@ def test_config_check_names_the_key():
 
 
 def test_train_stops_before_training_when_preflight_fails(workdir):
-    r = run_train(*SINE, "task.lr=0.0", cwd=workdir)  # nothing would ever move
+    r = in_process("train.py", *SINE, "task.lr=0.0", cwd=workdir)  # nothing would ever move
     assert r.returncode == 1
     assert "error: preflight stage 'optimizer_step' failed" in r.stdout
     assert "Nothing was trained" in r.stdout and "Traceback" not in r.stdout + r.stderr

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, SINE, assert_identical, env, killed_then_rerun, options_first, in_process, run_program,
-                      run_name, run_train, start_train, wait_for)
+from conftest import (ROOT, SINE, assert_identical, env, in_process, killed_then_rerun, options_first, run_name,
+                      run_program, start_train, wait_for)
 from experiments.checkpoint.io import read_intact
 
 # The smallest family, 128 steps an epoch: long enough for a kill to land inside one.
@@ -39,7 +39,7 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path, reference):
 def reference_dir(tmp_path_factory):
     """ARGS trained once, never interrupted: what every interrupted run below must end identical to."""
     ref_dir = tmp_path_factory.mktemp("reference")
-    done = run_train(*ARGS, cwd=ref_dir)
+    done = in_process("train.py", *ARGS, cwd=ref_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     return ref_dir
 
@@ -96,7 +96,7 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     where = f"in epoch 2 at step {STEPS + 51}"  # the same words for the same place:
     assert where in line
 
-    again = run_train(*ARGS, cwd=tmp_path)
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"(saved {where})" in again.stdout  # the rerun's "Resuming" line
     assert_identical(final_state(tmp_path), reference)
@@ -114,7 +114,7 @@ def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
         rows = list(csv.DictReader(f))
     assert {float(row["epoch"]) for row in rows if row.get("train/loss")} == {1, 2}, "epoch 2's train figures logged"
 
-    again = run_train(*ARGS, cwd=tmp_path)
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "(epoch 2 done)" in again.stdout
     assert_identical(final_state(tmp_path), reference)
@@ -162,7 +162,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     for path in [*stale, running_eval]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")
-    again = run_train(*ARGS, cwd=tmp_path)
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "being trained by" not in again.stdout + again.stderr
     # the two planted; a third if the kill landed inside a write
@@ -172,13 +172,13 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
 
 
 def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, reference):
-    done = run_train(*ARGS, cwd=tmp_path)
+    done = in_process("train.py", *ARGS, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     ckpts = tmp_path / RUN / "checkpoints"
     with open(ckpts / "last.ckpt", "r+b") as f:  # a disk or copy error, in place, after the save
         f.seek(f.seek(0, 2) // 2)
         f.write(b"\xff" * 64)
-    again = run_train(*ARGS, cwd=tmp_path)
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     (warning,) = [l for l in again.stdout.splitlines() if l.startswith("warning: damaged checkpoint")]
     # last.ckpt is a hard link of the final epoch's file: both carry the damage; epoch 3's is the newest intact
@@ -240,7 +240,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, ref
     assert {"epoch=0001.ckpt", "epoch=0002.ckpt", "last.ckpt"} <= {p.name for p in ckpts}
     assert all(read_intact(p)[1] is None for p in ckpts), "every earlier checkpoint loads and matches its sidecar"
 
-    again = run_train(*ARGS, cwd=tmp_path)
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert_identical(final_state(tmp_path), reference)
 

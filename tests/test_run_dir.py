@@ -1,7 +1,7 @@
 """Run identity: the same command finds the same directory; it resumes, reports completion, or refuses."""
 import torch
 
-from conftest import SINE, in_process, run_name, run_train
+from conftest import in_process, run_name, SINE
 
 ARGS = [*SINE, "trainer.max_epochs=2"]
 
@@ -13,7 +13,7 @@ def run_dir(root):
 
 
 def test_two_epochs_then_same_command_trains_nothing(workdir):
-    first = run_train(*ARGS, cwd=workdir)
+    first = in_process("train.py", *ARGS, cwd=workdir)
     assert first.returncode == 0, first.stdout + first.stderr
     rd = run_dir(workdir)
     assert rd.name == run_name(ARGS) == "trainer.max_epochs=2"
@@ -36,7 +36,7 @@ def test_two_epochs_then_same_command_trains_nothing(workdir):
 
 
 def test_changed_config_is_refused_with_the_difference(workdir):
-    assert run_train(*ARGS, cwd=workdir).returncode == 0
+    assert in_process("train.py", *ARGS, cwd=workdir).returncode == 0
     rd = run_dir(workdir)
     # Same directory, different result-defining config: edit what the run stored, as a changed
     # preset file would look.
@@ -49,7 +49,7 @@ def test_changed_config_is_refused_with_the_difference(workdir):
     assert "task.lr: 0.01 -> 0.003" in r.stderr and "resume=never" in r.stderr
     assert files() == before, "a refused run must change nothing"
 
-    fresh = run_train(*ARGS, "resume=never", cwd=workdir)
+    fresh = in_process("train.py", *ARGS, "resume=never", cwd=workdir)
     assert fresh.returncode == 0, fresh.stderr
     assert "moved to" in fresh.stdout
     old = list((rd / "superseded").glob("*/checkpoints/last.ckpt"))
@@ -58,7 +58,7 @@ def test_changed_config_is_refused_with_the_difference(workdir):
 
 
 def test_preflight_only_trains_nothing(workdir):
-    r = run_train(*ARGS, "preflight_only=true", cwd=workdir)
+    r = in_process("train.py", *ARGS, "preflight_only=true", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "preflight pass optimizer_step" in r.stdout and "not training" in r.stdout
     assert not list(workdir.glob("outputs/**/*.ckpt"))

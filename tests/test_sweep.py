@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAST, ROOT, SINE, SINE_CONF, env, run_train, start_train
+from conftest import env, FAST, in_process, ROOT, run_train, SINE, SINE_CONF, start_train
 from experiments.sweep import mean_std
 
 SWEEP = ["-m", "seed=0,1", "task.lr=0.001,0.002", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
@@ -61,7 +61,7 @@ def test_killed_sweep_resumes_skips_finished_jobs_and_summarises_all(workdir):
     statuses = [row["status"] for row in csv.DictReader(open(directory / "summary.csv"))]
     assert statuses == ["finished", "incomplete", "not started", "not started"]
 
-    r = run_train(*SWEEP, cwd=workdir, timeout=600)
+    r = in_process("train.py", *SWEEP, cwd=workdir)  # (what the rerun resumes from is on disk)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Run already complete") == 1  # job 0: not retrained
     assert sha(first) == before
@@ -146,7 +146,8 @@ def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
 
 def test_optuna_sweep_returns_each_jobs_monitor_as_its_objective(workdir):
     fast = [o for o in FAST if not o.startswith("experiment=")]  # the preset chooses its experiment
-    r = run_train("sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *fast, "trainer.max_epochs=1", cwd=workdir)
+    r = in_process("train.py", "sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *fast, "trainer.max_epochs=1",
+                   cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     best = yaml.safe_load((workdir / "outputs" / "optimization_results.yaml").read_text())
     rows = list(csv.DictReader(open(sweep_dir(workdir) / "summary.csv")))

@@ -6,7 +6,7 @@ import torch
 import yaml
 from tensorboardX.proto import event_pb2
 
-from conftest import ROOT, run_train
+from conftest import in_process, ROOT
 
 ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "trainer.max_epochs=6",
         "trainer.enable_progress_bar=false", "logger=tensorboard"]
@@ -24,7 +24,7 @@ def events(path):
 
 
 def test_tensorboard_holds_the_config_every_metric_and_the_pictures(tmp_path):
-    r = run_train(*ARGS, cwd=tmp_path)
+    r = in_process("train.py", *ARGS, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     run = tmp_path / "outputs" / "sine" / "trainer.max_epochs=6"  # the logger is not part of the identity
     config = yaml.safe_load((run / "tensorboard" / "hparams.yaml").read_text())

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, one_error_line, run_program, run_train
+from conftest import in_process, one_error_line, ROOT, run_program
 from experiments.checkpoint.io import check_archive, load_checkpoint, save_checkpoint, sha256_file
 from experiments.errors import UserError
 from experiments.untrusted import check_stored_config, package_config_folders, pickled_globals, registry
@@ -79,10 +79,14 @@ def test_a_crafted_config_runs_nothing(ternary_run, tmp_path, program, name):
     marker = tmp_path / "MARKER"
     ckpt = crafted(ternary_run, tmp_path, marker, name)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    # PYTHONPATH: the planted module under outputs/ is importable, as it is from a checkout's root; verify.py's
-    # default stages build the model (restorable), `stages=[loadable]` only imported the planted module
-    stages = ["stages=[loadable]"] if program == "verify.py" and name == "planted module" else []
-    r = run_program(program, f"ckpt={ckpt}", *stages, cwd=tmp_path, extra_env={"PYTHONPATH": str(tmp_path)})
+    # The planted module's case in a process of its own, whose PYTHONPATH makes outputs/ importable, as it is
+    # from a checkout's root (verify.py's default stages build the model (restorable), `stages=[loadable]`
+    # only imported the planted module); the others inside the test process, where a payload that ran would
+    # leave its marker as well
+    planted = name == "planted module"
+    stages = ["stages=[loadable]"] if program == "verify.py" and planted else []
+    r = run_program(program, f"ckpt={ckpt}", *stages, cwd=tmp_path,
+                    extra_env={"PYTHONPATH": str(tmp_path)} if planted else None)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert payloads(marker)[name][1] in line and "may not name code to run" in line, line
@@ -117,7 +121,7 @@ def test_auto_rechecks_what_a_report_claims(ternary_run, tmp_path):
     forged_report(ckpt("untrained"))
     forged_report(ckpt("pickled"))
     forged_report(ckpt("partial"), stages=("loadable",))
-    r = run_train("experiment=ternary_v5_11", "frozen_checkpoint.path=auto", f"paths.outputs={outputs}",
+    r = in_process("train.py", "experiment=ternary_v5_11", "frozen_checkpoint.path=auto", f"paths.outputs={outputs}",
                   "logger=none", "trainer.enable_progress_bar=false", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import SINE, SINE_CONF, in_process, run_program, run_train
+from conftest import in_process, run_program, SINE, SINE_CONF
 from experiments.checkpoint.io import save_checkpoint
 from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.registry import run_stages
@@ -27,7 +27,7 @@ def run_verify(*args, cwd):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
-    r = run_train(*SINE, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", cwd=root)
+    r = in_process("train.py", *SINE, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (root / "outputs" / "sine").iterdir()
     return run

@@ -335,9 +335,13 @@ def eval_main() -> None:
     """The data arguments (`data=GROUP`, `data.KEY=VALUE`) choose data for the checkpoint's family, and the
     task arguments (`task.KEY=VALUE`) how its task evaluates, which only the checkpoint knows: they are
     taken out here and composed by the evaluation program."""
-    from experiments.eval import is_data_arg, is_task_arg
+    from experiments import help
 
     COMMAND[:] = sys.argv[1:]
+    if help.asked(sys.argv[1:]):  # answered before the evaluation program (and torch) is imported
+        _run(None, "eval")
+    from experiments.eval import is_data_arg, is_task_arg
+
     data_args = [a for a in sys.argv[1:] if is_data_arg(a)]
     task_args = [a for a in sys.argv[1:] if is_task_arg(a)]
     sys.argv = [a for a in sys.argv if a not in data_args and a not in task_args]

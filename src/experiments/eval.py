@@ -24,7 +24,6 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
-from experiments.callbacks import shown
 from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_experiment_name, program_registry
@@ -164,5 +163,7 @@ def record(stored: StoredRun, checkpoint: Path, node: dict, data_args: list[str]
 
 
 def print_metrics(metrics: dict, task) -> None:
+    from experiments.callbacks import shown  # (Lightning's callbacks: not imported by a refused evaluation)
+
     for name in metrics:
         print(f"  {name:28s} {shown(name, metrics, type(task), digits=6)}", flush=True)  # as the epoch line shows it

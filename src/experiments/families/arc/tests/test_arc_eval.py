@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, one_error_line, in_process, run_program, run_train
+from conftest import in_process, one_error_line, ROOT, run_program
 
 ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
@@ -21,7 +21,7 @@ def run_eval(*args: str, cwd) -> subprocess.CompletedProcess:
 def arc_run(tmp_path_factory):
     """exp0 trained on the 4 tiny tasks' demonstrations until it reproduces most of them."""
     root = tmp_path_factory.mktemp("arc_eval")
-    r = run_train(*ARC_RUN, cwd=root)
+    r = in_process("train.py", *ARC_RUN, cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (root / "outputs" / "exp0_encoder_decoder").iterdir()
     return root, run

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_train
+from conftest import in_process
 
 PRESETS = ["exp_neg1_decoder_only", "exp0_encoder_decoder", "exp1_grid2d_pe", "exp2_perminv", "exp3_champion"]
 
@@ -16,9 +16,9 @@ def trained(tmp_path_factory):
     """The five presets trained as the jobs of one sweep (one process: the same code path per job)."""
     root = tmp_path_factory.mktemp("presets")
     # (++: a multirun composes its base config with no experiment chosen, where task holds no keys yet)
-    r = run_train("-m", f"experiment={','.join(PRESETS)}", "data=arc_tiny", "logger=none",
-                  "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "++task.eval_every_n_epochs=2",
-                  "++task.eval_augmentations=2", "++task.ttt.steps=3", "++task.ranking=poe", cwd=root, timeout=900)
+    r = in_process("train.py", "-m", f"experiment={','.join(PRESETS)}", "data=arc_tiny", "logger=none",
+                   "trainer.enable_progress_bar=false", "trainer.max_epochs=5", "++task.eval_every_n_epochs=2",
+                   "++task.eval_augmentations=2", "++task.ttt.steps=3", "++task.ranking=poe", cwd=root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "5 of 5 jobs finished" in r.stdout and r.stdout.count("preflight pass optimizer_step") == 5
     return root

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from conftest import assert_identical, killed_then_rerun, run_name, run_program, run_train
+from conftest import assert_identical, in_process, killed_then_rerun, run_name, run_program
 
 ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
         "trainer.max_epochs=24", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=8", "task.ttt.steps=4",
@@ -24,7 +24,7 @@ def final(root):
 def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
     ref_dir.mkdir(), killed_dir.mkdir()
-    done = run_train(*ARGS, cwd=ref_dir)
+    done = in_process("train.py", *ARGS, cwd=ref_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     killed_then_rerun(ARGS, killed_dir / RUN, killed_dir, delay=1.0)
     assert_identical(final(killed_dir), final(ref_dir))

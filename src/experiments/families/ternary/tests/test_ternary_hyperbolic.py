@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, env, one_error_line, in_process, run_program, run_train
+from conftest import env, in_process, one_error_line, ROOT, run_program
 from experiments.checkpoint.io import save_checkpoint
 from experiments.families.ternary.data import all_operations
 from experiments.families.ternary.metrics import reconstruction_coverage, trits_from_logits
@@ -29,7 +29,8 @@ def source(tmp_path_factory):
     """A v5.5 run trained to full coverage and passed through verify.py, as the README chain has it."""
     root = tmp_path_factory.mktemp("chain")
     outputs = root / "outputs"
-    r = run_train("experiment=ternary_v5_5", f"paths.outputs={outputs}", "trainer.max_epochs=5", *QUIET, cwd=root)
+    r = in_process("train.py", "experiment=ternary_v5_5", f"paths.outputs={outputs}", "trainer.max_epochs=5", *QUIET,
+                   cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr  # (coverage/recon_a 99.95% at epoch 5)
     run = outputs / "ternary_v5_5" / "trainer.max_epochs=5"
     v = verify(run, root)
@@ -73,7 +74,7 @@ def frozen_state(path: Path, prefixes=PARTS) -> dict:
 
 
 def train_v511(source, *overrides, experiment="ternary_v5_11"):
-    return run_train(f"experiment={experiment}", f"paths.outputs={source['outputs']}", *QUIET, *overrides,
+    return in_process("train.py", f"experiment={experiment}", f"paths.outputs={source['outputs']}", *QUIET, *overrides,
                      cwd=source["root"])
 
 
@@ -101,7 +102,7 @@ def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(so
     metrics = stages["metrics"]["metrics"]
     assert metrics["hierarchy/b"]["clearly_better"] and metrics["coverage/recon_a"]["untrained_control"] >= 0.99
     rep = subprocess.run([sys.executable, str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"), str(run)], env=env(),
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
     png = run / "report" / "ternary_report.png"
     assert f"wrote {png}" in rep.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,7 +114,8 @@ def other_sources(source):
     other = source["root"] / "other"
     short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "checkpoint.save_top_k=0"]
     for extra in ([], ["model.latent_dim=8"]):
-        r = run_train("experiment=ternary_v5_5", f"paths.outputs={other}", *short, *extra, *QUIET, cwd=source["root"])
+        r = in_process("train.py", "experiment=ternary_v5_5", f"paths.outputs={other}", *short, *extra, *QUIET,
+                       cwd=source["root"])
         assert r.returncode == 0, r.stdout + r.stderr
     runs = {p.name: p for p in (other / "ternary_v5_5").iterdir()}
     family = source["root"] / "v5_12.ckpt"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_error_line, in_process, run_program, run_train
+from conftest import in_process, one_error_line, run_program
 from experiments.checkpoint.size import checkpoint_size_report
 from experiments.families.video.data import VideoDataModule, load_folder
 from experiments.families.video.magvit import SEED_PARAMETERS, MagVit
@@ -76,7 +76,8 @@ def test_clips_are_in_unit_range_and_deterministic(tmp_path):
 @pytest.fixture(scope="module")
 def magvit_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("magvit")
-    r = run_train("experiment=magvit", *TINY, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", cwd=root)
+    r = in_process("train.py", "experiment=magvit", *TINY, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
+                   cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (rd,) = (root / "outputs" / "magvit").iterdir()
     return rd
@@ -158,7 +159,7 @@ def test_checkpoints_stay_near_the_minimum(magvit_run):
 
 
 def test_magvit_v2_trains_end_to_end(tmp_path):
-    r = run_train("experiment=magvit_v2", *TINY, "trainer.max_epochs=3", cwd=tmp_path)  # 9 frames
+    r = in_process("train.py", "experiment=magvit_v2", *TINY, "trainer.max_epochs=3", cwd=tmp_path)  # 9 frames
     assert r.returncode == 0, r.stdout + r.stderr
     (rd,) = (tmp_path / "outputs" / "magvit_v2").iterdir()
     last = torch.load(rd / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import in_process, one_error_line, run_train
+from conftest import in_process, one_error_line
 from experiments.families.video.data import VideoDataModule, load_folder
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (220, 220, 60)]
@@ -102,7 +102,7 @@ def test_a_video_shorter_than_a_clip_is_named(tmp_path):
 def test_a_folder_of_videos_trains_and_evaluates(clip_folder, tmp_path):
     args = ["experiment=magvit", "logger=none", f"data.folder={clip_folder}", "data.stride=4", "data.batch_size=4",
             "trainer.max_epochs=2"]
-    r = run_train(*args, cwd=tmp_path)
+    r = in_process("train.py", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (tmp_path / "outputs" / "magvit").iterdir()
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2  # 7 clips, 4 a batch
