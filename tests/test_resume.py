@@ -100,6 +100,8 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"(saved {where})" in again.stdout  # the rerun's "Resuming" line
     assert_identical(final_state(tmp_path), reference)
+    # the resumed epoch's time: since the rerun started it (never negative, nor zero)
+    assert all(row["time/epoch_s"] > 0 for row in final_state(tmp_path)["history"])
 
 
 def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
@@ -118,6 +120,7 @@ def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "(epoch 2 done)" in again.stdout
     assert_identical(final_state(tmp_path), reference)
+    assert all(row["time/epoch_s"] > 0 for row in final_state(tmp_path)["history"])
 
 
 def test_ctrl_c_as_the_last_epoch_validates_completes_the_run_and_stops_a_sweep(tmp_path, reference):

@@ -4,8 +4,11 @@ import inspect
 import os
 from pathlib import Path
 
+from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from experiments.console import is_terminal
 
@@ -72,3 +75,87 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         for path in images:
             pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
             self.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")
+
+
+RUN_DIR_TAG = "experiments.run_dir_id"  # an MLflow run's tag: stable_id of the run directory it records
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """Lightning's MLFlowLogger with what a run directory implies. The store is local, under the run directory
+    (`<run dir>/mlruns`, MLflow's file store: no server, no database; MLflow 3 keeps it in maintenance mode
+    and refuses it unless MLFLOW_ALLOW_FILE_STORE is set, which this logger sets for its own store), unless
+    `tracking_uri` names another (`sqlite:///...`, a server). One MLflow run per run directory: every start
+    finds the run tagged with its directory's id and continues it (its status back to RUNNING), so a resumed
+    run's figures continue one run's history. The run is named `<experiment>/<overrides>`. Figures named with
+    `@` (not allowed in an MLflow key) are logged with `_at` (`arc/exact_output_at2`); the composed config
+    goes in as parameters (values cut to 250 characters, MLflow's limit as Lightning keeps it) and whole as
+    the artifact `config.yaml`; pictures as MLflow images with their step."""
+
+    needs = {"mlflow": "pip install -e '.[mlflow]' (or pip install mlflow-skinny)"}  # checked by the config stage
+
+    def __init__(self, *args, **kwargs):
+        bound = inspect.signature(LightningMLFlowLogger.__init__).bind(None, *args, **kwargs).arguments
+        run_dir = bound.get("save_dir")
+        if run_dir and not bound.get("tracking_uri"):
+            kwargs["tracking_uri"] = f"file:{Path(run_dir).resolve() / 'mlruns'}"
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        if run_dir:
+            kwargs["run_name"] = kwargs.get("run_name") or f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
+            self._run_dir_id = stable_id(run_dir)
+            kwargs["tags"] = {**(kwargs.get("tags") or {}), RUN_DIR_TAG: self._run_dir_id}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def experiment(self):
+        """The client, with this run directory's MLflow run found (or, at its first start, created)."""
+        first = rank_zero_only.rank == 0 and not self._initialized and self._run_id is None
+        if first and getattr(self, "_run_dir_id", None):
+            self._run_id = self._earlier_run()
+            if self._run_id is not None:
+                self._mlflow_client.update_run(self._run_id, status="RUNNING")
+        return super().experiment
+
+    def _earlier_run(self) -> str | None:
+        """This run directory's MLflow run, if a start before this one made it (its experiment made here if
+        missing, instead of by Lightning, which warns that it was not found)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self._tracking_uri)
+        found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
+        if found is None or found.lifecycle_stage == "deleted":
+            self._experiment_id = self._mlflow_client.create_experiment(self._experiment_name,
+                                                                        artifact_location=self._artifact_location)
+            return None
+        self._experiment_id = found.experiment_id
+        runs = self._mlflow_client.search_runs([found.experiment_id],
+                                               filter_string=f"tags.`{RUN_DIR_TAG}` = '{self._run_dir_id}'")
+        return runs[0].info.run_id if runs else None
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        """The config as parameters, those already in the run (an earlier start's) left as they are: MLflow
+        refuses to change a parameter, and a resumed run's result-defining config is its first start's; and
+        the whole config as `config.yaml`."""
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = _flatten_dict(_convert_params(params))
+        logged = self.experiment.get_run(self.run_id).data.params
+        new = {key: value for key, value in flat.items() if key not in logged}
+        if new:
+            super().log_hyperparams(new)
+        if isinstance(params, dict):
+            self.experiment.log_dict(self.run_id, params, "config.yaml")
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics({key.replace("@", "_at"): value for key, value in metrics.items()}, step)
+
+    @rank_zero_only
+    def log_image(self, key: str, images: list, step: int | None = None) -> None:
+        import matplotlib.image
+
+        for path in images:
+            pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
+            self.experiment.log_image(self.run_id, (pixels * 255).round().astype("uint8"), key=key, step=step or 0)
+
+
+MLFlowLogger.__init__.__signature__ = inspect.signature(LightningMLFlowLogger.__init__)

@@ -205,6 +205,8 @@ def report(run_dir: Path, policy, lines: list[str]) -> None:
         print(f"wandb (offline): upload with `wandb sync {run_dir}/wandb/offline-run-*`", flush=True)
     if (run_dir / "tensorboard").is_dir():
         print(f"TensorBoard: `tensorboard --logdir {run_dir}/tensorboard`", flush=True)
+    if (run_dir / "mlruns").is_dir():
+        print(f"MLflow: `mlflow ui --backend-store-uri {run_dir}/mlruns`", flush=True)
 
 
 def train(cfg: DictConfig) -> Outcome:

@@ -169,6 +169,7 @@ def load_checkpoint(path: Path, map_location="cpu", max_inflation: float | None 
         refuse_pickle(path, pickled)
     except Exception as e:  # torch raises many kinds on a torn or foreign file; all mean "unreadable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first.split("(Could this error message be improved?")[0].strip()  # torch's request, not ours
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(ckpt).__name__}, not a dict")

@@ -6,6 +6,7 @@ per node would repeat every signature and drift from it.)
 """
 import difflib
 import importlib
+import importlib.util
 import inspect
 import types
 import typing
@@ -81,6 +82,10 @@ def _fmt(hint) -> str:
 
 def check_node(key: str, node: dict, supplied: set[str]) -> None:
     target = _import(node["_target_"])
+    # `needs` on a target: {module: how to install it}, a library it imports only when built (an optional one)
+    for module, install in getattr(target, "needs", {}).items():
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f"{key}: {node['_target_']} needs {module}, which is not installed: {install}")
     fn = target.__init__ if inspect.isclass(target) else target
     sig = inspect.signature(target)
     params = sig.parameters

@@ -3,6 +3,7 @@
 The framework's side of the contract (epoch sums, their checkpoint state) is task_contract.py's.
 """
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from experiments.families.ternary.data import NUM_OPERATIONS
 from experiments.families.ternary import metrics as tm
 from experiments.families.ternary.vae_v5_5 import DualVAE
-from experiments.family import ExperimentTask
+from experiments.family import atomic_savefig, ExperimentTask
 
 TRAIN_TERMS = ("loss", "ce_a", "ce_b", "kl_a", "kl_b", "entropy_gap")
 
@@ -112,9 +113,10 @@ class TernaryVAETask(ExperimentTask):
         target = (batch + 1).long().reshape(-1)
         loss = (F.cross_entropy(out["logits_a"].reshape(-1, 3), target, reduction="sum")
                 + F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum")).item()
-        return {"ok_a": (pred_a == ops).all(-1).sum().item(), "ok_b": (pred_b == ops).all(-1).sum().item(),
+        exact_a, exact_b = (pred_a == ops).all(-1), (pred_b == ops).all(-1)
+        return {"ok_a": exact_a.sum().item(), "ok_b": exact_b.sum().item(),
                 "ok_a_mixed": (pred_mixed == ops).all(-1).sum().item(), "loss": loss, "n": len(batch),
-                "mu_a": mu_a, "mu_b": mu_b}
+                "mu_a": mu_a, "mu_b": mu_b, "exact_a": exact_a.cpu(), "exact_b": exact_b.cpu()}
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -140,6 +142,18 @@ class TernaryVAETask(ExperimentTask):
         metrics.update(self.sampled_coverage(epoch))
         return metrics
 
+    def evaluation_files(self, parts: list, figures: dict[str, float], folder, epoch: int, during_training: bool,
+                         datamodule=None) -> None:
+        """latent.png, at the end of training and of verify/eval: where each operation sits in latent space."""
+        self._last = (parts, epoch)
+        if not during_training:
+            draw_latent(parts, figures, epoch, Path(folder) / "latent.png")
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero and getattr(self, "_last", None):  # the last evaluation's
+            parts, epoch = self._last
+            draw_latent(parts, self.epoch_metrics, epoch, Path(self.trainer.default_root_dir) / "latent.png")
+
     @torch.no_grad()
     def sampled_coverage(self, epoch: int) -> dict[str, float]:
         """Distinct operations among `coverage_samples` categorical draws from z ~ N(0, I), per decoder.
@@ -155,3 +169,32 @@ class TernaryVAETask(ExperimentTask):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def draw_latent(parts: list, figures: dict, epoch: int, path: Path) -> None:
+    """Each encoder's means of every evaluated operation on its first two principal components, coloured by
+    whether its decoder reconstructs the operation exactly: where the misses lie, not only how many."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, side in zip(axes, ("a", "b")):
+        mu = torch.cat([p[f"mu_{side}"] for p in parts]).float().cpu()
+        exact = torch.cat([p[f"exact_{side}"] for p in parts])
+        centred = mu - mu.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        xy = (centred @ v[:2].T).numpy()
+        ax.scatter(xy[exact.numpy(), 0], xy[exact.numpy(), 1], s=1, c="tab:green", alpha=0.4, linewidths=0,
+                   label=f"reconstructed ({int(exact.sum()):,})")
+        ax.scatter(xy[~exact.numpy(), 0], xy[~exact.numpy(), 1], s=3, c="tab:red", linewidths=0,
+                   label=f"missed ({int((~exact).sum()):,})")
+        ax.set_title(f"encoder {side.upper()}: coverage/recon_{side} {figures.get(f'coverage/recon_{side}', 0):.2%}",
+                     fontsize=9)
+        ax.set_xlabel("principal component 1 of the means")
+        ax.set_ylabel("principal component 2")
+        ax.legend(fontsize=8, markerscale=4, loc="upper right")
+    fig.suptitle(f"epoch {epoch + 1}: {len(mu):,} operations in latent space", fontsize=10)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)

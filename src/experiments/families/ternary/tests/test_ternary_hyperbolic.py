@@ -66,6 +66,8 @@ def test_v5_5_reconstructs_every_operation_where_an_untrained_one_reconstructs_n
     trained.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
     # the same operations reconstructed (the history's figure is the exact ratio; this one a float32 mean)
     assert round(coverage_b(trained) * 19683) == round(last["coverage/recon_b"] * 19683)
+    # the run's picture: every operation in latent space, reconstructed or missed, as of the last epoch
+    assert (source["run"] / "latent.png").stat().st_size > 10_000
 
 
 def frozen_state(path: Path, prefixes=PARTS) -> dict:
