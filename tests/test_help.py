@@ -28,7 +28,7 @@ def test_train_help_describes_the_program_its_groups_and_keys():
     found = groups(text)
     assert {"experiment", "data", "model", "task", "trainer", "logger", "sweep", "debug", "callbacks"} <= set(found)
     assert "exp3_champion" in found["experiment"] and "arc_small" in found["data"]
-    assert found["debug"] == ["anomaly", "fast_dev_run", "limit", "profiler"]
+    assert found["debug"] == ["anomaly", "fast_dev_run", "limit", "overfit", "profiler"]
     assert found["callbacks"] == ["early_stopping", "model_summary"]
     assert "shared" not in found and "hydra" not in found  # internal: a family's shared pieces, Hydra's own
     assert "  resume " in text and "auto: resume or report a finished run" in text

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
+from experiments.errors import UserError
 from experiments.run_dir import epoch_number
 
 
@@ -60,6 +61,28 @@ def console_print(trainer, line: str) -> None:
         bar.print(line)
     else:
         print(line, flush=True)
+
+
+class SameBatches(Callback):
+    """debug=overfit: every epoch trains on the first epoch's batches (with `trainer.limit_train_batches`, the
+    same few). The framework's samplers draw each epoch's order from (seed, epoch), so Lightning's
+    `overfit_batches` alone would give new batches every epoch; this holds every training sampler at epoch 0
+    (`EpochBatchSampler.hold_epoch`), set before the fit loop sets the epoch, so a mid-epoch resume goes on
+    within the same batches as its checkpoint's sampler state says."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loaders = trainer.train_dataloader
+        loaders = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) \
+            else [loaders]
+        found = [s for loader in loaders for s in (loader, getattr(loader, "sampler", None),
+                                                   getattr(loader, "batch_sampler", None))
+                 if s is not None and hasattr(s, "hold_epoch")]
+        if not found:
+            raise UserError("debug=overfit needs the framework's EpochBatchSampler in the training data "
+                            "(experiments.family), whose epoch it holds; this data module samples otherwise")
+        for sampler in found:
+            sampler.hold_epoch = 0
+            sampler.set_epoch(0)
 
 
 class ValidationLines(Callback):

@@ -53,12 +53,13 @@ class EpochBatchSampler(Sampler):
         self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
         self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
         self.iterations: list[int] = []
+        self.hold_epoch: int | None = None  # debug=overfit (callbacks.SameBatches): every epoch draws this one's order
 
     def set_shard(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = epoch if self.hold_epoch is None else self.hold_epoch
 
     def batch_indices(self, epoch: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
