@@ -90,6 +90,7 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     import logging
     import random
     import runpy
+    import signal
     import traceback
     import warnings
 
@@ -102,7 +103,8 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     # logger's handlers and level), the scripts put src/ on sys.path, a run seeds the random generators
     root = logging.getLogger()
     saved = (sys.argv, os.getcwd(), dict(os.environ), sys.path[:], root.handlers[:], root.level, random.getstate(),
-             np.random.get_state(), torch.get_rng_state(), torch.get_num_threads(), warnings.filters[:])
+             np.random.get_state(), torch.get_rng_state(), torch.get_num_threads(), warnings.filters[:],
+             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
     fresh = env()  # (read before the environment is replaced)
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [str(ROOT / program), *options_first(args)]
@@ -132,6 +134,8 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
         torch.set_rng_state(saved[8])
         torch.set_num_threads(saved[9])
         warnings.filters[:] = saved[10]
+        for number, handler in saved[11].items():  # a stopped run leaves SIGINT ignored, as a process would
+            signal.signal(number, handler)
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())

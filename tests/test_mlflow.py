@@ -8,7 +8,7 @@ import time
 import torch
 import yaml
 
-from conftest import in_process, one_error_line, ROOT, start_train, wait_for
+from conftest import in_process, one_error_line, ROOT, run_train, start_train, wait_for
 from experiments.loggers import MLFlowLogger, RUN_DIR_TAG, stable_id
 
 ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "logger=mlflow",
@@ -35,12 +35,14 @@ def test_one_mlflow_run_per_run_directory_across_a_kill_with_config_figures_and_
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert "not found. Creating it" not in proc.stdout.read()  # (Lightning's warning when it makes the experiment)
     assert not torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["run"]["finished"]
-    (killed_id,) = runs_in(run / "mlruns")  # the killed start made the run
-    again = in_process("train.py", *ARGS, cwd=tmp_path)
+    (killed_id,) = runs_in(run / "mlruns")  # the killed start made the run, and wrote its id down
+    assert (run / "mlflow_run.txt").read_text() == f"{killed_id}\n"
+    # resumed with a setting that is not part of the run's identity, whose parameter MLflow would refuse to change
+    again = in_process("train.py", *ARGS, "trainer.enable_progress_bar=true", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"MLflow: `mlflow ui --backend-store-uri {run}/mlruns`" in again.stdout
-    assert "not found. Creating it" not in again.stdout + again.stderr
 
     runs = runs_in(run / "mlruns")
     assert list(runs) == [killed_id], "the resumed start continued the killed start's run"
@@ -66,10 +68,21 @@ def test_one_mlflow_run_per_run_directory_across_a_kill_with_config_figures_and_
     assert yaml.safe_load((folder / "artifacts" / "config.yaml").read_text()) == config
     assert (folder / "params" / "trainer" / "max_epochs").read_text() == "40"
     assert (folder / "params" / "experiment").read_text() == "sine"
-    assert [p for p in (folder / "artifacts" / "images").glob("fit+step+*.png")], "the fit picture as an image"
+    assert (folder / "params" / "trainer" / "enable_progress_bar").read_text() == "False"  # the first start's
+    images = sorted(p.name.split("+")[0] for p in (folder / "artifacts" / "images").glob("*.png"))
+    assert images == ["fit"], "the fit picture, once; never the store's own copies of pictures"
+
+    # resume=never: the run moves aside with its MLflow run's id; the new one starts an MLflow run of its own
+    # (a process of its own: MLflow keeps one store object per URI and process, which would not see its folder go)
+    fresh = run_train(*ARGS, "resume=never", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    (moved,) = (run / "superseded").glob("*/mlflow_run.txt")
+    assert moved.read_text() == f"{killed_id}\n" != (run / "mlflow_run.txt").read_text()
 
 
-def test_a_figure_named_with_at_is_logged_with_at_spelled_out(tmp_path):
+def test_a_figure_named_with_at_is_logged_with_at_spelled_out(tmp_path, monkeypatch):
+    for name in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI"):  # what the logger sets, put back afterwards
+        monkeypatch.setenv(name, "")
     logger = MLFlowLogger(save_dir=str(tmp_path))
     logger.log_metrics({"arc/exact_output@2": 0.25}, step=3)
     (folder,) = runs_in(tmp_path / "mlruns").values()
@@ -84,3 +97,20 @@ def test_without_mlflow_a_run_is_refused_in_one_line_before_anything_runs(tmp_pa
     assert one_error_line(r) == ("error: logger: experiments.loggers.MLFlowLogger needs mlflow, which is not "
                                  "installed: pip install -e '.[mlflow]' (or pip install mlflow-skinny)")
     assert "preflight" not in r.stdout and not (tmp_path / "outputs").exists()  # refused before anything ran
+
+
+def test_the_pictures_a_logger_gets_are_the_runs_not_the_loggers_own_copies(tmp_path):
+    """The MLflow store keeps every image it is given as a PNG under the run directory (so do wandb and
+    TensorBoard in their folders): were those taken for the run's pictures, every evaluation would log them
+    again, and the store would grow with the square of the epochs."""
+    from experiments.callbacks import LoggerReport
+
+    for name in ("fit.png", "reconstructions/epoch=0001.png", "mlruns/1/abc/artifacts/images/fit+step+3.png",
+                 "wandb/offline-run-x/files/media/images/fit_3.png", "tensorboard/x.png", "superseded/t/fit.png",
+                 "checkpoints/x.png", "eval/own/last/fit.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\x89PNG")
+    report = LoggerReport(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in report._new_pictures()] == [
+        "fit.png", "reconstructions/epoch=0001.png"]
+    assert report._new_pictures() == []  # each picture once, until it is drawn again

@@ -39,6 +39,7 @@ def test_an_old_checkpoint_verifies_and_evaluates(ternary_run, tmp_path):
     e = run_program("eval.py", f"ckpt={tmp_path / 'old.ckpt'}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
     assert e.returncode == 0, e.stdout + e.stderr
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert (tmp_path / "eval" / "latent.png").stat().st_size > 10_000  # the family's picture, drawn by eval.py too
 
 
 def test_an_old_run_directory_is_recognised_as_the_same_run(ternary_run, tmp_path):

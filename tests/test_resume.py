@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import (ROOT, SINE, assert_identical, env, in_process, killed_then_rerun, options_first, run_name,
-                      run_program, start_train, wait_for)
+                      run_program, run_train, start_train, wait_for)
 from experiments.checkpoint.io import read_intact
 
 # The smallest family, 128 steps an epoch: long enough for a kill to land inside one.
@@ -165,7 +165,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     for path in [*stale, running_eval]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")
-    again = in_process("train.py", *ARGS, cwd=tmp_path)
+    again = run_train(*ARGS, cwd=tmp_path)  # a process of its own: the planted eval.py's PID is another's
     assert again.returncode == 0, again.stdout + again.stderr
     assert "being trained by" not in again.stdout + again.stderr
     # the two planted; a third if the kill landed inside a write

@@ -122,7 +122,7 @@ class LoggerReport(Callback):
     def _new_pictures(self) -> list[Path]:
         # The loggers' own folders, checkpoints, earlier runs and eval.py's results are not descended
         # into: this runs after every validation.
-        skipped = ("wandb", "tensorboard", "superseded", "checkpoints", "eval")
+        skipped = ("wandb", "tensorboard", "mlruns", "superseded", "checkpoints", "eval")
         tops = [p for p in self.run_dir.iterdir() if p.name not in skipped]
         found = []
         for path in sorted(q for p in tops for q in ([p] if p.is_file() else p.rglob("*.png")) if q.suffix == ".png"):

@@ -2,6 +2,7 @@
 import hashlib
 import inspect
 import os
+import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
@@ -10,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from experiments.atomic import atomic_write_bytes
 from experiments.console import is_terminal
 
 
@@ -78,18 +80,20 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
 
 RUN_DIR_TAG = "experiments.run_dir_id"  # an MLflow run's tag: stable_id of the run directory it records
+MLFLOW_RUN_FILE = "mlflow_run.txt"       # in the run directory: the id of its MLflow run
 
 
 class MLFlowLogger(LightningMLFlowLogger):
     """Lightning's MLFlowLogger with what a run directory implies. The store is local, under the run directory
     (`<run dir>/mlruns`, MLflow's file store: no server, no database; MLflow 3 keeps it in maintenance mode
-    and refuses it unless MLFLOW_ALLOW_FILE_STORE is set, which this logger sets for its own store), unless
-    `tracking_uri` names another (`sqlite:///...`, a server). One MLflow run per run directory: every start
-    finds the run tagged with its directory's id and continues it (its status back to RUNNING), so a resumed
-    run's figures continue one run's history. The run is named `<experiment>/<overrides>`. Figures named with
-    `@` (not allowed in an MLflow key) are logged with `_at` (`arc/exact_output_at2`); the composed config
-    goes in as parameters (values cut to 250 characters, MLflow's limit as Lightning keeps it) and whole as
-    the artifact `config.yaml`; pictures as MLflow images with their step."""
+    and refuses it unless MLFLOW_ALLOW_FILE_STORE is set, which this logger sets for a file store), unless
+    `tracking_uri` names another (`sqlite:///...`, a server). One MLflow run per run directory: its id is kept
+    in `<run dir>/mlflow_run.txt`, so every start continues it (its status back to RUNNING) and a run moved
+    aside by resume=never takes its MLflow run with it; the run is named `<experiment>/<overrides>` and
+    tagged with the directory's id. Figures named with `@` (not allowed in an MLflow key) are logged with
+    `_at` (`arc/exact_output_at2`); the composed config goes in as parameters (values cut to 250 characters,
+    MLflow's limit as Lightning keeps it) and whole as the artifact `config.yaml`; pictures as MLflow images
+    with their step."""
 
     needs = {"mlflow": "pip install -e '.[mlflow]' (or pip install mlflow-skinny)"}  # checked by the config stage
 
@@ -98,38 +102,57 @@ class MLFlowLogger(LightningMLFlowLogger):
         run_dir = bound.get("save_dir")
         if run_dir and not bound.get("tracking_uri"):
             kwargs["tracking_uri"] = f"file:{Path(run_dir).resolve() / 'mlruns'}"
-            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+        if str(kwargs.get("tracking_uri") or "").startswith("file:"):
+            os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # (read by MLflow when the client opens the store)
+        self._id_file = Path(run_dir) / MLFLOW_RUN_FILE if run_dir else None
         if run_dir:
             kwargs["run_name"] = kwargs.get("run_name") or f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
-            self._run_dir_id = stable_id(run_dir)
-            kwargs["tags"] = {**(kwargs.get("tags") or {}), RUN_DIR_TAG: self._run_dir_id}
+            kwargs["tags"] = {**(kwargs.get("tags") or {}), RUN_DIR_TAG: stable_id(run_dir)}
         super().__init__(*args, **kwargs)
 
     @property
     def experiment(self):
-        """The client, with this run directory's MLflow run found (or, at its first start, created)."""
+        """The client, with this run directory's MLflow run found (or, at its first start, created and its id
+        written down)."""
         first = rank_zero_only.rank == 0 and not self._initialized and self._run_id is None
-        if first and getattr(self, "_run_dir_id", None):
+        if first and self._id_file is not None:
             self._run_id = self._earlier_run()
             if self._run_id is not None:
                 self._mlflow_client.update_run(self._run_id, status="RUNNING")
-        return super().experiment
+        client = super().experiment
+        if first and self._id_file is not None and self._earlier_id() != self._run_id:
+            atomic_write_bytes(self._id_file, f"{self._run_id}\n".encode())
+        return client
+
+    def _earlier_id(self) -> str | None:
+        """The id a start before this one wrote, if it reads as an MLflow run id (the file is data)."""
+        if not self._id_file.is_file():
+            return None
+        with open(self._id_file, "rb") as f:
+            text = f.read(100).decode("ascii", "replace").strip()
+        return text if re.fullmatch(r"[0-9a-f]{32}", text) else None
 
     def _earlier_run(self) -> str | None:
-        """This run directory's MLflow run, if a start before this one made it (its experiment made here if
-        missing, instead of by Lightning, which warns that it was not found)."""
+        """This run directory's MLflow run, if a start before this one made it and the store still holds it;
+        otherwise None, with the experiment found or made here (not by Lightning, which warns that it was not
+        found)."""
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         mlflow.set_tracking_uri(self._tracking_uri)
+        earlier = self._earlier_id()
+        if earlier is not None:
+            try:
+                return self._mlflow_client.get_run(earlier).info.run_id
+            except MlflowException:  # another store than the one it was made in: a new run there
+                pass
         found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
         if found is None or found.lifecycle_stage == "deleted":
             self._experiment_id = self._mlflow_client.create_experiment(self._experiment_name,
                                                                         artifact_location=self._artifact_location)
-            return None
-        self._experiment_id = found.experiment_id
-        runs = self._mlflow_client.search_runs([found.experiment_id],
-                                               filter_string=f"tags.`{RUN_DIR_TAG}` = '{self._run_dir_id}'")
-        return runs[0].info.run_id if runs else None
+        else:
+            self._experiment_id = found.experiment_id
+        return None
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
@@ -155,7 +178,8 @@ class MLFlowLogger(LightningMLFlowLogger):
 
         for path in images:
             pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
-            self.experiment.log_image(self.run_id, (pixels * 255).round().astype("uint8"), key=key, step=step or 0)
+            self.experiment.log_image(self.run_id, (pixels * 255).round().astype("uint8"),
+                                      key=re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key), step=step or 0)
 
 
 MLFlowLogger.__init__.__signature__ = inspect.signature(LightningMLFlowLogger.__init__)

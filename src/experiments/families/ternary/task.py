@@ -144,7 +144,8 @@ class TernaryVAETask(ExperimentTask):
 
     def evaluation_files(self, parts: list, figures: dict[str, float], folder, epoch: int, during_training: bool,
                          datamodule=None) -> None:
-        """latent.png, at the end of training and of verify/eval: where each operation sits in latent space."""
+        """latent.png, at the end of training and in eval.py's results: where each operation sits in latent
+        space."""
         self._last = (parts, epoch)
         if not during_training:
             draw_latent(parts, figures, epoch, Path(folder) / "latent.png")

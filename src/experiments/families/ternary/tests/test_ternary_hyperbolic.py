@@ -104,7 +104,7 @@ def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(so
     metrics = stages["metrics"]["metrics"]
     assert metrics["hierarchy/b"]["clearly_better"] and metrics["coverage/recon_a"]["untrained_control"] >= 0.99
     rep = subprocess.run([sys.executable, str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"), str(run)], env=env(),
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr
     png = run / "report" / "ternary_report.png"
     assert f"wrote {png}" in rep.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
