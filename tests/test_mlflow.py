@@ -114,3 +114,18 @@ def test_the_pictures_a_logger_gets_are_the_runs_not_the_loggers_own_copies(tmp_
     assert [p.relative_to(tmp_path).as_posix() for p in report._new_pictures()] == [
         "fit.png", "reconstructions/epoch=0001.png"]
     assert report._new_pictures() == []  # each picture once, until it is drawn again
+
+
+def test_a_crafted_run_id_file_is_data_never_a_path_or_a_wall_of_text(tmp_path, monkeypatch):
+    """mlflow_run.txt is read as data: at most 100 bytes, and only 32 hex digits count as an id."""
+    for name in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, "")
+    logger = MLFlowLogger(save_dir=str(tmp_path))
+    for text in ("../../etc/passwd\n", "a" * 10_000_000, "0123456789abcdef0123456789ABCDEF\n", ""):
+        (tmp_path / "mlflow_run.txt").write_text(text)
+        assert logger._earlier_id() is None, text[:40]
+    (tmp_path / "mlflow_run.txt").write_text("0123456789abcdef0123456789abcdef\n")
+    assert logger._earlier_id() == "0123456789abcdef0123456789abcdef"
+    logger.log_metrics({"x": 1.0}, step=0)  # an id the store does not hold: a run of its own, the file rewritten
+    assert logger.run_id != "0123456789abcdef0123456789abcdef"
+    assert (tmp_path / "mlflow_run.txt").read_text() == f"{logger.run_id}\n"

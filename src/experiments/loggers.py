@@ -15,6 +15,19 @@ from experiments.atomic import atomic_write_bytes
 from experiments.console import is_terminal
 
 
+def rgb_pixels(path):
+    """A PNG the run wrote, as an (H, W, 3) array of floats in [0, 1] (alpha dropped), as loggers take images."""
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))[..., :3]
+
+
+def at_spelled_out(metrics: dict) -> dict:
+    """Figures named with `@` (`arc/exact_output@2`), which TensorBoard tags and MLflow keys do not allow, as
+    `_at` (`arc/exact_output_at2`)."""
+    return {key.replace("@", "_at"): value for key, value in metrics.items()}
+
+
 def stable_id(run_dir: str) -> str:
     """16 hex characters, a function of the run directory's absolute path alone."""
     return hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:16]
@@ -62,7 +75,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     (the training and the validation figures of an epoch both carry it, at the same step)."""
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        metrics = {key.replace("@", "_at"): value for key, value in metrics.items()}
+        metrics = at_spelled_out(metrics)
         if "epoch" in metrics:
             if getattr(self, "_epoch_logged", None) == (step, metrics["epoch"]):
                 del metrics["epoch"]
@@ -72,11 +85,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             super().log_metrics(metrics, step)
 
     def log_image(self, key: str, images: list, step: int | None = None) -> None:
-        import matplotlib.image
-
         for path in images:
-            pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
-            self.experiment.add_image(key, pixels, global_step=step, dataformats="HWC")
+            self.experiment.add_image(key, rgb_pixels(path), global_step=step, dataformats="HWC")
 
 
 RUN_DIR_TAG = "experiments.run_dir_id"  # an MLflow run's tag: stable_id of the run directory it records
@@ -170,15 +180,12 @@ class MLFlowLogger(LightningMLFlowLogger):
             self.experiment.log_dict(self.run_id, params, "config.yaml")
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        super().log_metrics({key.replace("@", "_at"): value for key, value in metrics.items()}, step)
+        super().log_metrics(at_spelled_out(metrics), step)
 
     @rank_zero_only
     def log_image(self, key: str, images: list, step: int | None = None) -> None:
-        import matplotlib.image
-
         for path in images:
-            pixels = matplotlib.image.imread(str(path))[..., :3]  # PNG as floats in [0, 1], alpha dropped
-            self.experiment.log_image(self.run_id, (pixels * 255).round().astype("uint8"),
+            self.experiment.log_image(self.run_id, (rgb_pixels(path) * 255).round().astype("uint8"),
                                       key=re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key), step=step or 0)
 
 
