@@ -71,20 +71,26 @@ def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = No
     own with `process=True` or an environment of its own (what is about imports needs one: a family's
     package off the Python path, a module that must not be imported)."""
     if not (process or extra_env):
-        return in_process(program, *args, cwd=cwd)
+        return in_process(program, *args, cwd=cwd, timeout=timeout)
     return subprocess.run([sys.executable, str(ROOT / program), *options_first(args)], cwd=cwd,
                           env={**env(), **(extra_env or {})},
                           capture_output=True, text=True, timeout=timeout)
 
 
-def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+class InProcessTimeout(BaseException):
+    """Raised in a program run by `in_process` that ran past its time: a BaseException, so that no
+    `except Exception` of the program's own swallows it."""
+
+
+def in_process(program: str, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python PROGRAM ARGS` run inside the test process: the same script and code path, its exit status,
     stdout and stderr returned as subprocess.run would, on one thread as a test's process has it, without a
     process start (about 10 s on the CI machine, mostly importing Lightning, torch._dynamo and torchmetrics).
     For what a test reads from a program's result: a refusal, a run a test then inspects (a fixture's
     trained run, a run's files), verify.py and eval.py. Behaviour that is about processes (signals, kills,
     locks, several processes, the console of a real process) or about imports (a family's package, a module
-    that must not be imported) keeps real processes."""
+    that must not be imported) keeps real processes. Past `timeout` seconds (SIGALRM, as subprocess.run's
+    timeout would) the program is stopped and the test fails, rather than hang its worker."""
     import contextlib
     import io
     import logging
@@ -104,7 +110,7 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
     root = logging.getLogger()
     saved = (sys.argv, os.getcwd(), dict(os.environ), sys.path[:], root.handlers[:], root.level, random.getstate(),
              np.random.get_state(), torch.get_rng_state(), torch.get_num_threads(), warnings.filters[:],
-             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)})
     fresh = env()  # (read before the environment is replaced)
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [str(ROOT / program), *options_first(args)]
@@ -113,9 +119,14 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
         os.environ.clear()
         os.environ.update(fresh)
         torch.set_num_threads(1)  # OMP_NUM_THREADS=1, as env() gives a test's processes
+        signal.signal(signal.SIGALRM, lambda *_: _raise(InProcessTimeout(f"{program} {' '.join(args)} ran past "
+                                                                         f"{timeout:g} s inside the test process")))
+        signal.setitimer(signal.ITIMER_REAL, timeout)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(sys.argv[0], run_name="__main__")
+            except InProcessTimeout:
+                raise
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
             except KeyboardInterrupt:  # the person running the tests
@@ -124,6 +135,7 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
                 traceback.print_exc()
                 code = 1
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         sys.argv, cwd_before, environ, sys.path[:], root.handlers[:], level = saved[:6]
         os.chdir(cwd_before)
         os.environ.clear()
@@ -139,6 +151,10 @@ def in_process(program: str, *args: str, cwd: Path) -> subprocess.CompletedProce
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())
+
+
+def _raise(e: BaseException):
+    raise e
 
 
 def one_error_line(r: subprocess.CompletedProcess) -> str:

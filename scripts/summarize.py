@@ -1,11 +1,13 @@
 """Rebuild a sweep's summary at any time, also from a partial or crashed sweep:
 
-    python scripts/summarize.py outputs/sweeps/<sweep id> [--config-dir DIR ...]
+    python scripts/summarize.py outputs/sweeps/<sweep id> [--config-dir DIR ...] [--eval EVALUATION]
 
 Reads the sweep's plan.json and jobs/*.json, and each job's final metrics from its own last.ckpt
 (weights_only=True); writes summary.csv, summary.md and summary.png into the sweep directory and prints
-the per-group table and the jobs that did not finish. Exit 0 when every job finished, 1 otherwise,
-2 when SWEEP_DIR is not a sweep directory.
+the per-group table and the jobs that did not finish. With --eval: the same of eval.py's evaluation of each
+job's last checkpoint (`eval.py ckpt=SWEEP_DIR data.tasks_from=evaluation` gives the evaluation
+`data.tasks_from=evaluation`), into SWEEP_DIR/eval/EVALUATION/. Exit 0 when every job finished (and was
+evaluated), 1 otherwise, 2 when SWEEP_DIR is not a sweep directory.
 """
 import argparse
 import sys
@@ -19,6 +21,9 @@ def main() -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--config-dir", action="append", default=[],
                         help="a family's config folder, as given to train.py: its tasks say which metrics are judged")
+    parser.add_argument("--eval", metavar="EVALUATION", dest="evaluation",
+                        help="summarise eval.py's evaluation of each job instead: the folder name under "
+                             "<run dir>/eval/ (its data and task arguments, e.g. data.tasks_from=evaluation)")
     args = parser.parse_args()
     if not (args.sweep_dir / "jobs").is_dir():
         print(f"error: {args.sweep_dir} is not a sweep directory (no jobs/ folder); sweeps live under "
@@ -30,7 +35,7 @@ def main() -> int:
     from experiments.errors import UserError
 
     try:
-        summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)))
+        summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)), args.evaluation)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -80,6 +80,11 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
+def seed_mean(runs: list[list[dict]], column: str) -> dict:
+    """{(task, index): the column's mean over the runs}, computed here from the files, not by comparisons.py"""
+    return {(x["task"], x["index"]): np.mean([float(run[i][column]) for run in runs]) for i, x in enumerate(runs[0])}
+
+
 @pytest.fixture(scope="module")
 def arc_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc_sweep")
@@ -117,11 +122,7 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
         (m, group("exp0_encoder_decoder"), group("exp3_champion"))  # no chain declared: the sweep's order
         for m in ("arc/exact_output@2", "arc/cell_accuracy", "arc/test_nll")]  # exact@2 first: the question asked
     for r, column in zip(table, ("exact@2", "cell_accuracy", "nll_bits")):
-        def seed_mean(experiment):
-            runs = per_output[experiment]
-            return {(x["task"], x["index"]): np.mean([float(run[i][column]) for run in runs])
-                    for i, x in enumerate(runs[0])}
-        base, var = seed_mean("exp0_encoder_decoder"), seed_mean("exp3_champion")
+        base, var = (seed_mean(per_output[e], column) for e in ("exp0_encoder_decoder", "exp3_champion"))
         assert float(r["mean_diff"]) == pytest.approx(np.mean([var[k] - base[k] for k in base]), rel=1e-12, abs=1e-15)
         assert float(r["ci_low"]) <= float(r["mean_diff"]) <= float(r["ci_high"])
         assert r["n_outputs"] == "5" and r["n_seeds"] == "2"
@@ -159,3 +160,77 @@ def test_nll_bits_by_hand():
     assert bits.tolist() == pytest.approx([(1 + 2 + 2) / 3, 2.0], abs=1e-6)
     uniform, _ = nll_bits(torch.zeros(1, 4, 15), torch.tensor([[3, 0, 14, 7]]), pad=-100)
     assert uniform.item() == pytest.approx(math.log2(15), abs=1e-6)
+
+
+# ---- eval.py over a sweep: each job's last checkpoint, then the same summary of those evaluations ----
+EVALUATION = "task.eval_augmentations=2"
+
+
+def jobs_of(directory):
+    return [json.loads(p.read_text()) for p in sorted((directory / "jobs").glob("*.json"))]
+
+
+def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep):
+    root, directory, _ = arc_sweep
+    r = run_program("eval.py", f"ckpt={directory}", EVALUATION, cwd=root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert [line.split(" (")[0] for line in r.stdout.splitlines() if line.startswith("[")] == [
+        f"[{n}/4] job {n - 1}" for n in range(1, 5)]
+    out = directory / "eval" / EVALUATION
+    per_output, metrics = {}, {}
+    for job in jobs_of(directory):
+        folder = root / job["run_dir"] / "eval" / EVALUATION / "last"
+        rows = read_rows(folder / "per_output.csv")
+        assert len(rows) == 5 and {x["views"] for x in rows} == {"2"}  # the evaluation's setting, not the run's
+        per_output.setdefault(job["experiment"], []).append(rows)
+        metrics[str(job["num"])] = json.loads((folder / "metrics.json").read_text())["metrics"]
+    for row in read_rows(out / "summary.csv"):  # each job's figures are its evaluation's, not its training's
+        assert row["status"] == "finished"
+        assert float(row["arc/exact_output@2"]) == metrics[row["job"]]["arc/exact_output@2"]
+        assert float(row["arc/test_nll"]) == pytest.approx(metrics[row["job"]]["arc/test_nll"], rel=1e-12)
+    table = read_rows(out / "comparisons.csv")
+    assert [r["metric"] for r in table] == ["arc/exact_output@2", "arc/cell_accuracy", "arc/test_nll"]
+    for r, column in zip(table, ("exact@2", "cell_accuracy", "nll_bits")):
+        base, var = (seed_mean(per_output[e], column) for e in ("exp0_encoder_decoder", "exp3_champion"))
+        assert float(r["mean_diff"]) == pytest.approx(np.mean([var[k] - base[k] for k in base]), rel=1e-12, abs=1e-15)
+    assert f"Sweep {directory.name}: eval.py's evaluation {EVALUATION}" in (out / "summary.md").read_text()
+    assert (out / "comparisons.png").stat().st_size > 5000
+
+    # rerun: evaluations of the checkpoints as they are now are kept; one whose record names another
+    # checkpoint (its sha256) is evaluated again, to the same figures
+    stale = root / jobs_of(directory)[2]["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json"
+    record = json.loads(stale.read_text())
+    record["checkpoint"]["sha256"] = "0" * 64
+    stale.write_text(json.dumps(record))
+    kept = {n: (root / j["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes()
+            for n, j in enumerate(jobs_of(directory)) if n != 2}
+    before = (out / "comparisons.csv").read_text()
+    r = run_program("eval.py", f"ckpt={directory}", EVALUATION, cwd=root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
+    assert [line.endswith(", kept") for line in lines] == [True, True, False, True]
+    for n, content in kept.items():
+        assert (root / jobs_of(directory)[n]["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes() == content
+    assert json.loads(stale.read_text())["metrics"] == metrics["2"]
+    assert (out / "comparisons.csv").read_text() == before
+
+
+def test_eval_of_a_sweep_does_not_write_where_a_crafted_job_record_points(arc_sweep, tmp_path):
+    import shutil
+
+    root, directory, _ = arc_sweep
+    crafted = root / "outputs" / "sweeps" / "crafted"
+    shutil.copytree(directory, crafted, ignore=shutil.ignore_patterns("eval"))
+    elsewhere = tmp_path / "elsewhere"  # a finished run, but outside the sweep's outputs root
+    shutil.copytree(root / jobs_of(directory)[0]["run_dir"], elsewhere, ignore=shutil.ignore_patterns("eval"))
+    record = json.loads((crafted / "jobs" / "0000.json").read_text())
+    record["run_dir"] = str(elsewhere)
+    (crafted / "jobs" / "0000.json").write_text(json.dumps(record))
+    r = run_program("eval.py", f"ckpt={crafted}", "task.eval_augmentations=3", cwd=root)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"error: 1 of 4 jobs not evaluated: job 0: its run directory {elsewhere} is outside the sweep's outputs root")
+    assert not (elsewhere / "eval").exists()
+    assert r.stdout.count("Done in") == 3 and (crafted / "eval" / "task.eval_augmentations=3" / "summary.md").is_file()
+    r = run_program("eval.py", f"ckpt={crafted}", "out=somewhere", cwd=root)
+    assert r.returncode == 2 and "out= cannot be given with a sweep directory" in r.stderr

@@ -9,7 +9,13 @@
 stored config. The task writes what it evaluates (`ExperimentTask.evaluate_to`) into
 `<run directory>/eval/<data identity>/<checkpoint name>/`, with `metrics.json`.
 
-Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given).
+`ckpt=SWEEP_DIR` (`<outputs>/sweeps/<id>`): each finished job's last checkpoint in turn, the same arguments
+for all; a job whose folder already holds this evaluation of its checkpoint as it is now is kept, so
+rerunning the command resumes. Then the sweep's summary and paired comparisons of these evaluations go
+into `<sweep>/eval/<evaluation>/` (sweep.write_summary).
+
+Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given; for a sweep, after
+the other jobs are evaluated and summarised).
 """
 import datetime
 import json
@@ -107,13 +113,59 @@ def with_progress(datamodule) -> None:
                                                 disable=None)  # None: no bar where output is not a terminal
 
 
+def is_sweep(target: Path) -> bool:
+    return target.is_dir() and (target / "jobs").is_dir() and not (target / rd.CHECKPOINTS).is_dir()
+
+
 def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
     if not cfg.ckpt:
-        raise UserError("give a checkpoint or run directory: python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE]")
-    t0 = time.perf_counter()
+        raise UserError("give a checkpoint, run directory or sweep directory: python eval.py ckpt=PATH "
+                        "[data=GROUP] [data.KEY=VALUE]")
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
-    checkpoint = checkpoint_of(Path(str(cfg.ckpt)))
+    target = Path(str(cfg.ckpt))
+    if is_sweep(target):
+        return evaluate_sweep(cfg, target, data_args, task_args)
+    evaluate_checkpoint(cfg, checkpoint_of(target), data_args, task_args, program_registry())
+    return Outcome(EXIT_OK)
+
+
+def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[str]) -> Outcome:
+    """Every finished job of a sweep (see the module's docstring), then the summary of their evaluations."""
+    from experiments import sweep
+
+    if cfg.out:
+        raise UserError("out= cannot be given with a sweep directory: each job's evaluation goes into its own run "
+                        "directory and the summary into the sweep's eval/ folder")
     registry = program_registry()
+    evaluation = data_identity([*data_args, *task_args])
+    jobs = [r for r in sweep.collect(directory, registry) if r["status"] == "finished"]
+    if not jobs:
+        raise UserError(f"{directory} has no finished job to evaluate (python scripts/summarize.py {directory} "
+                        f"tells each job's state)")
+    root, refused = directory.resolve().parent.parent, []
+    for n, job in enumerate(jobs, 1):
+        head = f"[{n}/{len(jobs)}] job {job['job']} ({job['overrides']})"
+        run = Path(job["run_dir"])
+        if not run.resolve().is_relative_to(root):  # a job record is data: it does not choose where we write
+            refused.append(f"job {job['job']}: its run directory {run} is outside the sweep's outputs root {root}")
+            continue
+        if sweep.evaluated(run, evaluation)[0] is not None:
+            print(f"{head}: already evaluated ({run / rd.EVAL / evaluation}), kept", flush=True)
+            continue
+        print(f"{head}:", flush=True)
+        try:
+            evaluate_checkpoint(cfg, rd.last_checkpoint(run), data_args, task_args, registry)
+        except UserError as e:
+            refused.append(f"job {job['job']}: {e}")
+    summary = sweep.write_summary(directory, registry, evaluation)
+    print(summary["text"], flush=True)
+    if refused:
+        raise UserError(f"{len(refused)} of {len(jobs)} jobs not evaluated: " + "; ".join(refused))
+    return Outcome(EXIT_OK)
+
+
+def evaluate_checkpoint(cfg, checkpoint: Path, data_args: list[str], task_args: list[str], registry: Registry) -> None:
+    t0 = time.perf_counter()
     stored = StoredRun(checkpoint, registry, device=cfg.device)  # read as data, its config proved to build only ours
     if task_args:
         stored.settings_of_task(list(task_args))
@@ -137,7 +189,6 @@ def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
     print_metrics(metrics, task)
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     print(f"Done in {result['seconds']:.1f}s; {folder}: {', '.join(files)}", flush=True)
-    return Outcome(EXIT_OK)
 
 
 def announce(checkpoint: Path, epoch: int, node: dict, data_args: list[str], datamodule) -> None:

@@ -32,10 +32,13 @@ ABOUT = {
     "eval": ("Evaluate a checkpoint (or a run directory's last.ckpt) with its family's evaluation: on its own "
              "data, another data group of its family (data=GROUP) or its data with keys changed "
              "(data.KEY=VALUE), and with the task's evaluation settings changed (task.KEY=VALUE). Results go "
-             "to <run dir>/eval/<data>/<checkpoint>/ (metrics.json and the family's files).",
+             "to <run dir>/eval/<data>/<checkpoint>/ (metrics.json and the family's files). Given a sweep "
+             "directory, every finished job's last checkpoint (those already evaluated so are kept), then the "
+             "sweep's summary and paired comparisons of them in <sweep dir>/eval/<data>/.",
              ["python eval.py ckpt=RUN_DIR",
               "python eval.py ckpt=RUN_DIR data=GROUP",
-              "python eval.py ckpt=RUN_DIR data.KEY=VALUE task.KEY=VALUE"]),
+              "python eval.py ckpt=RUN_DIR data.KEY=VALUE task.KEY=VALUE",
+              "python eval.py ckpt=outputs/sweeps/SWEEP_ID data.KEY=VALUE   each job of a sweep, and their summary"]),
 }
 STAGES_SOURCE = Path(__file__).resolve().parent / "stages" / "checkpoint_stages.py"
 KEY_LINE = re.compile(r"^(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")

@@ -11,7 +11,9 @@ so rerunning a sweep command resumes unfinished jobs and skips finished ones. Th
 - `comparisons.csv`, `comparisons.png` (and a table in `summary.md`): paired, per-output comparisons of
   each step of the sweep's chain (`sweep_chain`, else consecutive groups), for families that write
   per-output records (comparisons.py).
-`scripts/summarize.py SWEEP_DIR` rebuilds them any time.
+`scripts/summarize.py SWEEP_DIR` rebuilds them any time. `eval.py ckpt=SWEEP_DIR [data...] [task...]` evaluates
+every finished job's last checkpoint and writes the same files for those evaluations into
+`eval/<evaluation>/` of the sweep directory (`--eval <evaluation>` of summarize.py rebuilds them).
 The sweep id is `sweep_name` when set, else the sweep's overrides (minus those outside a run's identity).
 
 This module owns the sweep's state: the callback opens the sweep in the launching process, and its jobs
@@ -277,8 +279,46 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def collect(directory: Path, registry) -> list[dict]:
-    """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics."""
+def evaluated(run_dir: Path, evaluation: str) -> tuple[dict | None, Path]:
+    """(figures, folder) of eval.py's evaluation `evaluation` of a run's last checkpoint: its metrics.json's
+    numbers, or None when the folder holds none of the checkpoint as it is now (another checkpoint since,
+    or a file that is not eval.py's record: it is data, read with bounds and checked)."""
+    from experiments.checkpoint.io import sha256_file
+
+    folder = Path(run_dir) / rd.EVAL / evaluation / Path(rd.LAST).stem
+    last = rd.last_checkpoint(Path(run_dir))
+    try:
+        record = json.loads(read_text(folder / "metrics.json"))
+        ours = isinstance(record, dict) and isinstance(record.get("checkpoint"), dict) and isinstance(
+            record.get("metrics"), dict) and record["checkpoint"].get("sha256") == sha256_file(last)
+    except (OSError, ValueError, UserError):
+        return None, folder
+    if not ours:
+        return None, folder
+    return {k: v for k, v in record["metrics"].items() if isinstance(k, str)}, folder
+
+
+def _status(record: dict, run: dict) -> str:
+    status = record.get("status", "not started")
+    if status == "running":  # the job's process died without its end record
+        return "incomplete"
+    if status == "finished" and not run.get("finished"):
+        return "incomplete"
+    return status
+
+
+def _evaluation_of(run_dir: str | None, status: str, evaluation: str) -> tuple[dict | None, str | None, str]:
+    """(figures, folder of its per-output records, status) of a job under eval.py's evaluation `evaluation`:
+    a finished job that lacks it is `not evaluated`."""
+    if status != "finished":
+        return None, None, status
+    figures, folder = evaluated(Path(run_dir), evaluation)
+    return (figures, str(folder), status) if figures is not None else (None, None, "not evaluated")
+
+
+def collect(directory: Path, registry, evaluation: str | None = None) -> list[dict]:
+    """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics: the training's
+    own, or those of eval.py's evaluation `evaluation` of the job's last checkpoint."""
     directory = Path(directory)
     records = {r["num"]: r for r in map(read_record, sorted((directory / "jobs").glob("*.json"))) if r}
     plan_data = read_plan(directory)
@@ -291,13 +331,12 @@ def collect(directory: Path, registry) -> list[dict]:
                "seed": next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"), "0"),
                "run_dir": rec.get("run_dir"), "error": rec.get("error") or ""}
         final, run = _final_row(Path(rec["run_dir"])) if rec.get("run_dir") else (None, {})
-        status = rec.get("status", "not started")
-        if status == "running":  # the job's process died without its end record
-            status = "incomplete"
-        if status == "finished" and not run.get("finished"):
-            status = "incomplete"
-        row["status"] = status
+        status = _status(rec, run)
         row["epochs"] = final["epoch"] + 1 if final else 0
+        row["results_dir"] = rec.get("run_dir")  # where the job's per-output records are
+        if evaluation:
+            final, row["results_dir"], status = _evaluation_of(rec.get("run_dir"), status, evaluation)
+        row["status"] = status
         row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and not k.startswith("time/")
                           and isinstance(v, (int, float))}
         row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
@@ -327,7 +366,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         stats = {k: mean_std([m["metrics"][k] for m in members]) for k in keys}
         out.append({"group": name, "n": len(members), "seeds": [m["seed"] for m in members], "stats": stats,
                     "judged": members[0]["judged"], "experiment": members[0]["experiment"],
-                    "run_dirs": [m["run_dir"] for m in members], "task_class": members[0]["task_class"]})
+                    "run_dirs": [m["results_dir"] for m in members], "task_class": members[0]["task_class"]})
     return out
 
 
@@ -335,27 +374,36 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.4g}"
 
 
-def write_summary(directory: Path, registry=None) -> dict:
-    """summary.csv, summary.md, summary.png (and comparisons.csv/.png) of a sweep directory; returns the rows,
-    the groups, the comparisons and the text printed at a sweep's end."""
+def write_summary(directory: Path, registry=None, evaluation: str | None = None) -> dict:
+    """summary.csv, summary.md, summary.png (and comparisons.csv/.png) of a sweep directory, or of eval.py's
+    evaluation `evaluation` of its jobs (into eval/<evaluation>/ there); returns the rows, the groups, the
+    comparisons and the text printed at a sweep's end."""
     directory = Path(directory)
-    rows = collect(directory, registry or current_registry())
+    if evaluation is not None and (Path(evaluation).name != evaluation or evaluation in ("", ".", "..")):
+        raise UserError(f"{evaluation!r} is not an evaluation's folder name under <run dir>/{rd.EVAL}/ "
+                        f"(e.g. data.tasks_from=evaluation)")
+    out = directory / rd.EVAL / evaluation if evaluation else directory
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(directory, registry or current_registry(), evaluation)
     groups = aggregate(rows)
-    write_summary_csv(rows, directory / "summary.csv")
+    write_summary_csv(rows, out / "summary.csv")
     shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
-    finished = f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs finished."
+    finished = f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs " + (
+        "evaluated." if evaluation else "finished.")
     table = group_table(groups, shown)
-    paired = _paired_comparisons(directory, groups)
-    lines = [f"# Sweep {directory.name}", "", finished, "", "## Mean +- std over seeds (sample std; n/a for one seed)",
+    paired = _paired_comparisons(directory, groups, out)
+    title = f"# Sweep {directory.name}" + (f": eval.py's evaluation {evaluation} of each job's last checkpoint"
+                                           if evaluation else "")
+    lines = [title, "", finished, "", "## Mean +- std over seeds (sample std; n/a for one seed)",
              "", *table, "", "## Jobs", "", *job_table(rows, shown)]
     if paired:
         lines += ["", "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)", "",
                   *comparisons.markdown(paired)]
-    atomic_write_bytes(directory / "summary.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
     if groups and shown:
-        _bar_chart(groups, shown[0], directory / "summary.png")
+        _bar_chart(groups, shown[0], out / "summary.png")
     return {"rows": rows, "groups": groups, "comparisons": paired,
-            "text": summary_text(directory, finished, table, rows, paired)}
+            "text": summary_text(out, finished, table, rows, paired)}
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
@@ -397,14 +445,16 @@ def summary_text(directory: Path, finished: str, table: list[str], rows: list[di
     return text
 
 
-def _paired_comparisons(directory: Path, groups: list[dict]) -> list[dict]:
-    """comparisons.csv and .png for the sweep's chain (plan.json), when its family writes per-output records."""
+def _paired_comparisons(directory: Path, groups: list[dict], out: Path) -> list[dict]:
+    """comparisons.csv and .png (into `out`) for the sweep's chain (plan.json), when its family writes
+    per-output records."""
     task_cls = next((g["task_class"] for g in groups if g["task_class"] is not None), None)
     chain = read_plan(directory).get("chain")
     rows = comparisons.comparisons(groups, chain, task_cls) if task_cls is not None else []
     if rows:
-        comparisons.write_csv(rows, directory / "comparisons.csv")
-        comparisons.draw(rows, directory / "comparisons.png", directory.name, set(task_cls.higher_is_better))
+        comparisons.write_csv(rows, out / "comparisons.csv")
+        comparisons.draw(rows, out / "comparisons.png", directory.name if out == directory else
+                         f"{directory.name}, {out.name}", set(task_cls.higher_is_better))
     return rows
 
 

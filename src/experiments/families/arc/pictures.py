@@ -2,8 +2,8 @@
 below its task's demonstrations (up to DEMOS pairs), so that the rule can be seen.
 
 One row per output (and one per task's demonstrations), `per_page` outputs per PNG (`predictions.png`, then
-`predictions_2.png`, ...). The grids of a page share one scale and show their cell lines, so a prediction of
-the wrong shape looks wrong."""
+`predictions_2.png`, ..., zero-padded to sort: `predictions_02.png` of 12 pages). The grids of a page share
+one scale and show their cell lines, so a prediction of the wrong shape looks wrong."""
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,10 @@ DEMOS = 3  # demonstration pairs drawn above a task's outputs
 
 
 def page_paths(folder: Path, pages: int) -> list[Path]:
-    return [Path(folder) / (f"{STEM}.png" if p == 1 else f"{STEM}_{p}.png") for p in range(1, pages + 1)]
+    """predictions.png, then predictions_2.png ...; numbers zero-padded to the page count's width
+    (predictions_02.png of 12 pages), so a listing sorts the pages in their order."""
+    width = len(str(pages))
+    return [Path(folder) / (f"{STEM}.png" if p == 1 else f"{STEM}_{p:0{width}d}.png") for p in range(1, pages + 1)]
 
 
 def verdict(attempt, target) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from lightning.pytorch.callbacks import Callback
 
-from experiments.family import console_print, RunStopped, UserError
+from experiments.family import console_print, epoch_number, RunStopped, UserError
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Homeostasis(Callback):
         if action:
             self.apply(pl_module)
             verb = "froze" if action == "freeze" else "unfroze"
-            console_print(trainer, f"homeostasis: epoch {trainer.current_epoch + 1}: {self.metric} {coverage:.2%} -> "
+            console_print(trainer, f"homeostasis: epoch {epoch_number(trainer.current_epoch)}: {self.metric} {coverage:.2%} -> "
                                    f"{verb} encoder A")
         pl_module.epoch_metrics["homeostasis/encoder_a_frozen"] = float(self.controller.frozen)
         if trainer.logger:
@@ -115,7 +115,7 @@ class CoverageGuard(Callback):
         coverage = pl_module.epoch_metrics[self.metric]
         if coverage >= self.threshold:
             return
-        line = f"{self.metric} fell to {coverage:.2%} at epoch {trainer.current_epoch + 1}, below {self.threshold:.0%}"
+        line = f"{self.metric} fell to {coverage:.2%} at epoch {epoch_number(trainer.current_epoch)}, below {self.threshold:.0%}"
         if self.stop:
             raise RunStopped(f"{line}; stopped (callbacks.coverage_guard.stop=true)")
         console_print(trainer, f"warning: {line} (callbacks.coverage_guard.stop=true would stop the run)")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from experiments.families.ternary.data import NUM_OPERATIONS
 from experiments.families.ternary import metrics as tm
 from experiments.families.ternary.vae_v5_5 import DualVAE
-from experiments.family import atomic_savefig, ExperimentTask
+from experiments.family import atomic_savefig, epoch_number, ExperimentTask
 
 TRAIN_TERMS = ("loss", "ce_a", "ce_b", "kl_a", "kl_b", "entropy_gap")
 
@@ -195,7 +195,7 @@ def draw_latent(parts: list, figures: dict, epoch: int, path: Path) -> None:
         ax.set_xlabel("principal component 1 of the means")
         ax.set_ylabel("principal component 2")
         ax.legend(fontsize=8, markerscale=4, loc="upper right")
-    fig.suptitle(f"epoch {epoch + 1}: {len(mu):,} operations in latent space", fontsize=10)
+    fig.suptitle(f"epoch {epoch_number(epoch)}: {len(mu):,} operations in latent space", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
     plt.close(fig)

@@ -109,6 +109,15 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
     assert len(pages) == -(-len(rows) // 8) and pages[0] == "predictions.png"
 
 
+def test_prediction_pages_sort_in_their_order(tmp_path):
+    from experiments.families.arc.pictures import page_paths
+
+    for pages in (1, 9, 12, 190):
+        names = [p.name for p in page_paths(tmp_path, pages)]
+        assert len(set(names)) == pages and sorted(names) == names and names[0] == "predictions.png"
+    assert [p.name for p in page_paths(tmp_path, 12)][1:3] == ["predictions_02.png", "predictions_03.png"]
+
+
 def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path):
     """data=GROUP composes as train.py would for the run's experiment: the group's tasks, the preset's format;
     task.KEY=VALUE sets how the task evaluates (here with test-time training), in a folder of its own."""
