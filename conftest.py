@@ -71,7 +71,7 @@ def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = No
     own with `process=True` or an environment of its own (what is about imports needs one: a family's
     package off the Python path, a module that must not be imported)."""
     if not (process or extra_env):
-        return in_process(program, *args, cwd=cwd, timeout=timeout)
+        return in_process(program, *args, cwd=cwd)  # (its own time limit: runs inside take longer than 300 s at times)
     return subprocess.run([sys.executable, str(ROOT / program), *options_first(args)], cwd=cwd,
                           env={**env(), **(extra_env or {})},
                           capture_output=True, text=True, timeout=timeout)

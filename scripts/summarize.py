@@ -35,12 +35,28 @@ def main() -> int:
     from experiments.errors import UserError
 
     try:
+        if args.evaluation:
+            refuse_unknown_evaluation(args.sweep_dir, args.evaluation)
         summary = write_summary(args.sweep_dir, current_registry(tuple(args.config_dir)), args.evaluation)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary["text"])
     return 0 if all(r["status"] == "finished" for r in summary["rows"]) else 1
+
+
+def refuse_unknown_evaluation(sweep_dir: Path, evaluation: str) -> None:
+    """A misspelt --eval would summarise every job as not evaluated: refused, naming the evaluations there are."""
+    from experiments.errors import UserError
+    from experiments.sweep import read_record
+
+    runs = [Path(r["run_dir"]) for r in map(read_record, sorted((sweep_dir / "jobs").glob("*.json")))
+            if r and r.get("run_dir")]
+    if any((run / "eval" / evaluation).is_dir() for run in runs):
+        return
+    found = sorted({p.name for run in runs if (run / "eval").is_dir() for p in (run / "eval").iterdir() if p.is_dir()})
+    raise UserError(f"no job of {sweep_dir} has an evaluation {evaluation} (<run dir>/eval/{evaluation}); "
+                    + (f"there are: {', '.join(found)}" if found else "none has been evaluated by eval.py yet"))
 
 
 if __name__ == "__main__":

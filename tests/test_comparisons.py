@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import in_process, run_program
+from conftest import in_process, one_error_line, run_program
 from experiments.comparisons import compare, mcnemar_exact, task_bootstrap_interval, verdict
 
 
@@ -184,7 +184,9 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
         assert len(rows) == 5 and {x["views"] for x in rows} == {"2"}  # the evaluation's setting, not the run's
         per_output.setdefault(job["experiment"], []).append(rows)
         metrics[str(job["num"])] = json.loads((folder / "metrics.json").read_text())["metrics"]
-    for row in read_rows(out / "summary.csv"):  # each job's figures are its evaluation's, not its training's
+    summary = read_rows(out / "summary.csv")
+    assert len(summary) == 4
+    for row in summary:  # each job's figures are its evaluation's, not its training's
         assert row["status"] == "finished"
         assert float(row["arc/exact_output@2"]) == metrics[row["job"]]["arc/exact_output@2"]
         assert float(row["arc/test_nll"]) == pytest.approx(metrics[row["job"]]["arc/test_nll"], rel=1e-12)
@@ -213,6 +215,15 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
         assert (root / jobs_of(directory)[n]["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes() == content
     assert json.loads(stale.read_text())["metrics"] == metrics["2"]
     assert (out / "comparisons.csv").read_text() == before
+    # summarize.py rebuilds the same summary; a misspelt evaluation is refused, naming those there are
+    (out / "comparisons.csv").unlink()
+    r = in_process("scripts/summarize.py", str(directory), f"--eval={EVALUATION}", cwd=root)
+    assert r.returncode == 0 and (out / "comparisons.csv").read_text() == before, r.stdout + r.stderr
+    r = in_process("scripts/summarize.py", str(directory), "--eval=task.eval_augmentatons=2", cwd=root)
+    assert r.returncode == 2 and one_error_line(r) == (
+        f"error: no job of {directory} has an evaluation task.eval_augmentatons=2 (<run dir>/eval/"
+        f"task.eval_augmentatons=2); there are: {EVALUATION}")
+    assert not (directory / "eval" / "task.eval_augmentatons=2").exists()
 
 
 def test_eval_of_a_sweep_does_not_write_where_a_crafted_job_record_points(arc_sweep, tmp_path):
@@ -228,9 +239,27 @@ def test_eval_of_a_sweep_does_not_write_where_a_crafted_job_record_points(arc_sw
     (crafted / "jobs" / "0000.json").write_text(json.dumps(record))
     r = run_program("eval.py", f"ckpt={crafted}", "task.eval_augmentations=3", cwd=root)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith(
-        f"error: 1 of 4 jobs not evaluated: job 0: its run directory {elsewhere} is outside the sweep's outputs root")
+    why = f"its run directory {elsewhere} is outside the sweep's outputs root"
+    assert one_error_line(r).startswith(f"error: 1 of 4 jobs not evaluated: job 0: {why}")
     assert not (elsewhere / "eval").exists()
-    assert r.stdout.count("Done in") == 3 and (crafted / "eval" / "task.eval_augmentations=3" / "summary.md").is_file()
+    assert r.stdout.count("Done in") == 3
+    rows = read_rows(crafted / "eval" / "task.eval_augmentations=3" / "summary.csv")
+    assert [(x["status"], x["error"].startswith(why)) for x in rows] == [("not evaluated", True)] + [("finished", False)] * 3
+    # an evaluation's files are data: a figure too large for a float and a damaged row are left out, no traceback
+    job1 = root / jobs_of(crafted)[1]["run_dir"] / "eval" / "task.eval_augmentations=3" / "last"
+    record = json.loads((job1 / "metrics.json").read_text())
+    record["metrics"]["arc/test_nll"] = 10 ** 400  # a JSON integer; float() of it overflows
+    (job1 / "metrics.json").write_text(json.dumps(record))
+    with open(job1 / "per_output.csv", "a") as f:
+        f.write("x,not a number,1,1,1,1,1,1,1,poe,0,1\n")
+    r = in_process("scripts/summarize.py", str(crafted), "--eval=task.eval_augmentations=3", cwd=root)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr  # job 0: not evaluated
+    row = read_rows(crafted / "eval" / "task.eval_augmentations=3" / "summary.csv")[1]
+    assert row["status"] == "finished" and row["arc/test_nll"] == "" and row["arc/exact_output@2"] != ""
+    # a sweep directory that is not <outputs>/sweeps/<id> has no outputs root to bound its jobs: refused
+    moved = tmp_path / "moved"
+    shutil.copytree(crafted, moved, ignore=shutil.ignore_patterns("eval"))
+    r = run_program("eval.py", f"ckpt={moved}", "task.eval_augmentations=3", cwd=root)
+    assert r.returncode == 2 and one_error_line(r).startswith(f"error: {moved} is not in a sweeps/ folder")
     r = run_program("eval.py", f"ckpt={crafted}", "out=somewhere", cwd=root)
     assert r.returncode == 2 and "out= cannot be given with a sweep directory" in r.stderr

@@ -16,12 +16,15 @@ for the side whose seed-averaged value is higher, a sign test). `verdict`: `help
 interval excludes 0 in that direction, else `not supported`.
 """
 import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from experiments.atomic import atomic_savefig, atomic_write_csv
+from experiments.errors import UserError
+from experiments.untrusted import read_text
 
 PER_OUTPUT = "per_output.csv"
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
@@ -85,19 +88,28 @@ def compare(baseline: dict, variant: dict, higher_is_better: bool, binary: bool)
 
 # ---- from run directories ----
 def read_per_output(run_dir: Path) -> list[dict] | None:
+    """A run's per-output records (data: read with the bound on text files; a file that cannot be read as
+    CSV is none)."""
     path = Path(run_dir) / PER_OUTPUT
     if not path.exists():
         return None
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    try:
+        return list(csv.DictReader(io.StringIO(read_text(path))))
+    except (OSError, UserError, csv.Error):
+        return None
 
 
 def seed_averaged(runs: list[list[dict]], column: str) -> dict:
-    """{(task, index): mean over the runs that scored it} of one column."""
+    """{(task, index): mean over the runs that scored it} of one column; a row without a number there is
+    left out."""
     values: dict[tuple, list[float]] = {}
     for rows in runs:
         for r in rows:
-            values.setdefault((r["task"], int(r["index"])), []).append(float(r[column]))
+            try:
+                key, value = (str(r["task"]), int(r["index"])), float(r[column])
+            except (KeyError, TypeError, ValueError):
+                continue
+            values.setdefault(key, []).append(value)
     return {k: sum(v) / len(v) for k, v in values.items()}
 
 

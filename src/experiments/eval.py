@@ -14,12 +14,15 @@ for all; a job whose folder already holds this evaluation of its checkpoint as i
 rerunning the command resumes. Then the sweep's summary and paired comparisons of these evaluations go
 into `<sweep>/eval/<evaluation>/` (sweep.write_summary).
 
-Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given; for a sweep, after
-the other jobs are evaluated and summarised).
+Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used as given), 1 a family's code
+crashed. For a sweep: the worst of its jobs', after the others are evaluated and summarised; a job whose
+training did not finish is not evaluated (the summary lists it) and does not change the status.
 """
 import datetime
 import json
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from hydra import compose
@@ -30,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
-from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
+from experiments.errors import EXIT_FAILED, EXIT_OK, EXIT_USER, Outcome, StageFailure, UserError, write_failure
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_experiment_name, program_registry
 from experiments.stored_run import StoredRun, config_hash
@@ -130,7 +133,9 @@ def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
 
 
 def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[str]) -> Outcome:
-    """Every finished job of a sweep (see the module's docstring), then the summary of their evaluations."""
+    """Every finished job of a sweep (see the module's docstring), then the summary of their evaluations. A job
+    that cannot be evaluated (bad input: exit 2) or whose family's code crashes on it (exit 1, the worse)
+    does not stop the others; the summary names why in its row."""
     from experiments import sweep
 
     if cfg.out:
@@ -138,30 +143,52 @@ def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[s
                         "directory and the summary into the sweep's eval/ folder")
     registry = program_registry()
     evaluation = data_identity([*data_args, *task_args])
+    root = sweep.outputs_root_of(directory)
     jobs = [r for r in sweep.collect(directory, registry) if r["status"] == "finished"]
     if not jobs:
         raise UserError(f"{directory} has no finished job to evaluate (python scripts/summarize.py {directory} "
                         f"tells each job's state)")
-    root, refused = directory.resolve().parent.parent, []
+    failed, code = {}, EXIT_OK
     for n, job in enumerate(jobs, 1):
         head = f"[{n}/{len(jobs)}] job {job['job']} ({job['overrides']})"
         run = Path(job["run_dir"])
-        if not run.resolve().is_relative_to(root):  # a job record is data: it does not choose where we write
-            refused.append(f"job {job['job']}: its run directory {run} is outside the sweep's outputs root {root}")
+        if why := sweep.outside(run, root):  # a job record is data: it does not choose where we write
+            failed[job["job"]], code = why, max(code, EXIT_USER)
+            print(f"{head}: refused: {why}", flush=True)
             continue
         if sweep.evaluated(run, evaluation)[0] is not None:
             print(f"{head}: already evaluated ({run / rd.EVAL / evaluation}), kept", flush=True)
             continue
         print(f"{head}:", flush=True)
-        try:
-            evaluate_checkpoint(cfg, rd.last_checkpoint(run), data_args, task_args, registry)
-        except UserError as e:
-            refused.append(f"job {job['job']}: {e}")
-    summary = sweep.write_summary(directory, registry, evaluation)
+        why, job_code = evaluate_job(cfg, rd.last_checkpoint(run), data_args, task_args, registry)
+        if why:
+            failed[job["job"]], code = why, max(code, job_code)
+            print(f"{head}: not evaluated: {why}", flush=True)
+    summary = sweep.write_summary(directory, registry, evaluation, failed)
     print(summary["text"], flush=True)
-    if refused:
-        raise UserError(f"{len(refused)} of {len(jobs)} jobs not evaluated: " + "; ".join(refused))
-    return Outcome(EXIT_OK)
+    if not failed:
+        return Outcome(EXIT_OK)
+    line = f"{len(failed)} of {len(jobs)} jobs not evaluated: " + "; ".join(f"job {j}: {w}" for j, w in failed.items())
+    if code == EXIT_USER:
+        raise UserError(line)
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    return Outcome(code, line)
+
+
+def evaluate_job(cfg, checkpoint: Path, data_args: list[str], task_args: list[str], registry: Registry) -> tuple[str, int]:
+    """One job of a sweep: ("", 0) when evaluated, else (why, exit status). A full disk stops them all."""
+    try:
+        evaluate_checkpoint(cfg, checkpoint, data_args, task_args, registry)
+    except UserError as e:
+        return str(e), EXIT_USER
+    except Exception as e:
+        if write_failure(e) is not None:
+            raise
+        if cfg.get("traceback"):
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"crashed: {type(e).__name__}: {first}", EXIT_FAILED
+    return "", EXIT_OK
 
 
 def evaluate_checkpoint(cfg, checkpoint: Path, data_args: list[str], task_args: list[str], registry: Registry) -> None:

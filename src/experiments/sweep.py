@@ -279,6 +279,34 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
+def outputs_root_of(directory: Path) -> Path:
+    """The outputs root of a sweep directory, `<outputs>/sweeps/<id>`: the only place its jobs' run
+    directories may be, for what is written into them."""
+    resolved = Path(directory).resolve()
+    if resolved.parent.name != "sweeps":
+        raise UserError(f"{directory} is not in a sweeps/ folder: a sweep's directory is <outputs>/sweeps/<sweep id>, "
+                        f"and only run directories under that <outputs> are evaluated")
+    return resolved.parent.parent
+
+
+def outside(run_dir: Path, root: Path) -> str:
+    """Why a job's run directory (from its record: data) is not one to write into; "" when it is."""
+    if Path(run_dir).resolve().is_relative_to(root):
+        return ""
+    return (f"its run directory {run_dir} is outside the sweep's outputs root {root} (a job record is data; "
+            f"a link to elsewhere counts as outside)")
+
+
+def _number(value) -> float | None:
+    """A figure read from a file (data): an int or float that fits a float, else None."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def evaluated(run_dir: Path, evaluation: str) -> tuple[dict | None, Path]:
     """(figures, folder) of eval.py's evaluation `evaluation` of a run's last checkpoint: its metrics.json's
     numbers, or None when the folder holds none of the checkpoint as it is now (another checkpoint since,
@@ -295,7 +323,7 @@ def evaluated(run_dir: Path, evaluation: str) -> tuple[dict | None, Path]:
         return None, folder
     if not ours:
         return None, folder
-    return {k: v for k, v in record["metrics"].items() if isinstance(k, str)}, folder
+    return record["metrics"], folder
 
 
 def _status(record: dict, run: dict) -> str:
@@ -307,19 +335,26 @@ def _status(record: dict, run: dict) -> str:
     return status
 
 
-def _evaluation_of(run_dir: str | None, status: str, evaluation: str) -> tuple[dict | None, str | None, str]:
-    """(figures, folder of its per-output records, status) of a job under eval.py's evaluation `evaluation`:
-    a finished job that lacks it is `not evaluated`."""
+def _evaluation_of(run_dir: str | None, status: str, evaluation: str, root: Path) -> tuple[dict | None, str | None, str, str]:
+    """(figures, folder of its per-output records, status, why not) of a job under eval.py's evaluation
+    `evaluation`: a finished job that lacks it, or whose run directory is outside the outputs root, is
+    `not evaluated`."""
     if status != "finished":
-        return None, None, status
+        return None, None, status, ""
+    if why := outside(Path(run_dir), root):
+        return None, None, "not evaluated", why
     figures, folder = evaluated(Path(run_dir), evaluation)
-    return (figures, str(folder), status) if figures is not None else (None, None, "not evaluated")
+    if figures is None:
+        return None, None, "not evaluated", f"no metrics.json of its last checkpoint in {folder}"
+    return figures, str(folder), status, ""
 
 
-def collect(directory: Path, registry, evaluation: str | None = None) -> list[dict]:
+def collect(directory: Path, registry, evaluation: str | None = None, errors: dict | None = None) -> list[dict]:
     """One row per job: planned (plan.json) and recorded (jobs/*.json), with final metrics: the training's
-    own, or those of eval.py's evaluation `evaluation` of the job's last checkpoint."""
+    own, or those of eval.py's evaluation `evaluation` of the job's last checkpoint (`errors`: why eval.py
+    could not evaluate a job, by job number)."""
     directory = Path(directory)
+    root = outputs_root_of(directory) if evaluation else None
     records = {r["num"]: r for r in map(read_record, sorted((directory / "jobs").glob("*.json"))) if r}
     plan_data = read_plan(directory)
     planned, exclude = plan_data.get("jobs", []), set(plan_data.get("group_exclude", ["seed"]))
@@ -335,10 +370,11 @@ def collect(directory: Path, registry, evaluation: str | None = None) -> list[di
         row["epochs"] = final["epoch"] + 1 if final else 0
         row["results_dir"] = rec.get("run_dir")  # where the job's per-output records are
         if evaluation:
-            final, row["results_dir"], status = _evaluation_of(rec.get("run_dir"), status, evaluation)
+            final, row["results_dir"], status, why = _evaluation_of(rec.get("run_dir"), status, evaluation, root)
+            row["error"] = (errors or {}).get(num) or why if status == "not evaluated" else row["error"]
         row["status"] = status
-        row["metrics"] = {k: v for k, v in (final or {}).items() if k not in SKIP and not k.startswith("time/")
-                          and isinstance(v, (int, float))}
+        row["metrics"] = {k: _number(v) for k, v in (final or {}).items() if isinstance(k, str) and k not in SKIP
+                          and not k.startswith("time/") and _number(v) is not None}
         row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
         row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"
@@ -374,17 +410,19 @@ def _fmt(v: float) -> str:
     return "n/a" if v != v else f"{v:.4g}"
 
 
-def write_summary(directory: Path, registry=None, evaluation: str | None = None) -> dict:
+def write_summary(directory: Path, registry=None, evaluation: str | None = None, errors: dict | None = None) -> dict:
     """summary.csv, summary.md, summary.png (and comparisons.csv/.png) of a sweep directory, or of eval.py's
-    evaluation `evaluation` of its jobs (into eval/<evaluation>/ there); returns the rows, the groups, the
-    comparisons and the text printed at a sweep's end."""
+    evaluation `evaluation` of its jobs (into eval/<evaluation>/ there; `errors`: why eval.py could not
+    evaluate a job); returns the rows, the groups, the comparisons and the text printed at a sweep's end."""
     directory = Path(directory)
     if evaluation is not None and (Path(evaluation).name != evaluation or evaluation in ("", ".", "..")):
         raise UserError(f"{evaluation!r} is not an evaluation's folder name under <run dir>/{rd.EVAL}/ "
                         f"(e.g. data.tasks_from=evaluation)")
     out = directory / rd.EVAL / evaluation if evaluation else directory
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect(directory, registry or current_registry(), evaluation)
+    rows = collect(directory, registry or current_registry(), evaluation, errors)
+    if evaluation:
+        rd.refuse_links_out(out, directory)
+        out.mkdir(parents=True, exist_ok=True)
     groups = aggregate(rows)
     write_summary_csv(rows, out / "summary.csv")
     shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
@@ -403,7 +441,7 @@ def write_summary(directory: Path, registry=None, evaluation: str | None = None)
     if groups and shown:
         _bar_chart(groups, shown[0], out / "summary.png")
     return {"rows": rows, "groups": groups, "comparisons": paired,
-            "text": summary_text(out, finished, table, rows, paired)}
+            "text": summary_text(out, finished, table, rows, paired, "Not evaluated" if evaluation else "Not finished")}
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
@@ -433,12 +471,14 @@ def job_table(rows: list[dict], shown: list[str]) -> list[str]:
     return lines
 
 
-def summary_text(directory: Path, finished: str, table: list[str], rows: list[dict], paired: list[dict]) -> str:
-    """What a sweep prints at its end: where the summary is, the group table, what did not finish."""
+def summary_text(directory: Path, finished: str, table: list[str], rows: list[dict], paired: list[dict],
+                 missing: str = "Not finished") -> str:
+    """What a sweep prints at its end: where the summary is, the group table, what did not finish (or was
+    not evaluated)."""
     text = f"Sweep summary: {directory}/summary.md (.csv, .png); {finished}\n" + "\n".join(table)
     failed = [r for r in rows if r["status"] != "finished"]
     if failed:
-        text += "\nNot finished: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
+        text += f"\n{missing}: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
                                                + (f": {r['error']}" if r["error"] else "") for r in failed)
     if paired:
         text += "\nPaired comparisons:\n" + "\n".join(comparisons.markdown(paired))

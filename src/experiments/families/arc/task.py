@@ -17,8 +17,8 @@ own demonstrations the model reproduces exactly (`arc/train_exact`, identity vie
 training also its copies' `arc/ttt_train_exact`), and writes `submission.json` (ARC Prize format) and
 `per_output.csv` (one row per held-out output, what a sweep's paired comparisons read; each evaluation's
 copy also under `eval/`) in the run directory; the end of training draws every held-out output with its
-two attempts (`predictions.png`, more pages as `predictions_2.png`, ...). eval.py writes the same files
-for any task set.
+two attempts (`predictions.png`, more pages as `predictions_2.png`, ..., numbered to sort: pictures.py).
+eval.py writes the same files for any task set.
 """
 import json
 import math
