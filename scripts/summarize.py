@@ -25,11 +25,12 @@ def main() -> int:
                         help="summarise eval.py's evaluation of each job instead: the folder name under "
                              "<run dir>/eval/ (its data and task arguments, e.g. data.tasks_from=evaluation)")
     args = parser.parse_args()
-    if not (args.sweep_dir / "jobs").is_dir():
+    from experiments.sweep import is_sweep_dir, write_summary
+
+    if not is_sweep_dir(args.sweep_dir):
         print(f"error: {args.sweep_dir} is not a sweep directory (no jobs/ folder); sweeps live under "
               f"<paths.outputs>/sweeps/", file=sys.stderr)
         return 2
-    from experiments.sweep import write_summary
     from experiments.untrusted import current_registry
 
     from experiments.errors import UserError
@@ -48,13 +49,14 @@ def main() -> int:
 def refuse_unknown_evaluation(sweep_dir: Path, evaluation: str) -> None:
     """A misspelt --eval would summarise every job as not evaluated: refused, naming the evaluations there are."""
     from experiments.errors import UserError
+    from experiments.run_dir import EVAL
     from experiments.sweep import read_record
 
     runs = [Path(r["run_dir"]) for r in map(read_record, sorted((sweep_dir / "jobs").glob("*.json")))
             if r and r.get("run_dir")]
-    if any((run / "eval" / evaluation).is_dir() for run in runs):
+    if any((run / EVAL / evaluation).is_dir() for run in runs):
         return
-    found = sorted({p.name for run in runs if (run / "eval").is_dir() for p in (run / "eval").iterdir() if p.is_dir()})
+    found = sorted({p.name for run in runs if (run / EVAL).is_dir() for p in (run / EVAL).iterdir() if p.is_dir()})
     raise UserError(f"no job of {sweep_dir} has an evaluation {evaluation} (<run dir>/eval/{evaluation}); "
                     + (f"there are: {', '.join(found)}" if found else "none has been evaluated by eval.py yet"))
 

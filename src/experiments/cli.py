@@ -196,10 +196,12 @@ def crash_line(e: BaseException) -> str:
     family's code on a checkpoint; `traceback=true` shows the whole traceback instead)."""
     import traceback
 
+    from experiments.errors import first_line
+
     cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e
     frames = traceback.extract_tb(cause.__traceback__)
     where = f", raised at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-    first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    first = first_line(cause)
     program = Path(sys.argv[0]).name
     return (f"error: {program} {' '.join(COMMAND)}: {type(cause).__name__}: {first}{where}. Rerun with "
             f"traceback=true to see the whole traceback")
@@ -209,7 +211,8 @@ def _outcome(program, cfg, on_user_error=lambda: None, one_line_crash: bool = Fa
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
     traceback and exits 1 (one line where `one_line_crash`, unless `traceback=true`), but in a multirun
     it is reported and the other jobs go on."""
-    from experiments.errors import EXIT_FAILED, EXIT_USER, Outcome, UserError, write_failure, write_failure_line
+    from experiments.errors import (EXIT_FAILED, EXIT_USER, Outcome, UserError, first_line, write_failure,
+                                    write_failure_line)
 
     try:
         return program(cfg)
@@ -230,7 +233,7 @@ def _outcome(program, cfg, on_user_error=lambda: None, one_line_crash: bool = Fa
         import traceback
 
         traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         return Outcome(EXIT_FAILED, f"crashed: {type(e).__name__}: {first}")
 
 

@@ -42,6 +42,12 @@ def write_failure_line(failed: WriteFailed) -> str:
     return f"error: {failed}. Free space (or fix the disk) and rerun the same command"
 
 
+def first_line(e: BaseException) -> str:
+    """An error's message as one line (its first), for a report that names many: "" when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
 # Exit statuses of the programs (README, "Exit codes").
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130, 143
 

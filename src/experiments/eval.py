@@ -33,7 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
-from experiments.errors import EXIT_FAILED, EXIT_OK, EXIT_USER, Outcome, StageFailure, UserError, write_failure
+from experiments.errors import (EXIT_FAILED, EXIT_OK, EXIT_USER, first_line, Outcome, StageFailure, UserError,
+                               write_failure)
 from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_experiment_name, program_registry
 from experiments.stored_run import StoredRun, config_hash
@@ -117,7 +118,9 @@ def with_progress(datamodule) -> None:
 
 
 def is_sweep(target: Path) -> bool:
-    return target.is_dir() and (target / "jobs").is_dir() and not (target / rd.CHECKPOINTS).is_dir()
+    from experiments.sweep import is_sweep_dir
+
+    return is_sweep_dir(target) and not (target / rd.CHECKPOINTS).is_dir()
 
 
 def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
@@ -144,7 +147,8 @@ def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[s
     registry = program_registry()
     evaluation = data_identity([*data_args, *task_args])
     root = sweep.outputs_root_of(directory)
-    jobs = [r for r in sweep.collect(directory, registry) if r["status"] == "finished"]
+    # jobs whose training finished: "finished" when this evaluation of their checkpoint is there, else "not evaluated"
+    jobs = [r for r in sweep.collect(directory, registry, evaluation) if r["status"] in ("finished", "not evaluated")]
     if not jobs:
         raise UserError(f"{directory} has no finished job to evaluate (python scripts/summarize.py {directory} "
                         f"tells each job's state)")
@@ -152,12 +156,12 @@ def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[s
     for n, job in enumerate(jobs, 1):
         head = f"[{n}/{len(jobs)}] job {job['job']} ({job['overrides']})"
         run = Path(job["run_dir"])
+        if job["status"] == "finished":
+            print(f"{head}: already evaluated ({job['results_dir']}), kept", flush=True)
+            continue
         if why := sweep.outside(run, root):  # a job record is data: it does not choose where we write
             failed[job["job"]], code = why, max(code, EXIT_USER)
             print(f"{head}: refused: {why}", flush=True)
-            continue
-        if sweep.evaluated(run, evaluation)[0] is not None:
-            print(f"{head}: already evaluated ({run / rd.EVAL / evaluation}), kept", flush=True)
             continue
         print(f"{head}:", flush=True)
         why, job_code = evaluate_job(cfg, rd.last_checkpoint(run), data_args, task_args, registry)
@@ -186,7 +190,7 @@ def evaluate_job(cfg, checkpoint: Path, data_args: list[str], task_args: list[st
             raise
         if cfg.get("traceback"):
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         return f"crashed: {type(e).__name__}: {first}", EXIT_FAILED
     return "", EXIT_OK
 

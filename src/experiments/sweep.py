@@ -279,6 +279,11 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
+def is_sweep_dir(path: Path) -> bool:
+    """A sweep's directory holds its jobs' records in jobs/."""
+    return (Path(path) / "jobs").is_dir()
+
+
 def outputs_root_of(directory: Path) -> Path:
     """The outputs root of a sweep directory, `<outputs>/sweeps/<id>`: the only place its jobs' run
     directories may be, for what is written into them."""
@@ -373,8 +378,8 @@ def collect(directory: Path, registry, evaluation: str | None = None, errors: di
             final, row["results_dir"], status, why = _evaluation_of(rec.get("run_dir"), status, evaluation, root)
             row["error"] = (errors or {}).get(num) or why if status == "not evaluated" else row["error"]
         row["status"] = status
-        row["metrics"] = {k: _number(v) for k, v in (final or {}).items() if isinstance(k, str) and k not in SKIP
-                          and not k.startswith("time/") and _number(v) is not None}
+        row["metrics"] = {k: n for k, v in (final or {}).items() if isinstance(k, str) and k not in SKIP
+                          and not k.startswith("time/") and (n := _number(v)) is not None}
         row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
         row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"

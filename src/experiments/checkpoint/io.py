@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 from experiments.atomic import atomic_write_files, link_or_copy, write_and_sync
-from experiments.errors import UserError, WriteFailed
+from experiments.errors import first_line, UserError, WriteFailed
 
 
 def sha256_file(path: Path) -> str:
@@ -168,7 +168,7 @@ def load_checkpoint(path: Path, map_location="cpu", max_inflation: float | None 
     except pickle.UnpicklingError:
         refuse_pickle(path, pickled)
     except Exception as e:  # torch raises many kinds on a torn or foreign file; all mean "unreadable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         first = first.split("(Could this error message be improved?")[0].strip()  # torch's request, not ours
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")
     if not isinstance(ckpt, dict):

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from experiments.errors import StageFailure, UserError
+from experiments.errors import first_line, StageFailure, UserError
 
 
 @dataclass
@@ -36,7 +36,7 @@ def run_stages(names, ctx, stages: dict[str, Callable], stop_on_failure: bool = 
         except UserError:
             raise
         except Exception as e:  # a stage that crashes has failed; say how, and go on with the others
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = first_line(e)
             result = StageResult(name=name, status="fail", details=f"crashed: {type(e).__name__}: {first}")
         result.name, result.seconds = name, time.perf_counter() - t0
         results.append(result)
