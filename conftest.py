@@ -1,3 +1,4 @@
+import contextlib
 import os
 import subprocess
 import sys
@@ -227,3 +228,25 @@ def killed_then_rerun(args, run: Path, cwd: Path, delay: float) -> subprocess.Co
     assert "Resuming" in again.stdout
     return again
 
+
+
+@contextlib.contextmanager
+def fifo_feeding(path, content: bytes):
+    """A FIFO at `path` that gives `content` to whatever opens it, so that a reader that opened it goes on
+    (and fails its test) rather than hang it; released at the end whether or not anything opened it."""
+    import threading
+
+    os.mkfifo(path)
+
+    def feed():
+        with contextlib.suppress(BrokenPipeError), open(path, "wb") as f:  # waits for a reader
+            f.write(content)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open() return
+        writer.join()
+        os.close(reader)

@@ -301,7 +301,8 @@ def test_a_poisoned_candidate_is_passed_over_not_fatal(tmp_path):
     path = tmp_path / "poisoned.ckpt"
     save_checkpoint(ckpt, path)
     assert _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None) == (
-        None, "its state_dict is not a mapping of tensors")
+        None, "its state_dict holds int at 'model.p.w', not a tensor: not a checkpoint of this framework")
+    save_checkpoint({**ckpt, "state_dict": {"model.p.w": torch.ones(1)}}, path)
     (tmp_path / "poisoned.ckpt.sha256").write_bytes(b"\xff\xfe")
     found, why = _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None)
     assert found is None and "sidecar" in why

@@ -29,12 +29,13 @@ def plain_config(cfg: DictConfig) -> dict:
 
 
 def built(node, key: str, **supplied):
-    """`instantiate(node, **supplied)`, a constructor's refusal of its arguments (a ValueError: an empty clip
-    folder, an unknown task id) being the user's mistake in config key `key`: one line, exit 2."""
+    """`instantiate(node, **supplied)`, a constructor's refusal of its arguments (a ValueError or a UserError:
+    an empty clip folder, an unknown task id, a file of the data refused) being the user's mistake in config key
+    `key`: one line, exit 2."""
     try:
         return instantiate(node, **supplied)
     except InstantiationException as e:
-        if isinstance(e.__cause__, ValueError):
+        if isinstance(e.__cause__, (ValueError, UserError)):  # a file of the data refused, too
             raise UserError(f"{key}: {' '.join(str(e.__cause__).split())}") from e
         raise
 

@@ -70,6 +70,8 @@ class SameBatches(Callback):
     (`EpochBatchSampler.hold_epoch`), set before the fit loop sets the epoch, so a mid-epoch resume goes on
     within the same batches as its checkpoint's sampler state says."""
 
+    replayed = True  # it changes what is trained: verify.py's replay (resume_exact) builds it too
+
     def on_train_start(self, trainer, pl_module) -> None:
         loaders = trainer.train_dataloader
         loaders = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) \

@@ -9,12 +9,14 @@ console gets the same plain text: no colours there either, and the programs draw
 """
 import contextlib
 import datetime
+import os
 import re
 import sys
 import traceback
 from pathlib import Path
 
 from experiments.errors import UserError
+from experiments.untrusted import open_regular
 
 # OSC sequences (links, window titles) with their text, CSI sequences (colours, cursor moves), 2-byte escapes
 ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -88,18 +90,28 @@ class Tee:
         return getattr(self.console, name)
 
 
+def open_for_append(path: Path):
+    """A log file opened to append to, never through a link (the console would be appended to whatever it
+    points at) and only when it is a regular file (a FIFO would block)."""
+    try:
+        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, "a", encoding="utf-8",
+                            buffering=1)
+    except UserError as e:
+        raise UserError(f"{e}; it should be the run's log: remove it, then rerun")
+
+
 class LogFile:
     """`path`, appended to; for a run that has none yet, held in memory until `keep()` (the run has started
     for good), so that a start refused before (bad data, a failed preflight) leaves no file behind."""
 
     def __init__(self, path: Path):
         self.path, self.held, self.file = path, [], None
-        if path.exists():
+        if path.exists() or path.is_symlink():
             self.keep()
 
     def keep(self) -> None:
         if self.file is None:
-            self.file = open(self.path, "a", encoding="utf-8", buffering=1)
+            self.file = open_for_append(self.path)
             self.file.write("".join(self.held))
             self.held = []
 

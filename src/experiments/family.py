@@ -14,7 +14,7 @@ from experiments.run_dir import epoch_number
 from experiments.stages.preflight import PreflightContext
 from experiments.stages.registry import StageResult
 from experiments.task_contract import ExperimentTask
-from experiments.untrusted import read_text, shown
+from experiments.untrusted import open_regular, read_text, shown
 
 __all__ = [
     "ExperimentTask",                                                         # the contract (task_contract.py)
@@ -25,5 +25,5 @@ __all__ = [
     "StageResult", "StageFailure", "PreflightContext",                        # a family's own preflight stages
     "UserError", "RunStopped",                                                # bad input (exit 2); a deliberate stop (exit 1)
     "console_print",                                                          # a line above the progress bar
-    "read_text", "shown",                                                     # reading data files with bounds
+    "read_text", "open_regular", "shown",                                     # reading data files: regular files only, bounded
 ]

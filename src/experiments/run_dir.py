@@ -23,17 +23,17 @@ import datetime
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-import yaml
 
 from experiments.checkpoint.io import read_intact, sidecar
 from experiments.atomic import atomic_write_bytes, remove_temporaries
 from experiments.errors import UserError
-from experiments.untrusted import read_text
+from experiments.untrusted import kind_of, open_regular, read_yaml, yaml_text
 
 RUN_CONFIG = "run.yaml"
 HISTORY = "history.csv"
@@ -129,13 +129,40 @@ def verification_report(checkpoint: Path) -> Path:
     return checkpoint.parent / VERIFICATION / f"{checkpoint.stem}.json"
 
 
-def refuse_links_out(folder: Path, root: Path) -> None:
-    """A folder a program writes into, below a run directory it did not make (verify.py's reports,
-    eval.py's results): refused when a link takes it outside that run directory."""
-    existing = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), Path(root))
-    if not existing.resolve().is_relative_to(Path(root).resolve()):
+def refuse_links_out(folder: Path, root: Path, below: bool = True, closed=lambda parts: False) -> None:
+    """A folder a program writes into, at or below `root` (a run directory: train.py's own; verify.py's
+    reports, eval.py's results in a run it did not make), is the program's own only where it is made of
+    real folders inside `root`: refused (UserError, nothing written) when it, or with `below` anything
+    under it, is a link that leads outside `root` (a write, an append or a move would land there), or is
+    a FIFO, socket or device (an open of it would block or never end). Folders where `closed(parts below
+    folder)` are looked at but not entered: nothing writes into them again (written_once)."""
+    folder, root = Path(folder), Path(root)
+    inside = root.resolve()
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), root)
+    if not existing.resolve().is_relative_to(inside):
         raise UserError(f"{existing} leads outside {root} (a link): refusing to write there; remove the link, or "
                         f"give the output path yourself")
+    if not below or not folder.is_dir():
+        return
+    for where, folders, files in os.walk(folder):  # links to folders are listed, never entered
+        entries = folders + files
+        folders[:] = [d for d in folders if not closed(Path(where, d).relative_to(folder).parts)]
+        for name in entries:
+            path = Path(where) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode) and not path.resolve().is_relative_to(inside):
+                raise UserError(f"{path} is a link that leads outside {root}: refusing to write below {folder} "
+                                f"(a write could land there); remove the link")
+            if not (stat.S_ISLNK(mode) or stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise UserError(f"{path} is {kind_of(mode)}, which no program of this framework makes: refusing to "
+                                f"use {folder} (opening it could block forever); remove it")
+
+
+def written_once(parts: tuple[str, ...]) -> bool:
+    """Folders of a run (as parts below it) that no program writes into again: each start's own wandb folder
+    (wandb links its log to a file in its cache there), each earlier run moved to superseded/, each set of
+    checkpoints moved to checkpoints/damaged/."""
+    return len(parts) == 2 and parts[0] in ("wandb", SUPERSEDED) or len(parts) == 3 and parts[:2] == (CHECKPOINTS, DAMAGED)
 
 
 def is_superseded(path: Path) -> bool:
@@ -192,6 +219,15 @@ def stop_point(history: list[dict], epoch: int, step: int) -> tuple[int, bool]:
     return epoch, True
 
 
+def open_lock(path: Path):
+    """`.lock` opened for reading and writing, created if missing; never through a link (the PID line would
+    be written into whatever it points at), and only when it is a regular file (a FIFO would block)."""
+    try:
+        return open_regular(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, "r+")
+    except UserError as e:
+        raise UserError(f"{e}; it should be the run's lock file: remove it, then rerun")
+
+
 @contextlib.contextmanager
 def held(run_dir: Path):
     """One writer per run directory: an exclusive lock on `.lock` for as long as the run trains. A second
@@ -200,12 +236,13 @@ def held(run_dir: Path):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK
-    handle = open(path, "a+")
+    handle = open_lock(path)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        line = handle.read(200).strip()
+        holder = line if re.fullmatch(r"PID \d+ on [\w.-]+ since [\w:+.-]+", line) else "another process"
         handle.close()
         raise UserError(f"{run_dir} is being trained by {holder}: one process writes a run. Wait for it to end "
                         f"(the same command then resumes or reports the run complete), or stop it first")
@@ -302,12 +339,11 @@ def decide(run_dir: Path, config: dict, ignore: list[str], comparable=lambda con
         print(f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
               f"the newest intact checkpoint.", flush=True)
     stored = None
-    if stored_path.exists():
+    if stored_path.exists() or stored_path.is_symlink():
         try:
-            stored = yaml.safe_load(read_text(stored_path))
-        except (yaml.YAMLError, UserError) as e:
-            raise UserError(f"{stored_path} is not valid YAML ({' '.join(str(e).split())[:200]}); "
-                            f"rerun with resume=never to start over")
+            stored = read_yaml(stored_path)
+        except UserError as e:
+            raise UserError(f"{e}; rerun with resume=never to start over")
     elif ckpt is not None:  # the checkpoint holds the config too
         stored = ckpt.get("config")
     if stored is not None:
@@ -346,11 +382,11 @@ def train_log(run_dir: Path) -> Path:
 def write_start_record(run_dir: Path, config: dict, overrides: list[str]) -> None:
     """This start's config and overrides, as Hydra would write them (its own writing is off: it would write
     before the run is decided, and so overwrite a run's record with a refused command's)."""
-    atomic_write_bytes(run_dir / START_RECORD / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
-    atomic_write_bytes(run_dir / START_RECORD / "overrides.yaml", yaml.safe_dump(overrides).encode())
+    atomic_write_bytes(run_dir / START_RECORD / "config.yaml", yaml_text(config).encode())
+    atomic_write_bytes(run_dir / START_RECORD / "overrides.yaml", yaml_text(overrides).encode())
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:
     path = run_dir / RUN_CONFIG
     if not path.exists():
-        atomic_write_bytes(path, yaml.safe_dump(config, sort_keys=False).encode())
+        atomic_write_bytes(path, yaml_text(config).encode())

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
-from experiments.checkpoint.io import load_checkpoint, sha256_file
+from experiments.checkpoint.io import load_checkpoint, not_ours, sha256_file
 from experiments.errors import StageFailure, UserError
 from experiments.stages.config_check import check_config
-from experiments.untrusted import Registry, check_stored_config
+from experiments.untrusted import Registry, check_stored_config, shown
 
 
 def _refuse_instructions(value, key: str) -> None:
@@ -44,6 +44,9 @@ class StoredRun:
         for p, c in self.ckpts.items():
             if not isinstance(c.get("config"), dict) or "epoch" not in c or "state_dict" not in c:
                 raise UserError(f"{p} is not a checkpoint of this framework (no config, epoch or state_dict)")
+            why = not_ours(c)
+            if why:
+                raise UserError(f"{p} is not a checkpoint of this framework: {why}")
             c["config"] = check_stored_config(c["config"], registry, str(p))  # moved classes under current names
         self.series = self._series()
         self.primary = target if target.is_file() else (self.series[-1] if self.series else files[-1])
@@ -51,6 +54,7 @@ class StoredRun:
         self._check_family()
         self._trained, self._sha = {}, {}
         self.task_settings: dict = {}  # eval.py's task.KEY=VALUE: how to evaluate (settings_of_task)
+        self.max_replay_epochs = 50    # verify.py's max_replay_epochs: the longest replay resume_exact runs
 
     @staticmethod
     def _find(target: Path) -> list[Path]:
@@ -73,6 +77,9 @@ class StoredRun:
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def _check_family(self) -> None:
+        seed = self.config.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise UserError(f"{self.primary}: its config's seed is {shown(seed)}, not an integer from 0 to 2**32 - 1")
         for key in ("model", "data", "task"):
             node = self.config.get(key)
             if not isinstance(node, dict) or "_target_" not in node:

@@ -246,15 +246,29 @@ def _strings(value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+MAX_RECORD_BYTES = 2 << 20  # plan.json of 10,000 jobs is about 1 MB; a job's record a few hundred bytes
+MAX_PLAN_JOBS = 10_000
+
+
+def read_json(path: Path):
+    """A sweep's JSON file as data: a regular file within MAX_RECORD_BYTES (UserError), nesting that the
+    parser can take (ValueError otherwise)."""
+    try:
+        return json.loads(read_text(path, MAX_RECORD_BYTES))
+    except RecursionError:
+        raise ValueError(f"{path} nests too deeply")
+
+
 def read_plan(directory: Path) -> dict:
     """plan.json of a grid sweep ({} for sweeps decided as they go, e.g. Optuna, and for a file that is not
-    a plan: a sweep's files are data, read with bounds and checked field by field)."""
+    a plan: a sweep's files are data, read with bounds and checked field by field; a plan of more than
+    MAX_PLAN_JOBS jobs is not one this framework writes)."""
     path = Path(directory) / "plan.json"
     try:
-        plan = json.loads(read_text(path)) if path.exists() else {}
+        plan = read_json(path) if path.exists() or path.is_symlink() else {}
     except (OSError, ValueError, UserError):
         return {}
-    if not isinstance(plan, dict):
+    if not isinstance(plan, dict) or isinstance(plan.get("jobs"), list) and len(plan["jobs"]) > MAX_PLAN_JOBS:
         return {}
     return {"jobs": [j for j in plan.get("jobs") or [] if _strings(j)] if isinstance(plan.get("jobs"), list) else [],
             "group_exclude": plan["group_exclude"] if _strings(plan.get("group_exclude")) else ["seed"],
@@ -268,7 +282,7 @@ RECORD_FIELDS = {"num": int, "overrides": list, "experiment": str, "run_dir": st
 def read_record(path: Path) -> dict | None:
     """A job's record, its fields of the expected types only (None when it is not a record)."""
     try:
-        raw = json.loads(read_text(path))
+        raw = read_json(path)
     except (OSError, ValueError, UserError):
         return None
     if not isinstance(raw, dict) or type(raw.get("num")) is not int:
@@ -321,7 +335,7 @@ def evaluated(run_dir: Path, evaluation: str) -> tuple[dict | None, Path]:
     folder = Path(run_dir) / rd.EVAL / evaluation / Path(rd.LAST).stem
     last = rd.last_checkpoint(Path(run_dir))
     try:
-        record = json.loads(read_text(folder / "metrics.json"))
+        record = read_json(folder / "metrics.json")
         ours = isinstance(record, dict) and isinstance(record.get("checkpoint"), dict) and isinstance(
             record.get("metrics"), dict) and record["checkpoint"].get("sha256") == sha256_file(last)
     except (OSError, ValueError, UserError):

@@ -15,10 +15,16 @@ can only build what the user's own config folders build:
 Anything else is refused with one line naming the key and why (the programs exit 2). The check does not
 rest on Hydra's own block list, which older versions do not have.
 
-Text files are read with a size bound (`read_text`).
+Files are opened only when they are regular files (`open_regular`: a FIFO, a device or a folder is refused
+before any read that could block) and read with a size bound (`read_text`); YAML is read without aliases
+(`read_yaml`), and everything structured is walked with bounds that count a shared value as often as it is
+reachable (`check_bounded`), before anything else walks it.
 """
+import errno
 import importlib.resources
+import os
 import pickletools
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,21 +35,127 @@ from experiments.errors import UserError
 MAX_TEXT_BYTES = 16 << 20  # run.yaml, reports, sidecars, task files: far above any real one
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 32
+MAX_YAML_BYTES = 1 << 20          # run.yaml: a real one is a few KB
+MAX_CHECKPOINT_VALUES = 1_000_000  # a checkpoint's values (history, optimizer and loop state), each reference counted
+MAX_CHECKPOINT_DEPTH = 64
 TARGET = "_target_"
 
 
-def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
-    """A text file read whole only when it is at most `limit` bytes (UserError otherwise, or when it is not
-    UTF-8); OSError as for any read."""
-    with open(path, "rb") as f:
+def kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", **kwargs):
+    """A file opened (os.open `flags`, then as open's `mode`) only when it is a regular file: a FIFO would
+    block the open or the first read forever, a device never ends. It is opened non-blocking, so that a FIFO
+    is refused rather than waited on. Links are followed unless `flags` holds O_NOFOLLOW (a data folder may
+    hold them; a file a program writes in a run directory never is one)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        what = {errno.ELOOP: "a link", errno.EISDIR: "a folder", errno.ENXIO: "a FIFO or a socket"}.get(e.errno)
+        if what is None:
+            raise
+        raise UserError(f"{path} is {what}, not a file: refusing to open it")
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise UserError(f"{path} is {kind_of(kind)}, not a file: refusing to open it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+def read_bytes(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """A regular file read whole only when it is at most `limit` bytes (UserError otherwise)."""
+    with open_regular(path) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise UserError(f"{path} is larger than {limit:,} bytes: not a file this framework reads (a real one is "
                         f"far smaller)")
+    return data
+
+
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """A text file read whole only when it is a regular file of at most `limit` bytes (UserError otherwise,
+    or when it is not UTF-8); OSError as for any read."""
+    data = read_bytes(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text")
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (`*name`): this framework never writes one (`yaml_text`), and a few hundred
+    bytes of nested aliases expand to gigabytes for anything that walks the result."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "an alias", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _NoAliasesDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def yaml_text(data) -> str:
+    """YAML as this framework writes it: a value reached twice is written twice, never as an alias."""
+    return yaml.dump(data, Dumper=_NoAliasesDumper, sort_keys=False)
+
+
+def read_yaml(path: Path, limit: int = MAX_YAML_BYTES):
+    """A YAML file this framework wrote (run.yaml), read as data: a regular file within `limit` bytes, no
+    aliases, within the bounds of a config (check_bounded). The error names the line, never the content."""
+    text = read_text(path, limit)
+    try:
+        data = yaml.load(text, Loader=_NoAliases)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "an alias (*name), which this framework never writes" if getattr(e, "problem", "") == "an alias" \
+            else "a syntax error"
+        raise UserError(f"{path} is not YAML that this framework writes: {what}{at}")
+    except RecursionError:
+        raise UserError(f"{path} is nested deeper than any YAML this framework writes")
+    check_bounded(data, str(path), MAX_CONFIG_VALUES, MAX_CONFIG_DEPTH)
+    return data
+
+
+def _is_tensor(node) -> bool:
+    return type(node).__module__.startswith("torch") and hasattr(node, "element_size") and hasattr(node, "numel")
+
+
+def check_bounded(value, where: str, max_values: int = MAX_CHECKPOINT_VALUES, max_depth: int = MAX_CHECKPOINT_DEPTH,
+                  max_tensor_bytes: float | None = None) -> None:
+    """Refuse (UserError) a structure read from a file before anything else walks it: more than `max_values`
+    values, counting a value shared by many references once per reference (a pickle's memo or YAML's aliases
+    keep a small file small while a walk of it takes gigabytes), nesting deeper than `max_depth`, or tensors
+    whose shapes declare more than `max_tensor_bytes` bytes (an expanded view of a small storage declares
+    its full size: what making it contiguous would take). Walked without recursion."""
+    stack, count, declared = [(value, 0)], 0, 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > max_values or depth > max_depth:
+            raise UserError(f"{where} holds more than {max_values:,} values (a value shared by many references "
+                            f"counted once for each) or nests deeper than {max_depth} levels: no file this framework "
+                            f"writes does; refusing to use it")
+        if isinstance(node, dict):
+            stack.extend((item, depth + 1) for pair in node.items() for item in pair)
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            stack.extend((item, depth + 1) for item in node)
+        elif max_tensor_bytes is not None and _is_tensor(node):
+            declared += node.numel() * node.element_size()
+            if declared > max_tensor_bytes:
+                raise UserError(f"{where} holds tensors whose shapes declare over {declared:,} bytes, more than "
+                                f"{max_tensor_bytes:,.0f} for this file (e.g. an expanded view of a small storage); "
+                                f"refusing to use it. A real checkpoint's tensors declare about its own size")
 
 
 def shown(value, limit: int = 80) -> str:

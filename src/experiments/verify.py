@@ -91,6 +91,7 @@ def verify(cfg) -> Outcome:
     torch.set_grad_enabled(True)
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
     ctx = StoredRun(Path(str(cfg.ckpt)), program_registry(), device=cfg.device)
+    ctx.max_replay_epochs = cfg.max_replay_epochs
     stages = list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
     results = run_stages(stages, ctx, CHECKPOINT_STAGES, stop_on_failure=False)
     if results and results[0].name == "loadable" and results[0].status == "fail":
@@ -99,7 +100,7 @@ def verify(cfg) -> Outcome:
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
     if not cfg.report:
-        rd.refuse_links_out(out.parent, ctx.primary.parent)
+        rd.refuse_links_out(out.parent, rd.run_of(ctx.primary))  # the run's, not its checkpoint folder: that may be the link
     kept = set() if cfg.report else fuller_stages(out, rep)
     if kept:  # a partial verify never replaces a fuller report of the same file
         print(f"kept {out}: it reports stages this run did not ({', '.join(sorted(kept))})", flush=True)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from experiments import run_dir as rd
-from experiments.checkpoint.io import load_checkpoint, read_intact, sha256_file
+from experiments.checkpoint.io import load_checkpoint, read_intact, sha256_file, state_dict_problem
 from experiments.errors import UserError
-from experiments.untrusted import read_text, shown
+from experiments.untrusted import read_text, read_yaml, shown
 
 
 class SourceRefused(UserError):
@@ -86,8 +85,8 @@ def find_candidates(outputs: Path, compatible: list[str]) -> list[Candidate]:
         if rd.is_superseded(run_yaml):
             continue
         try:
-            experiment = (yaml.safe_load(read_text(run_yaml)) or {}).get("experiment")
-        except (OSError, UserError, yaml.YAMLError, AttributeError):
+            experiment = (read_yaml(run_yaml) or {}).get("experiment")
+        except (OSError, UserError, AttributeError):
             continue
         if not isinstance(experiment, str) or experiment not in compatible:
             continue
@@ -141,6 +140,9 @@ def read_source(path: Path, compatible: list[str], variant: str) -> dict:
     config = ckpt.get("config")
     if not isinstance(config, dict) or "state_dict" not in ckpt:
         raise SourceRefused(f"{path} is not a checkpoint of this framework (no config or state_dict)")
+    why = state_dict_problem(ckpt["state_dict"])
+    if why:
+        raise SourceRefused(f"{path} is not a checkpoint of this framework: its state_dict {why}")
     experiment = config.get("experiment")
     if experiment not in compatible:
         named = experiment[:80] if isinstance(experiment, str) else shown(experiment)
@@ -161,10 +163,7 @@ def _recheck(path: Path, compatible: list[str], variant: str, own: dict, parts, 
         if ckpt is None:
             raise SourceRefused(why)
         read_source(path, compatible, variant)
-        state = ckpt["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise SourceRefused("its state_dict is not a mapping of tensors")
-        source = source_parts(state, parts)
+        source = source_parts(ckpt["state_dict"], parts)  # tensors by name: read_intact checked
         check_fit(source, own, path)
         why = judge(path, source)
     except SourceRefused as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from experiments.atomic import atomic_write_files, link_or_copy, write_and_sync
 from experiments.errors import first_line, UserError, WriteFailed
+from experiments.untrusted import check_bounded
 
 
 def sha256_file(path: Path) -> str:
@@ -64,6 +65,27 @@ def recorded_sha256(path: Path) -> str | None:
     return words[0] if words else None
 
 
+def state_dict_problem(state) -> str | None:
+    """Why `state` is not a model's state dict (a mapping of names to tensors), or None."""
+    import torch
+
+    if not isinstance(state, dict):
+        return f"is a {type(state).__name__}, not a mapping of names to tensors"
+    odd = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    return None if odd is None else f"holds {type(state[odd]).__name__} at {str(odd)[:60]!r}, not a tensor"
+
+
+def not_ours(ckpt: dict) -> str | None:
+    """Why a loaded file is not a checkpoint of this framework (what every reader relies on), or None."""
+    missing = [k for k in ("epoch", "global_step", "state_dict") if k not in ckpt]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    if not all(isinstance(ckpt[k], int) and not isinstance(ckpt[k], bool) for k in ("epoch", "global_step")):
+        return "its epoch or global_step is not an integer"
+    odd = state_dict_problem(ckpt["state_dict"])
+    return f"its state_dict {odd}" if odd else None
+
+
 def read_intact(path: Path) -> tuple[dict | None, str | None]:
     """(the checkpoint, None) when it can be trusted, else (None, why): it must open with weights_only=True
     and match the sha256 its sidecar recorded when it was written (a missing or stale sidecar, e.g. from a
@@ -72,9 +94,9 @@ def read_intact(path: Path) -> tuple[dict | None, str | None]:
         ckpt = load_checkpoint(path)
     except UserError as e:
         return None, str(e).removeprefix(f"{path} ")
-    missing = [k for k in ("epoch", "global_step", "state_dict") if k not in ckpt]
-    if missing:
-        return None, f"lacks {', '.join(missing)}: not a checkpoint of this framework"
+    why = not_ours(ckpt)
+    if why:
+        return None, f"{why}: not a checkpoint of this framework"
     recorded = recorded_sha256(path)
     if recorded is None:
         return None, "no .sha256 sidecar (its write was interrupted)"
@@ -140,11 +162,18 @@ def one_reading(path: Path) -> None:
             raise ValueError("a zip64 locator that points elsewhere")
 
 
-def refuse_pickle(path: Path, data: bytes):
-    """A file whose pickle would import code: name what it would import (found without unpickling)."""
+def refuse_pickle(path: Path, data: bytes, refused: Exception | None = None):
+    """A file whose pickle would import code: name what it would import (found without unpickling). One that
+    imports nothing but uses what the safe loader does not read (e.g. an integer of thousands of digits) is
+    named by the loader's own words."""
     from experiments.untrusted import pickled_globals
 
     names = pickled_globals(data)
+    if not names and refused is not None:
+        said = str(refused).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        raise UserError(f"{path} holds a value that safe loading does not read ({said[0] if said else 'unknown'}: "
+                        f"e.g. an integer too large for 8 bytes); only checkpoints of plain tensors and values are "
+                        f"accepted")
     what = f"a pickled object ({', '.join(names)})" if names else "a pickled object"
     raise UserError(f"{path} holds {what}; refusing to unpickle it, since loading it could run arbitrary code. "
                     f"Only checkpoints of plain tensors and values are accepted")
@@ -165,12 +194,14 @@ def load_checkpoint(path: Path, map_location="cpu", max_inflation: float | None 
         with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the refusal below says more
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        refuse_pickle(path, pickled)
+    except pickle.UnpicklingError as e:
+        refuse_pickle(path, pickled, e)
     except Exception as e:  # torch raises many kinds on a torn or foreign file; all mean "unreadable"
         first = first_line(e) or type(e).__name__
         first = first.split("(Could this error message be improved?")[0].strip()  # torch's request, not ours
         raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file): {first}")
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    # what the archive's bound cannot see: values shared by reference, and tensor views larger than their storage
+    check_bounded(ckpt, str(path), max_tensor_bytes=(max_inflation or MAX_INFLATION) * max(path.stat().st_size, 1))
     return ckpt

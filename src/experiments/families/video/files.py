@@ -1,43 +1,85 @@
 """Clips from the files people have: `.npy` arrays, video files (read with PyAV, FFmpeg inside its wheel) and
 folders of image frames. Every source is data: read within bounds, and a file that cannot be read is
-refused with its name, never skipped.
+refused with its name, never skipped. Every source is a regular file (or a folder of them), checked before
+anything opens it: a FIFO would block its reader forever, a device never end. What a decoder is given is
+bounded by what the file declares, before a frame is decoded: a small crafted file (a GIF of 24-byte frames
+on a 4096x4096 canvas) can otherwise cost hours and gigabytes.
 
 A video or a frame folder is cut into clips of `frames` frames, a new clip every `stride` frames; each
 frame is cropped to its central square and resized to `size` x `size` (area averaging), RGB in [0, 1].
 A `.npy` file is one clip as it is, shaped (C, T, H, W).
 """
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.family import open_regular, UserError
+
 VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
 IMAGE = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_FRAMES = 10_000  # read from one source at most: a clip folder, not a film
-MAX_PIXELS = 4096 * 4096  # a frame at most (decoded whole before it is resized)
+MAX_PIXELS = 4096 * 4096  # a frame or an image at most (decoded whole before it is resized)
+# Decoded from one source at most, all its frames together: about 1,000 frames of 1080p, 260 of 4K, 7,000 of
+# 640x480, far above what a clip folder's sources hold (clips of 8-17 frames, resized to 16-64 pixels). It
+# bounds the time a small file can take: decoding runs at 25-60 million pixels a second, so a 3 KB GIF of
+# 127 frames on a 4096x4096 canvas, just within it, took 87 s; 10,000 such frames would take two hours.
+MAX_SOURCE_PIXELS = 1 << 31
+# Images are decoded by these Pillow plugins only, whatever the content claims (Pillow would otherwise pick
+# any of its decoders by the content, EPS among them, which runs Ghostscript).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP")
 # The demuxer each kind is read with, whatever the file's content claims (a playlist named .mp4 would
 # otherwise open the files or addresses it lists), and local files only.
 DEMUXER = {".mp4": "mov", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi", ".gif": "gif"}
 
 
+class DataFileError(UserError, ValueError):
+    """A data file refused, in one line naming it and never quoting it: a UserError to whoever reads a folder,
+    and a ValueError to the programs, which report a data module's ValueError as `data: ...` (exit 2)."""
+
+
+KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a device",
+         stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+
+
+def regular(path: Path) -> Path:
+    """`path` when it is a regular file (a link to one too), looked at before anything opens it (PyAV opens
+    by name; what this module opens itself, it opens with open_regular, which looks again at what it opened)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:  # a link to nothing, a folder one may not enter
+        raise DataFileError(f"{path}: cannot be read ({e.strerror})")
+    if not stat.S_ISREG(mode):
+        raise DataFileError(f"{path}: is {KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a file; "
+                            f"data.folder reads regular files only")
+    return path
+
+
 def read_clip(path: Path) -> np.ndarray:
     """A .npy file, read only when its header's shape fits the file's size (a file is data: a header can
     claim any shape), never unpickled."""
-    with open(path, "rb") as f:
+    try:
+        f = open_regular(path)
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot be read ({e.strerror})")
+    with f:
         try:
             major, _ = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(f)
         except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"{path}: not a .npy array ({e})")
-        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > Path(path).stat().st_size:
+        if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > os.fstat(f.fileno()).st_size:
             raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
-        raise ValueError(f"{path}: {' '.join(str(e).split())}")
+        f.seek(0)
+        try:
+            return np.load(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short
+            raise ValueError(f"{path}: {' '.join(str(e).split())}")
 
 
 def npy_clip(f: Path) -> torch.Tensor:
@@ -58,9 +100,13 @@ def npy_clip(f: Path) -> torch.Tensor:
 
 def sources(folder: Path) -> list[Path]:
     """The clip sources in `folder`, sorted by name; refused when there are none, or when a file is none
-    of the kinds read (named, so that nothing is left out silently)."""
+    of the kinds read (named, so that nothing is left out silently), or when one named as a clip is not a
+    regular file (before any is opened)."""
     entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
-    odd = [p.name for p in entries if p.is_file() and p.suffix.lower() not in (".npy", *VIDEO)]
+    for p in entries:
+        if p.suffix.lower() in (".npy", *VIDEO):
+            regular(p)
+    odd = [p.name for p in entries if p.suffix.lower() not in (".npy", *VIDEO) and not p.is_dir()]
     odd += [p.name + "/" for p in entries if p.is_dir() and not frame_files(p)]
     if odd:
         raise ValueError(f"{folder} holds {', '.join(odd[:5])}{' and more' if len(odd) > 5 else ''}, which "
@@ -78,8 +124,9 @@ def in_order(name: str) -> list:
 
 
 def frame_files(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE),
-                  key=lambda p: in_order(p.name))
+    """A folder's frames: every entry named as an image (one that is not a regular file is refused when
+    read, never skipped)."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE), key=lambda p: in_order(p.name))
 
 
 def square(frame: np.ndarray, size: int) -> torch.Tensor:
@@ -92,23 +139,67 @@ def square(frame: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="area")[0] if side != size else x[0]
 
 
+def bounded(path: Path, frames: int, width: int, height: int, pixels: int | None = None) -> None:
+    """Refused when `frames` frames of width x height (`pixels` in all, when they differ) are past the bounds:
+    a frame of more than MAX_PIXELS, more than MAX_FRAMES frames, more than MAX_SOURCE_PIXELS in all."""
+    if width * height > MAX_PIXELS:
+        raise DataFileError(f"{path}: a frame of {width}x{height}, more than {MAX_PIXELS:,} pixels; scale it down "
+                            f"first")
+    if frames > MAX_FRAMES:
+        raise DataFileError(f"{path}: more than {MAX_FRAMES:,} frames; cut it into shorter ones")
+    if (frames * width * height if pixels is None else pixels) > MAX_SOURCE_PIXELS:
+        raise DataFileError(f"{path}: more than {MAX_SOURCE_PIXELS:,} pixels to decode ({frames:,} frames of "
+                            f"{width}x{height}); cut it into shorter ones or scale it down")
+
+
+def open_video(path: Path):
+    """A video container and its video stream, refused when what they declare is past the bounds: the
+    codec's frame size and, where the container gives it, the frame count."""
+    import av
+
+    container = av.open(str(regular(path)), format=DEMUXER[path.suffix.lower()],
+                        options={"protocol_whitelist": "file"})
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path}: has no video stream")
+    stream = container.streams.video[0]
+    try:
+        bounded(path, stream.frames, stream.codec_context.width or 0, stream.codec_context.height or 0)
+    except DataFileError:
+        container.close()
+        raise
+    return container, stream
+
+
+def packets_of(path: Path) -> int:
+    """The frames a video holds, counted from its packets without decoding one (a GIF declares no count, and
+    a header may under-declare); counting stops past MAX_FRAMES."""
+    container, stream = open_video(path)
+    with container:
+        n = 0
+        for packet in container.demux(stream):
+            if packet.size:  # the demuxer ends with an empty packet
+                n += 1
+            if n > MAX_FRAMES:
+                break
+        bounded(path, n, stream.codec_context.width or 0, stream.codec_context.height or 0)
+    return n
+
+
 def video_frames(path: Path, size: int) -> list[torch.Tensor]:
+    """A video's frames: refused before one is decoded when its header or its packet count is past the
+    bounds, and the decoding stopped past them all the same (a decoder may give more frames than packets,
+    or larger ones than the header said)."""
     import av
 
     try:
-        with av.open(str(path), format=DEMUXER[path.suffix.lower()], options={"protocol_whitelist": "file"}) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            if (stream.width or 0) * (stream.height or 0) > MAX_PIXELS:
-                raise ValueError(f"{path}: frames of {stream.width}x{stream.height}, more than {MAX_PIXELS:,} pixels; "
-                                 f"scale the video down first")
-            frames = []
+        packets_of(path)
+        container, stream = open_video(path)
+        with container:
+            frames, pixels = [], 0
             for frame in container.decode(stream):
-                if len(frames) == MAX_FRAMES:
-                    raise ValueError(f"{path}: more than {MAX_FRAMES:,} frames; cut it into shorter files")
-                if frame.width * frame.height > MAX_PIXELS:
-                    raise ValueError(f"{path}: a frame of {frame.width}x{frame.height}; scale the video down first")
+                pixels += frame.width * frame.height
+                bounded(path, len(frames) + 1, frame.width, frame.height, pixels)
                 frames.append(square(frame.to_ndarray(format="rgb24"), size))
     except (av.error.FFmpegError, OSError) as e:  # a broken or truncated file, or not a video at all
         raise ValueError(f"{path}: cannot be read as a video ({' '.join(str(e).split())})")
@@ -116,15 +207,22 @@ def video_frames(path: Path, size: int) -> list[torch.Tensor]:
 
 
 def image_frames(folder: Path, size: int) -> list[torch.Tensor]:
+    """A folder's frames, each image's size read from its header and bounded (with the folder's pixels so far)
+    before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     files = frame_files(folder)
     if len(files) > MAX_FRAMES:
         raise ValueError(f"{folder}: {len(files):,} frames, more than {MAX_FRAMES:,}; split it into shorter folders")
-    frames = []
+    for path in files:  # all looked at before one is opened
+        regular(path)
+    frames, pixels = [], 0
     for path in files:
         try:
-            with Image.open(path) as image:  # Pillow refuses images past its decompression-bomb limit
+            with open_regular(path) as f, Image.open(f, formats=IMAGE_FORMATS) as image:  # reads the header only
+                pixels += image.width * image.height
+                bounded(path, 1, image.width, image.height)
+                bounded(folder, len(frames) + 1, image.width, image.height, pixels)
                 frames.append(square(np.asarray(image.convert("RGB")), size))
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path}: cannot be read as an image ({' '.join(str(e).split())})")

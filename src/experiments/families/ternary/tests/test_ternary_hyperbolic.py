@@ -126,7 +126,13 @@ def other_sources(source):
     save_checkpoint(ckpt, family)
     narrow = next(p for name, p in runs.items() if "latent_dim=8" in name)
     untrained = next(p for name, p in runs.items() if "latent_dim" not in name)
-    return {"family": family, "narrow": narrow / "checkpoints" / "last.ckpt", "untrained": untrained}
+    crafted = {}  # a file is data: a state_dict that is not names to tensors is bad input, not a crash
+    for name, state in (("listed", list(ckpt["state_dict"].values())),
+                        ("floats", {k: 0.5 for k in ckpt["state_dict"]})):
+        crafted[name] = source["root"] / f"{name}.ckpt"
+        save_checkpoint({**ckpt, "config": {**ckpt["config"], "experiment": "ternary_v5_5"}, "state_dict": state},
+                        crafted[name])
+    return {"family": family, "narrow": narrow / "checkpoints" / "last.ckpt", "untrained": untrained, **crafted}
 
 
 REFUSALS = {
@@ -136,6 +142,10 @@ REFUSALS = {
                      [r"is a ternary_v5_12 checkpoint; ternary_v5_11 loads frozen parts only from ternary_v5_5 or ternary_v5_11"]),
     "wrong shapes": (["frozen_checkpoint.path={narrow}"],
                      [r"do not fit this model: model\.decoder_a\.net\.0\.weight \(32, 8\) in the checkpoint vs \(32, 16\) here"]),
+    "state_dict a list": (["frozen_checkpoint.path={listed}"],
+                          [r"listed\.ckpt is not a checkpoint of this framework: its state_dict is a list"]),
+    "state_dict of floats": (["frozen_checkpoint.path={floats}"],
+                             [r"floats\.ckpt is not a checkpoint of this framework: its state_dict holds float at"]),
     "low coverage": (["frozen_checkpoint.path={untrained}"],
                      [r"coverage of the frozen parts is \d+\.\d+%.*below frozen_checkpoint\.min_coverage=95%"]),
 }

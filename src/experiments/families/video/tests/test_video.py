@@ -165,3 +165,22 @@ def test_magvit_v2_trains_end_to_end(tmp_path):
     last = torch.load(rd / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]
     assert 0 < last["codes/used_fraction"] <= 1 and last["codes/perplexity"] >= 1
     assert checkpoint_size_report(rd / "checkpoints" / "last.ckpt")["ratio"] <= 1.1
+
+
+def test_eval_writes_no_picture_through_a_link_in_its_results(magvit_run, tmp_path):
+    """A results folder from an earlier eval.py whose `reconstructions/` is now a link outside the run: the
+    pictures are not drawn there; one line, exit 2."""
+    import os
+    import shutil
+
+    run = tmp_path / "outputs" / "magvit" / magvit_run.name
+    shutil.copytree(magvit_run, run, symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    results = run / "eval" / "own" / "last"
+    results.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(results / "reconstructions", ignore_errors=True)
+    os.symlink(outside, results / "reconstructions")
+    r = run_program("eval.py", f"ckpt={run}", cwd=tmp_path)
+    assert r.returncode == 2 and "leads outside" in one_error_line(r), r.stdout + r.stderr
+    assert list(outside.iterdir()) == []
