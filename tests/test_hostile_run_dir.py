@@ -122,7 +122,7 @@ def test_a_train_log_linked_outside_gets_nothing_appended(plant):
     killed_after_epoch_1(run)
     (run / "train.log").unlink()
     os.symlink(outside / "marker.txt", run / "train.log")
-    refused(program("train.py", *ARGS, cwd=cwd), "train.log", "outside")
+    refused(program("train.py", *ARGS, cwd=cwd), "train.log is a link")
     assert files_of(outside) == {"marker.txt": b"untouched\n"}
 
 
@@ -133,7 +133,7 @@ def test_a_folder_of_the_run_linked_outside_is_not_written(plant, folder):
     shutil.move(run / folder, outside / folder)
     os.symlink(outside / folder, run / folder)
     before = files_of(outside)
-    refused(program("train.py", *ARGS, cwd=cwd), folder, "outside")
+    refused(program("train.py", *ARGS, cwd=cwd), f"{folder} is a link")
     assert files_of(outside) == before
 
 
@@ -142,7 +142,7 @@ def test_damaged_checkpoints_are_not_moved_through_a_link(plant):
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # torn: a resume would move it to checkpoints/damaged/
     os.symlink(outside, run / "checkpoints" / "damaged")
-    refused(program("train.py", *ARGS, cwd=cwd), "damaged", "outside")
+    refused(program("train.py", *ARGS, cwd=cwd), "damaged is a link")
     assert files_of(outside) == {"marker.txt": b"untouched\n"}
 
 
@@ -150,7 +150,7 @@ def test_resume_never_does_not_move_the_run_through_a_link(plant):
     cwd, run, outside = plant
     os.symlink(outside, run / "superseded")
     before = files_of(run)
-    refused(program("train.py", *ARGS, "resume=never", cwd=cwd), "superseded", "outside")
+    refused(program("train.py", *ARGS, "resume=never", cwd=cwd), "superseded is a link")
     assert files_of(outside) == {"marker.txt": b"untouched\n"}
     assert files_of(run) == before
 
@@ -328,3 +328,83 @@ def test_a_sweep_plan_that_is_huge_or_a_fifo_is_not_a_plan(tmp_path):
     os.mkfifo(tmp_path / "plan.json")
     os.mkfifo(tmp_path / "0000.json")
     assert read_plan(tmp_path) == {} and read_record(tmp_path / "0000.json") is None
+
+
+def test_a_link_that_stays_inside_the_run_is_refused_too(plant):
+    """A link may lead into a folder that nothing checks again and on from there (checkpoints -> an earlier
+    run's folder whose damaged/ leads outside): no link is the run's own, but wandb's."""
+    cwd, run, outside = plant
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # torn: a resume would move it to checkpoints/damaged/
+    shutil.move(run / "checkpoints", run / "superseded" / "t" / "c")
+    os.symlink(outside, run / "superseded" / "t" / "c" / "damaged")
+    os.symlink(run / "superseded" / "t" / "c", run / "checkpoints")
+    refused(program("train.py", *ARGS, cwd=cwd), "is a link")
+    assert files_of(outside) == {"marker.txt": b"untouched\n"}
+
+
+def test_wandbs_own_links_do_not_stop_a_rerun(plant):
+    """wandb links its newest run and logs in wandb/ (relative) and each start's core log to its cache."""
+    cwd, run, outside = plant
+    start = run / "wandb" / "offline-run-20260101_000000-0123456789abcdef"
+    (start / "logs").mkdir(parents=True)
+    (start / "logs" / "debug.log").write_text("")
+    os.symlink(start.name, run / "wandb" / "latest-run")
+    os.symlink(f"{start.name}/logs/debug.log", run / "wandb" / "debug.log")
+    os.symlink(outside / "core-debug.log", start / "logs" / "debug-core.log")
+    r = program("train.py", *ARGS, cwd=cwd)
+    assert r.returncode == 0 and "Run already complete" in r.stdout, r.stdout + r.stderr
+    os.symlink(outside / "x", start / "logs" / "other.log")  # any other link in there is refused
+    refused(program("train.py", *ARGS, cwd=cwd), "other.log is a link")
+
+
+def test_a_loop_of_links_is_refused_in_one_line(plant):
+    cwd, run, _ = plant
+    os.symlink("loop", run / "loop")
+    refused(program("train.py", *ARGS, cwd=cwd), "loop is a link")
+    refused(program("verify.py", *SINE[:2], f"ckpt={run / 'loop' / 'x.ckpt'}", cwd=cwd), "loop")
+
+
+def test_the_lock_and_the_log_are_never_opened_through_a_link_or_a_second_name(tmp_path):
+    """Behind the walk: `.lock` and `train.log` are opened with O_NOFOLLOW, and refused when they have
+    another name (a hard link: writing them would write it)."""
+    from experiments.console import open_for_append
+    from experiments.errors import UserError
+    from experiments.run_dir import open_lock
+
+    target = tmp_path / "target.txt"
+    target.write_text("untouched\n")
+    for opener in (open_lock, open_for_append):
+        os.symlink(target, tmp_path / "linked")
+        with pytest.raises(UserError, match="is a link"):
+            opener(tmp_path / "linked")
+        os.link(target, tmp_path / "second")
+        with pytest.raises(UserError, match="has 2 names"):
+            opener(tmp_path / "second")
+        for p in ("linked", "second"):
+            (tmp_path / p).unlink()
+    assert target.read_text() == "untouched\n"
+
+
+def test_a_replay_longer_than_max_replay_epochs_is_skipped_with_the_reason(plant):
+    cwd, run, _ = plant
+    r = program("verify.py", *SINE[:2], f"ckpt={run}", "stages=[resume_exact]", "max_replay_epochs=0", cwd=cwd)
+    assert r.returncode == 0 and "1 epoch(s) apart, more than max_replay_epochs=0" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_sweep_directory_linked_outside_gets_no_record(plant):
+    cwd, _, outside = plant
+    args = ["-m", *SINE, "trainer.max_epochs=1", "sweep_name=planted", "seed=0"]
+    assert program("train.py", *args, cwd=cwd).returncode == 0
+    (sweep,) = (cwd / "outputs" / "sweeps").iterdir()
+    shutil.rmtree(sweep / "jobs")
+    os.symlink(outside, sweep / "jobs")
+    refused(program("train.py", *args, cwd=cwd), "jobs is a link")
+    assert files_of(outside) == {"marker.txt": b"untouched\n"}
+
+
+@pytest.mark.parametrize("change", [{"run": []}, {"history": [1]}, {"epoch": "1"}])
+def test_a_checkpoint_of_the_wrong_shape_is_not_resumed_from(plant, change):
+    cwd, run, _ = plant
+    rewritten(only_last(run), lambda c: c.update(change))
+    refused(program("train.py", *ARGS, cwd=cwd), "not a checkpoint of this framework")

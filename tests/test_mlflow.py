@@ -99,6 +99,12 @@ def test_without_mlflow_a_run_is_refused_in_one_line_before_anything_runs(tmp_pa
     assert "preflight" not in r.stdout and not (tmp_path / "outputs").exists()  # refused before anything ran
 
 
+def png_header(width: int, height: int) -> bytes:
+    import struct
+
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + struct.pack(">II", width, height)
+
+
 def test_the_pictures_a_logger_gets_are_the_runs_not_the_loggers_own_copies(tmp_path):
     """The MLflow store keeps every image it is given as a PNG under the run directory (so do wandb and
     TensorBoard in their folders): were those taken for the run's pictures, every evaluation would log them
@@ -109,7 +115,8 @@ def test_the_pictures_a_logger_gets_are_the_runs_not_the_loggers_own_copies(tmp_
                  "wandb/offline-run-x/files/media/images/fit_3.png", "tensorboard/x.png", "superseded/t/fit.png",
                  "checkpoints/x.png", "eval/own/last/fit.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"\x89PNG")
+        (tmp_path / name).write_bytes(png_header(64, 48))
+    (tmp_path / "huge.png").write_bytes(png_header(9000, 9000))  # 81 M pixels declared in 24 bytes: left out
     report = LoggerReport(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in report._new_pictures()] == [
         "fit.png", "reconstructions/epoch=0001.png"]
@@ -129,3 +136,23 @@ def test_a_crafted_run_id_file_is_data_never_a_path_or_a_wall_of_text(tmp_path, 
     logger.log_metrics({"x": 1.0}, step=0)  # an id the store does not hold: a run of its own, the file rewritten
     assert logger.run_id != "0123456789abcdef0123456789abcdef"
     assert (tmp_path / "mlflow_run.txt").read_text() == f"{logger.run_id}\n"
+
+
+def test_a_store_that_names_artifacts_outside_the_run_directory_is_refused(tmp_path, monkeypatch):
+    """The run directory's MLflow store is data: an experiment planted in it whose artifact location is
+    outside gets nothing written there (config.yaml, pictures); one line, a UserError."""
+    import mlflow
+    import pytest
+
+    from experiments.errors import UserError
+
+    for name in ("MLFLOW_ALLOW_FILE_STORE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(name, "")
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    logger = MLFlowLogger(save_dir=str(run_dir))
+    planted = mlflow.MlflowClient(tracking_uri=f"file:{(run_dir / 'mlruns').resolve()}")
+    planted.create_experiment(logger._experiment_name, artifact_location=outside.as_uri())
+    with pytest.raises(UserError, match="outside that store: refusing to log there"):
+        logger.log_hyperparams({"seed": 1})
+    assert list(outside.iterdir()) == []

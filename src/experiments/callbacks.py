@@ -1,5 +1,6 @@
 """Small Lightning callbacks the programs attach to every run."""
 import random
+import struct
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
 from experiments.errors import UserError
 from experiments.run_dir import epoch_number
+from experiments.untrusted import open_regular
 
 
 class StepSeeding(Callback):
@@ -111,9 +113,27 @@ class ValidationLines(Callback):
                   flush=True)
 
 
+MAX_PICTURE_PIXELS = 4096 * 4096  # a figure of this framework is far smaller; a logger decodes it whole, as floats
+
+
+def picture_fits(path: Path) -> bool:
+    """Whether a PNG found in the run directory is one a logger may decode: a regular file whose header (read
+    as data: 24 bytes) declares at most MAX_PICTURE_PIXELS. A 28 KB file can declare 9000x9000."""
+    try:
+        with open_regular(path) as f:
+            head = f.read(24)
+    except (OSError, UserError):
+        return False
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return False
+    width, height = struct.unpack(">II", head[16:24])
+    return width * height <= MAX_PICTURE_PIXELS
+
+
 class LoggerReport(Callback):
     """What a logger gets beyond the metrics Lightning logs: every PNG the run writes in its directory (as
-    an image, keyed by its folder or name: `reconstructions`, `predictions`), after each validation and
+    an image, keyed by its folder or name: `reconstructions`, `predictions`; one that is not a PNG of at most
+    MAX_PICTURE_PIXELS is left out), after each validation and
     at the end; and at the end the final epoch's figures (train and validation together) as the run's
     summary, for loggers that keep one."""
 
@@ -131,7 +151,8 @@ class LoggerReport(Callback):
             mtime = path.stat().st_mtime
             if self._seen.get(path) != mtime:
                 self._seen[path] = mtime
-                found.append(path)
+                if picture_fits(path):
+                    found.append(path)
         return found
 
     def _log_pictures(self, trainer) -> None:

@@ -27,6 +27,8 @@ from experiments.errors import UserError
 from experiments.untrusted import read_text
 
 PER_OUTPUT = "per_output.csv"
+# A row an output: ARC's 419 evaluation outputs take 30 KB. Read as dicts a CSV takes about 100x its bytes.
+MAX_PER_OUTPUT_BYTES = 4 << 20
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
 COLUMNS = ["metric", "baseline", "variant", "mean_diff", "ci_low", "ci_high", "n_outputs", "n_seeds", "p_value",
            "verdict"]
@@ -94,7 +96,7 @@ def read_per_output(run_dir: Path) -> list[dict] | None:
     if not path.exists():
         return None
     try:
-        return list(csv.DictReader(io.StringIO(read_text(path))))
+        return list(csv.DictReader(io.StringIO(read_text(path, MAX_PER_OUTPUT_BYTES))))
     except (OSError, UserError, csv.Error):
         return None
 

@@ -94,8 +94,8 @@ def open_for_append(path: Path):
     """A log file opened to append to, never through a link (the console would be appended to whatever it
     points at) and only when it is a regular file (a FIFO would block)."""
     try:
-        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, "a", encoding="utf-8",
-                            buffering=1)
+        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, "a", one_name=True,
+                            encoding="utf-8", buffering=1)
     except UserError as e:
         raise UserError(f"{e}; it should be the run's log: remove it, then rerun")
 

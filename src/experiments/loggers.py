@@ -3,6 +3,7 @@ import hashlib
 import inspect
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from experiments.atomic import atomic_write_bytes
 from experiments.console import is_terminal
+from experiments.errors import UserError
 
 
 def rgb_pixels(path):
@@ -115,6 +117,8 @@ class MLFlowLogger(LightningMLFlowLogger):
         if str(kwargs.get("tracking_uri") or "").startswith("file:"):
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # (read by MLflow when the client opens the store)
         self._id_file = Path(run_dir) / MLFLOW_RUN_FILE if run_dir else None
+        # the run directory's own store: data like the rest of it, whose meta.yaml files name artifact folders
+        self._own_store = Path(run_dir).resolve() / "mlruns" if run_dir and not bound.get("tracking_uri") else None
         if run_dir:
             kwargs["run_name"] = kwargs.get("run_name") or f"{Path(run_dir).parent.name}/{Path(run_dir).name}"
             kwargs["tags"] = {**(kwargs.get("tags") or {}), RUN_DIR_TAG: stable_id(run_dir)}
@@ -130,9 +134,20 @@ class MLFlowLogger(LightningMLFlowLogger):
             if self._run_id is not None:
                 self._mlflow_client.update_run(self._run_id, status="RUNNING")
         client = super().experiment
+        if first and self._own_store is not None:
+            self._refuse_artifacts_outside(client)
         if first and self._id_file is not None and self._earlier_id() != self._run_id:
             atomic_write_bytes(self._id_file, f"{self._run_id}\n".encode())
         return client
+
+    def _refuse_artifacts_outside(self, client) -> None:
+        """The run's artifacts (config.yaml, pictures) go where its store says: in the run directory's own
+        store, only inside it (a planted experiment or run can name any folder)."""
+        uri = client.get_run(self._run_id).info.artifact_uri or ""
+        where = Path(urllib.parse.urlparse(uri).path) if uri.startswith("file:") else None
+        if where is None or not where.resolve().is_relative_to(self._own_store):
+            raise UserError(f"{self._own_store}: MLflow run {self._run_id} keeps its artifacts at {uri}, outside "
+                            f"that store: refusing to log there; rerun with resume=never to start a new run")
 
     def _earlier_id(self) -> str | None:
         """The id a start before this one wrote, if it reads as an MLflow run id (the file is data)."""

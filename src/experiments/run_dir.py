@@ -129,40 +129,50 @@ def verification_report(checkpoint: Path) -> Path:
     return checkpoint.parent / VERIFICATION / f"{checkpoint.stem}.json"
 
 
-def refuse_links_out(folder: Path, root: Path, below: bool = True, closed=lambda parts: False) -> None:
+def refuse_links_out(folder: Path, root: Path, below: bool = True) -> None:
     """A folder a program writes into, at or below `root` (a run directory: train.py's own; verify.py's
     reports, eval.py's results in a run it did not make), is the program's own only where it is made of
-    real folders inside `root`: refused (UserError, nothing written) when it, or with `below` anything
-    under it, is a link that leads outside `root` (a write, an append or a move would land there), or is
-    a FIFO, socket or device (an open of it would block or never end). Folders where `closed(parts below
-    folder)` are looked at but not entered: nothing writes into them again (written_once)."""
+    real folders inside `root`: refused (UserError, nothing written) when it leads outside `root` through a
+    link, or with `below` when anything under it is a link (a write, an append or a move there would land
+    wherever it points; wandb's own links excepted: `wandb_link`), a FIFO, socket or device (an open of it
+    would block or never end), or a folder that cannot be listed (what it hides is not known)."""
     folder, root = Path(folder), Path(root)
-    inside = root.resolve()
     existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), root)
-    if not existing.resolve().is_relative_to(inside):
+    try:
+        outside = not existing.resolve().is_relative_to(root.resolve())
+    except (RuntimeError, OSError):  # a loop of links
+        outside = True
+    if outside:
         raise UserError(f"{existing} leads outside {root} (a link): refusing to write there; remove the link, or "
                         f"give the output path yourself")
     if not below or not folder.is_dir():
         return
-    for where, folders, files in os.walk(folder):  # links to folders are listed, never entered
-        entries = folders + files
-        folders[:] = [d for d in folders if not closed(Path(where, d).relative_to(folder).parts)]
-        for name in entries:
+
+    def unlisted(error: OSError):
+        raise UserError(f"{error.filename} cannot be listed ({error.strerror}): refusing to write below {folder} "
+                        f"without knowing what it holds")
+
+    for where, folders, files in os.walk(folder, onerror=unlisted):  # links to folders are listed, never entered
+        for name in folders + files:
             path = Path(where) / name
             mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode) and not path.resolve().is_relative_to(inside):
-                raise UserError(f"{path} is a link that leads outside {root}: refusing to write below {folder} "
-                                f"(a write could land there); remove the link")
+            if stat.S_ISLNK(mode) and not wandb_link(path.relative_to(folder).parts):
+                raise UserError(f"{path} is a link: refusing to write below {folder}, where a write could land "
+                                f"wherever a link points; a run's folders are real folders (put runs elsewhere "
+                                f"with paths.outputs); remove the link")
             if not (stat.S_ISLNK(mode) or stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                 raise UserError(f"{path} is {kind_of(mode)}, which no program of this framework makes: refusing to "
                                 f"use {folder} (opening it could block forever); remove it")
 
 
-def written_once(parts: tuple[str, ...]) -> bool:
-    """Folders of a run (as parts below it) that no program writes into again: each start's own wandb folder
-    (wandb links its log to a file in its cache there), each earlier run moved to superseded/, each set of
-    checkpoints moved to checkpoints/damaged/."""
-    return len(parts) == 2 and parts[0] in ("wandb", SUPERSEDED) or len(parts) == 3 and parts[:2] == (CHECKPOINTS, DAMAGED)
+def wandb_link(parts: tuple[str, ...]) -> bool:
+    """The links wandb itself makes in a run's `wandb/` folder (an earlier run's in superseded/ too), each
+    replaced by a rename at every start, never written through: its newest run and logs, and each start's
+    link to its core log in wandb's cache."""
+    if parts[:1] == (SUPERSEDED,):
+        parts = parts[2:]
+    return parts in (("wandb", "latest-run"), ("wandb", "debug.log"), ("wandb", "debug-internal.log")) or (
+        len(parts) == 4 and parts[0] == "wandb" and parts[2:] == ("logs", "debug-core.log"))
 
 
 def is_superseded(path: Path) -> bool:
@@ -223,7 +233,7 @@ def open_lock(path: Path):
     """`.lock` opened for reading and writing, created if missing; never through a link (the PID line would
     be written into whatever it points at), and only when it is a regular file (a FIFO would block)."""
     try:
-        return open_regular(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, "r+")
+        return open_regular(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, "r+", one_name=True)
     except UserError as e:
         raise UserError(f"{e}; it should be the run's lock file: remove it, then rerun")
 

@@ -78,8 +78,8 @@ class StoredRun:
 
     def _check_family(self) -> None:
         seed = self.config.get("seed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise UserError(f"{self.primary}: its config's seed is {shown(seed)}, not an integer from 0 to 2**32 - 1")
+        if isinstance(seed, bool) or not isinstance(seed, int):  # as train.py's schema has it
+            raise UserError(f"{self.primary}: its config's seed is {shown(seed)}, not an integer")
         for key in ("model", "data", "task"):
             node = self.config.get(key)
             if not isinstance(node, dict) or "_target_" not in node:

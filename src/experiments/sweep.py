@@ -130,7 +130,9 @@ class SweepSummary(Callback):
     def open(config) -> None:
         sid = sweep_id(config)
         try:
-            directory = Path(rd.outputs_root(config.paths.outputs)) / "sweeps" / sid
+            root = Path(rd.outputs_root(config.paths.outputs))
+            directory = root / "sweeps" / sid
+            rd.refuse_links_out(directory, root)  # its records are written there: data, as a run directory is
         except UserError as e:  # before anything is created; SystemExit passes Hydra's callback guard
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER)

@@ -219,7 +219,7 @@ def train(cfg: DictConfig) -> Outcome:
         return train_run(cfg, run_dir, results, child)
     # the run directory is data too: a link planted in it would take a write, an append or a move outside
     rd.refuse_links_out(run_dir, cfg.paths.outputs, below=False)
-    rd.refuse_links_out(run_dir, run_dir, closed=rd.written_once)
+    rd.refuse_links_out(run_dir, run_dir)
     with rd.held(run_dir):
         removed = rd.remove_stale_temporaries(run_dir, shared=rd.readers_write_here)
         if removed:

@@ -49,11 +49,12 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", **kwargs):
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", one_name: bool = False, **kwargs):
     """A file opened (os.open `flags`, then as open's `mode`) only when it is a regular file: a FIFO would
     block the open or the first read forever, a device never ends. It is opened non-blocking, so that a FIFO
     is refused rather than waited on. Links are followed unless `flags` holds O_NOFOLLOW (a data folder may
-    hold them; a file a program writes in a run directory never is one)."""
+    hold them; a file a program writes in a run directory never is one). With `one_name`, a file that has
+    other names (a hard link: writing it writes them) is refused too."""
     try:
         fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
     except OSError as e:
@@ -61,9 +62,13 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", **kwarg
         if what is None:
             raise
         raise UserError(f"{path} is {what}, not a file: refusing to open it")
-    kind = os.fstat(fd).st_mode
-    if not stat.S_ISREG(kind):
+    found = os.fstat(fd)
+    kind = found.st_mode
+    if not stat.S_ISREG(kind) or one_name and found.st_nlink > 1:
         os.close(fd)
+        if stat.S_ISREG(kind):
+            raise UserError(f"{path} has {found.st_nlink} names (hard links): refusing to write what would change "
+                            f"them all")
         raise UserError(f"{path} is {kind_of(kind)}, not a file: refusing to open it")
     os.set_blocking(fd, True)
     return os.fdopen(fd, mode, **kwargs)

@@ -70,7 +70,7 @@ def fuller_stages(path: Path, rep: dict) -> set:
             return set()
         known = {s["name"] for s in old["stages"]} & set(CHECKPOINT_STAGES)  # a report is data: only real stages
         return known - {s["name"] for s in rep["stages"]}
-    except (OSError, ValueError, UserError, KeyError, TypeError):  # none, or unreadable: nothing to keep
+    except (OSError, ValueError, UserError, KeyError, TypeError, RecursionError):  # none, or unreadable
         return set()
 
 

@@ -52,7 +52,7 @@ def verification_of(ckpt: Path) -> str | None:
         rep = json.loads(read_text(report))
         statuses = {s["name"]: s["status"] for s in rep["stages"]}
         recorded = rep["checkpoint"]["sha256"]
-    except (OSError, ValueError, UserError, KeyError, TypeError):
+    except (OSError, ValueError, UserError, KeyError, TypeError, RecursionError):
         return f"its report {report.name} is unreadable"
     missing = [name for name in VERIFIED_BY if statuses.get(name) != "pass"]
     if missing:

@@ -82,6 +82,11 @@ def not_ours(ckpt: dict) -> str | None:
         return f"it lacks {', '.join(missing)}"
     if not all(isinstance(ckpt[k], int) and not isinstance(ckpt[k], bool) for k in ("epoch", "global_step")):
         return "its epoch or global_step is not an integer"
+    if not isinstance(ckpt.get("run", {}), dict) or not isinstance(ckpt.get("config", {}), dict):
+        return "its run or config is not a mapping"
+    history = ckpt.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "its history is not a list of rows"
     odd = state_dict_problem(ckpt["state_dict"])
     return f"its state_dict {odd}" if odd else None
 

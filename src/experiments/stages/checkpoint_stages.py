@@ -203,7 +203,7 @@ def resume_exact(ctx) -> StageResult:
     target = ctx.ckpts[b]
     epochs = _replay_length(ctx.ckpts[a], target, b.name)
     if epochs > ctx.max_replay_epochs:
-        return _skip("resume_exact", f"the closest checkpoints, {a.name} and {b.name}, are {epochs} epochs apart, more "
+        return _skip("resume_exact", f"the closest checkpoints, {a.name} and {b.name}, are {epochs} epoch(s) apart, more "
                                      f"than max_replay_epochs={ctx.max_replay_epochs} (verify.py max_replay_epochs=N "
                                      f"replays more)")
     cfg = OmegaConf.create(replay_config(target["config"], target))
@@ -227,7 +227,8 @@ def resume_exact(ctx) -> StageResult:
 # paths, plugins, devices, loggers) is the replay's own: one CPU process writing nothing outside its temporary folder.
 REPLAYED_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
                          "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch", "val_check_interval",
-                         "num_sanity_val_steps", "deterministic", "benchmark", "log_every_n_steps")
+                         "num_sanity_val_steps", "deterministic", "benchmark", "log_every_n_steps", "max_steps",
+                         "overfit_batches", "reload_dataloaders_every_n_epochs")
 
 
 def replay_config(config: dict, target: dict) -> dict:
