@@ -70,6 +70,19 @@ def test_overfit_trains_on_the_same_few_batches_every_epoch_fits_them_and_resume
                      done)
 
 
+def test_an_overfit_run_resumes_exactly_from_an_epochs_end_and_verify_replays_it(tmp_path):
+    """debug=overfit resumed from an epoch's end trains the same batches again, not the next ones: every
+    epoch draws one order, and the saved position is the fit loop's epoch. verify.py's replay (resume_exact,
+    from epoch 3's checkpoint to epoch 4's) builds SameBatches (`replayed = True`) and reproduces the run."""
+    r = in_process("train.py", *SINE, "debug=overfit", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1",
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = (tmp_path / "outputs" / "sine").iterdir()
+    v = in_process("verify.py", *SINE[:2], f"ckpt={run}", "stages=[resume_exact]", cwd=tmp_path)
+    assert v.returncode == 0 and "resumed epoch=0003.ckpt for 1 epoch(s): bit-identical" in v.stdout, \
+        v.stdout + v.stderr
+
+
 EARLY = [*SINE, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
          "callbacks.early_stopping.min_delta=0.5"]  # val/r2 never gains 0.5 again after its first epoch
 

@@ -408,3 +408,14 @@ def test_a_checkpoint_of_the_wrong_shape_is_not_resumed_from(plant, change):
     cwd, run, _ = plant
     rewritten(only_last(run), lambda c: c.update(change))
     refused(program("train.py", *ARGS, cwd=cwd), "not a checkpoint of this framework")
+
+
+def test_a_run_directory_that_resolves_outside_the_outputs_is_refused(tmp_path):
+    """An experiment's folder under the outputs made a link to another place: the run is refused and the
+    folder Hydra made for it there is removed again."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "outputs").mkdir()
+    os.symlink(outside, tmp_path / "outputs" / "sine")
+    refused(program("train.py", *ARGS, cwd=tmp_path), "leads outside")
+    assert list(outside.iterdir()) == []

@@ -49,7 +49,8 @@ class EpochBatchSampler(Sampler):
         self.shuffle, self.drop_last = shuffle, drop_last
         self.lengths = None if lengths is None or not bucket_window else torch.as_tensor(lengths)
         self.bucket_window = bucket_window
-        self.epoch = 0
+        self.epoch = 0       # whose order is drawn
+        self.loop_epoch = 0  # the fit loop's epoch (the same, but under hold_epoch)
         self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
         self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
         self.iterations: list[int] = []
@@ -59,6 +60,7 @@ class EpochBatchSampler(Sampler):
         self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
+        self.loop_epoch = epoch
         self.epoch = epoch if self.hold_epoch is None else self.hold_epoch
 
     def batch_indices(self, epoch: int) -> list[torch.Tensor]:
@@ -87,15 +89,18 @@ class EpochBatchSampler(Sampler):
         self.iterations.append(self.epoch)
         epoch, done = self.resume_at
         self.resume_at = (-1, 0)
-        yield from self.batch_indices(self.epoch)[done if epoch == self.epoch else 0:]
+        # resumed inside the epoch it was saved in: on after its batches (an epoch's end resumes at the next)
+        yield from self.batch_indices(self.epoch)[done if epoch == self.loop_epoch else 0:]
 
     def state_dict(self, batches_done: int) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "batches_done": batches_done}
+        # the fit loop's epoch: under hold_epoch every epoch draws one order, and an epoch's end must not read
+        # as the middle of the next
+        return {"seed": self.seed, "epoch": self.loop_epoch, "batches_done": batches_done}
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:
             raise ValueError(f"checkpoint data order has seed {state['seed']}, this run has seed {self.seed}")
-        self.epoch = state["epoch"]
+        self.epoch = self.loop_epoch = state["epoch"]
         self.resume_at = (state["epoch"], state["batches_done"])
 
 

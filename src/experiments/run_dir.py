@@ -136,8 +136,11 @@ def refuse_links_out(folder: Path, root: Path, below: bool = True) -> None:
     link, or with `below` when anything under it is a link (a write, an append or a move there would land
     wherever it points; wandb's own links excepted: `wandb_link`), a FIFO, socket or device (an open of it
     would block or never end), or a folder that cannot be listed (what it hides is not known)."""
-    folder, root = Path(folder), Path(root)
-    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), root)
+    folder, root = Path(os.path.abspath(folder)), Path(os.path.abspath(root))  # as written: links not followed
+    chain = [p for p in (folder, *folder.parents) if p.is_relative_to(root)]
+    existing = next((p for p in chain if p.exists() or p.is_symlink()), None)
+    if existing is None:  # nothing there yet: made fresh
+        return
     try:
         outside = not existing.resolve().is_relative_to(root.resolve())
     except (RuntimeError, OSError):  # a loop of links
