@@ -315,6 +315,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # DDP: the tasks sum their epoch figures over processes themselves (epoch_sampler.totals_over_ranks)
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    if "SLURM_JOB_ID" not in os.environ:  # srun on the PATH outside a Slurm job: Lightning's hint to use it is noise
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 def _sweep_codes() -> list[int]:
