@@ -74,20 +74,14 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", one_nam
     return os.fdopen(fd, mode, **kwargs)
 
 
-def read_bytes(path: Path, limit: int = MAX_TEXT_BYTES) -> bytes:
-    """A regular file read whole only when it is at most `limit` bytes (UserError otherwise)."""
+def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
+    """A text file read whole only when it is a regular file of at most `limit` bytes (UserError otherwise,
+    or when it is not UTF-8); OSError as for any read."""
     with open_regular(path) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise UserError(f"{path} is larger than {limit:,} bytes: not a file this framework reads (a real one is "
                         f"far smaller)")
-    return data
-
-
-def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
-    """A text file read whole only when it is a regular file of at most `limit` bytes (UserError otherwise,
-    or when it is not UTF-8); OSError as for any read."""
-    data = read_bytes(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

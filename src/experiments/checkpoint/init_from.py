@@ -6,10 +6,8 @@ weights must fit this model key for key and shape for shape, unless `init_strict
 keys that fit and names every one left out."""
 from pathlib import Path
 
-import torch
-
 from experiments import run_dir as rd
-from experiments.checkpoint.io import load_checkpoint, sha256_file
+from experiments.checkpoint.io import load_checkpoint, sha256_file, state_dict_problem
 from experiments.errors import UserError
 from experiments.untrusted import shown, with_current_targets
 
@@ -51,7 +49,7 @@ def initialise(task, path: str, strict: bool, task_target: str, renamed: dict) -
         raise UserError(f"init_from={path}: a checkpoint of {shown(stored_task)}, and this run trains {task_target}; "
                         f"weights start only from a run of the same task")
     state = checkpoint.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if state_dict_problem(state):
         raise UserError(f"init_from={path}: {source} holds no weights (state_dict)")
     own = task.state_dict()
     missing, unexpected, shaped = mismatch(own, state)
