@@ -250,3 +250,9 @@ def fifo_feeding(path, content: bytes):
         reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # lets the writer's open() return
         writer.join()
         os.close(reader)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests first: they mostly wait on the cluster (requeues, its 30-second time checks), so they
+    run beside the other worker's work instead of after it."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")  # a stable sort: the rest keep their order

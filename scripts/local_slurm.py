@@ -6,9 +6,13 @@
 `start` installs Debian's packages (slurmctld, slurmd, slurm-client) when they are missing and this runs as
 root, writes a config into the folder (the node's CPUs and memory read from this machine; no munge, no
 accounting database, no systemd: `auth/none`), starts slurmctld and slurmd on two free ports with their
-state, logs and PID files in that folder, and waits until the node is idle. `stop` ends the two daemons it
-started (their PIDs from the folder) and nothing else. Without root and without Slurm, `start` says why in
-one line and exits 2 (the tests skip with that line).
+state, logs and PID files in that folder, and waits until the node is idle. `stop` cancels the cluster's
+jobs, ends the two daemons it started (their process groups, from the folder) and any process left with
+this cluster's config in its environment, and nothing else. Without root and without Slurm, `start` says
+why in one line and exits 2 (the tests skip with that line).
+
+Set for a test's pace, not a cluster's: a requeued job may start again after 6 s (`cred_expire=5`, 120 s by
+default), the scheduler looks every second, and a job's processes get 2 s between SIGTERM and SIGKILL.
 """
 import os
 import shutil
@@ -60,13 +64,15 @@ def config(folder: Path) -> str:
     user = "root" if os.geteuid() == 0 else os.environ.get("USER") or "root"
     return "\n".join([
         "ClusterName=local", "SlurmctldHost=localhost", "AuthType=auth/none", "CredType=cred/none",
+        "AuthInfo=cred_expire=5",  # a requeued job waits this long before it starts again (default 120 s)
         "MpiDefault=none", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
         f"SlurmUser={user}", f"SlurmdUser={user}",
         f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
         f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
         f"SlurmctldLogFile={folder / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'slurmd.log'}",
         f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
-        "SchedulerType=sched/builtin", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        "SchedulerType=sched/builtin", "SchedulerParameters=sched_interval=1",  # a requeued job starts when it may
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
         "ReturnToService=2",
         "KillWait=2",  # a single node starts no new job while one is still completing: keep that short
         "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
@@ -105,8 +111,11 @@ def start(folder: Path, timeout: float = 60) -> dict:
 
 
 def stop(folder: Path, timeout: float = 30) -> None:
-    """End the daemons `start` began in `folder` (their process groups, recorded there), SIGKILL after
-    `timeout`; nothing else."""
+    """End the cluster `start` began in `folder`: its jobs cancelled (Slurm runs them in sessions of their
+    own, outside the daemons' groups), then its daemons (their process groups, recorded there), SIGKILL after
+    `timeout`, then any process still running with this cluster's config in its environment; nothing else."""
+    folder = Path(folder).resolve()
+    cancel_jobs(folder, timeout)
     for name in DAEMONS:
         record = Path(folder) / f"{name}.group"
         try:
@@ -126,6 +135,55 @@ def stop(folder: Path, timeout: float = 30) -> None:
         if group in STARTED:  # ours: reaped, not left a zombie
             STARTED.pop(group).wait(timeout)
         record.unlink(missing_ok=True)
+    for pid in processes_of(folder):  # a job's process that outlived its cancelled job
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def cancel_jobs(folder: Path, timeout: float) -> None:
+    """Cancel every job of the cluster configured in `folder`, and wait (at most `timeout`) for the queue
+    to empty."""
+    env = environment(folder)
+    if not running_daemon(folder, "slurmctld"):
+        return
+    quiet = {"env": env, "capture_output": True, "text": True, "timeout": 30}
+    subprocess.run(["scancel", "--user", str(os.geteuid()), "--quiet"], **quiet)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i"], **quiet)
+        if queue.returncode or not queue.stdout.strip():
+            return
+        time.sleep(0.2)
+
+
+def running_daemon(folder: Path, name: str) -> bool:
+    try:
+        return running(int((Path(folder) / f"{name}.group").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def processes_of(folder: Path) -> list[int]:
+    """PIDs of the processes (other than this one) whose environment names the cluster's config in `folder`:
+    its daemons' and its jobs'."""
+    mark = f"SLURM_CONF={Path(folder).resolve() / 'slurm.conf'}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in found if not zombie(pid)]
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def running(group: int) -> bool:

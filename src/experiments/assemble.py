@@ -111,6 +111,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(Path(path), map_location=map_location)
 
 
+def plugins() -> list:
+    """The checkpoint writer, and in a Slurm job Lightning's Slurm environment without its own requeue (a save
+    from inside its USR1 handler into `hpc_ckpt_*.ckpt`, which the next start would prefer to last.ckpt): the
+    framework saves on the cluster's warning itself (stop.py)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [AtomicCheckpointIO()] + ([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else [])
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     """The Trainer and its checkpoint policy. The policy's monitor is the config's, else the task's
     primary metric (task_contract.ExperimentTask.monitor)."""
@@ -129,7 +138,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     if logger:
         callbacks.append(LoggerReport(run_dir))
     try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins(),
                               default_root_dir=str(run_dir), enable_progress_bar=bar)
     except Exception as e:  # e.g. trainer=gpu on a machine without one (Hydra wraps Lightning's error)
         cause = e if isinstance(e, MisconfigurationException) else e.__cause__

@@ -242,15 +242,22 @@ def train_job(cfg):
     multirun the value an Optuna sweep optimises."""
     from hydra.core.hydra_config import HydraConfig
 
-    from experiments import sweep
     from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED
-    from experiments.train import train
+    from experiments.stop import preemption_saves
 
-    def recorded_training(c):
-        sweep.record_job("running")
-        return train(c)
+    # A Slurm job's warning signal stops the fit with a checkpoint: taken over before the slow imports, so
+    # that it finds the job here rather than in submitit's handler, which would exit wherever the job is
+    with preemption_saves() as preemption:
+        from experiments import sweep
+        from experiments.train import train
 
-    outcome = recorded(_outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir), cfg)
+        def recorded_training(c):
+            sweep.record_job("running")
+            return train(c)
+
+        outcome = recorded(_outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir), cfg)
+    if preemption is not None and outcome.code == EXIT_PREEMPTED:  # one job of a sweep on Slurm: the others go on
+        return requeued(preemption), float("nan")
     if not _in_multirun():
         return outcome, None
     if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) or outcome.stop:  # a rerun resumes this job (or the next)
@@ -259,6 +266,28 @@ def train_job(cfg):
         raise SystemExit(outcome.code or EXIT_INTERRUPTED)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
+
+
+def requeued(preemption):
+    """The end of a job submitit started that a cluster's warning (or a SIGTERM) stopped with its state saved.
+    After the warning, submitit's handler requeues the job and exits the process, or says why not (it timed
+    out `max_num_timeout` times): then the job's record says so and its outcome is returned. After a SIGTERM,
+    Slurm itself requeues or ends the job: the process exits. Rerunning the sweep command resumes a job Slurm
+    did not requeue."""
+    from experiments import sweep
+    from experiments.errors import EXIT_PREEMPTED, Outcome
+
+    if not preemption.received:
+        raise SystemExit(EXIT_PREEMPTED)
+    try:
+        preemption.requeue_job()  # exits the process once the job is requeued
+    except Exception as e:  # submitit's UncompletedJobError: not requeued
+        why = str(e).strip().removeprefix("Job not requeued because: ").rstrip(".")
+        error = f"{why} (hydra.launcher.max_num_timeout); rerun the sweep command to resume it from its last checkpoint"
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sweep.record_job("timed out", EXIT_PREEMPTED, error)
+        return Outcome(EXIT_PREEMPTED, error)
+    raise SystemExit(EXIT_PREEMPTED)  # (submitit's handler exits itself)
 
 
 def recorded(outcome, cfg):

@@ -146,11 +146,37 @@ def parts_over_ranks(module, parts: list[tuple[int, object]]) -> list:
     return [part for _, part in sorted((pair for rank in gathered for pair in rank), key=lambda pair: pair[0])]
 
 
+def epoch_state_of_ranks(module, sums: torch.Tensor, count: float) -> dict:
+    """A partial epoch's sums and count as a checkpoint keeps them (`task_epoch_state`): this process's and,
+    under DDP, every process's (`by_rank`; gathered, since every process builds its checkpoint state
+    together), so that on resume each process takes its own share back and the epoch's figures come out as
+    if it had not stopped."""
+    state = {"sums": sums.detach().cpu().clone(), "count": count}
+    trainer = module._trainer
+    if trainer is None or trainer.world_size == 1:
+        return state
+    flat = torch.cat([sums.detach().double().reshape(-1), torch.tensor([float(count)], dtype=torch.float64)])
+    gathered = trainer.strategy.all_gather(flat.to(module.device)).cpu()  # (processes, terms + 1)
+    state["by_rank"] = [{"sums": row[:-1].to(sums.dtype).reshape(sums.shape), "count": type(count)(row[-1].item())}
+                        for row in gathered]
+    return state
+
+
 def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
-    """A mid-epoch checkpoint's partial epoch sums (`task_epoch_state`). Under DDP they are rank 0's, so
-    only rank 0 takes them back: the others start from zero instead of counting rank 0's share twice."""
+    """This process's share of a mid-epoch checkpoint's partial epoch sums (`task_epoch_state`): its own
+    entry of `by_rank` when the checkpoint was written by as many DDP processes as now train; else the top
+    level (rank 0's) for rank 0 and nothing for the others, which start from zero instead of counting rank
+    0's share twice."""
     state = checkpoint.get("task_epoch_state")
-    return state if state is not None and not getattr(module._trainer, "global_rank", 0) else None
+    if not isinstance(state, dict):
+        return None
+    trainer = module._trainer
+    rank, world = getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+    by_rank = state.get("by_rank")
+    if isinstance(by_rank, list) and len(by_rank) == world and isinstance(by_rank[rank], dict) \
+            and isinstance(by_rank[rank].get("sums"), torch.Tensor):
+        return by_rank[rank]
+    return state if not rank else None
 
 
 def at_limit(trainer, epoch: int) -> bool:

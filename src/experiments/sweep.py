@@ -176,6 +176,20 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
     atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
 
 
+def note_lost_job(num: int, why: str) -> None:
+    """The launching process's word on a job that ended without its own end record (a Slurm job killed or
+    cancelled): its record keeps the status it had and gains `why`; a job that never started gets a record."""
+    directory = current_directory()
+    if directory is None:
+        return
+    path = directory / "jobs" / f"{num:04d}.json"
+    record = read_record(path) if path.exists() else {"num": num, "status": "not started"}
+    if record is None or record.get("status") in ("finished", "failed", "timed out"):
+        return  # the job's own end says more
+    record.update(error=why, exit_code=record.get("exit_code") or EXIT_FAILED)
+    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+
+
 def recorded_exit_codes() -> list[int]:
     """Exit statuses of the current sweep's jobs from their records (jobs run in launcher processes)."""
     directory = current_directory()

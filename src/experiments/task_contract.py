@@ -41,7 +41,8 @@ from typing import Any, Callable, ClassVar
 import lightning as L
 import torch
 
-from experiments.epoch_sampler import epoch_state_for_this_rank, evaluates_batch, parts_over_ranks, totals_over_ranks
+from experiments.epoch_sampler import (epoch_state_for_this_rank, epoch_state_of_ranks, evaluates_batch, parts_over_ranks,
+                                      totals_over_ranks)
 from experiments.errors import UserError
 
 REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
@@ -231,7 +232,7 @@ class ExperimentTask(L.LightningModule):
 
     # ---- provided: what travels in every checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["task_epoch_state"] = {"sums": self._epoch_sums.detach().cpu().clone(), "count": self._epoch_count}
+        checkpoint["task_epoch_state"] = epoch_state_of_ranks(self, self._epoch_sums, self._epoch_count)
         if self.frozen_parts:
             checkpoint["frozen"] = {"source": dict(self.frozen_source), "ever_trained": sorted(self.ever_trained),
                                     "always_frozen": self.always_frozen()}

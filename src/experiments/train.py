@@ -1,6 +1,7 @@
 """The training program: config -> run directory decision -> build -> preflight -> fit -> report."""
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PRE
 from experiments.ranks import process_rank
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stage_order, stages_for
 from experiments.stages.registry import run_stages
-from experiments.stop import ctrl_c_stops
+from experiments.stop import PREEMPTION, ctrl_c_stops
 from experiments.untrusted import program_registry, with_current_targets
 
 
@@ -131,6 +132,10 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
             print(f"interrupted {stopped_where(trainer, policy)}; saved {policy.last_path}; rerun the same command "
                   f"to resume.", flush=True)
             return Outcome(EXIT_INTERRUPTED)
+        if PREEMPTION.received:
+            print(f"{signal_name(PREEMPTION.signal)}: saved {policy.last_path} {stopped_where(trainer, policy)}; requeueing "
+                  f"the job, which resumes from it.", flush=True)
+            return Outcome(EXIT_PREEMPTED)
         print(f"SIGTERM: saved {policy.last_path} {stopped_where(trainer, policy)}; rerun the same command to resume.",
               flush=True)
         return Outcome(EXIT_PREEMPTED)
@@ -145,6 +150,10 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
     if policy.stop.requested:  # pressed as the last epoch ended: nothing was left to stop
         print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
     return Outcome(EXIT_OK, stop=policy.stop.requested)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 def stopped_where(trainer, policy) -> str:

@@ -30,7 +30,7 @@ from experiments.commit import checkout_commit
 from experiments.epoch_sampler import at_limit
 from experiments.errors import UserError
 from experiments.run_dir import LAST
-from experiments.stop import StopRequest, stop_lightning
+from experiments.stop import StopRequest, preempted, stop_lightning
 
 
 def epoch_name(epoch: int, prefix: str = "") -> str:
@@ -150,14 +150,14 @@ class CheckpointPolicy(Checkpoint):
         self._finished = self._is_final(trainer, row["epoch"])
         names, evicted = self._files_of(row)
         self._write(trainer, names)
+        if self.stop.requested or preempted(trainer):  # Ctrl-C or the cluster's warning: Lightning stops at the end
+            stop_lightning(trainer, not self._finished)  # of this epoch (logged), unless it was the last
         if not trainer.is_global_zero:  # DDP: one process owns the files
             return
         for name in evicted:  # only after the new checkpoint is safely on disk
             for p in (self.dirpath / name, sidecar(self.dirpath / name)):
                 p.unlink(missing_ok=True)
         atomic_write_csv(history_rows(self.history), self.history_path)  # whatever the logger
-        if self.stop.requested:  # Ctrl-C: Lightning stops at the end of this epoch (logged), unless it was the last
-            stop_lightning(trainer, not self._finished)
 
     def _record(self, trainer, pl_module) -> dict:
         """The epoch's history row (replacing a row of the same epoch a resume redid), printed on rank 0."""
@@ -185,9 +185,9 @@ class CheckpointPolicy(Checkpoint):
         return at_limit(trainer, epoch) or trainer.should_stop
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # Ctrl-C: acted on here rather than in the signal handler (Lightning clears its flag while the fit
-        # starts); the fit ends after this batch with its loop state complete
-        if self.stop.requested:
+        # Ctrl-C or the cluster's warning (stop.py): acted on here rather than in the signal handler (Lightning
+        # clears its flag while the fit starts); the fit ends after this batch with its loop state complete
+        if self.stop.requested or preempted(trainer):
             stop_lightning(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
