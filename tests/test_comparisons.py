@@ -132,6 +132,16 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
     summary = (directory / "summary.md").read_text()
     assert "## Paired comparisons" in summary and "| arc/test_nll | exp0_encoder_decoder | exp3_champion |" in summary
     assert "Paired comparisons:" in stdout
+    # every metric ARC is judged on has its mean +- std, 7 to a table (test_nll and train_exact come 8th and 9th)
+    means = summary.split("## Mean +- std")[1].split("## Jobs")[0]
+    headers = [line for line in means.splitlines() if line.startswith("| group | n | seeds |")]
+    assert [len(h.split("|")) - 5 for h in headers] == [7, 2], headers
+    from experiments.families.arc.task import ArcTask
+
+    judged = {ArcTask.primary_metric, *ArcTask.higher_is_better, *ArcTask.lower_is_better}
+    judged.discard("arc/ttt_train_exact")  # only with test-time training, which these presets do not use
+    assert {cell.strip() for h in headers for cell in h.split("|")[4:-1]} == judged
+    assert headers[1] in stdout and {"arc/test_nll", "arc/train_exact"} <= set(headers[1].replace(" ", "").split("|"))
 
 
 def test_verify_reports_test_nll_beside_the_untrained_control(arc_sweep, tmp_path):

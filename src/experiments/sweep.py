@@ -460,10 +460,10 @@ def write_summary(directory: Path, registry=None, evaluation: str | None = None,
         out.mkdir(parents=True, exist_ok=True)
     groups = aggregate(rows)
     write_summary_csv(rows, out / "summary.csv")
-    shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))[:7]
+    shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))  # every one, primary first
     finished = f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs " + (
         "evaluated." if evaluation else "finished.")
-    table = group_table(groups, shown)
+    table = group_tables(groups, shown)
     paired = _paired_comparisons(directory, groups, out)
     title = f"# Sweep {directory.name}" + (f": eval.py's evaluation {evaluation} of each job's last checkpoint"
                                            if evaluation else "")
@@ -485,6 +485,15 @@ def write_summary_csv(rows: list[dict], path: Path) -> None:
     columns = ["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error"]
     atomic_write_csv([{**{c: r[c] for c in columns}, **{k: r["metrics"].get(k, "") for k in metric_keys}}
                       for r in rows], path, [*columns, *metric_keys])
+
+
+METRICS_PER_TABLE = 7  # a wider table wraps in a terminal: the metrics after these go to a further table
+
+
+def group_tables(groups: list[dict], shown: list[str]) -> list[str]:
+    """Markdown: the group table for every shown metric, METRICS_PER_TABLE metrics a table."""
+    chunks = [shown[i:i + METRICS_PER_TABLE] for i in range(0, len(shown), METRICS_PER_TABLE)] or [[]]
+    return [line for i, chunk in enumerate(chunks) for line in [*([""] if i else []), *group_table(groups, chunk)]]
 
 
 def group_table(groups: list[dict], shown: list[str]) -> list[str]:
