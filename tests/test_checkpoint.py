@@ -186,7 +186,7 @@ def test_truncated_checkpoint_is_a_user_error(trained, tmp_path):
 def test_resume_refuses_a_pickled_last_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     first = in_process("train.py", *SINE, "trainer.max_epochs=1", cwd=tmp_path)
-    assert first.returncode == 0
+    assert first.returncode == 0 and "Done: sine, 1 epoch, " in first.stdout  # (a count of one in the singular)
     (rd,) = (tmp_path / "outputs" / "sine").iterdir()
     torch.save({"run": {"finished": False}, "x": Payload(str(marker))}, rd / "checkpoints" / "last.ckpt")
     r = in_process("train.py", *SINE, "trainer.max_epochs=1", cwd=tmp_path)

@@ -108,3 +108,43 @@ def test_a_misspelled_top_level_key_or_group_says_which_was_meant(workdir, args,
     assert r.returncode == 2, r.stdout + r.stderr
     assert expected in one_error_line(r)
     assert not (workdir / "outputs").exists(), "nothing trains"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["lr=0.01"], "lr is not a key or group of train.py: did you mean task.lr=0.01?"),  # no `+lr` advice
+    (["+lr=0.01"], "lr is not a key of train.py's config and nothing would read it: did you mean task.lr=0.01?"),
+    (["tags=[dev]"], "did you mean logger.tags=[dev]?"),  # the exact leaf before a look-alike group (task)
+    (["+tags=[dev]"], "did you mean logger.tags=[dev]?"),
+    (["+ckpt_path=/runs/x/last.ckpt"], "ckpt_path is not a key of train.py's config and nothing would read it: a run "
+                                       "resumes from its own last.ckpt when its command is rerun (resume=auto); to "
+                                       "start from another run's weights, init_from=PATH"),
+    (["+lr=0.01", "preflight_only=true"], "did you mean task.lr=0.01?"),
+])
+def test_a_top_level_key_nothing_reads_is_refused_naming_the_key_meant(workdir, args, expected):
+    r = train("experiment=exp0_encoder_decoder", *args, cwd=workdir)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert expected in one_error_line(r)
+    assert not (workdir / "outputs").exists(), "nothing trains, no run directory is left"
+
+
+def test_a_top_level_key_a_preset_interpolates_is_read():
+    """A value kept at the top for the groups to interpolate (`hidden: 64`, `model.width: ${hidden}`) is read."""
+    from omegaconf import OmegaConf
+
+    from experiments.config_keys import unread
+
+    cfg = OmegaConf.create({"seed": 0, "hidden": 64, "model": {"width": "${hidden}"}, "lr": 0.1, "hidden2": 3})
+    assert unread(cfg, {"seed", "model"}) == ["lr", "hidden2"]
+
+
+def test_trainer_gpu_without_a_gpu_is_refused_before_the_preflight(workdir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = train(*SINE, "trainer=gpu", "preflight_only=true", cwd=workdir)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "trainer.accelerator=gpu, but torch" in one_error_line(r) and "use trainer=cpu" in one_error_line(r)
+    assert "preflight" not in r.stdout, "refused before the preflight stages"
+    assert not (workdir / "outputs").exists()
+

@@ -132,10 +132,27 @@ def _misspelled_top_level(message: str, config_name: str) -> str | None:
     if missing.group(1):  # Hydra named the key it could not place: that one, not another unknown argument
         given = [(k, v) for k, v in given if k == missing.group(1)]
     for key, value in given:
+        nested = _nested_key(key, config_name)  # an exact `task.lr` for `lr` before a look-alike group (`tags`: task)
+        if nested and nested.rsplit(".", 1)[-1] == key:
+            return f"{key} is not a key or group of {config_name}.py: did you mean {nested}={value}?"
         close = difflib.get_close_matches(key, known, n=1)
         if close:
             return f"{key} is not a key or group of {config_name}.py: did you mean {close[0]}={value}? (--help lists them)"
+        if missing.group(1):  # Hydra's advice (`+key=`) would add a key that nothing reads
+            from experiments.config_keys import refusal
+
+            return refusal(key, value, [nested] if nested else [], f"{config_name}.py")
     return None
+
+
+def _nested_key(key: str, config_name: str) -> str | None:
+    """The dotted key of the config (as its group choices compose it) that `key` most likely stands for."""
+    from experiments.config_keys import dotted_keys, meant
+
+    try:
+        return meant(key, dotted_keys(_composed_without_overrides(config_name)))
+    except Exception:  # the suggestion is a courtesy: without it the user still gets a line
+        return None
 
 
 def _misspelled_key(message: str, config_name: str) -> str | None:
@@ -173,7 +190,10 @@ def _composed_without_overrides(config_name: str) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    choices = [a for a in sys.argv[1:] if re.fullmatch(r"[\w/]+=[\w./-]+", a)]
+    from experiments.help import defaults_and_keys
+
+    groups = defaults_and_keys(CONF_DIR / f"{config_name}.yaml")[0]
+    choices = [a for a in sys.argv[1:] if re.fullmatch(r"[\w/]+=[\w./-]+", a) and a.split("=")[0] in groups]
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=choices)
@@ -256,6 +276,7 @@ def train_job(cfg):
             return train(c)
 
         outcome = recorded(_outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir), cfg)
+    _remove_empty_run_dir()  # preflight_only, a failed preflight: Hydra's run directory, still empty
     if preemption is not None and outcome.code == EXIT_PREEMPTED:  # one job of a sweep on Slurm: the others go on
         return requeued(preemption), float("nan")
     if not _in_multirun():
@@ -321,7 +342,8 @@ def eval_job(cfg, data_args: list[str], task_args: list[str] = ()):
 
 
 def _remove_empty_run_dir() -> None:
-    """Hydra creates the run directory before the job starts; a job refused at once leaves none behind."""
+    """Hydra creates the run directory before the job starts; a job that wrote nothing there (refused at once,
+    preflight_only, a failed preflight) leaves none behind (a folder is removed only when empty)."""
     from hydra.core.hydra_config import HydraConfig
 
     path = Path(HydraConfig.get().runtime.output_dir)

@@ -10,7 +10,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
 from experiments.checkpoint.init_from import initialise
@@ -40,10 +40,39 @@ def print_stages(results) -> None:
 
 def config_or_refuse(cfg: DictConfig) -> list:
     """The `config` stage, before anything is built: a mistake there is the user's (exit 2)."""
+    refuse_unread_keys(cfg)
+    refuse_missing_accelerator(cfg)
     results = run_stages(["config"], PreflightContext(cfg), PREFLIGHT_STAGES)
     if results[-1].status == "fail":
         raise UserError(results[-1].details)
     return results
+
+
+def refuse_unread_keys(cfg: DictConfig) -> None:
+    """A top-level key nothing reads (`+lr=0.01`: Hydra's advice for `lr=0.01`) would be ignored: refused."""
+    import dataclasses
+
+    from experiments.config_keys import dotted_keys, refusal, unread
+    from experiments.config_schema import TrainSchema
+
+    for key in unread(cfg, {f.name for f in dataclasses.fields(TrainSchema)}):
+        given = [o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o]
+        value = next((v for k, v in given if k.lstrip("+~") == key), "...")
+        raise UserError(refusal(key, value, dotted_keys(OmegaConf.to_container(cfg, resolve=False)), "train.py"))
+
+
+def refuse_missing_accelerator(cfg: DictConfig) -> None:
+    """`trainer=gpu` where torch sees no GPU: refused before the preflight runs (Lightning would refuse it only
+    when the Trainer is built, after the preflight stages have passed)."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    available = {"gpu": CUDAAccelerator.is_available() or MPSAccelerator.is_available(),
+                 "cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}.get(accelerator, True)
+    if not available:
+        raise UserError(f"trainer.accelerator={accelerator}, but torch {torch.__version__} finds no such device on "
+                        f"this machine (CUDA: {torch.version.cuda or 'not built in'}): use trainer=cpu, or run where "
+                        f"one is")
 
 
 def decide_run(cfg: DictConfig, run_dir: Path, config: dict, child: bool) -> rd.Decision:
@@ -176,6 +205,11 @@ def last_good(policy) -> str:
     return f"last good checkpoint: {policy.last_path} (epoch {rd.epoch_number(epoch)})"
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
@@ -184,7 +218,7 @@ def duration(seconds: float) -> str:
 def summary(experiment: str, history: list[dict], task, seconds: float) -> list[str]:
     """What the run achieved, in epochs as the console counts them (1 = the first)."""
     trained = sum(row.get("time/epoch_s", 0.0) for row in history)
-    lines = [f"Done: {experiment}, {len(history)} epochs, {duration(trained)} of training "
+    lines = [f"Done: {experiment}, {counted(len(history), 'epoch')}, {duration(trained)} of training "
              f"({duration(seconds)} wall for this start)"]
     cls = type(task)
     metric = cls.primary_metric

@@ -329,8 +329,10 @@ class ArcDataModule(L.LightningDataModule):
 
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
-        return (f"ARC: {tasks} tasks scored{self.selected}, {len(self.train_examples)} training pairs, "
-                f"{len(self.eval_examples)} held-out test outputs; 0 examples cut (sequences are never truncated)"
+        pairs, outputs = len(self.train_examples), len(self.eval_examples)
+        return (f"ARC: {tasks} task{'s' * (tasks != 1)} scored{self.selected}, "
+                f"{pairs} training pair{'s' * (pairs != 1)}, "
+                f"{outputs} held-out test output{'s' * (outputs != 1)}; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))
 
