@@ -331,7 +331,7 @@ class ArcDataModule(L.LightningDataModule):
         tasks = len({e.task for e in self.eval_examples})
         pairs, outputs = len(self.train_examples), len(self.eval_examples)
         return (f"ARC: {tasks} task{'s' * (tasks != 1)} scored{self.selected}, "
-                f"{pairs} training pair{'s' * (pairs != 1)}, "
+                f"{pairs} demonstration pair{'s' * (pairs != 1)} to train on, "
                 f"{outputs} held-out test output{'s' * (outputs != 1)}; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))
