@@ -117,10 +117,8 @@ def stop(folder: Path, timeout: float = 30) -> None:
     folder = Path(folder).resolve()
     cancel_jobs(folder, timeout)
     for name in DAEMONS:
-        record = Path(folder) / f"{name}.group"
-        try:
-            group = int(record.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        group = recorded_group(folder, name)
+        if group is None:
             continue
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -134,7 +132,7 @@ def stop(folder: Path, timeout: float = 30) -> None:
                 break
         if group in STARTED:  # ours: reaped, not left a zombie
             STARTED.pop(group).wait(timeout)
-        record.unlink(missing_ok=True)
+        (folder / f"{name}.group").unlink(missing_ok=True)
     for pid in processes_of(folder):  # a job's process that outlived its cancelled job
         try:
             os.kill(pid, signal.SIGKILL)
@@ -146,7 +144,8 @@ def cancel_jobs(folder: Path, timeout: float) -> None:
     """Cancel every job of the cluster configured in `folder`, and wait (at most `timeout`) for the queue
     to empty."""
     env = environment(folder)
-    if not running_daemon(folder, "slurmctld"):
+    group = recorded_group(folder, "slurmctld")
+    if group is None or not running(group):
         return
     quiet = {"env": env, "capture_output": True, "text": True, "timeout": 30}
     subprocess.run(["scancel", "--user", str(os.geteuid()), "--quiet"], **quiet)
@@ -158,11 +157,12 @@ def cancel_jobs(folder: Path, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def running_daemon(folder: Path, name: str) -> bool:
+def recorded_group(folder: Path, name: str) -> int | None:
+    """The process group `start` recorded for daemon `name` in `folder`, if any."""
     try:
-        return running(int((Path(folder) / f"{name}.group").read_text().split()[0]))
+        return int((Path(folder) / f"{name}.group").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return False
+        return None
 
 
 def processes_of(folder: Path) -> list[int]:
@@ -176,24 +176,23 @@ def processes_of(folder: Path) -> list[int]:
                 found.append(int(environ.parent.name))
         except (OSError, ValueError):
             continue
-    return [pid for pid in found if not zombie(pid)]
+    return [pid for pid in found if (stat_of(pid) or ["Z"])[0] != "Z"]
 
 
-def zombie(pid: int) -> bool:
+def stat_of(pid) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state first, then parent, group...); None when
+    the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return None
 
 
 def running(group: int) -> bool:
     """Whether a process of the group is still running (zombies are not)."""
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
+        fields = stat_of(stat_file.parent.name)
+        if fields and int(fields[2]) == group and fields[0] != "Z":
             return True
     return False
 

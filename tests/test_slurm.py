@@ -45,7 +45,7 @@ def cluster(tmp_path_factory):
         if os.geteuid() != 0 and slurm.missing():
             pytest.skip(f"no Slurm here: {e}")
         raise
-    groups = [int((folder / f"{name}.group").read_text()) for name in slurm.DAEMONS]
+    groups = [slurm.recorded_group(folder, name) for name in slurm.DAEMONS]
     yield {"SLURM_CONF": environment["SLURM_CONF"]}
     slurm.stop(folder)
     assert not any(slurm.running(group) for group in groups), "a Slurm daemon outlived the tests"

@@ -120,6 +120,7 @@ def _misspelled_top_level(message: str, config_name: str) -> str | None:
     `+` that Hydra's own hint suggests): the line naming the one it most resembles."""
     import difflib
 
+    from experiments.config_keys import meant, refusal
     from experiments.help import defaults_and_keys
 
     groups, keys = defaults_and_keys(CONF_DIR / f"{config_name}.yaml")
@@ -131,28 +132,27 @@ def _misspelled_top_level(message: str, config_name: str) -> str | None:
         return None
     if missing.group(1):  # Hydra named the key it could not place: that one, not another unknown argument
         given = [(k, v) for k, v in given if k == missing.group(1)]
+    paths = _nested_keys(config_name) if given else []
     for key, value in given:
-        nested = _nested_key(key, config_name)  # an exact `task.lr` for `lr` before a look-alike group (`tags`: task)
+        nested = meant(key, paths)  # an exact `task.lr` for `lr` before a look-alike group (`tags`: task)
         if nested and nested.rsplit(".", 1)[-1] == key:
             return f"{key} is not a key or group of {config_name}.py: did you mean {nested}={value}?"
         close = difflib.get_close_matches(key, known, n=1)
         if close:
             return f"{key} is not a key or group of {config_name}.py: did you mean {close[0]}={value}? (--help lists them)"
         if missing.group(1):  # Hydra's advice (`+key=`) would add a key that nothing reads
-            from experiments.config_keys import refusal
-
-            return refusal(key, value, [nested] if nested else [], f"{config_name}.py")
+            return refusal(key, value, paths, f"{config_name}.py")
     return None
 
 
-def _nested_key(key: str, config_name: str) -> str | None:
-    """The dotted key of the config (as its group choices compose it) that `key` most likely stands for."""
-    from experiments.config_keys import dotted_keys, meant
+def _nested_keys(config_name: str) -> list[str]:
+    """Every dotted key of the config as the command's group choices compose it ([] if it does not compose)."""
+    from experiments.config_keys import dotted_keys
 
     try:
-        return meant(key, dotted_keys(_composed_without_overrides(config_name)))
+        return dotted_keys(_composed_without_overrides(config_name))
     except Exception:  # the suggestion is a courtesy: without it the user still gets a line
-        return None
+        return []
 
 
 def _misspelled_key(message: str, config_name: str) -> str | None:
@@ -227,7 +227,7 @@ def crash_line(e: BaseException) -> str:
             f"traceback=true to see the whole traceback")
 
 
-def _outcome(program, cfg, on_user_error=lambda: None, one_line_crash: bool = False):
+def _outcome(program, cfg, one_line_crash: bool = False):
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
     traceback and exits 1 (one line where `one_line_crash`, unless `traceback=true`), but in a multirun
     it is reported and the other jobs go on."""
@@ -238,7 +238,6 @@ def _outcome(program, cfg, on_user_error=lambda: None, one_line_crash: bool = Fa
         return program(cfg)
     except UserError as e:  # caught inside the job, so that a multirun goes on with the other jobs
         print(f"error: {e}", file=sys.stderr, flush=True)
-        on_user_error()
         return Outcome(EXIT_USER, str(e))
     except Exception as e:
         failed = write_failure(e)
@@ -275,8 +274,8 @@ def train_job(cfg):
             sweep.record_job("running")
             return train(c)
 
-        outcome = recorded(_outcome(recorded_training, cfg, on_user_error=_remove_empty_run_dir), cfg)
-    _remove_empty_run_dir()  # preflight_only, a failed preflight: Hydra's run directory, still empty
+        outcome = recorded(_outcome(recorded_training, cfg), cfg)
+    _remove_empty_run_dir()  # a refusal, preflight_only, a failed preflight: Hydra's run directory, still empty
     if preemption is not None and outcome.code == EXIT_PREEMPTED:  # one job of a sweep on Slurm: the others go on
         return requeued(preemption), float("nan")
     if not _in_multirun():

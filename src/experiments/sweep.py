@@ -172,8 +172,11 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
               "experiment": hc.runtime.choices.get("experiment"), "run_dir": str(hc.runtime.output_dir),
               "status": status, "exit_code": exit_code, "error": error,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = directory / "jobs" / f"{record['num']:04d}.json"
-    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+    write_record(directory, record)
+
+
+def write_record(directory: Path, record: dict) -> None:
+    atomic_write_bytes(directory / "jobs" / f"{record['num']:04d}.json", (json.dumps(record, indent=1) + "\n").encode())
 
 
 def note_lost_job(num: int, why: str) -> None:
@@ -187,7 +190,7 @@ def note_lost_job(num: int, why: str) -> None:
     if record is None or record.get("status") in ("finished", "failed", "timed out"):
         return  # the job's own end says more
     record.update(error=why, exit_code=record.get("exit_code") or EXIT_FAILED)
-    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+    write_record(directory, record)
 
 
 def recorded_exit_codes() -> list[int]:

@@ -55,10 +55,11 @@ def refuse_unread_keys(cfg: DictConfig) -> None:
     from experiments.config_keys import dotted_keys, refusal, unread
     from experiments.config_schema import TrainSchema
 
-    for key in unread(cfg, {f.name for f in dataclasses.fields(TrainSchema)}):
+    keys = unread(cfg, {f.name for f in dataclasses.fields(TrainSchema)})
+    if keys:
         given = [o.split("=", 1) for o in HydraConfig.get().overrides.task if "=" in o]
-        value = next((v for k, v in given if k.lstrip("+~") == key), "...")
-        raise UserError(refusal(key, value, dotted_keys(OmegaConf.to_container(cfg, resolve=False)), "train.py"))
+        value = next((v for k, v in given if k.lstrip("+~") == keys[0]), "...")
+        raise UserError(refusal(keys[0], value, dotted_keys(OmegaConf.to_container(cfg, resolve=False)), "train.py"))
 
 
 def refuse_missing_accelerator(cfg: DictConfig) -> None:
@@ -162,8 +163,9 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
                   f"to resume.", flush=True)
             return Outcome(EXIT_INTERRUPTED)
         if PREEMPTION.received:
-            print(f"{signal_name(PREEMPTION.signal)}: saved {policy.last_path} {stopped_where(trainer, policy)}; requeueing "
-                  f"the job, which resumes from it.", flush=True)
+            name = signal.Signals(PREEMPTION.signal).name
+            print(f"{name}: saved {policy.last_path} {stopped_where(trainer, policy)}; requeueing the job, which "
+                  f"resumes from it.", flush=True)
             return Outcome(EXIT_PREEMPTED)
         print(f"SIGTERM: saved {policy.last_path} {stopped_where(trainer, policy)}; rerun the same command to resume.",
               flush=True)
@@ -179,10 +181,6 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
     if policy.stop.requested:  # pressed as the last epoch ended: nothing was left to stop
         print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
     return Outcome(EXIT_OK, stop=policy.stop.requested)
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 def stopped_where(trainer, policy) -> str:
