@@ -148,3 +148,24 @@ def test_trainer_gpu_without_a_gpu_is_refused_before_the_preflight(workdir):
     assert "preflight" not in r.stdout, "refused before the preflight stages"
     assert not (workdir / "outputs").exists()
 
+
+
+def test_lightnings_srun_hint_only_inside_a_slurm_job_and_once(tmp_path):
+    """A machine with `srun` on its PATH (here a stand-in; a cluster's login node): outside a Slurm job,
+    Lightning's hint to start with srun means nothing and is not shown; inside one it is shown once (Lightning
+    gives it from each place that looks for Slurm). Real processes: a warning shown once stays shown once."""
+    import os
+    import subprocess
+
+    from conftest import run_train
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    path = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    hint = "The `srun` command is available on your system but is not used"
+    for extra, shown in (({}, 0), ({"SLURM_JOB_ID": "4242"}, 1)):
+        r = run_train(*SINE, "trainer.max_epochs=1", "resume=never", cwd=tmp_path, extra_env={**path, **extra})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (r.stdout + r.stderr).count(hint) == shown, (extra, r.stdout + r.stderr)
+    assert subprocess.run(["which", "srun"], env={**os.environ, **path}, capture_output=True).returncode == 0

@@ -1,5 +1,5 @@
 """The project installed the way a user without the checkout has it: `pip install .` (not editable) into a
-fresh virtual environment; the console scripts then train and verify from any folder, with the config
+fresh virtual environment; the console scripts then train, verify and predict from any folder, with the config
 tree from inside the package and the code's git commit recorded in every checkpoint."""
 import subprocess
 import sys
@@ -46,3 +46,8 @@ def test_installed_package_trains_and_verifies_outside_the_checkout(installed, t
     v = subprocess.run([str(installed / "bin" / "experiments-verify"), f"ckpt={run}", "stages=[loadable,integrity,metrics]"],
                        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert "loadable" in v.stdout and "integrity" in v.stdout, v.stdout + v.stderr
+    (tmp_path / "ops.txt").write_text("0\n19682\n")
+    p = subprocess.run([str(installed / "bin" / "experiments-predict"), f"ckpt={run}", f"input={tmp_path / 'ops.txt'}"],
+                       cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "2 predictions in " in p.stdout, p.stdout + p.stderr
+    assert len((next((run / "predict").iterdir()) / "last" / "latent.csv").read_text().splitlines()) == 3

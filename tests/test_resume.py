@@ -160,7 +160,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     assert f"PID {proc.pid} on " in (tmp_path / RUN / ".lock").read_text()  # left behind by the dead process
     run, host = tmp_path / RUN, socket.gethostname()
     stale = [run / "checkpoints" / f".last.ckpt.tmp-{proc.pid}-{host}",  # as writes killed mid-way leave them
-             run / "eval" / f".per_output_epoch=0002.csv.tmp-{proc.pid}-{host}"]
+             run / "validation" / f".per_output_epoch=0002.csv.tmp-{proc.pid}-{host}"]
     running_eval = run / "eval" / "own" / "last" / f".metrics.json.tmp-{os.getpid()}-{host}"  # an eval.py at work
     for path in [*stale, running_eval]:
         path.parent.mkdir(parents=True, exist_ok=True)

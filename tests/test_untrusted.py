@@ -73,7 +73,7 @@ def crafted(run, folder, marker, name):
     return path
 
 
-@pytest.mark.parametrize("program", ["verify.py", "eval.py"])
+@pytest.mark.parametrize("program", ["verify.py", "eval.py", "predict.py"])
 @pytest.mark.parametrize("name", list(payloads("m")))
 def test_a_crafted_config_runs_nothing(ternary_run, tmp_path, program, name):
     marker = tmp_path / "MARKER"
@@ -92,6 +92,21 @@ def test_a_crafted_config_runs_nothing(ternary_run, tmp_path, program, name):
     assert payloads(marker)[name][1] in line and "may not name code to run" in line, line
     assert not marker.exists(), "the payload ran"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "nothing may be written"
+
+
+@pytest.mark.parametrize("name", list(payloads("m")))
+def test_load_run_refuses_a_crafted_config_as_the_programs_do(ternary_run, tmp_path, name):
+    """The Python API reads a checkpoint through the same reader: the same refusal, nothing run or written."""
+    from experiments import load_run
+
+    marker = tmp_path / "MARKER"
+    ckpt = crafted(ternary_run, tmp_path, marker, name)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(UserError, match="may not name code to run") as refused:
+        load_run(ckpt)
+    assert payloads(marker)[name][1] in str(refused.value)
+    assert not marker.exists(), "the payload ran"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
 def forged_report(ckpt, stages=("loadable", "integrity", "restorable", "predicts", "frozen_identical", "metrics")):

@@ -3,14 +3,16 @@
 Training points are noisy; validation points lie on a regular grid with the clean curve, so the
 validation figures measure the function learned, not the noise. The points are a function of
 `data_seed` alone; the batch order is a pure function of (seed, epoch) through the framework's
-EpochBatchSampler, which is what makes an interrupted run resume bit-identically.
+EpochBatchSampler, which is what makes an interrupted run resume bit-identically. `points`: a file of x
+values to predict (predict.py), one or more a line, read as data: bounded, every value checked.
 """
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from experiments.family import batches_done, BatchLoader, EpochBatchSampler, shard
+from experiments.family import batches_done, BatchLoader, EpochBatchSampler, read_text, shard, shown
 
 
 def curve(x: torch.Tensor, frequency: float) -> torch.Tensor:
@@ -19,7 +21,7 @@ def curve(x: torch.Tensor, frequency: float) -> torch.Tensor:
 
 class SineDataModule(L.LightningDataModule):
     def __init__(self, train_points: int = 2048, val_points: int = 512, noise: float = 0.1, frequency: float = 3.0,
-                 batch_size: int = 64, data_seed: int = 1234, seed: int = 0):
+                 batch_size: int = 64, data_seed: int = 1234, seed: int = 0, points: str | None = None):
         super().__init__()
         g = torch.Generator().manual_seed(data_seed)
         x = (torch.rand(train_points, generator=g) * 2 - 1) * math.pi
@@ -29,6 +31,7 @@ class SineDataModule(L.LightningDataModule):
         self.val_pairs = torch.stack([grid, curve(grid, frequency)], 1)
         self.batch_size, self.seed = batch_size, seed
         self.train_sampler = EpochBatchSampler(train_points, batch_size, seed, shuffle=True)
+        self.points = read_points(Path(points)) if points else grid  # what predict_dataloader gives
 
     def train_dataloader(self) -> BatchLoader:
         return BatchLoader(self.train_pairs, shard(self.train_sampler, self.trainer))
@@ -36,9 +39,26 @@ class SineDataModule(L.LightningDataModule):
     def val_dataloader(self) -> BatchLoader:
         return BatchLoader(self.val_pairs, EpochBatchSampler(len(self.val_pairs), 256, self.seed, shuffle=False))
 
+    def predict_dataloader(self) -> BatchLoader:
+        return BatchLoader(self.points, EpochBatchSampler(len(self.points), 256, self.seed, shuffle=False))
+
     # The data order travels with every checkpoint (a mid-epoch one resumes after the batches done).
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}
 
     def load_state_dict(self, state: dict) -> None:
         self.train_sampler.load_state_dict(state["train_sampler"])
+
+
+def read_points(path: Path) -> torch.Tensor:
+    """x values from a text file (separated by commas, spaces or lines); anything not a finite number is refused."""
+    values = []
+    for word in read_text(path, limit=1 << 20).replace(",", " ").split():
+        try:
+            values.append(float(word))
+        except ValueError:
+            raise ValueError(f"{path}: {shown(word, 24)} is not a number; give x values separated by commas or spaces")
+    x = torch.tensor(values)
+    if not len(x) or not torch.isfinite(x).all():
+        raise ValueError(f"{path}: give at least one x value, every one finite")
+    return x

@@ -4,13 +4,15 @@
 Loss: mean squared error on the noisy training points. Validation, on the clean grid: `val/mse` and
 `val/r2` = 1 - SSE / SST (the share of the curve's variance explained; 0 for predicting its mean).
 The end of training draws `fit.png` in the run directory: the curve and the model's prediction.
+Prediction (predict.py ckpt=RUN input=FILE, `load_run(RUN).predict(FILE)`): y for each x of a file,
+`predictions.csv`.
 """
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from experiments.family import atomic_savefig, ExperimentTask
+from experiments.family import atomic_savefig, atomic_write_csv, ExperimentTask
 
 
 class SineTask(ExperimentTask):
@@ -51,6 +53,18 @@ class SineTask(ExperimentTask):
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero and self._last is not None:
             draw_fit(self._last, self.epoch_metrics, Path(self.trainer.default_root_dir) / "fit.png")
+
+    # ---- prediction: optional (predict.py and load_run(...).predict refuse a family without it) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        return {**data, "points": str(path) if path else None}  # no file: the validation grid's x values
+
+    @torch.no_grad()
+    def prediction_step(self, x: torch.Tensor) -> list[dict]:
+        y = self.model(x.to(self.device)[:, None])[:, 0]
+        return [{"x": float(a), "y": float(b)} for a, b in zip(x, y)]
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        atomic_write_csv(records, folder / "predictions.csv")
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:

@@ -142,9 +142,9 @@ class LoggerReport(Callback):
         self._seen: dict[Path, float] = {}
 
     def _new_pictures(self) -> list[Path]:
-        # The loggers' own folders, checkpoints, earlier runs and eval.py's results are not descended
+        # The loggers' own folders, checkpoints, earlier runs, eval.py's and predict.py's results are not descended
         # into: this runs after every validation.
-        skipped = ("wandb", "tensorboard", "mlruns", "superseded", "checkpoints", "eval")
+        skipped = ("wandb", "tensorboard", "mlruns", "superseded", "checkpoints", "eval", "predict")
         tops = [p for p in self.run_dir.iterdir() if p.name not in skipped]
         found = []
         for path in sorted(q for p in tops for q in ([p] if p.is_file() else p.rglob("*.png")) if q.suffix == ".png"):

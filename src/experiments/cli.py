@@ -340,6 +340,12 @@ def eval_job(cfg, data_args: list[str], task_args: list[str] = ()):
     return _outcome(lambda c: evaluate(c, data_args, task_args), cfg, one_line_crash=True), None
 
 
+def predict_job(cfg, task_args: list[str]):
+    from experiments.predict import predict
+
+    return _outcome(lambda c: predict(c, task_args), cfg, one_line_crash=True), None
+
+
 def _remove_empty_run_dir() -> None:
     """Hydra creates the run directory before the job starts; a job that wrote nothing there (refused at once,
     preflight_only, a failed preflight) leaves none behind (a folder is removed only when empty)."""
@@ -365,8 +371,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # DDP: the tasks sum their epoch figures over processes themselves (epoch_sampler.totals_over_ranks)
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
-    if "SLURM_JOB_ID" not in os.environ:  # srun on the PATH outside a Slurm job: Lightning's hint to use it is noise
-        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # Lightning's hint to start with srun: noise outside a Slurm job; inside one, once (Lightning gives it from
+    # each place that looks for Slurm)
+    warnings.filterwarnings("ignore" if "SLURM_JOB_ID" not in os.environ else "once",
+                            message=r"The `srun` command is available on your system but is not used")
 
 
 def _sweep_codes() -> list[int]:
@@ -401,3 +409,18 @@ def eval_main() -> None:
     task_args = [a for a in sys.argv[1:] if is_task_arg(a)]
     sys.argv = [a for a in sys.argv if a not in data_args and a not in task_args]
     _run(lambda cfg: eval_job(cfg, data_args, task_args), "eval")
+
+
+def predict_main() -> None:
+    """The task arguments (`task.KEY=VALUE`: how the checkpoint's task predicts, which only the checkpoint
+    knows) are taken out here and applied by the prediction program."""
+    from experiments import help
+
+    COMMAND[:] = sys.argv[1:]
+    if help.asked(sys.argv[1:]):
+        _run(None, "predict")
+    from experiments.eval import is_task_arg
+
+    task_args = [a for a in sys.argv[1:] if is_task_arg(a)]
+    sys.argv = [a for a in sys.argv if a not in task_args]
+    _run(lambda cfg: predict_job(cfg, task_args), "predict")

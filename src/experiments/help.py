@@ -39,6 +39,14 @@ ABOUT = {
               "python eval.py ckpt=RUN_DIR data=GROUP",
               "python eval.py ckpt=RUN_DIR data.KEY=VALUE task.KEY=VALUE",
               "python eval.py ckpt=outputs/sweeps/SWEEP_ID data.KEY=VALUE   each job of a sweep, and their summary"]),
+    "predict": ("Predict new inputs, whose answers nobody has, with a trained run (a checkpoint, or a run "
+                "directory's last.ckpt): its family reads the input (a file or a folder of them) with the checks its "
+                "data gets, and writes its predictions to <run dir>/predict/<input>/<checkpoint>/ with "
+                "prediction.json (what each family takes and writes: docs/FAMILIES.md); task.KEY=VALUE changes how "
+                "it predicts, as for eval.py. In Python: from experiments import load_run.",
+                ["python predict.py ckpt=RUN_DIR input=PATH",
+                 "python predict.py ckpt=RUN_DIR input=PATH task.KEY=VALUE   e.g. more views, test-time training",
+                 "python predict.py ckpt=RUN_DIR/checkpoints/epoch=0004.ckpt input=PATH out=DIR"]),
 }
 STAGES_SOURCE = Path(__file__).resolve().parent / "stages" / "checkpoint_stages.py"
 KEY_LINE = re.compile(r"^(\w+):\s*(.*?)\s*(?:#\s*(.*))?$")

@@ -43,7 +43,8 @@ VERIFICATION = "verification"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 LOCK = ".lock"
-EVAL = "eval"
+EVAL = "eval"        # eval.py's results: eval/<data>/<checkpoint>/
+PREDICT = "predict"  # predict.py's: predict/<input>/<checkpoint>/
 TRAIN_LOG = "train.log"
 START_RECORD = ".hydra"
 
@@ -274,8 +275,8 @@ def held(run_dir: Path):
 
 
 def readers_write_here(parts: tuple[str, ...]) -> bool:
-    """Folders of a run (as parts below it) that verify.py and eval.py write, without the run's lock."""
-    return VERIFICATION in parts or (parts[:1] == (EVAL,) and len(parts) > 1)  # eval/<data>/<checkpoint>/
+    """Folders of a run (as parts below it) that verify.py, eval.py and predict.py write, without the run's lock."""
+    return VERIFICATION in parts or parts[:1] in ((EVAL,), (PREDICT,))
 
 
 def remove_stale_temporaries(root: Path, shared=lambda parts: True) -> int:

@@ -23,7 +23,7 @@ def _refuse_instructions(value, key: str) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if str(k).startswith("_"):
-                raise UserError(f"{key}.{k}: eval.py changes how a checkpoint's task evaluates, never what it is")
+                raise UserError(f"{key}.{k}: eval.py and predict.py change how a checkpoint's task evaluates, never what it is")
             _refuse_instructions(v, f"{key}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -102,14 +102,14 @@ class StoredRun:
             self._sha[path] = sha256_file(path)
         return self._sha[path]
 
-    def datamodule(self, node: dict | None = None):
-        """The data module of the checkpoint's config (or of `node`, eval.py's data), ready to validate; data it
-        refuses (an empty folder, an unknown task id) is bad input."""
+    def datamodule(self, node: dict | None = None, stage: str = "validate"):
+        """The data module of the checkpoint's config (or of `node`, eval.py's or predict.py's data), ready to
+        validate (or predict); data it refuses (an empty folder, an unknown task id) is bad input."""
         from experiments.assemble import built
 
         dm = built(node or self.config["data"], "data", seed=self.config["seed"])
         dm.prepare_data()
-        dm.setup("validate")
+        dm.setup(stage)
         return dm
 
     def fresh_task(self):
@@ -124,25 +124,33 @@ class StoredRun:
         return built(node, "task", model=instantiate(self.config["model"]))
 
     def settings_of_task(self, args: list[str]) -> None:
-        """eval.py's `task.KEY=VALUE` arguments: evaluation settings of the task, merged into its stored config
-        for the tasks built from now on. Only the keys the task class lists in `evaluation_settings` (how it
-        evaluates, never what it is), with plain values: no `_` key at any depth, no interpolation."""
-        allowed = tuple(getattr(self.task_class, "evaluation_settings", ()))
+        """eval.py's and predict.py's `task.KEY=VALUE` arguments: evaluation settings of the task, merged into
+        its stored config for the tasks built from now on (`use_settings`)."""
         plain = [a[1:] if a.startswith("+") else a for a in args]
         try:
             if any(a.startswith("~") for a in plain):
-                raise UserError(f"{plain[0]}: eval.py sets evaluation settings; it removes none")
+                raise UserError(f"{plain[0]}: eval.py and predict.py set evaluation settings; they remove none")
             settings = OmegaConf.to_container(OmegaConf.from_dotlist([a.split(".", 1)[1] for a in plain]))
         except OmegaConfBaseException as e:
             raise UserError(f"task: {' '.join(str(e).split())}")
+        self.use_settings(settings)
+
+    def use_settings(self, settings: dict) -> None:
+        """Evaluation settings of the task ({key: value}; `load_run(..., settings=)` gives them so). Only the
+        keys the task class lists in `evaluation_settings` (how it evaluates, never what it is), with plain
+        values: no `_` key at any depth, no interpolation."""
+        allowed = tuple(getattr(self.task_class, "evaluation_settings", ()))
+        if not isinstance(settings, dict):
+            raise UserError(f"task settings must be a mapping of {', '.join(allowed) or 'none'}, got {shown(settings)}")
         for key, value in settings.items():
             if key not in allowed:
                 raise UserError(f"task.{key} is not an evaluation setting of {self.config['task']['_target_']}: "
-                                f"eval.py may set {', '.join(f'task.{k}' for k in allowed) or 'none of its task'}")
+                                f"eval.py and predict.py may set {', '.join(f'task.{k}' for k in allowed) or 'none of its task'}")
             _refuse_instructions(value, f"task.{key}")
         node = OmegaConf.merge(self.config["task"], settings)
         check_config(OmegaConf.create({"task": OmegaConf.to_container(node)}))
         self.task_settings = settings
+        self._trained = {}  # tasks built before were built without them
 
     def control_task(self):
         """The untrained control of the `metrics` stage. For variants built on frozen parts, those parts

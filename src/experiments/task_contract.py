@@ -26,6 +26,15 @@ comparisons) and `binary_metrics` (those that also get an exact McNemar test), `
 progress bar for validation), `train_terms` (the names of what `add_training_terms` sums),
 `evaluation_settings` (the task's parameters that `eval.py task.KEY=VALUE` may set: how it evaluates).
 
+Predicting (optional: predict.py and `load_run(...).predict`): a family whose task implements
+`prediction_step` predicts; one that does not is refused by them in one line. It implements three methods:
+`prediction_data(data, path) -> dict` (the data config, a node of the run's own data module, that reads
+`path`, a file or folder of new inputs whose answers nobody has, with the checks its data gets;
+`path` None: the family's default input, or a UserError asking for one), `prediction_step(batch) ->
+list[dict]` (one batch of that data module's `predict_dataloader()`: one record per input, answers and
+what identifies the input; no targets needed) and `prediction_files(records, folder, datamodule)` (the
+family's files of them in `folder`).
+
 Optional: `preflight_stages` ({name: stage(ctx) -> StageResult}: the family's own checks, run after the
 framework's loading stages) and `frozen_parts` (submodules of `self.model` loaded from another run by the
 `frozen_checkpoint` preflight stage; the framework records where they came from in `frozen_source`, keeps
@@ -46,6 +55,7 @@ from experiments.epoch_sampler import (epoch_state_for_this_rank, epoch_state_of
 from experiments.errors import UserError
 
 REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
+PREDICTING = ("prediction_data", "prediction_step", "prediction_files")  # all three, or none
 
 
 class ExperimentTask(L.LightningModule):
@@ -99,12 +109,53 @@ class ExperimentTask(L.LightningModule):
         """Whether this epoch's validation evaluates (an expensive evaluation may skip epochs)."""
         return True
 
+    # ---- what a family implements to predict (optional: all three) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        """The data config (a node of the run's own data module, `data`) that reads `path` for prediction."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prediction_data(data, path) to predict "
+                                  f"(docs/FAMILIES.md)")
+
+    def prediction_step(self, batch) -> list[dict]:
+        """One batch of the prediction data module's `predict_dataloader()`: a record per input."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prediction_step(batch) to predict "
+                                  f"(docs/FAMILIES.md)")
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        """The family's files of the predictions in `folder`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement prediction_files(records, folder, "
+                                  f"datamodule) to predict (docs/FAMILIES.md)")
+
     # ---- provided: the contract, checked ----
     @classmethod
     def contract_gaps(cls) -> list[str]:
         """The required methods a family's task does not implement (checked before training)."""
         # (ExperimentTask leaves configure_optimizers to Lightning's: the same object when not implemented)
         return [name for name in REQUIRED if getattr(cls, name) is getattr(ExperimentTask, name, None)]
+
+    @classmethod
+    def prediction_gaps(cls) -> list[str]:
+        """The prediction methods a family's task does not implement: all three when it does not predict."""
+        return [name for name in PREDICTING if getattr(cls, name) is getattr(ExperimentTask, name)]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """Lightning's way to load a module: here through `experiments.load_run` (the checkpoint read as data,
+        its config building only what the config folders register: the built-in families' and the `conf/`
+        beside this class's module), on `map_location` ('cpu' by default), in eval mode."""
+        if kwargs:
+            raise UserError(f"{cls.__name__}.load_from_checkpoint takes the path and map_location only (a run's "
+                            f"model and settings come from its checkpoint): from experiments import load_run; "
+                            f"load_run(PATH, device=...)")
+        import inspect
+
+        from experiments.api import load_run
+
+        own = Path(inspect.getfile(cls)).parent / "conf"  # a family's config folder sits beside its modules
+        task = load_run(checkpoint_path, device=str(map_location or "cpu"), config_dir=own if own.is_dir() else None).task
+        if not isinstance(task, cls):
+            raise UserError(f"{checkpoint_path} holds a {type(task).__name__}, not a {cls.__name__}: "
+                            f"from experiments import load_run; load_run(PATH) loads any run")
+        return task
 
     @classmethod
     def monitor(cls, name: str | None = None, mode: str | None = None) -> tuple[str | None, str]:
@@ -210,6 +261,17 @@ class ExperimentTask(L.LightningModule):
         figures = self.figures(parts, epoch)
         self.evaluation_files(parts, figures, Path(folder), epoch, during_training=False, datamodule=datamodule)
         return figures
+
+    @torch.no_grad()
+    def predictions(self, datamodule, batches=None) -> list[dict]:
+        """`prediction_step` of every batch of `datamodule.predict_dataloader()` (or of `batches`, the same
+        wrapped in a progress bar), in eval mode: the records, in order."""
+        was_training = self.training
+        self.eval()
+        records = [r for batch in (batches if batches is not None else datamodule.predict_dataloader())
+                   for r in self.prediction_step(batch)]
+        self.train(was_training)
+        return records
 
     def evaluation_parts(self, datamodule, epoch: int) -> list:
         """`evaluation_step` of every validation batch of `datamodule`, in eval mode (a family may call it to

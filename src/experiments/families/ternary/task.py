@@ -1,6 +1,8 @@
 """Training and evaluation of the Ternary VAE v5.5 (dual VAE with cross-injection).
 
-The framework's side of the contract (epoch sums, their checkpoint state) is task_contract.py's.
+The framework's side of the contract (epoch sums, their checkpoint state) is task_contract.py's. Prediction
+(predict.py, `load_run(...).predict`): every operation, or those of a file, with its latent means and whether
+each decoder reconstructs it (predictions.py: `latent.csv`, `latent.png`).
 """
 import math
 from pathlib import Path
@@ -8,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.families.ternary.data import NUM_OPERATIONS
+from experiments.families.ternary.data import NUM_OPERATIONS, operation_index
 from experiments.families.ternary import metrics as tm
 from experiments.families.ternary.vae_v5_5 import DualVAE
 from experiments.family import atomic_savefig, epoch_number, ExperimentTask
@@ -171,8 +173,39 @@ class TernaryVAETask(ExperimentTask):
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
 
+    # ---- prediction (predict.py, load_run(...).predict) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        """All operations (no input), or those of a file (one a line: an index or 9 trits)."""
+        return {**data, "operations": str(path) if path else None}
 
-def draw_latent(parts: list, figures: dict, epoch: int, path: Path) -> None:
+    @torch.no_grad()
+    def prediction_step(self, batch: torch.Tensor) -> list[dict]:
+        """Each operation's record: `operation` (its index), `trits`, `mu_a` and `mu_b` (the encoders' means),
+        `exact_a` and `exact_b` (whether decoder A on mean A, decoder B on mean B, reconstruct it)."""
+        from experiments.families.ternary.predictions import trits_text
+
+        batch = batch.to(self.device)
+        enc = self.model.encode(batch)
+        ops = batch.long()
+        exact_a = (tm.trits_from_logits(self.model.decoder_a(enc["mu_a"])) == ops).all(-1)
+        exact_b = (tm.trits_from_logits(self.model.decoder_b(enc["mu_b"])) == ops).all(-1)
+        return [{"operation": int(i), "trits": trits_text(t), "exact_a": bool(a), "exact_b": bool(b),
+                 "mu_a": ma.cpu(), "mu_b": mb.cpu()}
+                for i, t, a, b, ma, mb in zip(operation_index(ops), ops, exact_a, exact_b, enc["mu_a"], enc["mu_b"])]
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        """latent.csv and latent.png (the operations on the means' first two principal components)."""
+        from experiments.families.ternary.predictions import write_latent_csv
+
+        write_latent_csv(records, folder / "latent.csv")
+        part = {"mu_a": torch.stack([r["mu_a"] for r in records]), "mu_b": torch.stack([r["mu_b"] for r in records]),
+                "exact_a": torch.tensor([r["exact_a"] for r in records]),
+                "exact_b": torch.tensor([r["exact_b"] for r in records])}
+        figures = {f"coverage/recon_{s}": part[f"exact_{s}"].float().mean().item() for s in ("a", "b")}
+        draw_latent([part], figures, None, folder / "latent.png")
+
+
+def draw_latent(parts: list, figures: dict, epoch: int | None, path: Path) -> None:
     """Each encoder's means of every evaluated operation on its first two principal components, coloured by
     whether its decoder reconstructs the operation exactly: where the misses lie, not only how many."""
     import matplotlib
@@ -195,7 +228,8 @@ def draw_latent(parts: list, figures: dict, epoch: int, path: Path) -> None:
         ax.set_xlabel("principal component 1 of the means")
         ax.set_ylabel("principal component 2")
         ax.legend(fontsize=8, markerscale=4, loc="upper right")
-    fig.suptitle(f"epoch {epoch_number(epoch)}: {len(mu):,} operations in latent space", fontsize=10)
+    when = f"epoch {epoch_number(epoch)}: " if epoch is not None else ""  # None: a prediction's operations
+    fig.suptitle(f"{when}{len(mu):,} operations in latent space", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=90)
     plt.close(fig)

@@ -7,7 +7,7 @@ are divided by 255, float clips must already lie in [0, 1]); each video file (.m
 .gif) and each folder of image frames is cut into clips of `frames` frames, a new one every `stride`
 frames, each frame's central square resized to `size` (files.py). The last `val_fraction` of the sources
 (sorted by name: a video's clips stay on one side) validate; `val_fraction=1`: all of them (eval.py on a
-folder of clips).
+folder of clips, predict.py). `folder` may also be one clip file or one folder of frames.
 """
 from pathlib import Path
 
@@ -82,6 +82,8 @@ class VideoDataModule(L.LightningDataModule):
         self.train_sampler = EpochBatchSampler(len(self.train), batch_size, seed, shuffle=True)
 
     def describe(self) -> str:
+        if not len(self.train):  # a folder read whole: eval.py's, predict.py's
+            return f"{len(self.val)} clip{'s' * (len(self.val) != 1)} {tuple(self.val.shape[1:])}"
         return f"{len(self.train)} training clips, {len(self.val)} validation clips {tuple(self.val.shape[1:])}"
 
     def train_dataloader(self) -> BatchLoader:
@@ -93,6 +95,12 @@ class VideoDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> BatchLoader:
         return BatchLoader(self.val, EpochBatchSampler(len(self.val), self.batch_size, self.seed, shuffle=False))
+
+    def predict_dataloader(self):
+        """The validation clips in the validation's batches, each batch with its clips' names:
+        {"clips": (B, C, T, H, W), "names": [...]}."""
+        for start in range(0, len(self.val), self.batch_size):
+            yield {"clips": self.val[start:start + self.batch_size], "names": self.val_names[start:start + self.batch_size]}
 
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}

@@ -101,8 +101,14 @@ def npy_clip(f: Path) -> torch.Tensor:
 def sources(folder: Path) -> list[Path]:
     """The clip sources in `folder`, sorted by name; refused when there are none, or when a file is none
     of the kinds read (named, so that nothing is left out silently), or when one named as a clip is not a
-    regular file (before any is opened)."""
-    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    regular file (before any is opened). `folder` may also be one source itself: a clip file, or a folder
+    of frames only."""
+    folder = Path(folder)
+    if folder.suffix.lower() in (".npy", *VIDEO) and not folder.is_dir():
+        return [regular(folder)]
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if entries and all(p.suffix.lower() in IMAGE and not p.is_dir() for p in entries):
+        return [folder]  # a folder of frames: one source
     for p in entries:
         if p.suffix.lower() in (".npy", *VIDEO):
             regular(p)
@@ -134,7 +140,7 @@ def square(frame: np.ndarray, size: int) -> torch.Tensor:
     h, w = frame.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    x = torch.from_numpy(np.ascontiguousarray(frame[top:top + side, left:left + side, :3])).permute(2, 0, 1)
+    x = torch.from_numpy(np.array(frame[top:top + side, left:left + side, :3])).permute(2, 0, 1)  # a copy: writable
     x = x.float().div(255).unsqueeze(0)
     return F.interpolate(x, size=(size, size), mode="area")[0] if side != size else x[0]
 

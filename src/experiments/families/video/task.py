@@ -6,15 +6,25 @@ Loss: MSE reconstruction, plus for a quantizing model `entropy_weight` x entropy
 of their empirical distribution. Every validation epoch saves `reconstructions/epoch=NNNN.png` (input
 frames above, reconstruction below) in the run directory (a logger that takes images gets it:
 callbacks.LoggerReport).
+
+Prediction (predict.py, `load_run(...).predict`): a clip file or a folder of clips (every kind the data module
+reads), each clip's reconstruction as PNG frames (a frame folder the data module reads back), its tokens
+(a quantizer's codes; an autoencoder's latent) as `.npy`, its MSE, PSNR and SSIM against itself in
+`per_clip.csv`, and a picture of the first clips.
 """
+import io
+import re
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from experiments.family import atomic_write_csv, epoch_number, ExperimentTask
+from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask, UserError
+
+UNSAFE = re.compile(r"[^\w.@=-]")  # what a clip's name may not carry into a file name
 
 
 class VideoTask(ExperimentTask):
@@ -100,6 +110,52 @@ class VideoTask(ExperimentTask):
             clip += len(part["clips"])
         atomic_write_csv(rows, folder / "per_clip.csv")
 
+    # ---- prediction (predict.py, load_run(...).predict) ----
+    def prediction_data(self, data: dict, path: Path | None) -> dict:
+        """Every clip of the file or folder, in the evaluation's batches (eval.py on it: the same figures)."""
+        if path is None:
+            raise UserError("give the clips to encode: input=CLIP (.npy, a video, a folder of frames) or input=FOLDER")
+        return {**data, "folder": str(path), "val_fraction": 1}
+
+    @torch.no_grad()
+    def prediction_step(self, batch: dict) -> list[dict]:
+        """Each clip's record: `clip` (its name), `input` and `reconstruction` (C, T, H, W) in [0, 1], `tokens`
+        (a quantizer's codes, (T', H', W') integers; None for an autoencoder), `latent`, and its `mse`,
+        `psnr`, `ssim` against itself (what eval.py's per_clip.csv gives)."""
+        clips = batch["clips"].to(self.device)
+        out = self.model(clips)
+        recon = out["recon"].clamp(0, 1)
+        records = []
+        for k, name in enumerate(batch["names"]):
+            one = figures_of(sums(clips[k:k + 1], recon[k:k + 1]))
+            records.append({"clip": name, "input": clips[k].cpu(), "reconstruction": recon[k].cpu(),
+                            "tokens": out["codes"][k].cpu() if "codes" in out else None, "latent": out["latent"][k].cpu(),
+                            **{key.removeprefix("val/"): v for key, v in one.items()}})
+        return records
+
+    def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
+        """Per clip `reconstructions/<n>-<clip>/NNNN.png` (its frames) and `tokens/<n>-<clip>.npy`;
+        `per_clip.csv`; `reconstructions.png`, the first `pictures` clips above their reconstructions."""
+        from experiments.families.video.pictures import draw_reconstructions
+
+        rows = []
+        for n, r in enumerate(records):
+            stem = f"{n:04d}-{UNSAFE.sub('_', str(r['clip']))}"  # numbered: two names made alike stay apart
+            for t in range(r["reconstruction"].shape[1]):
+                atomic_write_bytes(folder / "reconstructions" / stem / f"{t:04d}.png", png(r["reconstruction"][:, t]))
+            codes = r["tokens"] if r["tokens"] is not None else r["latent"]
+            buffer = io.BytesIO()
+            np.save(buffer, codes.numpy(), allow_pickle=False)
+            atomic_write_bytes(folder / "tokens" / f"{stem}.npy", buffer.getvalue())
+            rows.append({"clip": r["clip"], "folder": stem, "mse": r["mse"], "psnr": r["psnr"], "ssim": r["ssim"],
+                         "tokens": "codes" if r["tokens"] is not None else "latent", "token_shape": list(codes.shape)})
+        atomic_write_csv(rows, folder / "per_clip.csv")
+        first = records[: self.pictures]
+        if first:
+            draw_reconstructions(torch.stack([r["input"] for r in first]), torch.stack([r["reconstruction"] for r in first]),
+                                 folder / "reconstructions.png", title=f"{len(records)} clips: the first {len(first)}",
+                                 names=[str(r["clip"]) for r in first])
+
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
         batch = batch.to(self.device)
@@ -113,6 +169,16 @@ def sums(batch: torch.Tensor, recon: torch.Tensor) -> dict:
     n = batch.shape[0] * batch.shape[2]
     return {"se": F.mse_loss(recon, batch, reduction="sum").item(), "values": batch.numel(),
             "ssim": ssim(frames(recon), frames(batch), data_range=1.0).item() * n, "frames": n}  # SSIM: a mean over frames
+
+
+def png(frame: torch.Tensor) -> bytes:
+    """A (C, H, W) frame in [0, 1] as an 8-bit PNG (grey for one channel, RGB for three)."""
+    from PIL import Image
+
+    pixels = (frame.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def figures_of(total: dict) -> dict[str, float]:

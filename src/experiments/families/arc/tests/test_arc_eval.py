@@ -1,5 +1,6 @@
 """eval.py: a checkpoint on other data than its run's, through the same command a user types. ARC on a
-task set of its own (files in ARC's JSON format) checked by an independent scorer; bad input refused."""
+task set of its own (files in ARC's JSON format) checked by an independent scorer; bad input refused.
+predict.py and load_run on the same tasks without their test outputs: the same attempts."""
 import csv
 import json
 import subprocess
@@ -109,6 +110,57 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
     assert len(pages) == -(-len(rows) // 8) and pages[0] == "predictions.png"
 
 
+def without_outputs(folder, into):
+    """The task files of `folder` with their test outputs taken out: what a submission is made for."""
+    into.mkdir()
+    for f in folder.glob("*.json"):
+        task = json.loads(f.read_text())
+        task["test"] = [{"input": pair["input"]} for pair in task["test"]]
+        (into / f.name).write_text(json.dumps(task))
+    return into
+
+
+def test_predict_on_tasks_without_outputs_gives_evals_attempts(arc_run, tmp_path):
+    """Prediction is evaluation without the scoring: the same views, ranking and test-time training (given on
+    the command) give the same two attempts per test input, whether the outputs are in the files or not; the
+    Python API gives them too."""
+    root, run = arc_run
+    truths = task_set(tmp_path / "tasks")
+    blind = without_outputs(tmp_path / "tasks", tmp_path / "blind")
+    settings = ["task.eval_augmentations=2", "task.ranking=poe", "task.ttt.steps=2"]
+    e = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", "data.max_side=null", "data.max_tasks=null",
+                 *settings, f"out={tmp_path / 'evaluated'}", cwd=root)
+    assert e.returncode == 0, e.stdout + e.stderr
+    expected = json.loads((tmp_path / "evaluated" / "submission.json").read_text())
+    refused = run_eval(f"ckpt={run}", f"data.folder={blind}", cwd=root)  # eval.py needs the outputs: it says where to go
+    assert refused.returncode == 2 and "python predict.py ckpt=RUN input=PATH" in one_error_line(refused)
+    p = in_process("predict.py", f"ckpt={run}", f"input={blind}", *settings, cwd=root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (out,) = (run / "predict").glob("blind-*")
+    submission = json.loads((out / "last" / "submission.json").read_text())
+    assert submission == expected and set(submission) == set(truths)
+    assert sum(len(v) for v in submission.values()) == sum(len(v) for v in truths.values())
+    pages = sorted(p.name for p in (out / "last").glob("predictions*.png"))
+    assert pages[0] == "predictions.png" and len(pages) == -(-sum(len(v) for v in truths.values()) // 8)
+    record = json.loads((out / "last" / "prediction.json").read_text())
+    assert record["task"]["settings"] == {"eval_augmentations": 2, "ranking": "poe", "ttt": {"steps": 2}}
+    assert "without an output" in p.stdout and "test-time training" not in p.stderr
+    # one task file alone, and the Python API (the same settings): the same attempts
+    one = sorted(blind.glob("*.json"))[0]
+    p = in_process("predict.py", f"ckpt={run}", f"input={one}", *settings, cwd=root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (single,) = (run / "predict").glob(f"{one.name}-*")
+    assert json.loads((single / "last" / "submission.json").read_text()) == {one.stem: expected[one.stem]}
+    from experiments import load_run
+
+    records = load_run(run, settings={"eval_augmentations": 2, "ranking": "poe", "ttt": {"steps": 2}}).predict(blind)
+    by_output = {}
+    for r in records:
+        by_output.setdefault(r["task"], {})[r["index"]] = {f"attempt_{k + 1}": a.tolist() for k, a in enumerate(r["submitted"])}
+    assert {t: [v[i] for i in sorted(v)] for t, v in by_output.items()} == expected
+    assert all(r["target"] is None and r["views"] == 2 and r["ranking"] == "poe" for r in records)
+
+
 def test_prediction_pages_sort_in_their_order(tmp_path):
     from experiments.families.arc.pictures import page_paths
 
@@ -141,13 +193,13 @@ def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path)
     (["data=no_such_group"], "Could not find 'data/no_such_group' Available options in 'data': arc arc_full"),
     (["task._target_=os.system"], "task._target_ is not an evaluation setting of experiments.families.arc.task.ArcTask"),
     (["task.format=decoder_only"], "task.format is not an evaluation setting of experiments.families.arc.task.ArcTask: "
-                                   "eval.py may set task.eval_augmentations, task.ranking, task.ttt"),
+                                   "eval.py and predict.py may set task.eval_augmentations, task.ranking, task.ttt"),
     (["task.rankng=poe"], "task.rankng is not an evaluation setting"),
-    (["task.ttt={_target_: os.system, command: id}"], "task.ttt._target_: eval.py changes how a checkpoint's task "
+    (["task.ttt={_target_: os.system, command: id}"], "task.ttt._target_: eval.py and predict.py change how a checkpoint's task "
                                                       "evaluates, never what it is"),
-    (["task.ttt[_target_]=os.getcwd"], "task.ttt._target_: eval.py changes how"),
+    (["task.ttt[_target_]=os.getcwd"], "task.ttt._target_: eval.py and predict.py change how"),
     (["task.ttt.lr=${oc.env:HOME}"], "task.ttt.lr: holds an interpolation"),
-    (["~task.ranking=vote"], "eval.py sets evaluation settings; it removes none"),
+    (["~task.ranking=vote"], "eval.py and predict.py set evaluation settings; they remove none"),
     (["task.ttt=5"], "task.ttt=5 has type int, expected dict | None"),
     (["task.ttt.step=3"], "task: ttt.step is not a test-time training setting"),
 ])

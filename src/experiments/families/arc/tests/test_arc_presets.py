@@ -37,12 +37,12 @@ def test_preset_trains_and_evaluates(preset, trained):
     first = next(iter(submission.values()))[0]
     assert set(first) == {"attempt_1", "attempt_2"} and isinstance(first["attempt_1"][0], list)
     assert (rd / "predictions.png").stat().st_size > 1000
-    # each evaluation's per-output records under eval/, the final one at the top (test_comparisons.py)
-    assert sorted(p.name for p in (rd / "eval").iterdir()) == [f"per_output_epoch={e:04d}.csv" for e in (2, 4, 5)]
-    assert (rd / "per_output.csv").read_bytes() == (rd / "eval" / "per_output_epoch=0005.csv").read_bytes()
+    # each evaluation's per-output records under validation/ (eval.py's results: eval/), the final one at the top (test_comparisons.py)
+    assert sorted(p.name for p in (rd / "validation").iterdir()) == [f"per_output_epoch={e:04d}.csv" for e in (2, 4, 5)]
+    assert (rd / "per_output.csv").read_bytes() == (rd / "validation" / "per_output_epoch=0005.csv").read_bytes()
     # test-time training at the final evaluation only (not periodic), recorded per output and in the history
     how = lambda epoch: {(r["ttt_steps"], r["ranking"], r["views"])  # noqa: E731
-                         for r in csv.DictReader(open(rd / "eval" / f"per_output_epoch={epoch:04d}.csv"))}
+                         for r in csv.DictReader(open(rd / "validation" / f"per_output_epoch={epoch:04d}.csv"))}
     assert how(2) == {("0", "poe", "2")} and how(5) == {("3", "poe", "2")}
     assert "arc/ttt_train_exact" not in evaluated[0] and "time/ttt_s_per_task" not in evaluated[0]
     assert 0 < evaluated[-1]["time/ttt_s_per_task"] and 0 <= evaluated[-1]["arc/ttt_train_exact"] <= 1

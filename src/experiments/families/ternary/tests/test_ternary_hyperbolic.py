@@ -1,6 +1,8 @@
 """The Ternary family through the real programs: v5.5 learns; the hyperbolic variants: the v5.5 -> v5.11
 chain with frozen_checkpoint.path=auto, every refusal of the frozen_checkpoint / frozen_coverage preflight,
-frozen parts that never change, homeostasis in a real run, and the coverage guard."""
+frozen parts that never change, homeostasis in a real run, and the coverage guard; predict.py's latent means
+(v5.5 and v5.11), radii and valuation levels against the models' own."""
+import csv
 import json
 import re
 import subprocess
@@ -70,6 +72,67 @@ def test_v5_5_reconstructs_every_operation_where_an_untrained_one_reconstructs_n
     assert (source["run"] / "latent.png").stat().st_size > 10_000
 
 
+def latent_rows(run: Path, input_name: str) -> list[dict]:
+    (out,) = (run / "predict").glob(f"{input_name}*")
+    return list(csv.DictReader(open(out / "last" / "latent.csv")))
+
+
+def means(rows: list[dict], side: str) -> torch.Tensor:
+    return torch.tensor([[float(r[f"mu_{side}_{i}"]) for i in range(16)] for r in rows])
+
+
+def test_predict_writes_each_operations_latent_means(source):
+    """All 19,683 operations (no input) and a file of some (indices and trits, in the file's order): latent.csv
+    holds the encoders' means as the model computes them, and which operations each decoder reconstructs."""
+    r = in_process("predict.py", f"ckpt={source['run']}", cwd=source["root"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "19,683 predictions in " in r.stdout and "latent.csv, latent.png, prediction.json" in r.stdout
+    rows = latent_rows(source["run"], "default")
+    ckpt = torch.load(source["run"] / "checkpoints" / "last.ckpt", weights_only=True)
+    model = DualVAE()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
+    ops = all_operations().float()
+    with torch.no_grad():  # the evaluation's batches of 4,096, as predict.py runs them
+        enc = [model.encode(ops[i:i + 4096]) for i in range(0, len(ops), 4096)]
+    assert [int(r["operation"]) for r in rows] == list(range(19683))
+    for side in ("a", "b"):
+        expected = torch.cat([e[f"mu_{side}"] for e in enc])
+        assert torch.allclose(means(rows, side), expected, rtol=0, atol=1e-6), side
+    exact_b = sum(r["exact_b"] == "True" for r in rows)
+    assert exact_b == round(ckpt["history"][-1]["coverage/recon_b"] * 19683)
+    (source["root"] / "ops.txt").write_text("# three operations\n19682\n-1 -1 -1 -1 -1 -1 -1 -1 -1\n1,0,0,0,0,0,0,0,0\n")
+    r = in_process("predict.py", f"ckpt={source['run']}", f"input={source['root'] / 'ops.txt'}", cwd=source["root"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    some = latent_rows(source["run"], "ops.txt")
+    assert [int(r["operation"]) for r in some] == [19682, 0, 9842] and some[1]["trits"] == "-1 -1 -1 -1 -1 -1 -1 -1 -1"
+    assert torch.allclose(means(some, "a"), means([rows[19682], rows[0], rows[9842]], "a"), rtol=0, atol=1e-6)
+    (source["root"] / "bad_ops.txt").write_text("1 2 3\n")
+    r = in_process("predict.py", f"ckpt={source['run']}", f"input={source['root'] / 'bad_ops.txt'}", cwd=source["root"])
+    assert r.returncode == 2 and "bad_ops.txt:1: '1 2 3' is not an operation" in one_error_line(r)
+
+
+def predicted_radii_are_the_models(run: Path, root: Path) -> None:
+    """v5.11's predictions: every operation's Poincare radii (of the model's own embeddings), 3-adic
+    valuation level and latent means, as load_run's model gives them."""
+    from experiments import load_run
+    from experiments.families.ternary import hyperbolic_metrics as hm
+
+    r = in_process("predict.py", f"ckpt={run}", cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = latent_rows(run, "default")
+    model = load_run(run).model
+    ops = all_operations().float()
+    with torch.no_grad():
+        out = [model(ops[i:i + 4096]) for i in range(0, len(ops), 4096)]
+    for side in ("a", "b"):
+        radius = hm.poincare_radius(torch.cat([o[f"z_hyp_{side}"] for o in out]).double())
+        assert torch.allclose(torch.tensor([float(r[f"radius_{side}"]) for r in rows], dtype=torch.float64), radius,
+                              rtol=0, atol=1e-6)
+        assert torch.allclose(means(rows, side), torch.cat([o[f"mu_{side}"] for o in out]), rtol=0, atol=1e-6)
+    assert [int(r["valuation"]) for r in rows] == hm.valuation(torch.arange(19683)).tolist()
+    assert (run / "predict" / "default" / "last" / "radii.png").stat().st_size > 10_000
+
+
 def frozen_state(path: Path, prefixes=PARTS) -> dict:
     state = torch.load(path, weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith(prefixes)}
@@ -103,6 +166,7 @@ def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(so
     assert stages["frozen_identical"]["status"] == "pass" and "byte-identical" in stages["frozen_identical"]["details"]
     metrics = stages["metrics"]["metrics"]
     assert metrics["hierarchy/b"]["clearly_better"] and metrics["coverage/recon_a"]["untrained_control"] >= 0.99
+    predicted_radii_are_the_models(run, source["root"])
     rep = subprocess.run([sys.executable, str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"), str(run)], env=env(),
                          capture_output=True, text=True, timeout=120)
     assert rep.returncode == 0, rep.stderr

@@ -99,12 +99,20 @@ def test_a_video_shorter_than_a_clip_is_named(tmp_path):
         load_folder(tmp_path, frames=8)
 
 
-def test_a_folder_of_videos_trains_and_evaluates(clip_folder, tmp_path):
+@pytest.fixture(scope="module")
+def folder_run(clip_folder, tmp_path_factory):
+    """magvit trained 2 epochs on the folder of videos, frames and an array."""
+    root = tmp_path_factory.mktemp("folder_run")
     args = ["experiment=magvit", "logger=none", f"data.folder={clip_folder}", "data.stride=4", "data.batch_size=4",
             "trainer.max_epochs=2"]
-    r = in_process("train.py", *args, cwd=tmp_path)
+    r = in_process("train.py", *args, cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
-    (run,) = (tmp_path / "outputs" / "magvit").iterdir()
+    (run,) = (root / "outputs" / "magvit").iterdir()
+    return root, run
+
+
+def test_a_folder_of_videos_trains_and_evaluates(clip_folder, folder_run, tmp_path):
+    _, run = folder_run
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2  # 7 clips, 4 a batch
     r = in_process("eval.py", f"ckpt={run}", f"data.folder={clip_folder}", "data.stride=4", "data.val_fraction=1",
                    cwd=tmp_path)
@@ -115,6 +123,65 @@ def test_a_folder_of_videos_trains_and_evaluates(clip_folder, tmp_path):
     (bad / "x.avi").write_bytes(b"\x00" * 64)
     r = in_process("eval.py", f"ckpt={run}", f"data.folder={bad}", "data.val_fraction=1", cwd=tmp_path)
     assert r.returncode == 2 and f"{bad / 'x.avi'}: cannot be read as a video" in one_error_line(r)
+
+
+def test_predict_reconstructs_each_clip_as_eval_scores_it(clip_folder, folder_run, tmp_path):
+    """predict.py on a folder of one .mp4, one .gif and one frame folder: per clip its reconstruction (PNG
+    frames, which the data module reads back), its latent (.npy) and its PSNR, equal to eval.py's per clip;
+    one clip file alone; the Python API's records the same."""
+    import csv
+    import shutil
+
+    from experiments import load_run
+
+    _, run = folder_run
+    (new := tmp_path / "new").mkdir()
+    for name in ("a.mp4", "b.gif", "c"):
+        (shutil.copytree if (clip_folder / name).is_dir() else shutil.copy)(clip_folder / name, new / name)
+    e = in_process("eval.py", f"ckpt={run}", f"data.folder={new}", "data.val_fraction=1", f"out={tmp_path / 'eval'}",
+                   cwd=tmp_path)
+    assert e.returncode == 0, e.stdout + e.stderr
+    evaluated = list(csv.DictReader(open(tmp_path / "eval" / "per_clip.csv")))
+    p = in_process("predict.py", f"ckpt={run}", f"input={new}", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (out,) = (run / "predict").glob("new-*")
+    out = out / "last"
+    rows = list(csv.DictReader(open(out / "per_clip.csv")))
+    assert [r["clip"] for r in rows] == [r["clip"] for r in evaluated] == \
+        ["a.mp4@0", "a.mp4@4", "a.mp4@8", "a.mp4@12", "b.gif@0", "c@0", "c@4"]
+    assert [float(r["psnr"]) for r in rows] == [float(r["psnr"]) for r in evaluated]
+    for n, row in enumerate(rows):
+        frames = sorted((out / "reconstructions" / row["folder"]).glob("*.png"))
+        assert len(frames) == 8 and row["folder"].startswith(f"{n:04d}-")
+        latent = np.load(out / "tokens" / f"{row['folder']}.npy", allow_pickle=False)
+        assert latent.shape == (64, 8, 16, 16) and row["tokens"] == "latent"
+    # the reconstructions are clips the data module reads back (8-bit PNG: within half a step of 255)
+    clips, names, _ = load_folder(out / "reconstructions", frames=8, size=16)
+    records = load_run(run).predict(new)
+    assert [r["clip"] for r in records] == [r["clip"] for r in rows] and len(names) == 7
+    for clip, r in zip(clips, records):
+        assert (clip - r["reconstruction"]).abs().max() <= 0.5 / 255 + 1e-6
+        assert r["psnr"] == float(next(row["psnr"] for row in rows if row["clip"] == r["clip"]))
+    assert (out / "reconstructions.png").stat().st_size > 1000
+    p = in_process("predict.py", f"ckpt={run}", f"input={new / 'b.gif'}", cwd=tmp_path)
+    assert p.returncode == 0 and "1 prediction in " in p.stdout, p.stdout + p.stderr
+
+
+def test_a_quantizers_tokens_are_its_codes(tmp_path):
+    """magvit_v2's prediction files hold each clip's codes as integers, as the model gives them."""
+    from experiments.families.video.magvit_v2 import MagVitV2
+    from experiments.families.video.task import VideoTask
+
+    torch.manual_seed(0)
+    task = VideoTask(MagVitV2(bits=6, space_factor=2, time_factor=2)).eval()
+    clips = torch.rand(2, 3, 5, 8, 8)
+    records = task.prediction_step({"clips": clips, "names": ["x.npy", "y/z"]})
+    task.prediction_files(records, tmp_path, None)
+    codes = task.model(clips)["codes"]
+    for k, stem in enumerate(["0000-x.npy", "0001-y_z"]):
+        tokens = np.load(tmp_path / "tokens" / f"{stem}.npy", allow_pickle=False)
+        assert tokens.dtype == np.int64 and np.array_equal(tokens, codes[k].numpy())
+        assert len(list((tmp_path / "reconstructions" / stem).glob("*.png"))) == 5
 
 
 def test_pictures_leave_a_white_gap_between_frames_and_name_each_clip(tmp_path):
