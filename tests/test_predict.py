@@ -5,13 +5,11 @@ new inputs predicted through the real program, the same predictions in Python, L
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import env, in_process, one_error_line, ROOT, run_program, SINE, SINE_CONF
+from conftest import in_process, one_error_line, ROOT, SINE, SINE_CONF
 
 RUN = ["trainer.max_epochs=3"]
 
@@ -82,7 +80,7 @@ def test_load_from_checkpoint_is_load_run(sine_run):
         SineTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", lr=0.1)
 
 
-def test_a_family_that_does_not_predict_is_one_line(sine_run, tmp_path):
+def test_a_family_that_does_not_predict_is_one_line(tmp_path, monkeypatch):
     """A family of one's own without the prediction methods (the sine task with them taken away, trained as
     such) keeps training and evaluating; predict.py and load_run(...).predict refuse it in one line."""
     conf = tmp_path / "conf"
@@ -97,24 +95,24 @@ def test_a_family_that_does_not_predict_is_one_line(sine_run, tmp_path):
         "    prediction_files = ExperimentTask.prediction_files\n")
     task_yaml = conf / "task" / "sine.yaml"
     task_yaml.write_text(task_yaml.read_text().replace("examples.sine.task.SineTask", "quiet.task.QuietTask"))
-    paths = {"PYTHONPATH": f"{tmp_path}:{ROOT}"}
-    r = run_program("train.py", "--config-dir", str(conf), *SINE[2:], "trainer.max_epochs=1", cwd=tmp_path,
-                    extra_env=paths)
+    monkeypatch.syspath_prepend(str(tmp_path))  # its package importable, as PYTHONPATH would make it
+    r = in_process("train.py", "--config-dir", str(conf), *SINE[2:], "trainer.max_epochs=1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (tmp_path / "outputs" / "sine").iterdir()
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    r = run_program("predict.py", "--config-dir", str(conf), f"ckpt={run}", cwd=tmp_path, extra_env=paths)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in p.parts)
+    r = in_process("predict.py", "--config-dir", str(conf), f"ckpt={run}", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert "quiet.task.QuietTask does not predict: its task implements no prediction_step" in line, line
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-    e = run_program("eval.py", "--config-dir", str(conf), f"ckpt={run}", cwd=tmp_path, extra_env=paths)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "__pycache__" not in p.parts) == before
+    e = in_process("eval.py", "--config-dir", str(conf), f"ckpt={run}", cwd=tmp_path)
     assert e.returncode == 0, e.stdout + e.stderr
-    script = (f"from experiments import load_run\nrun = load_run({str(run)!r}, config_dir={str(conf)!r})\n"
-              f"try:\n    run.predict()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
-    api = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**env(), **paths}, capture_output=True,
-                         text=True, timeout=120)
-    assert api.stdout.startswith("UserError quiet.task.QuietTask does not predict"), api.stdout + api.stderr
+    from experiments import load_run
+    from experiments.errors import UserError
+
+    loaded = load_run(run, config_dir=conf)
+    with pytest.raises(UserError, match="quiet.task.QuietTask does not predict"):
+        loaded.predict()
 
 
 def test_a_family_predicting_in_part_is_named():
