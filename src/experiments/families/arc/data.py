@@ -352,7 +352,7 @@ class ArcDataModule(L.LightningDataModule):
         held_out = (f"{outputs} test input{'s' * (outputs != 1)} to predict ({unknown} without an output)" if unknown
                     else f"{outputs} held-out test output{'s' * (outputs != 1)}")
         return (f"ARC: {tasks} task{'s' * (tasks != 1)}{' scored' * (not unknown)}{self.selected}, "
-                f"{pairs} demonstration pair{'s' * (pairs != 1)} to train on, "
+                f"{pairs} demonstration pair{'s' * (pairs != 1)}, "
                 f"{held_out}; 0 examples cut (sequences are never truncated)"
                 + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
                    f"context" if self.without_context else ""))

@@ -102,8 +102,9 @@ def test_no_context_query_leak_on_every_batch_of_an_epoch():
 
 def test_every_example_is_used_nothing_cut(dm):
     assert "0 examples cut" in dm.describe()
-    # the pairs a model trains on are the tasks' demonstrations (on evaluation tasks too: never "training pairs")
-    assert re.search(r" \d+ demonstration pairs? to train on, \d+ held-out test outputs?;", dm.describe())
+    # the pairs of a task given with its test inputs are its demonstrations (on evaluation tasks too: never
+    # "training pairs", nor "to train on": eval.py and predict.py train on nothing but with test-time training)
+    assert re.search(r" \d+ demonstration pairs?, \d+ held-out test outputs?;", dm.describe())
     for fmt in FORMATS:
         dm.format = fmt
         dm.train_sampler.set_epoch(0)
