@@ -121,7 +121,15 @@ class StoredRun:
 
         L.seed_everything(self.config["seed"], verbose=False)
         node = OmegaConf.merge(self.config["task"], self.task_settings) if self.task_settings else self.config["task"]
-        return built(node, "task", model=instantiate(self.config["model"]))
+        task = built(node, "task", model=instantiate(self.config["model"]))
+        task.evaluation_precision = self.precision()  # evaluated as the run's validation was
+        return task
+
+    def precision(self) -> str | None:
+        """The run's trainer.precision (its validation's), as a string; None when not recorded."""
+        trainer = self.config.get("trainer")
+        value = trainer.get("precision") if isinstance(trainer, dict) else None
+        return None if value is None else str(value)
 
     def settings_of_task(self, args: list[str]) -> None:
         """eval.py's and predict.py's `task.KEY=VALUE` arguments: evaluation settings of the task, merged into

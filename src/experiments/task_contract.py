@@ -44,6 +44,7 @@ family that unfreezes a part on purpose calls `mark_trained(part)`).
 Everything else (the epoch sums over batches and DDP processes and their checkpoint state, the validation
 hooks, the frozen-part bookkeeping) is provided here, once.
 """
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -56,6 +57,7 @@ from experiments.errors import UserError
 
 REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
 PREDICTING = ("prediction_data", "prediction_step", "prediction_files")  # all three, or none
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's mixed precisions: autocast dtype
 
 
 class ExperimentTask(L.LightningModule):
@@ -85,6 +87,9 @@ class ExperimentTask(L.LightningModule):
         # trained at some point on purpose: kept in every checkpoint for verify.py's frozen_identical.
         self.frozen_source: dict = {}
         self.ever_trained: set[str] = set()
+        # The run's trainer.precision, for evaluating outside a Trainer (verify.py, eval.py, predict.py,
+        # load_run) as its validation ran inside one: set by StoredRun; None (full precision) otherwise
+        self.evaluation_precision: str | None = None
 
     # ---- what a family implements ----
     def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
@@ -268,8 +273,9 @@ class ExperimentTask(L.LightningModule):
         wrapped in a progress bar), in eval mode: the records, in order."""
         was_training = self.training
         self.eval()
-        records = [r for batch in (batches if batches is not None else datamodule.predict_dataloader())
-                   for r in self.prediction_step(batch)]
+        with self.autocast():
+            records = [r for batch in (batches if batches is not None else datamodule.predict_dataloader())
+                       for r in self.prediction_step(batch)]
         self.train(was_training)
         return records
 
@@ -278,9 +284,18 @@ class ExperimentTask(L.LightningModule):
         draw more from the same evaluation, e.g. its own pictures)."""
         was_training = self.training
         self.eval()
-        parts = [self.evaluation_step(batch, epoch) for batch in datamodule.val_dataloader()]
+        with self.autocast():
+            parts = [self.evaluation_step(batch, epoch) for batch in datamodule.val_dataloader()]
         self.train(was_training)
         return parts
+
+    def autocast(self):
+        """Outside a Trainer, the mixed precision the run's validation ran under (`evaluation_precision`:
+        bf16-mixed, 16-mixed), as Lightning's precision plugin autocasts it; inside one, Lightning's own."""
+        precision = str(self.evaluation_precision or "")
+        if self._trainer is not None or precision not in MIXED:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=MIXED[precision])
 
     # ---- provided: frozen parts ----
     def mark_trained(self, part: str) -> None:

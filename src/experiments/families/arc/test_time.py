@@ -87,8 +87,13 @@ def fine_tuned(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: Te
     rng = task_rng(seed, task)
     device = torch.device(device)
     cuda = [device.index or 0] if device.type == "cuda" else []
+    # Under mixed precision (an evaluation inside autocast) each step's forward autocasts as the evaluation
+    # does, without autocast's cache of cast weights: it would hand the next step the weights before this
+    # step's update (the cache lives as long as the outermost autocast region, here the whole evaluation)
+    mixed = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
     # the global generators are put back afterwards (CPU, and the CUDA device it runs on)
-    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=cuda):
+    with (torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=cuda),
+          torch.autocast(device.type, enabled=False)):  # backward and the optimizer's step in full precision
         s = int(rng.integers(2**31))  # dropout, if a model has any
         torch.default_generator.manual_seed(s)
         if cuda:
@@ -102,7 +107,8 @@ def fine_tuned(model: torch.nn.Module, fmt: str, task: str, demos: list, ttt: Te
             if ttt.augment:
                 chosen = [augment(ex, af.Augmentation.random(rng)) for ex in chosen]
             batch = {k: v.to(device) for k, v in collate(chosen, fmt).items()}
-            loss = token_loss(tuned(batch), batch["targets"])
+            with torch.autocast(device.type, dtype=mixed, enabled=mixed is not None, cache_enabled=False):
+                loss = token_loss(tuned(batch), batch["targets"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -46,6 +46,10 @@ class LFQ(nn.Module):
         self.register_buffer("powers", 2 ** torch.arange(bits), persistent=False)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(z.device.type, enabled=False):  # under mixed precision too: in bf16 the entropies
+            return self._quantized(z.float())            # (logs of products over bits) went NaN within 2 epochs
+
+    def _quantized(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         q = torch.where(z > 0, 1.0, -1.0).to(z.dtype)
         quantized = z + (q - z).detach()  # straight-through
         p = torch.sigmoid(4 * z / self.tau).movedim(1, -1).reshape(-1, self.bits)
