@@ -148,3 +148,19 @@ def test_predict_help():
     r = in_process("predict.py", "--help", cwd=ROOT)
     assert r.returncode == 0 and r.stdout.startswith("predict.py: Predict new inputs")
     assert "input" in r.stdout and "task.KEY=VALUE" in r.stdout
+
+
+def test_an_input_that_is_a_fifo_or_too_large_is_one_line(sine_run, tmp_path):
+    """input= is data: a FIFO named like an input file is refused before anything reads it (the feeder makes a
+    reader that did open it go on, and fail here, rather than hang), a file past the reader's bound too."""
+    from conftest import fifo_feeding
+
+    root, run = sine_run
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    with fifo_feeding(tmp_path / "xs.txt", b"0.5\n"):
+        r = predict(f"ckpt={run}", f"input={tmp_path / 'xs.txt'}", cwd=root)
+    assert r.returncode == 2 and "is a FIFO" in one_error_line(r), r.stdout + r.stderr
+    (tmp_path / "big.txt").write_text("0.5 " * 300_000)  # 1.2 MB: past the 1 MiB of x values
+    r = predict(f"ckpt={run}", f"input={tmp_path / 'big.txt'}", cwd=root)
+    assert r.returncode == 2 and "big.txt is larger than 1,048,576 bytes" in one_error_line(r), r.stdout + r.stderr
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

@@ -47,9 +47,7 @@ class Run:
 def load_run(path, device: str = "cpu", settings: dict | None = None, config_dir=None) -> Run:
     """The run of `path` (a run directory, its checkpoints/ folder, or a checkpoint file), its weights loaded
     into the model its stored config builds, on `device`, in eval mode."""
-    from experiments.eval import checkpoint_of
-    from experiments.predict import trained
-    from experiments.stored_run import StoredRun
+    from experiments.stored_run import checkpoint_of, StoredRun
     from experiments.untrusted import package_config_folders, registry
 
     dirs = [config_dir] if isinstance(config_dir, (str, Path)) else list(config_dir or [])
@@ -64,4 +62,4 @@ def load_run(path, device: str = "cpu", settings: dict | None = None, config_dir
         raise UserError(str(e).replace("--config-dir PATH", "load_run(PATH, config_dir=ITS_CONF_FOLDER)")) from None
     if settings:
         stored.use_settings(dict(settings))
-    return Run(checkpoint, stored.config, trained(stored, checkpoint), device, stored)
+    return Run(checkpoint, stored.config, stored.loaded(checkpoint), device, stored)

@@ -163,3 +163,13 @@ def logged_to(path: Path, command: str):
         for handler, stream in handlers:
             handler.setStream(stream)
         log.close()
+
+
+def with_progress(datamodule, loader: str = "val_dataloader", desc: str = "evaluating") -> None:
+    """A bar over the batches of the data module's `loader` (eval.py's validation batches, predict.py's
+    prediction batches: decoding a large task set on CPU takes minutes), where the task reads them; none where
+    output is not a terminal."""
+    from tqdm import tqdm
+
+    batches = getattr(datamodule, loader)
+    setattr(datamodule, loader, lambda: tqdm(batches(), desc=desc, unit="batch", leave=False, disable=None))

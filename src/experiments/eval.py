@@ -33,11 +33,12 @@ from omegaconf.errors import OmegaConfBaseException
 from experiments import run_dir as rd
 from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
-from experiments.errors import (EXIT_FAILED, EXIT_OK, EXIT_USER, first_line, Outcome, StageFailure, UserError,
+from experiments.errors import (EXIT_FAILED, EXIT_OK, EXIT_USER, first_line, Outcome, UserError,
                                write_failure)
+from experiments.console import with_progress
 from experiments.stages.config_check import check_config
+from experiments.stored_run import checkpoint_of, config_hash, StoredRun
 from experiments.untrusted import Registry, check_experiment_name, program_registry
-from experiments.stored_run import StoredRun, config_hash
 
 SCHEMA = "experiments.eval/1"
 
@@ -54,18 +55,6 @@ def is_data_arg(arg: str) -> bool:
 def is_task_arg(arg: str) -> bool:
     """`task.KEY=VALUE`: an evaluation setting of the checkpoint's task."""
     return "=" in arg and _key(arg).startswith("task.")
-
-
-def checkpoint_of(target: Path) -> Path:
-    """A checkpoint file, or a run directory's (or its checkpoint folder's) last checkpoint."""
-    if target.is_dir():
-        last = rd.last_checkpoint(rd.run_of(target))
-        if not last.is_file():
-            raise UserError(f"{target} holds no {rd.CHECKPOINTS}/{rd.LAST}; give a checkpoint file: ckpt=PATH.ckpt")
-        return last
-    if not target.exists():
-        raise UserError(f"{target} does not exist; give a checkpoint file or a run directory")
-    return target
 
 
 def data_config(run_config: dict, data_args: list[str], registry: Registry, where: str) -> dict:
@@ -105,16 +94,6 @@ def output_folder(cfg, checkpoint: Path, data_args: list[str]) -> Path:
     if cfg.out:
         return Path(str(cfg.out))
     return rd.run_of(checkpoint) / rd.EVAL / data_identity(data_args) / checkpoint.stem
-
-
-def with_progress(datamodule) -> None:
-    """A bar over the evaluation batches (decoding a large task set on CPU takes minutes): the task reads
-    its batches from `val_dataloader()`, so that is where the bar goes."""
-    from tqdm import tqdm
-
-    batches = datamodule.val_dataloader
-    datamodule.val_dataloader = lambda: tqdm(batches(), desc="evaluating", unit="batch", leave=False,
-                                                disable=None)  # None: no bar where output is not a terminal
 
 
 def is_sweep(target: Path) -> bool:
@@ -200,10 +179,7 @@ def evaluate_checkpoint(cfg, checkpoint: Path, data_args: list[str], task_args: 
     stored = StoredRun(checkpoint, registry, device=cfg.device)  # read as data, its config proved to build only ours
     if task_args:
         stored.settings_of_task(list(task_args))
-    try:
-        task = stored.trained(checkpoint)
-    except StageFailure as e:
-        raise UserError(str(e))
+    task = stored.loaded(checkpoint)
     node = data_config(stored.config, data_args, registry, str(checkpoint))
     datamodule = stored.datamodule(node)
     folder = output_folder(cfg, checkpoint, [*data_args, *task_args])

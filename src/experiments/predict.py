@@ -9,7 +9,7 @@ which input, which settings, what was written). `task.KEY=VALUE`: how the task p
 (ARC: its views, ranking, test-time training). A family whose task does not predict is refused in one line.
 
 `experiments.load_run` (api.py) gives the same predictions in Python: both go through `prediction_data`
-and `predictions` below.
+and `ExperimentTask.predictions`.
 
 Exit status: 0 done, 2 unusable input (checkpoint, input, a family that does not predict), 1 a family's code
 crashed.
@@ -25,17 +25,16 @@ from omegaconf import OmegaConf
 from experiments import run_dir as rd
 from experiments.atomic import atomic_write_bytes
 from experiments.checkpoint import io as checkpoint_io
-from experiments.errors import EXIT_OK, Outcome, StageFailure, UserError
+from experiments.console import with_progress
+from experiments.errors import EXIT_OK, Outcome, UserError
 from experiments.stages.config_check import check_config
-from experiments.stored_run import StoredRun
+from experiments.stored_run import checkpoint_of, StoredRun
 from experiments.untrusted import program_registry
 
 SCHEMA = "experiments.predict/1"
 
 
 def predict(cfg, task_args: list[str] = ()) -> Outcome:
-    from experiments.eval import checkpoint_of
-
     if not cfg.ckpt:
         raise UserError("give a checkpoint or run directory: python predict.py ckpt=PATH input=PATH")
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
@@ -45,7 +44,7 @@ def predict(cfg, task_args: list[str] = ()) -> Outcome:
     refuse_without_prediction(stored)
     if task_args:
         stored.settings_of_task(list(task_args))
-    task = trained(stored, checkpoint)
+    task = stored.loaded(checkpoint)
     source = input_path(cfg.input)
     datamodule = prediction_datamodule(stored, task, source)
     folder = Path(str(cfg.out)) if cfg.out else (rd.run_of(checkpoint) / rd.PREDICT / input_identity(source, task_args)
@@ -56,7 +55,8 @@ def predict(cfg, task_args: list[str] = ()) -> Outcome:
     described = getattr(datamodule, "describe", lambda: "")()
     print(f"Predicting with {checkpoint} (epoch {rd.epoch_number(stored.ckpts[checkpoint]['epoch'])}) on "
           f"{source if source else 'its default input'}" + (f": {described}" if described else ""), flush=True)
-    records = predictions(task, datamodule)
+    with_progress(datamodule, "predict_dataloader", "predicting")
+    records = task.predictions(datamodule)
     task.prediction_files(records, folder, datamodule)
     seconds = time.perf_counter() - t0
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "prediction.json")
@@ -87,13 +87,6 @@ def refuse_without_prediction(stored: StoredRun) -> None:
                         f"{', '.join(gaps)} missing (docs/FAMILIES.md, 'Predicting')")
 
 
-def trained(stored: StoredRun, checkpoint: Path):
-    try:
-        return stored.trained(checkpoint)
-    except StageFailure as e:  # weights that do not fit the model its config builds
-        raise UserError(str(e))
-
-
 def input_path(value) -> Path | None:
     """`input=PATH` as given (None when not given: the family's default input, if it has one)."""
     if value is None or str(value) == "":
@@ -116,14 +109,6 @@ def prediction_datamodule(stored: StoredRun, task, source: Path | None):
                         f"{own['_target_']}")
     check_config(OmegaConf.create({"data": node}))
     return stored.datamodule(node, stage="predict")
-
-
-def predictions(task, datamodule) -> list[dict]:
-    """Every input's record, a progress bar over the batches where the console is a terminal."""
-    from tqdm import tqdm
-
-    batches = tqdm(datamodule.predict_dataloader(), desc="predicting", unit="batch", leave=False, disable=None)
-    return task.predictions(datamodule, batches)
 
 
 def input_identity(source: Path | None, task_args: list[str]) -> str:

@@ -17,6 +17,18 @@ from experiments.stages.config_check import check_config
 from experiments.untrusted import Registry, check_stored_config, shown
 
 
+def checkpoint_of(target: Path) -> Path:
+    """A checkpoint file, or a run directory's (or its checkpoint folder's) last checkpoint."""
+    if target.is_dir():
+        last = rd.last_checkpoint(rd.run_of(target))
+        if not last.is_file():
+            raise UserError(f"{target} holds no {rd.CHECKPOINTS}/{rd.LAST}; give a checkpoint file: ckpt=PATH.ckpt")
+        return last
+    if not target.exists():
+        raise UserError(f"{target} does not exist; give a checkpoint file or a run directory")
+    return target
+
+
 def _refuse_instructions(value, key: str) -> None:
     """A command-line setting is a value: a mapping key starting with `_` (a Hydra instruction such as
     `_target_`) or an interpolation anywhere in it is refused."""
@@ -197,6 +209,14 @@ class StoredRun:
             task.load_state_dict(state, strict=True)
             self._trained[path] = task.to(self.device).eval()
         return self._trained[path]
+
+    def loaded(self, path: Path):
+        """`trained(path)` for a program that uses the weights (eval.py, predict.py, load_run): weights that do
+        not fit the model its config builds are bad input, not a failed stage."""
+        try:
+            return self.trained(path)
+        except StageFailure as e:
+            raise UserError(str(e))
 
     def monitor(self) -> tuple[str, str]:
         """The metric the run's checkpoint policy followed: its config's, else the task's primary metric."""

@@ -268,14 +268,13 @@ class ExperimentTask(L.LightningModule):
         return figures
 
     @torch.no_grad()
-    def predictions(self, datamodule, batches=None) -> list[dict]:
-        """`prediction_step` of every batch of `datamodule.predict_dataloader()` (or of `batches`, the same
-        wrapped in a progress bar), in eval mode: the records, in order."""
+    def predictions(self, datamodule) -> list[dict]:
+        """`prediction_step` of every batch of `datamodule.predict_dataloader()`, in eval mode: the records, in
+        order."""
         was_training = self.training
         self.eval()
         with self.autocast():
-            records = [r for batch in (batches if batches is not None else datamodule.predict_dataloader())
-                       for r in self.prediction_step(batch)]
+            records = [r for batch in datamodule.predict_dataloader() for r in self.prediction_step(batch)]
         self.train(was_training)
         return records
 

@@ -187,11 +187,9 @@ class ArcTask(ExperimentTask):
     def draw(results: list[dict], folder: Path, epoch: int, metrics: dict) -> None:
         from experiments.families.arc.pictures import draw_predictions
 
-        how = results[0] if results else {}
-        ttt = f"test-time training {how.get('ttt_steps')} steps" if how.get("ttt_steps") else "no test-time training"
         title = (f"epoch {epoch_number(epoch)}: cell accuracy {metrics['arc/cell_accuracy']:.1%}, right shape "
                  f"{metrics['arc/right_shape']:.1%}, exact@2 {metrics['arc/exact_output@2']:.1%} "
-                 f"of {len(results)} outputs ({how.get('views')} views, {how.get('ranking')}, {ttt})")
+                 f"of {len(results)} outputs ({how_decoded(results)})")
         draw_predictions(results, folder, title)
 
     # ---- prediction (predict.py, load_run(...).predict) ----
@@ -217,11 +215,9 @@ class ArcTask(ExperimentTask):
 
         results = in_task_order(records)
         write_submission(results, folder / "submission.json")
-        how = results[0] if results else {}
-        ttt = f"test-time training {how.get('ttt_steps')} steps" if how.get("ttt_steps") else "no test-time training"
         tasks = len({r["task"] for r in results})
         draw_predictions(results, folder, f"{len(results)} test input{'s' * (len(results) != 1)} of {tasks} "
-                                          f"task{'s' * (tasks != 1)} ({how.get('views')} views, {how.get('ranking')}, {ttt})")
+                                          f"task{'s' * (tasks != 1)} ({how_decoded(results)})")
 
     @torch.no_grad()
     def check_outputs(self, examples: list) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -320,6 +316,13 @@ class ArcTask(ExperimentTask):
         model = self.model if model is None else model
         steps = (CachedSteps if cached else FullRecomputation)(model, self.format, examples, self.device)
         return greedy(steps, self.format, len(examples), self.max_decode_tokens, self.device, record)
+
+
+def how_decoded(results: list[dict]) -> str:
+    """What a page's title says of how its outputs were decoded: `2 views, poe, test-time training 3 steps`."""
+    how = results[0] if results else {}
+    ttt = f"test-time training {how.get('ttt_steps')} steps" if how.get("ttt_steps") else "no test-time training"
+    return f"{how.get('views')} views, {how.get('ranking')}, {ttt}"
 
 
 def in_task_order(results: list[dict]) -> list[dict]:

@@ -33,7 +33,7 @@ def load(target: Path, data_args: dict):
     """The checkpoint's task with trained weights and its data module (eval.py's reader)."""
     from omegaconf import OmegaConf
 
-    from experiments.eval import checkpoint_of
+    from experiments.stored_run import checkpoint_of
     from experiments.stored_run import StoredRun
     from experiments.untrusted import current_registry
 

@@ -253,3 +253,22 @@ def test_data_of_another_family_is_refused_before_the_model_runs(ternary_run, tm
            "experiments.families.ternary.data.TernaryOpsDataModule data" in line, line
     assert not (ternary_run / "eval").exists()
 
+
+
+def test_a_task_to_predict_is_read_as_data(tmp_path):
+    """predict.py's task file: a test pair may lack its output, nothing else may (a demonstration without one
+    is refused, named); a FIFO named like a task file is refused before anything reads it."""
+    from conftest import fifo_feeding
+    from experiments.families.arc.data import load_tasks
+
+    good = [[1, 2], [3, 4]]
+    (tmp_path / "t.json").write_text(json.dumps({"train": [{"input": good, "output": good}], "test": [{"input": good}]}))
+    (task,), _ = load_tasks("arcagi", str(tmp_path / "t.json"), outputs_optional=True)
+    assert task.test[0][1] is None
+    with pytest.raises(ValueError, match="predicted, not evaluated: python predict.py"):
+        load_tasks("arcagi", str(tmp_path / "t.json"))
+    (tmp_path / "u.json").write_text(json.dumps({"train": [{"input": good}], "test": [{"input": good}]}))
+    with pytest.raises(ValueError, match=r"u.json is not an ARC task with outputs .* KeyError 'output'"):
+        load_tasks("arcagi", str(tmp_path / "u.json"), outputs_optional=True)
+    with fifo_feeding(tmp_path / "f.json", b"{}"), pytest.raises(ValueError, match="is a FIFO"):
+        load_tasks("arcagi", str(tmp_path / "f.json"), outputs_optional=True)

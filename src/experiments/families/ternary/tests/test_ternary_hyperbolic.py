@@ -283,3 +283,20 @@ def test_v5_12_trains_with_its_rich_loss(source):
     history = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["history"]
     assert history[-1]["hierarchy/b"] < history[0]["hierarchy/b"] and history[-1]["hierarchy/b"] < -0.3
     assert all(row["train/separation"] >= 0 and row["coverage/recon_a"] >= 0.99 for row in history)
+
+
+def test_an_operations_file_is_read_as_data(tmp_path):
+    """predict.py's operations file: a FIFO is refused unread, a file past 4 MiB refused, a bad line named."""
+    import pytest
+
+    from conftest import fifo_feeding
+    from experiments.errors import UserError
+    from experiments.families.ternary.data import TernaryOpsDataModule
+
+    with fifo_feeding(tmp_path / "ops.txt", b"0\n"), pytest.raises(UserError, match="is a FIFO"):
+        TernaryOpsDataModule(operations=str(tmp_path / "ops.txt"))
+    (tmp_path / "big.txt").write_text("0\n" * ((4 << 20) // 2 + 1))  # 2 bytes past 4 MiB, every line valid
+    with pytest.raises(UserError, match="big.txt is larger than 4,194,304 bytes"):
+        TernaryOpsDataModule(operations=str(tmp_path / "big.txt"))
+    (tmp_path / "ok.txt").write_text("5\n-1 0 1 -1 0 1 -1 0 1  # a comment\n")
+    assert TernaryOpsDataModule(operations=str(tmp_path / "ok.txt")).predicted.shape == (2, 9)

@@ -193,3 +193,15 @@ def test_pictures_leave_a_white_gap_between_frames_and_name_each_clip(tmp_path):
     assert psnr(torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 0.1)) == pytest.approx(20.0)  # MSE 0.01
     draw_reconstructions(clip[None], clip[None] + 0.1, tmp_path / "x.png", title="epoch 1: val/psnr 20", names=["a.mp4@0"])
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_source_given_alone_is_read_as_data(clip_folder, tmp_path):
+    """predict.py's input may be one clip or one frame folder: the same checks (a FIFO named as a video is
+    refused before anything opens it)."""
+    from conftest import fifo_feeding
+
+    clips, names, _ = load_folder(clip_folder / "c", frames=8, size=16, stride=4)
+    assert names == ["c@0", "c@4"] and clips.shape == (2, 3, 8, 16, 16)
+    assert load_folder(clip_folder / "e.npy", frames=8, size=16)[1] == ["e.npy"]
+    with fifo_feeding(tmp_path / "x.mp4", b"\x00" * 64), pytest.raises(ValueError, match="is a FIFO"):
+        load_folder(tmp_path / "x.mp4", frames=8, size=16)
