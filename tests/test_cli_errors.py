@@ -72,6 +72,10 @@ def test_misspelled_key_names_the_right_key_at_once(workdir):
                                  "trainer.max_epochs=2?" in r.stderr, r.stderr
     r = train("experiment=exp3_champion", "task.eval_evry_n_epochs=5", cwd=workdir)
     assert r.returncode == 2 and "did you mean task.eval_every_n_epochs=5?" in r.stderr, r.stderr
+    # a parameter of Lightning's Trainer the config does not set: not misspelt, only missing its +
+    r = train(*FAST, "trainer.deterministic=true", cwd=workdir)
+    assert r.returncode == 2 and "error: trainer.deterministic is not in the config's trainer, though trainer takes " \
+                                 "it: add it with +trainer.deterministic=true" in r.stderr, r.stderr
     assert not list(workdir.glob("outputs/**/*"))
 
 

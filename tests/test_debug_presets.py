@@ -6,7 +6,7 @@ import time
 import torch
 import yaml
 
-from conftest import assert_identical, in_process, run_train, SINE, start_train
+from conftest import assert_identical, in_process, SINE, start_train
 from test_resume import with_signals
 
 
@@ -90,7 +90,7 @@ EARLY = [*SINE, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.
 def test_early_stopping_ends_the_run_and_resumes_exactly(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    r = run_train(*EARLY, cwd=whole)
+    r = in_process("train.py", *EARLY, cwd=whole)  # (only the killed run needs a process of its own)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "early stopping after epoch 3: Monitored metric val/r2 did not improve in the last 2 records" in r.stdout
     run = next((whole / "outputs" / "sine").iterdir())
@@ -107,6 +107,6 @@ def test_early_stopping_ends_the_run_and_resumes_exactly(tmp_path):
     proc.wait()
     partial = torch.load(other / "checkpoints" / "last.ckpt", weights_only=True)
     assert not partial["run"]["finished"], "the kill came too late to test anything"
-    again = run_train(*EARLY, cwd=killed)
+    again = in_process("train.py", *EARLY, cwd=killed)
     assert again.returncode == 0 and "Resuming" in again.stdout and "early stopping after epoch 3" in again.stdout
     assert_identical(final, torch.load(other / "checkpoints" / "last.ckpt", weights_only=True))

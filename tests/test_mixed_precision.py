@@ -1,5 +1,5 @@
 """trainer.precision=bf16-mixed on the CPU (Lightning autocasts there as on a GPU), so that what changes under
-mixed precision is exercised before a GPU is: a killed bf16 run resumes bit-identically; verify.py, eval.py and
+mixed precision is exercised before a GPU is: a killed bf16 run of each family resumes bit-identically; verify.py, eval.py and
 predict.py evaluate a checkpoint under the precision its run validated in (eval.py's figures equal the run's
 last epoch's, which full precision would not give); ARC's cached decoding, test-time training and product of
 experts under autocast; MAGVIT-v2's quantizer in full precision."""
@@ -48,17 +48,29 @@ def test_a_killed_bf16_run_resumes_bit_identically_and_evaluates_as_it_trained(t
     assert v.returncode == 0 and "resume_exact" in v.stdout and "bit-identical" in v.stdout, v.stdout + v.stderr
 
 
-def test_arc_under_bf16_test_time_training_and_product_of_experts_evaluate_as_in_training(tmp_path):
-    """The final evaluation of training (test-time training 2 steps, 2 views, product of experts) under
-    Lightning's autocast, and eval.py's of the same checkpoint under the run's precision: every figure equal
-    (before, test-time training's steps read autocast's cache of the weights before each update); cached and
-    uncached decoding under autocast spell the same tokens."""
-    args = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "trainer.max_epochs=3", "logger=none",
-            "task.eval_augmentations=2", "task.ranking=poe", "task.ttt.steps=2", "trainer.enable_progress_bar=false",
-            BF16]
-    r = in_process("train.py", *args, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    (run,) = (tmp_path / "outputs" / "exp3_champion").iterdir()
+def killed_bf16_run_resumes(args: list[str], experiment: str, tmp_path, delay: float):
+    """The run once to its end, and once SIGKILLed inside a later epoch then rerun: the two bit-identical.
+    Returns the resumed run's directory."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    done = in_process("train.py", *args, cwd=reference)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = (reference / "outputs" / experiment).iterdir()
+    assert last_state(run)["config"]["trainer"]["precision"] == "bf16-mixed"
+    killed_then_rerun(args, tmp_path / "outputs" / experiment / run.name, tmp_path, delay=delay)
+    assert_identical(last_state(tmp_path / "outputs" / experiment / run.name), last_state(run))
+    return tmp_path / "outputs" / experiment / run.name
+
+
+def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_experts_evaluate_as_in_training(tmp_path):
+    """Killed and resumed under Lightning's autocast, bit-identical; the final evaluation of training
+    (test-time training 2 steps, 2 views, product of experts) and eval.py's of the same checkpoint under the
+    run's precision: every figure equal (before, test-time training's steps read autocast's cache of the
+    weights before each update); cached and uncached decoding under autocast spell the same tokens."""
+    args = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=2", "trainer.max_epochs=5", "logger=none",
+            "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=5", "task.eval_augmentations=2",
+            "task.ranking=poe", "task.ttt.steps=2", "trainer.enable_progress_bar=false", BF16]
+    run = killed_bf16_run_resumes(args, "exp3_champion", tmp_path, delay=0.5)
     pairs = evaluated_as_trained(run, tmp_path)
     assert pairs["arc/ttt_train_exact"] and all(a == b for a, b in pairs.values()), pairs
 
@@ -70,19 +82,27 @@ def test_arc_under_bf16_test_time_training_and_product_of_experts_evaluate_as_in
         assert loaded.task.greedy(examples, cached=True) == loaded.task.greedy(examples, cached=False)
 
 
-def test_ternary_under_bf16_evaluates_as_it_trained(tmp_path):
-    args = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=2048", "task.coverage_samples=2000",
-            "trainer.enable_progress_bar=false", "trainer.max_epochs=1", BF16]
-    r = in_process("train.py", *args, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    (run,) = (tmp_path / "outputs" / "ternary_v5_5").iterdir()
+def test_ternary_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
+    args = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=512", "task.coverage_samples=200",
+            "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=4", BF16]
+    run = killed_bf16_run_resumes(args, "ternary_v5_5", tmp_path, delay=0.5)
+    pairs = evaluated_as_trained(run, tmp_path)
+    assert all(a == b for a, b in pairs.values()), pairs
+
+
+def test_video_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
+    """MAGVIT-v2 (its quantizer in float32 inside the autocast)."""
+    args = ["experiment=magvit_v2", "logger=none", "trainer.enable_progress_bar=false", "data.frames=5", "data.size=8",
+            "data.train_clips=8", "data.val_clips=4", "data.batch_size=4", "trainer.max_epochs=3",
+            "checkpoint.every_n_epochs=1", BF16]
+    run = killed_bf16_run_resumes(args, "magvit_v2", tmp_path, delay=0.3)
     pairs = evaluated_as_trained(run, tmp_path)
     assert all(a == b for a, b in pairs.values()), pairs
 
 
 def test_the_quantizer_computes_in_full_precision_under_autocast():
     """MAGVIT-v2's LFQ under bf16 autocast: its entropies (logs of products over the bits) in float32 (in bf16
-    a real run's loss went NaN in its second epoch: README, 'Mixed precision')."""
+    a real run's loss went NaN in its second epoch: docs/GPU.md)."""
     from experiments.families.video.magvit_v2 import LFQ
 
     torch.manual_seed(0)

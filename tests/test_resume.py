@@ -104,6 +104,25 @@ def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, 
     assert all(row["time/epoch_s"] > 0 for row in final_state(tmp_path)["history"])
 
 
+def test_a_kill_between_a_checkpoints_two_renames_loses_nothing(tmp_path, reference):
+    """A write killed after renaming the new last.ckpt but before its sidecar (the only moment a write leaves
+    the pair mismatched): the new sidecar is still a temporary file, and the rerun completes the pair and
+    resumes from that checkpoint, not from an older one. The state is made as such a kill leaves it."""
+    r = with_signals(*ARGS, epoch=2, batch=50, signals=["SIGTERM"], cwd=tmp_path)
+    assert r.returncode == 143, r.stdout + r.stderr
+    folder = tmp_path / RUN / "checkpoints"
+    new_sidecar = (folder / "last.ckpt.sha256").read_bytes()
+    (folder / f".last.ckpt.sha256.tmp-{2 ** 22 + 7}-{socket.gethostname()}").write_bytes(new_sidecar)
+    (folder / "last.ckpt.sha256").write_bytes((folder / "epoch=0001.ckpt.sha256").read_bytes()
+                                              .replace(b"epoch=0001.ckpt", b"last.ckpt"))  # the one it replaced
+    again = in_process("train.py", *ARGS, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "completed the write of last.ckpt that a kill cut between its two renames" in again.stdout
+    assert f"(saved in epoch 2 at step {STEPS + 51})" in again.stdout, again.stdout
+    assert not (folder / "damaged").exists()
+    assert_identical(final_state(tmp_path), reference)
+
+
 def test_ctrl_c_during_validation_stops_at_the_epochs_end(tmp_path, reference):
     logged = [a if a != "logger=none" else "logger=csv" for a in ARGS]  # the stopped epoch reaches the logger
     r = with_signals(*logged, epoch=2, cwd=tmp_path)

@@ -37,8 +37,8 @@ def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
     temporary file in the target's folder, and only when all are written are they renamed over their
     targets, in order. A process killed at any moment leaves each target old or new, never torn. A write
     that fails (a full disk, an I/O error) or is interrupted removes every temporary file and leaves every
-    target as it was; only a failure between two renames (which take no space) can leave a new checkpoint
-    beside an old sidecar, which a resume treats as damage. A failure is raised as WriteFailed naming the
+    target as it was; only a kill between two renames (which take no space) can leave a new checkpoint beside
+    its old sidecar, which the run's next start completes (checkpoint/io.finish_interrupted_pairs). A failure is raised as WriteFailed naming the
     file and the reason."""
     writes = {Path(path): write for path, write in writes.items()}
     temps = {path: temporary(path) for path in writes}

@@ -180,6 +180,8 @@ def _misspelled_key(message: str, config_name: str) -> str | None:
     if not close:
         return None
     value = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(key + "=")), "...")
+    if close[0] == leaf:  # a parameter of the target that the config does not set: Hydra adds it with +
+        return f"{key} is not in the config's {parent}, though {parent} takes it: add it with +{key}={value}"
     return f"{key} is not a key of {parent}: did you mean {parent}.{close[0]}={value}?"
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
+from experiments.checkpoint.io import finish_interrupted_pairs
 from experiments.checkpoint.init_from import initialise
 from experiments.cli import COMMAND
 from experiments.console import logged_to
@@ -262,6 +263,9 @@ def train(cfg: DictConfig) -> Outcome:
     rd.refuse_links_out(run_dir, cfg.paths.outputs, below=False)
     rd.refuse_links_out(run_dir, run_dir)
     with rd.held(run_dir):
+        checkpoints = rd.checkpoint_dir(run_dir)
+        for name in finish_interrupted_pairs(checkpoints) if checkpoints.is_dir() else ():
+            print(f"completed the write of {name} that a kill cut between its two renames", flush=True)
         removed = rd.remove_stale_temporaries(run_dir, shared=rd.readers_write_here)
         if removed:
             print(f"removed {removed} temporary file(s) left by writes an earlier start did not finish", flush=True)

@@ -1,13 +1,14 @@
 """Atomic checkpoint writes with a sha256 sidecar, and safe loading (`weights_only=True` only)."""
 import hashlib
 import io
+import os
 import pickle
 import struct
 import warnings
 import zipfile
 from pathlib import Path
 
-from experiments.atomic import atomic_write_files, link_or_copy, write_and_sync
+from experiments.atomic import atomic_write_files, link_or_copy, TMP_MARK, write_and_sync
 from experiments.errors import first_line, UserError, WriteFailed
 from experiments.untrusted import check_bounded
 
@@ -53,7 +54,11 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
 def recorded_sha256(path: Path) -> str | None:
     """The sha256 written beside a file when it was saved (its sidecar), or None without one (or with one
     that is not a sidecar: too large, not text)."""
-    side = sidecar(path)
+    return digest_in(sidecar(path))
+
+
+def digest_in(side: Path) -> str | None:
+    """The sha256 a sidecar file records (at most 4 KiB read), or None: no such file, or not a sidecar."""
     if not side.is_file():
         return None
     with open(side, "rb") as f:
@@ -63,6 +68,25 @@ def recorded_sha256(path: Path) -> str | None:
     except UnicodeDecodeError:
         return None
     return words[0] if words else None
+
+
+def finish_interrupted_pairs(folder: Path) -> list[str]:
+    """Complete the checkpoint writes a kill cut between their two renames (atomic_write_files renames the
+    checkpoint, then its sidecar): such a write leaves the new checkpoint beside the old sidecar, and the new
+    sidecar as a temporary file. Where that temporary file records the checkpoint's sha256, the pair is
+    whole: its rename is done now. Called by the run's lock holder before it removes stale temporaries;
+    returns the checkpoints so completed."""
+    done = []
+    for tmp in sorted(folder.glob(f".*.sha256{TMP_MARK}*")):
+        side = folder / tmp.name[1:].split(TMP_MARK)[0]
+        checkpoint = side.with_name(side.name.removesuffix(".sha256"))
+        if any(p.is_symlink() for p in (tmp, side, checkpoint)) or not checkpoint.is_file():
+            continue
+        digest = digest_in(tmp)
+        if digest is not None and digest != recorded_sha256(checkpoint) and digest == sha256_file(checkpoint):
+            os.replace(tmp, side)
+            done.append(checkpoint.name)
+    return done
 
 
 def state_dict_problem(state) -> str | None:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiments.families.arc.packing import Segments, attend_segments
+
 
 def heads(x: torch.Tensor, n: int) -> torch.Tensor:
     """(B, L, D) -> (B, n, L, D / n)."""
@@ -42,9 +44,13 @@ def keys_values_of(mha: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.T
 
 
 def attend(mha: nn.MultiheadAttention, q, k, v, attend_mask=None, causal: bool = False) -> torch.Tensor:
-    """Attention of queries (B, n, Lq, d) over keys/values (B, n, Lk, d), then the output projection."""
+    """Attention of queries (B, n, Lq, d) over keys/values (B, n, Lk, d), then the output projection.
+    `attend_mask` may be `packing.Segments` (packed tokens: each example attends to its own)."""
     drop = mha.dropout if mha.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend_mask, dropout_p=drop, is_causal=causal)
+    if isinstance(attend_mask, Segments):
+        out = attend_segments(q, k, v, attend_mask, drop, causal)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend_mask, dropout_p=drop, is_causal=causal)
     return mha.out_proj(merge_heads(out))
 
 
@@ -70,11 +76,12 @@ def encoder_block(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attend_mas
     return x + layer.dropout2(feed_forward(layer, layer.norm2(x)))
 
 
-def decoder_block(layer: nn.TransformerDecoderLayer, x: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
+def decoder_block(layer: nn.TransformerDecoderLayer, x: torch.Tensor, memory_kv, memory_mask,
+                  self_mask=None) -> torch.Tensor:
     """One pre-norm decoder block over the whole target, causal. Right padding needs no self-attention
-    mask: a real token at t only sees positions 0..t, all real."""
+    mask (`self_mask` None): a real token at t only sees positions 0..t, all real."""
     q, k, v = qkv_of(layer.self_attn, layer.norm1(x))
-    x = x + layer.dropout1(attend(layer.self_attn, q, k, v, causal=True))
+    x = x + layer.dropout1(attend(layer.self_attn, q, k, v, self_mask, causal=True))
     x = x + layer.dropout2(attend(layer.multihead_attn, query_of(layer.multihead_attn, layer.norm2(x)),
                                   *memory_kv, memory_mask))
     return x + layer.dropout3(feed_forward(layer, layer.norm3(x)))

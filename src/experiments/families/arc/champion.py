@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from experiments.families.arc.format import PAD
-from experiments.families.arc.attention import attend, encoder_block, key_mask, keys_values_of, query_of
+from experiments.families.arc.attention import attend, encoder_block, keys_values_of, query_of
+from experiments.families.arc.packing import layout
 from experiments.families.arc.encoder_decoder import EncoderDecoder
 from experiments.families.arc.layers import ColourEmbedding, canonical_colours, grid2d
 
@@ -27,16 +28,16 @@ class ContextEncoder(nn.Module):
         self.pool = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.out = nn.Linear(d_model, d_context)
 
-    def forward(self, batch: dict, mapping: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: dict, mapping: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """The context cells (B, N) with their rows, columns and grids -> (B, d_context)."""
-        cells, b = batch["context"], batch["context"].shape[0]
-        x = (self.embed(cells, mapping) + grid2d(batch["context_rows"], batch["context_cols"], self.d_model)
-             + self.pair_role(batch["context_which"]))
-        mask = key_mask(cells != PAD)
-        x = encoder_block(self.layer, x, mask)
-        pooled = attend(self.pool, query_of(self.pool, self.query.expand(b, -1, -1)), *keys_values_of(self.pool, x),
-                        mask)
-        return self.out(pooled.squeeze(1))
+        cells = batch["context"]
+        cells_layout = layout(cells != PAD, packed)
+        x = cells_layout.tokens(self.embed(cells, mapping) + self.pair_role(batch["context_which"])
+                                + grid2d(batch["context_rows"], batch["context_cols"], self.d_model))
+        x = encoder_block(self.layer, x, cells_layout.self_mask())
+        pooled = attend(self.pool, query_of(self.pool, cells_layout.one_each(self.query)), *keys_values_of(self.pool, x),
+                        cells_layout.pooling_mask())
+        return self.out(pooled.reshape(cells.shape[0], -1))
 
 
 class Bridge(nn.Module):
@@ -45,15 +46,16 @@ class Bridge(nn.Module):
         self.net = nn.Sequential(nn.Linear(d_model + d_context, d_model), nn.ReLU(), nn.LayerNorm(d_model))
 
     def forward(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([h, context.unsqueeze(1).expand(-1, h.shape[1], -1)], dim=-1))
+        """Tokens h (..., d_model), each beside its example's context vector (..., d_context)."""
+        return self.net(torch.cat([h, context], dim=-1))
 
 
 class Champion(nn.Module):
     def __init__(self, d_model: int = 64, heads: int = 4, encoder_layers: int = 1, decoder_layers: int = 2,
-                 d_ff: int = 256, d_context: int = 32, dropout: float = 0.0):
+                 d_ff: int = 256, d_context: int = 32, dropout: float = 0.0, packed: bool = False):
         super().__init__()
         self.core = EncoderDecoder(d_model, heads, encoder_layers, decoder_layers, d_ff, dropout,
-                                   positions="grid2d", colours="equivariant")
+                                   positions="grid2d", colours="equivariant", packed=packed)
         self.context = ContextEncoder(d_model, d_context, heads, d_ff)
         self.bridge = Bridge(d_model, d_context)
 
@@ -66,7 +68,12 @@ class Champion(nn.Module):
         return self._bridge_to(self.context(batch, mapping))
 
     def _bridge_to(self, vector: torch.Tensor):
-        return lambda h: self.bridge(h, vector)
+        """The bridge as `condition(h, layout)` of the core: each token joined to its example's vector (a
+        layout None: h is (B, t, D), as in a decoding step)."""
+        def condition(h, tokens_layout=None):
+            spread = vector.unsqueeze(1).expand(-1, h.shape[1], -1) if tokens_layout is None else tokens_layout.spread(vector)
+            return self.bridge(h, spread)
+        return condition
 
     def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:
         return self.core.encode(batch, mapping, condition)
@@ -76,10 +83,11 @@ class Champion(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         mapping, absent = self.colour_map(batch)
-        condition = self.condition(batch, mapping)
-        memory = self.encode(batch, mapping, condition)
-        return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
-                           condition)
+        condition = self._bridge_to(self.context(batch, mapping, self.core.packed))
+        layouts = self.core.layouts(batch)
+        memory = self.core.encode(batch, mapping, condition, layouts[0])
+        return self.core.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
+                                condition, layouts)
 
     # ---- decoding with a key/value cache: the core's, with the context vector kept beside its state ----
     def start(self, batch: dict) -> dict:

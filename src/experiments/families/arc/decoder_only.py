@@ -10,12 +10,15 @@ from torch import nn
 from experiments.families.arc.format import PAD, VOCAB
 from experiments.families.arc.attention import KVCache, encoder_block, encoder_block_step, key_mask
 from experiments.families.arc.layers import positions_1d, sinusoid
+from experiments.families.arc.packing import layout
 
 
 class DecoderOnly(nn.Module):
-    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 3, d_ff: int = 256, dropout: float = 0.0):
+    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 3, d_ff: int = 256, dropout: float = 0.0,
+                 packed: bool = False):
         super().__init__()
         self.d_model = d_model
+        self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
         self.blocks = nn.TransformerEncoder(  # parameters only: the computation is arc_attention's
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
@@ -26,10 +29,12 @@ class DecoderOnly(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits (B, L, VOCAB); position t sees tokens 0..t only."""
         tokens = batch["tokens"]
-        h = self.embed(tokens) + positions_1d(tokens.shape[1], self.d_model, tokens.device).unsqueeze(0)
+        tokens_layout = layout(tokens != PAD, self.packed)
+        h = tokens_layout.tokens(self.embed(tokens) + positions_1d(tokens.shape[1], self.d_model, tokens.device))
+        mask = tokens_layout.causal_mask()
         for layer in self.blocks.layers:
-            h = encoder_block(layer, h, causal=True)
-        return self.head(self.norm(h))
+            h = encoder_block(layer, h, mask, causal=True)
+        return tokens_layout.rows(self.head(self.norm(h)))
 
     # ---- decoding with a key/value cache ----
     def start(self, prompts: list[torch.Tensor]) -> dict:

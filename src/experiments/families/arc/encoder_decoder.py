@@ -10,18 +10,21 @@ from torch import nn
 from experiments.families.arc.format import PAD, VOCAB
 from experiments.families.arc.attention import (KVCache, additive, decoder_block, decoder_block_step, encoder_block,
                                               key_mask, keys_values_of)
+from experiments.families.arc.packing import Padded, layout
 from experiments.families.arc.layers import (CANONICAL_VOCAB, ColourEmbedding, canonical_colours,
                                            from_canonical_logits, grid2d, sinusoid)
 
 
 class EncoderDecoder(nn.Module):
     def __init__(self, d_model: int = 64, heads: int = 4, encoder_layers: int = 1, decoder_layers: int = 2,
-                 d_ff: int = 256, dropout: float = 0.0, positions: str = "1d", colours: str = "table"):
+                 d_ff: int = 256, dropout: float = 0.0, positions: str = "1d", colours: str = "table",
+                 packed: bool = False):
         super().__init__()
         if positions not in ("1d", "grid2d") or colours not in ("table", "equivariant"):
             raise ValueError(f"positions must be '1d' or 'grid2d', colours 'table' or 'equivariant'; "
                              f"got {positions!r}, {colours!r}")
         self.d_model, self.positions, self.equivariant = d_model, positions, colours == "equivariant"
+        self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = ColourEmbedding(d_model, self.equivariant)
         # torch's layers hold the parameters; the computation is arc_attention's
         self.encoder = nn.TransformerEncoder(
@@ -45,34 +48,47 @@ class EncoderDecoder(nn.Module):
     def condition(self, batch: dict, mapping):
         return None  # the champion conditions on its context here
 
-    def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:
+    def layouts(self, batch: dict) -> tuple:
+        """The full pass's layout of the sources and of the targets (`packing`)."""
+        return layout(batch["src"] != PAD, self.packed), layout(batch["tgt_in"] != PAD, self.packed)
+
+    def encode(self, batch: dict, mapping=None, condition=None, src_layout=None) -> torch.Tensor:
         src = batch["src"]
-        h = self.embed(src, mapping) + self._position(batch["src_rows"], batch["src_cols"])
+        src_layout = src_layout or Padded(src != PAD)
+        h = src_layout.tokens(self.embed(src, mapping) + self._position(batch["src_rows"], batch["src_cols"]))
         if condition is not None:
-            h = condition(h)
-        mask = key_mask(src != PAD)
+            h = condition(h, src_layout)
+        mask = src_layout.self_mask()
         for layer in self.encoder.layers:
             h = encoder_block(layer, h, mask)
         return h
 
-    def _logits(self, h, mapping, absent):
+    def _logits(self, h, mapping, absent, tgt_layout=None):
         logits = self.head(self.norm(h))
+        if tgt_layout is not None:
+            logits = tgt_layout.rows(logits)
         return from_canonical_logits(logits, mapping, absent) if self.equivariant else logits
 
-    def decode(self, memory, batch: dict, tgt_in, rows, cols, mapping=None, absent=None, condition=None):
-        h = self.embed(tgt_in, mapping) + self._position(rows, cols)
+    def decode(self, memory, batch: dict, tgt_in, rows, cols, mapping=None, absent=None, condition=None,
+               layouts=None):
+        """Teacher-forced logits (B, L_tgt, VOCAB); `layouts`: (sources', targets') as `layouts` gives them
+        (default: padded, what the memory of `encode` without a layout is)."""
+        src_layout, tgt_layout = layouts or (Padded(batch["src"] != PAD), Padded(tgt_in != PAD))
+        h = tgt_layout.tokens(self.embed(tgt_in, mapping) + self._position(rows, cols))
         if condition is not None:
-            h = condition(h)
-        memory_mask = key_mask(batch["src"] != PAD)
+            h = condition(h, tgt_layout)
+        self_mask, memory_mask = tgt_layout.causal_mask(), tgt_layout.cross_mask(src_layout)
         for layer in self.decoder.layers:
-            h = decoder_block(layer, h, keys_values_of(layer.multihead_attn, memory), memory_mask)
-        return self._logits(h, mapping, absent)
+            h = decoder_block(layer, h, keys_values_of(layer.multihead_attn, memory), memory_mask, self_mask)
+        return self._logits(h, mapping, absent, tgt_layout)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Teacher-forced logits (B, L_tgt, VOCAB) over the original tokens."""
         mapping, absent = self.colour_map(batch)
-        memory = self.encode(batch, mapping)
-        return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent)
+        layouts = self.layouts(batch)
+        memory = self.encode(batch, mapping, src_layout=layouts[0])
+        return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
+                           layouts=layouts)
 
     # ---- decoding with a key/value cache ----
     def start(self, batch: dict, colours=None, condition=None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_identical, in_process, killed_then_rerun, run_name, run_program
 
 ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
-        "trainer.max_epochs=24", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=8", "task.ttt.steps=4",
+        "trainer.max_epochs=12", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=4", "task.ttt.steps=4",
         "task.ttt.periodic=true", "task.ranking=poe", "task.eval_augmentations=2", "task.train_exact=false",
         "logger=none", "trainer.enable_progress_bar=false"]
 RUN = "outputs/exp3_champion/" + run_name(ARGS)
@@ -17,7 +17,7 @@ RUN = "outputs/exp3_champion/" + run_name(ARGS)
 
 def final(root):
     ckpt = torch.load(root / RUN / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["run"]["finished"] and ckpt["epoch"] == 23
+    assert ckpt["run"]["finished"] and ckpt["epoch"] == 11
     return ckpt
 
 
@@ -29,7 +29,7 @@ def test_sigkill_then_rerun_is_bit_identical(tmp_path):
     killed_then_rerun(ARGS, killed_dir / RUN, killed_dir, delay=1.0)
     assert_identical(final(killed_dir), final(ref_dir))
     # verify.py on the resumed run, test-time training on: the replay is exact, the evaluation recomputed
-    # (its `progress` and `metrics` stages may fail: 24 epochs on 4 tasks need not beat the control, which is
+    # (its `progress` and `metrics` stages may fail: 12 epochs on 4 tasks need not beat the control, which is
     # fine-tuned too)
     r = run_program("verify.py", f"ckpt={killed_dir / RUN}", cwd=killed_dir)
     (report,) = (killed_dir / RUN / "checkpoints" / "verification").glob("*.json")
