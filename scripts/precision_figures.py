@@ -18,9 +18,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 RUNS = {
-    "arc": ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "trainer.max_epochs=20",
-            "task.eval_every_n_epochs=20"],
-    "ternary": ["experiment=ternary_v5_5", "data.batch_size=2048", "trainer.max_epochs=3"],
+    "arc": ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
+            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60"],
+    "ternary": ["experiment=ternary_v5_5", "trainer.max_epochs=6"],
     "magvit": ["experiment=magvit", "data.train_clips=16", "data.val_clips=8", "data.batch_size=4",
                "trainer.max_epochs=2"],
     "magvit_v2": ["experiment=magvit_v2", "data.train_clips=16", "data.val_clips=8", "data.batch_size=4",

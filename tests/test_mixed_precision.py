@@ -49,17 +49,20 @@ def test_a_killed_bf16_run_resumes_bit_identically_and_evaluates_as_it_trained(t
 
 
 def killed_bf16_run_resumes(args: list[str], experiment: str, tmp_path, delay: float):
-    """The run once to its end, and once SIGKILLed inside a later epoch then rerun: the two bit-identical.
-    Returns the resumed run's directory."""
+    """The run once to its end, and once SIGKILLed inside a later epoch then rerun: the two bit-identical;
+    verify.py replays its last epoch bit-identical (under the run's precision). Returns the resumed run."""
     reference = tmp_path / "reference"
     reference.mkdir()
     done = in_process("train.py", *args, cwd=reference)
     assert done.returncode == 0, done.stdout + done.stderr
     (run,) = (reference / "outputs" / experiment).iterdir()
     assert last_state(run)["config"]["trainer"]["precision"] == "bf16-mixed"
-    killed_then_rerun(args, tmp_path / "outputs" / experiment / run.name, tmp_path, delay=delay)
-    assert_identical(last_state(tmp_path / "outputs" / experiment / run.name), last_state(run))
-    return tmp_path / "outputs" / experiment / run.name
+    resumed = tmp_path / "outputs" / experiment / run.name
+    killed_then_rerun(args, resumed, tmp_path, delay=delay)
+    assert_identical(last_state(resumed), last_state(run))
+    v = in_process("verify.py", f"ckpt={resumed}", "stages=[integrity,history_consistent,resume_exact]", cwd=tmp_path)
+    assert v.returncode == 0 and "bit-identical" in v.stdout, v.stdout + v.stderr  # its replay in bf16 too
+    return resumed
 
 
 def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_experts_evaluate_as_in_training(tmp_path):
@@ -68,7 +71,7 @@ def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_expert
     run's precision: every figure equal (before, test-time training's steps read autocast's cache of the
     weights before each update); cached and uncached decoding under autocast spell the same tokens."""
     args = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=2", "trainer.max_epochs=5", "logger=none",
-            "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=5", "task.eval_augmentations=2",
+            "checkpoint.every_n_epochs=1", "task.eval_every_n_epochs=5", "task.eval_augmentations=2",
             "task.ranking=poe", "task.ttt.steps=2", "trainer.enable_progress_bar=false", BF16]
     run = killed_bf16_run_resumes(args, "exp3_champion", tmp_path, delay=0.5)
     pairs = evaluated_as_trained(run, tmp_path)
@@ -84,7 +87,8 @@ def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_expert
 
 def test_ternary_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
     args = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=512", "task.coverage_samples=200",
-            "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=4", BF16]
+            "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=4",
+            "checkpoint.every_n_epochs=1", BF16]
     run = killed_bf16_run_resumes(args, "ternary_v5_5", tmp_path, delay=0.5)
     pairs = evaluated_as_trained(run, tmp_path)
     assert all(a == b for a, b in pairs.values()), pairs
