@@ -244,7 +244,8 @@ def arc(check: Check) -> dict:
     check.arc_run = run
     t0 = time.monotonic()
     rc, _ = check.run(str(ROOT / "eval.py"), f"ckpt={run}", "task.eval_augmentations=8")
-    result.update(eval_rc=rc, eval_s=round(time.monotonic() - t0, 1), eval_outputs=outputs_in(newest(run, "per_output.csv")))
+    result.update(eval_rc=rc, eval_s=round(time.monotonic() - t0, 1),
+                  eval_outputs=outputs_in(newest(run, "per_output.csv")))
     return result
 
 

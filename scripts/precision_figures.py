@@ -47,7 +47,8 @@ def main() -> None:
         for name in names:
             rows = {}
             for precision in ("32-true", "bf16-mixed"):
-                rows[precision], seconds[name, precision] = last_row(RUNS[name], precision, Path(tmp) / name / precision)
+                folder = Path(tmp) / name / precision
+                rows[precision], seconds[name, precision] = last_row(RUNS[name], precision, folder)
             keys = [k for k in rows["32-true"] if not k.startswith("time/") and k not in ("epoch", "global_step")]
             print(f"\n{name}: `python train.py {' '.join(RUNS[name])} trainer.precision=32-true|bf16-mixed`\n")
             print("| figure | fp32 | bf16-mixed |\n|---|---|---|")

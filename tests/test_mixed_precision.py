@@ -1,8 +1,9 @@
 """trainer.precision=bf16-mixed on the CPU (Lightning autocasts there as on a GPU), so that what changes under
-mixed precision is exercised before a GPU is: a killed bf16 run of each family resumes bit-identically; verify.py, eval.py and
-predict.py evaluate a checkpoint under the precision its run validated in (eval.py's figures equal the run's
-last epoch's, which full precision would not give); ARC's cached decoding, test-time training and product of
-experts under autocast; MAGVIT-v2's quantizer in full precision."""
+mixed precision is exercised before a GPU is: a killed bf16 run of each family resumes bit-identically (and
+verify.py replays it so); verify.py, eval.py and predict.py evaluate a checkpoint under the precision its
+run validated in (eval.py's figures equal the run's last epoch's, which full precision would not give);
+ARC's cached decoding, test-time training and product of experts under autocast; MAGVIT-v2's quantizer in
+full precision."""
 import json
 
 import torch

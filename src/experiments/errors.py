@@ -48,7 +48,8 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-# Exit statuses of the programs (README, "Exit codes").
+# Exit statuses of the programs: done; failed (a verify stage, a sweep job); the user's input refused; stopped by
+# Ctrl-C; stopped by SIGTERM (both save first: rerun the same command to resume).
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130, 143
 
 

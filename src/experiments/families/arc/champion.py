@@ -4,7 +4,7 @@ demonstration pairs of the task + a bridge that joins the context vector to ever
 Context encoder: each context cell embedded (canonical colour, its true row and column, which pair,
 input or output role), one transformer layer over the cells of both pairs together (so output cells
 attend to input cells), then attention pooling with a learned query into one vector. The cells come as
-one sequence per example (`data.arc.context_cells`), padding only at its end.
+one sequence per example (`data.context_cells`), padding only at its end.
 Bridge: concat(token, context) -> Linear -> ReLU -> LayerNorm, on encoder and decoder inputs.
 """
 import torch
@@ -35,8 +35,8 @@ class ContextEncoder(nn.Module):
         x = cells_layout.tokens(self.embed(cells, mapping) + self.pair_role(batch["context_which"])
                                 + grid2d(batch["context_rows"], batch["context_cols"], self.d_model))
         x = encoder_block(self.layer, x, cells_layout.self_mask())
-        pooled = attend(self.pool, query_of(self.pool, cells_layout.one_each(self.query)), *keys_values_of(self.pool, x),
-                        cells_layout.pooling_mask())
+        query = query_of(self.pool, cells_layout.one_each(self.query))
+        pooled = attend(self.pool, query, *keys_values_of(self.pool, x), cells_layout.pooling_mask())
         return self.out(pooled.reshape(cells.shape[0], -1))
 
 
@@ -71,8 +71,9 @@ class Champion(nn.Module):
         """The bridge as `condition(h, layout)` of the core: each token joined to its example's vector (a
         layout None: h is (B, t, D), as in a decoding step)."""
         def condition(h, tokens_layout=None):
-            spread = vector.unsqueeze(1).expand(-1, h.shape[1], -1) if tokens_layout is None else tokens_layout.spread(vector)
-            return self.bridge(h, spread)
+            if tokens_layout is None:
+                return self.bridge(h, vector.unsqueeze(1).expand(-1, h.shape[1], -1))
+            return self.bridge(h, tokens_layout.spread(vector))
         return condition
 
     def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:

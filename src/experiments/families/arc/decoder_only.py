@@ -20,7 +20,7 @@ class DecoderOnly(nn.Module):
         self.d_model = d_model
         self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
-        self.blocks = nn.TransformerEncoder(  # parameters only: the computation is arc_attention's
+        self.blocks = nn.TransformerEncoder(  # parameters only: the computation is attention.py's
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
             layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)

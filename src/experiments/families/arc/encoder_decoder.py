@@ -26,7 +26,7 @@ class EncoderDecoder(nn.Module):
         self.d_model, self.positions, self.equivariant = d_model, positions, colours == "equivariant"
         self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = ColourEmbedding(d_model, self.equivariant)
-        # torch's layers hold the parameters; the computation is arc_attention's
+        # torch's layers hold the parameters; the computation is attention.py's
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
             encoder_layers, enable_nested_tensor=False)
