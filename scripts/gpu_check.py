@@ -29,6 +29,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +75,10 @@ class Deadline(Exception):
     """A part's time ran out."""
 
 
+class Skipped(Exception):
+    """A part that cannot run (what it needs is missing)."""
+
+
 class Check:
     """The shared state of one gpu_check run: where it writes, its sizes, its log and its figures."""
 
@@ -83,7 +88,8 @@ class Check:
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "log.txt", "a", buffering=1)
-        self.figures = {"device": device_name(device), "torch": torch_version(), "started": now(), "parts": {}}
+        self.figures = {"device": device_name(device), "torch": torch_version(), "started": now(),
+                        "parts": earlier_parts(out / "figures.json")}
         self.part_end = 0.0
         self.arc_run: Path | None = None  # the arc part's public-size run, which the ttt part fine-tunes
 
@@ -117,19 +123,33 @@ def subprocess_run(args: list[str], cwd: Path, env: dict, timeout: float, stop_w
     """`python ARGS` in its own process group: (exit code, stdout and stderr), the code None when it ran past
     `timeout` (then the whole group is killed). `stop_when`: SIGTERM it once that returns True."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    if stop_when is not None:
-        while not stop_when() and proc.poll() is None and time.monotonic() - t0 < timeout:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+    with tempfile.TemporaryFile("w+") as out:  # a file, not a pipe: a talkative command never blocks on it
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        if stop_when is not None:
+            while not stop_when() and proc.poll() is None and time.monotonic() - t0 < timeout:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        out.seek(0)
+        return code, out.read()
+
+
+def earlier_parts(path: Path) -> dict:
+    """The parts an earlier call into the same folder measured (a part rerun with --parts replaces its own)."""
+    if not path.is_file() or path.stat().st_size > 1 << 20:
+        return {}
     try:
-        output, _ = proc.communicate(timeout=max(1.0, timeout - (time.monotonic() - t0)))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return None, proc.communicate()[0]
-    return proc.returncode, output
+        parts = json.loads(path.read_text()).get("parts", {})
+    except (ValueError, AttributeError):
+        return {}
+    return parts if isinstance(parts, dict) else {}
 
 
 def tail(text: str, lines: int = 25) -> str:
@@ -226,26 +246,27 @@ def compared(a: dict, b: dict) -> dict:
 
 
 def arc(check: Check) -> dict:
-    """Training throughput against the hand-written loop; the champion trained for one epoch at the public
-    size, then eval.py on its 419 held-out outputs with 8 views (the ttt part evaluates the same run)."""
-    sizes = [*check.sizes["trainer"], *check.sizes["arc"]]
-    rc, output = check.run(str(ARC_SCRIPTS / "bench_arc_throughput.py"), *check.sizes["arc_bench"], *sizes)
-    speeds = re.search(r"ours=([\d,]+) tokens/s hand=([\d,]+) tokens/s", output)
-    result = {"bench_rc": rc, "ratio_vs_hand_written": figure("ratio", output),
-              "peak_memory_gib": figure("peak_memory_gib", output)}
-    if speeds:
-        result["tokens_per_s"], result["hand_written_tokens_per_s"] = (int(g.replace(",", "")) for g in speeds.groups())
-    check.save()
+    """The champion trained for one epoch at the public size, then eval.py on its 419 held-out outputs with 8
+    views (the ttt part fine-tunes the same run); last, training throughput against the hand-written loop."""
+    result = {}
     rc, _, run = check.train("exp3_champion", *check.sizes["arc"], "trainer.max_epochs=1", "task.eval_augmentations=1",
                              f"paths.outputs={check.work / 'arc'}")
     result["train_rc"] = rc
-    if rc != 0 or run is None:
-        return result
-    check.arc_run = run
-    t0 = time.monotonic()
-    rc, _ = check.run(str(ROOT / "eval.py"), f"ckpt={run}", "task.eval_augmentations=8")
-    result.update(eval_rc=rc, eval_s=round(time.monotonic() - t0, 1),
-                  eval_outputs=outputs_in(newest(run, "per_output.csv")))
+    if rc == 0 and run is not None:
+        check.arc_run = run
+        t0 = time.monotonic()
+        rc, _ = check.run(str(ROOT / "eval.py"), f"ckpt={run}", "task.eval_augmentations=8")
+        result.update(eval_rc=rc, eval_s=round(time.monotonic() - t0, 1),
+                      eval_outputs=outputs_in(newest(run, "per_output.csv")))
+    check.figures["parts"]["arc"].update(result)
+    check.save()
+    sizes = [*check.sizes["trainer"], *check.sizes["arc"]]
+    rc, output = check.run(str(ARC_SCRIPTS / "bench_arc_throughput.py"), *check.sizes["arc_bench"], *sizes)
+    speeds = re.search(r"ours=([\d,]+) tokens/s hand=([\d,]+) tokens/s", output)
+    result.update(bench_rc=rc, ratio_vs_hand_written=figure("ratio", output),
+                  peak_memory_gib=figure("peak_memory_gib", output))
+    if speeds:
+        result["tokens_per_s"], result["hand_written_tokens_per_s"] = (int(g.replace(",", "")) for g in speeds.groups())
     return result
 
 
@@ -260,9 +281,10 @@ def outputs_in(per_output: Path | None) -> int | None:
 
 def ttt(check: Check) -> dict:
     """eval.py with test-time training on ARC-AGI-1 evaluation tasks, scored by the independent scorer."""
-    run = check.arc_run
+    earlier = sorted((check.work / "arc").glob("*/*/checkpoints/last.ckpt"))  # an earlier call's (--parts ttt)
+    run = check.arc_run or (earlier[-1].parents[1] if earlier else None)
     if run is None:
-        return {"skipped": "the arc part trained no run to fine-tune"}
+        raise Skipped("no run to fine-tune: the arc part trains it")
     chosen = dict(a.split("=", 1) for a in check.sizes["ttt"] if a.startswith("data."))
     rc, _ = check.run(str(ROOT / "eval.py"), f"ckpt={run}", "data.tasks_from=evaluation", *check.sizes["ttt"])
     metrics = newest(run, "metrics.json")
@@ -358,6 +380,8 @@ def main(argv: list[str] | None = None, launch=None) -> int:
             entry["status"] = "done"
         except Deadline:
             entry["status"] = f"stopped at its limit ({LIMITS[name] * scale:.0f} s)"
+        except Skipped as e:
+            entry["status"] = f"skipped: {e}"
         except Exception as e:  # a part that breaks must not take the later parts with it
             entry.update(status="failed", error=f"{type(e).__name__}: {e}")
         entry["seconds"] = round(time.monotonic() - t0, 1)
@@ -365,7 +389,7 @@ def main(argv: list[str] | None = None, launch=None) -> int:
         print(f"{name}: {entry['status']} in {entry['seconds']} s", flush=True)
     check.figures["finished"] = now()
     check.save()
-    return 0 if all(p["status"] == "done" for p in check.figures["parts"].values()) else 1
+    return 0 if all(check.figures["parts"][name]["status"] == "done" for name in parts) else 1
 
 
 if __name__ == "__main__":

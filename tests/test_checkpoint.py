@@ -109,6 +109,46 @@ def test_a_failed_sidecar_write_leaves_the_checkpoint_and_its_sidecar_as_they_we
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"], "no temporary left"
 
 
+def test_a_write_stopped_between_its_renames_is_completed_by_the_next_start(tmp_path, monkeypatch):
+    """Ctrl-C (or an error) after the checkpoint's rename and before its sidecar's: the sidecar's temporary
+    stays, and finish_interrupted_pairs (what train.py runs at a start) completes the pair with it."""
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": torch.tensor(1)}, path)
+    replace, calls = atomic.os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert ckpt_io.recorded_sha256(path) != ckpt_io.sha256_file(path), "the new checkpoint beside its old sidecar"
+    assert ckpt_io.finish_interrupted_pairs(tmp_path) == ["last.ckpt"]
+    assert ckpt_io.recorded_sha256(path) == ckpt_io.sha256_file(path)
+    assert load_checkpoint(path)["step"].item() == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
+
+
+def test_crafted_temporaries_complete_nothing_else(tmp_path):
+    """Names a run directory could hold: none crashes the start, overwrites a checkpoint or completes a pair
+    whose temporary does not record the checkpoint's own sha256."""
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"step": torch.tensor(1)}, path)
+    data, digest = path.read_bytes(), hashlib.sha256(path.read_bytes()).hexdigest()
+    os.replace(ckpt_io.sidecar(path), tmp_path / "kept.sha256")
+    ckpt_io.sidecar(path).write_text("0" * 64 + "  last.ckpt\n")  # a sidecar that no longer matches
+    (tmp_path / "..sha256.tmp-1-h").write_text(digest)  # no name before .sha256
+    (tmp_path / ".last.ckpt.tmp-2.sha256.tmp-3-h").write_text(digest)  # would name last.ckpt itself
+    (tmp_path / ".last.ckpt.sha256.tmp-4-h").write_text("f" * 64)  # another file's sha256
+    (tmp_path / ".last.ckpt.sha256.tmp-5-h").symlink_to(tmp_path / "kept.sha256")  # a link
+    assert ckpt_io.finish_interrupted_pairs(tmp_path) == []
+    assert path.read_bytes() == data and ckpt_io.recorded_sha256(path) == "0" * 64
+
+
 def test_a_write_interrupted_by_ctrl_c_leaves_no_temporary_file(tmp_path, monkeypatch):
     def interrupted(tmp, data):
         tmp.write_bytes(data[:3])

@@ -37,12 +37,13 @@ def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
     temporary file in the target's folder, and only when all are written are they renamed over their
     targets, in order. A process killed at any moment leaves each target old or new, never torn. A write
     that fails (a full disk, an I/O error) or is interrupted removes every temporary file and leaves every
-    target as it was; only a kill between two renames (which take no space) can leave a new checkpoint beside
-    its old sidecar, which the run's next start completes (checkpoint/io.finish_interrupted_pairs). A failure is raised as WriteFailed naming the
+    target as it was. A kill, a Ctrl-C or an error between two renames (which take no space) leaves a new
+    checkpoint beside its old sidecar and the new sidecar's temporary file, with which the run's next start
+    completes the pair (checkpoint/io.finish_interrupted_pairs). A failure is raised as WriteFailed naming the
     file and the reason."""
     writes = {Path(path): write for path, write in writes.items()}
     temps = {path: temporary(path) for path in writes}
-    current = None
+    current, renamed = None, 0
     try:
         for current, write in writes.items():
             current.parent.mkdir(parents=True, exist_ok=True)
@@ -50,8 +51,10 @@ def atomic_write_files(writes: dict[Path, Callable[[Path], None]]) -> None:
             write(temps[current])
         for current, tmp in temps.items():
             os.replace(tmp, current)
+            renamed += 1
     except BaseException as e:  # a Ctrl-C inside a write leaves no temporary file either
-        for tmp in temps.values():
+        # once a target is renamed, the others' temporaries stay: the next start completes the pair with them
+        for tmp in temps.values() if renamed == 0 else ():
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise WriteFailed(f"could not write {current}: {e.strerror or e}") from e

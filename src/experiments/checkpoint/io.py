@@ -76,15 +76,24 @@ def finish_interrupted_pairs(folder: Path) -> list[str]:
     sidecar as a temporary file. Where that temporary file records the checkpoint's sha256, the pair is
     whole: its rename is done now. Called by the run's lock holder before it removes stale temporaries;
     returns the checkpoints so completed."""
-    done = []
+    done, hashed = [], {}
     for tmp in sorted(folder.glob(f".*.sha256{TMP_MARK}*")):
-        side = folder / tmp.name[1:].split(TMP_MARK)[0]
-        checkpoint = side.with_name(side.name.removesuffix(".sha256"))
-        if any(p.is_symlink() for p in (tmp, side, checkpoint)) or not checkpoint.is_file():
+        base, marker, _ = tmp.name[1:].partition(".sha256" + TMP_MARK)
+        if not marker or not base.endswith(".ckpt") or TMP_MARK in base:  # only `.<name>.ckpt.sha256.tmp-...`
+            continue
+        checkpoint, side = folder / base, folder / (base + ".sha256")
+        if any(p.is_symlink() for p in (tmp, side, checkpoint)) or not tmp.is_file() or not checkpoint.is_file():
             continue
         digest = digest_in(tmp)
-        if digest is not None and digest != recorded_sha256(checkpoint) and digest == sha256_file(checkpoint):
-            os.replace(tmp, side)
+        if digest is None or digest == recorded_sha256(checkpoint) or side.is_dir():
+            continue
+        if checkpoint not in hashed:  # each checkpoint read once, however many temporaries name it
+            hashed[checkpoint] = sha256_file(checkpoint)
+        if digest == hashed[checkpoint]:
+            try:
+                os.replace(tmp, side)
+            except OSError:
+                continue
             done.append(checkpoint.name)
     return done
 

@@ -11,7 +11,7 @@ taken in another order); it pays where the examples of a batch differ in length,
 length-bucketed batches (`model.packed`, on in the presets).
 
 Both answer the same questions, so a model's code reads the same either way: `tokens` lays a (B, L, ...)
-tensor out, `rows` brings a laid-out one back to (B, L, ...) (zeros at padding), `spread` gives each
+tensor out, `rows` brings a laid-out one back to (B, L, ...) (packed: zeros where the padding is), `spread` gives each
 token its example's vector, and the `*_mask` methods give `attention.attend` its mask.
 """
 import torch
