@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the checkout's package, installed or not (the GPU machine's is not)
 ARC_SCRIPTS = ROOT / "src" / "experiments" / "families" / "arc" / "scripts"
 LIMITS = {"families": 150, "resume": 60, "arc": 150, "ttt": 45, "video": 45, "ddp": 30}  # seconds, on an H100
 PUBLIC = ["model.d_model=160", "model.decoder_layers=3", "model.d_ff=640"]
@@ -185,9 +186,10 @@ def figure(name: str, output: str) -> float | None:
 
 
 def stored(run: Path) -> dict:
-    import torch
+    """A run's last checkpoint, read as every program reads one (bounded, weights only)."""
+    from experiments.checkpoint.io import load_checkpoint
 
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    return load_checkpoint(run / "checkpoints" / "last.ckpt")
 
 
 def verify_stages(check: Check, run: Path) -> dict:
@@ -324,7 +326,6 @@ PARTS = {"families": families, "resume": resume, "arc": arc, "ttt": ttt, "video"
 
 def fit(overrides: list[str]) -> None:
     """One training through train.py's code path in this process; prints its steps, seconds and peak memory."""
-    sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "scripts"))
     import tempfile
 
