@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parent  # the checkout
 # The smallest family (examples/sine, a user's family outside the package): what the framework's own tests run.
 SINE_CONF = ROOT / "examples" / "sine" / "conf"
 SINE = ["--config-dir", str(SINE_CONF), "experiment=sine", "logger=none", "trainer.enable_progress_bar=false"]
-FAST = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=256", "task.coverage_samples=2000",
-        "trainer.enable_progress_bar=false"]
+FAST = [
+    "experiment=ternary_v5_5",
+    "logger=none",
+    "data.batch_size=256",
+    "task.coverage_samples=2000",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def run_name(args, exclude=("experiment", "logger", "trainer.enable_progress_bar")) -> str:
@@ -27,8 +32,13 @@ def env() -> dict:
     e = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     # one thread a process: two test workers share two cores (a resumed run is compared with runs of the
     # same setting, so exactness is unaffected)
-    e.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
-             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), e.get("PYTHONPATH")) if p))  # examples/, as from the root
+    e.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), e.get("PYTHONPATH")) if p),
+    )  # examples/, as from the root
     return e
 
 
@@ -50,15 +60,23 @@ def train_cmd(*overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *options_first(overrides)]
 
 
-def run_train(*overrides: str, cwd: Path, timeout: float = 300, extra_env: dict | None = None
-              ) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(*overrides), cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+def run_train(
+    *overrides: str, cwd: Path, timeout: float = 300, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        train_cmd(*overrides),
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def start_train(*overrides: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(train_cmd(*overrides), cwd=cwd, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        train_cmd(*overrides), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 @pytest.fixture
@@ -66,16 +84,22 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
-def run_program(program: str, *args: str, cwd: Path, extra_env: dict | None = None, timeout: float = 300,
-                process: bool = False) -> subprocess.CompletedProcess:
+def run_program(
+    program: str, *args: str, cwd: Path, extra_env: dict | None = None, timeout: float = 300, process: bool = False
+) -> subprocess.CompletedProcess:
     """verify.py or eval.py as a user runs it: inside the test process (`in_process`), or in a process of its
     own with `process=True` or an environment of its own (what is about imports needs one: a family's
     package off the Python path, a module that must not be imported)."""
     if not (process or extra_env):
         return in_process(program, *args, cwd=cwd)  # (its own time limit: runs inside take longer than 300 s at times)
-    return subprocess.run([sys.executable, str(ROOT / program), *options_first(args)], cwd=cwd,
-                          env={**env(), **(extra_env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / program), *options_first(args)],
+        cwd=cwd,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class InProcessTimeout(BaseException):
@@ -109,9 +133,20 @@ def in_process(program: str, *args: str, cwd: Path, timeout: float = 900) -> sub
     # what the program changes in this process, put back after it: Hydra configures logging (the root
     # logger's handlers and level), the scripts put src/ on sys.path, a run seeds the random generators
     root = logging.getLogger()
-    saved = (sys.argv, os.getcwd(), dict(os.environ), sys.path[:], root.handlers[:], root.level, random.getstate(),
-             np.random.get_state(), torch.get_rng_state(), torch.get_num_threads(), warnings.filters[:],
-             {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)})
+    saved = (
+        sys.argv,
+        os.getcwd(),
+        dict(os.environ),
+        sys.path[:],
+        root.handlers[:],
+        root.level,
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.get_num_threads(),
+        warnings.filters[:],
+        {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)},
+    )
     fresh = env()  # (read before the environment is replaced)
     out, err, code = io.StringIO(), io.StringIO(), 0
     sys.argv = [str(ROOT / program), *options_first(args)]
@@ -120,8 +155,12 @@ def in_process(program: str, *args: str, cwd: Path, timeout: float = 900) -> sub
         os.environ.clear()
         os.environ.update(fresh)
         torch.set_num_threads(1)  # OMP_NUM_THREADS=1, as env() gives a test's processes
-        signal.signal(signal.SIGALRM, lambda *_: _raise(InProcessTimeout(f"{program} {' '.join(args)} ran past "
-                                                                         f"{timeout:g} s inside the test process")))
+        signal.signal(
+            signal.SIGALRM,
+            lambda *_: _raise(
+                InProcessTimeout(f"{program} {' '.join(args)} ran past {timeout:g} s inside the test process")
+            ),
+        )
         signal.setitimer(signal.ITIMER_REAL, timeout)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -171,8 +210,14 @@ def ternary_run(tmp_path_factory) -> Path:
     """A real v5.5 run (6 epochs, checkpoints every 2), shared read-only: copy it before changing it."""
     root = tmp_path_factory.mktemp("ternary_run")
     # trained inside the test process: what the tests read is the run it leaves, not how a process ran it
-    r = in_process("train.py", *FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
-                   "task.coverage_samples=19683", cwd=root)
+    r = in_process(
+        "train.py",
+        *FAST,
+        "trainer.max_epochs=6",
+        "checkpoint.every_n_epochs=2",
+        "task.coverage_samples=19683",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (root / "outputs" / "ternary_v5_5").iterdir()
     return run
@@ -227,7 +272,6 @@ def killed_then_rerun(args, run: Path, cwd: Path, delay: float) -> subprocess.Co
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Resuming" in again.stdout
     return again
-
 
 
 @contextlib.contextmanager

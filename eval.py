@@ -1,4 +1,5 @@
 """Evaluate a checkpoint on any data of its family: `python eval.py ckpt=PATH [data=GROUP] [data.KEY=VALUE]`."""
+
 import sys
 from pathlib import Path
 

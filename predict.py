@@ -1,4 +1,5 @@
 """Predict new inputs with a trained run: `python predict.py ckpt=PATH input=PATH [task.KEY=VALUE]`."""
+
 import sys
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Build hook (the rest of the metadata is in pyproject.toml): an installed, non-editable copy has no git
 checkout to ask, so the commit it was built from is recorded inside the package at build time
 (experiments/BUILD_COMMIT), where checkpoint/policy.py's `git_commit` reads it."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Train one experiment: `python train.py experiment=ternary_v5_5` (see README)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Verify and certify a checkpoint or a run directory: `python verify.py ckpt=PATH` (see README)."""
+
 import sys
 from pathlib import Path
 

@@ -7,8 +7,10 @@ Our path is what train.py runs (Trainer, callbacks, progress bar, checkpoint pol
 per-epoch validation is switched off on both sides since the hand loop has none. Our time runs from
 the start of training to its end (per-epoch checkpoint writes included; the one-off fit setup is
 reported separately as ratio_fit). ratio_bare is Lightning with nothing of ours attached: the
-floor any code path on Lightning's automatic optimisation can reach. Last line: `ratio=<ours / hand-written steps per second>`
+floor any code path on Lightning's automatic optimisation can reach. Last line:
+`ratio=<ours / hand-written steps per second>`
 (best of the repeats of each)."""
+
 import argparse
 import sys
 import tempfile
@@ -20,12 +22,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch.callbacks import Callback  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 from experiments.cli import CONF_DIR, quiet_libraries  # noqa: E402
 from experiments.config_schema import register  # noqa: E402
-from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 
 
 class TrainingClock(Callback):
@@ -54,9 +56,18 @@ def bare_lightning(cfg) -> tuple[int, float]:
     code path on Lightning's automatic optimisation can reach."""
     datamodule, model, task = build(cfg)
     clock = TrainingClock()
-    trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, limit_val_batches=0, logger=False, callbacks=[clock],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, accelerator=cfg.trainer.accelerator, devices=1)
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[clock],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+    )
     trainer.fit(task, datamodule=datamodule)
     return trainer.global_step, clock.seconds
 
@@ -90,9 +101,18 @@ def main() -> None:
     register()
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=ternary_v5_5", "logger=none", f"trainer.max_epochs={args.epochs}",
-                                          "+trainer.limit_val_batches=0", "checkpoint.save_top_k=0",
-                                          f"paths.outputs={tmp}", *args.overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=ternary_v5_5",
+                "logger=none",
+                f"trainer.max_epochs={args.epochs}",
+                "+trainer.limit_val_batches=0",
+                "checkpoint.save_top_k=0",
+                f"paths.outputs={tmp}",
+                *args.overrides,
+            ],
+        )
         best_ours = best_fit = best_hand = best_bare = 0.0
         for r in range(args.repeats):
             steps, sec, fit_sec = ours(cfg, Path(tmp) / f"run{r}")
@@ -101,11 +121,16 @@ def main() -> None:
             best_hand = max(best_hand, steps_h / sec_h)
             steps_b, sec_b = bare_lightning(cfg)
             best_bare = max(best_bare, steps_b / sec_b)
-            print(f"repeat {r}: ours {steps / sec:.1f} steps/s ({steps / fit_sec:.1f}/s counting fit setup) | "
-                  f"bare Lightning {steps_b / sec_b:.1f}/s | hand-written {steps_h / sec_h:.1f}/s", flush=True)
-    print(f"threads={torch.get_num_threads()} batch_size={cfg.data.batch_size} ours={best_ours:.1f} steps/s "
-          f"hand={best_hand:.1f} steps/s; with fit setup: ratio_fit={best_fit / best_hand:.3f}; "
-          f"bare Lightning floor: ratio_bare={best_bare / best_hand:.3f}")
+            print(
+                f"repeat {r}: ours {steps / sec:.1f} steps/s ({steps / fit_sec:.1f}/s counting fit setup) | "
+                f"bare Lightning {steps_b / sec_b:.1f}/s | hand-written {steps_h / sec_h:.1f}/s",
+                flush=True,
+            )
+    print(
+        f"threads={torch.get_num_threads()} batch_size={cfg.data.batch_size} ours={best_ours:.1f} steps/s "
+        f"hand={best_hand:.1f} steps/s; with fit setup: ratio_fit={best_fit / best_hand:.3f}; "
+        f"bare Lightning floor: ratio_bare={best_bare / best_hand:.3f}"
+    )
     print(f"ratio={best_ours / best_hand:.3f}")
 
 

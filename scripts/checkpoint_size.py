@@ -2,6 +2,7 @@
 
     python scripts/checkpoint_size.py outputs/ternary_v5_5/default/checkpoints/last.ckpt [more.ckpt ...]
 The last line is `ratio=<file bytes / minimum>` of the last file given."""
+
 import sys
 from pathlib import Path
 
@@ -16,8 +17,10 @@ def main(paths: list[str]) -> int:
         return 2
     for p in paths:
         r = checkpoint_size_report(Path(p))
-        print(f"{r['path']}: {r['file_bytes']:,} bytes; minimum {r['minimum_bytes']:,} "
-              f"(weights {r['weight_bytes']:,} + optimizer {r['optimizer_bytes']:,}; {r['parameters']:,} parameters)")
+        print(
+            f"{r['path']}: {r['file_bytes']:,} bytes; minimum {r['minimum_bytes']:,} "
+            f"(weights {r['weight_bytes']:,} + optimizer {r['optimizer_bytes']:,}; {r['parameters']:,} parameters)"
+        )
     print(f"ratio={r['ratio']:.3f}")
     return 0
 

@@ -22,6 +22,7 @@ seconds and its output's tail). Exit 0 when every part finished, 1 otherwise.
 `--fit OVERRIDE...` (used by the parts, in their subprocess): one training through train.py's code path in
 this process, then one JSON line of steps, seconds and peak GPU memory.
 """
+
 import argparse
 import json
 import os
@@ -55,12 +56,18 @@ SIZES = {
     },
     "cpu": {
         "trainer": ["trainer=cpu"],
-        "family": {"ternary_v5_5": ["data.batch_size=2048", "task.coverage_samples=2000"],
-                   "exp3_champion": ["data=arc_tiny", "data.batch_size=4"],
-                   "magvit": ["data.size=8", "data.frames=4", "data.train_clips=8", "data.val_clips=4",
-                              "data.batch_size=4"],
-                   "magvit_v2": ["data.size=8", "data.frames=5", "data.train_clips=8", "data.val_clips=4",
-                                 "data.batch_size=4"]},
+        "family": {
+            "ternary_v5_5": ["data.batch_size=2048", "task.coverage_samples=2000"],
+            "exp3_champion": ["data=arc_tiny", "data.batch_size=4"],
+            "magvit": ["data.size=8", "data.frames=4", "data.train_clips=8", "data.val_clips=4", "data.batch_size=4"],
+            "magvit_v2": [
+                "data.size=8",
+                "data.frames=5",
+                "data.train_clips=8",
+                "data.val_clips=4",
+                "data.batch_size=4",
+            ],
+        },
         "resume": ["data=arc_tiny", "data.batch_size=2", "trainer.max_epochs=3"],
         "arc": ["data=arc_tiny", "data.batch_size=4", "model.d_model=32", "model.d_ff=64"],
         "arc_bench": ["--epochs=1", "--repeats=1"],
@@ -89,8 +96,12 @@ class Check:
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "log.txt", "a", buffering=1)
-        self.figures = {"device": device_name(device), "torch": torch_version(), "started": now(),
-                        "parts": earlier_parts(out / "figures.json")}
+        self.figures = {
+            "device": device_name(device),
+            "torch": torch_version(),
+            "started": now(),
+            "parts": earlier_parts(out / "figures.json"),
+        }
         self.part_end = 0.0
         self.arc_run: Path | None = None  # the arc part's public-size run, which the ttt part fine-tunes
 
@@ -111,8 +122,9 @@ class Check:
         return code, output
 
     def train(self, experiment: str, *overrides: str, **kwargs) -> tuple[int, str, Path | None]:
-        rc, output = self.run(str(ROOT / "train.py"), f"experiment={experiment}", *self.sizes["trainer"], *QUIET,
-                              *overrides, **kwargs)
+        rc, output = self.run(
+            str(ROOT / "train.py"), f"experiment={experiment}", *self.sizes["trainer"], *QUIET, *overrides, **kwargs
+        )
         found = run_dir(output)
         return rc, output, found and self.work / found
 
@@ -125,8 +137,15 @@ def subprocess_run(args: list[str], cwd: Path, env: dict, timeout: float, stop_w
     `timeout` (then the whole group is killed). `stop_when`: SIGTERM it once that returns True."""
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as out:  # a file, not a pipe: a talkative command never blocks on it
-        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         if stop_when is not None:
             while not stop_when() and proc.poll() is None and time.monotonic() - t0 < timeout:
                 time.sleep(0.05)
@@ -201,6 +220,7 @@ def verify_stages(check: Check, run: Path) -> dict:
 
 # ---- the parts ----
 
+
 def families(check: Check) -> dict:
     result = {}
     for experiment, sizes in check.sizes["family"].items():
@@ -228,8 +248,13 @@ def resume(check: Check) -> dict:
     (stopped,) = [p.parents[1] for p in runs["stopped"].glob("*/*/checkpoints/last.ckpt")]
     at = stored(stopped)
     rerun_rc, _, _ = check.train(*args, f"paths.outputs={runs['stopped']}", env=env)
-    result = {"stop_rc": stop_rc, "stopped_at_step": at["global_step"], "stopped_in_epoch": at["epoch"] + 1,
-              "stopped_mid_epoch": bool(at["run"].get("preempted")), "rerun_rc": rerun_rc}
+    result = {
+        "stop_rc": stop_rc,
+        "stopped_at_step": at["global_step"],
+        "stopped_in_epoch": at["epoch"] + 1,
+        "stopped_mid_epoch": bool(at["run"].get("preempted")),
+        "rerun_rc": rerun_rc,
+    }
     if rerun_rc == 0:
         result.update(compared(stored(reference), stored(stopped)))
     return result
@@ -241,8 +266,12 @@ def compared(a: dict, b: dict) -> dict:
 
     pairs = [(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]]
     for sa, sb in zip(a["optimizer_states"], b["optimizer_states"]):
-        pairs += [(sa["state"][i][k], sb["state"][i][k]) for i in sa["state"] for k in sa["state"][i]
-                  if isinstance(sa["state"][i][k], torch.Tensor)]
+        pairs += [
+            (sa["state"][i][k], sb["state"][i][k])
+            for i in sa["state"]
+            for k in sa["state"][i]
+            if isinstance(sa["state"][i][k], torch.Tensor)
+        ]
     largest = max(float((x.double() - y.double()).abs().max()) if x.numel() else 0.0 for x, y in pairs)
     return {"bit_identical": all(torch.equal(x, y) for x, y in pairs), "largest_difference": largest}
 
@@ -251,22 +280,29 @@ def arc(check: Check) -> dict:
     """The champion trained for one epoch at the public size, then eval.py on its 419 held-out outputs with 8
     views (the ttt part fine-tunes the same run); last, training throughput against the hand-written loop."""
     result = {}
-    rc, _, run = check.train("exp3_champion", *check.sizes["arc"], "trainer.max_epochs=1", "task.eval_augmentations=1",
-                             f"paths.outputs={check.work / 'arc'}")
+    rc, _, run = check.train(
+        "exp3_champion",
+        *check.sizes["arc"],
+        "trainer.max_epochs=1",
+        "task.eval_augmentations=1",
+        f"paths.outputs={check.work / 'arc'}",
+    )
     result["train_rc"] = rc
     if rc == 0 and run is not None:
         check.arc_run = run
         t0 = time.monotonic()
         rc, _ = check.run(str(ROOT / "eval.py"), f"ckpt={run}", "task.eval_augmentations=8")
-        result.update(eval_rc=rc, eval_s=round(time.monotonic() - t0, 1),
-                      eval_outputs=outputs_in(newest(run, "per_output.csv")))
+        result.update(
+            eval_rc=rc, eval_s=round(time.monotonic() - t0, 1), eval_outputs=outputs_in(newest(run, "per_output.csv"))
+        )
     check.figures["parts"]["arc"].update(result)
     check.save()
     sizes = [*check.sizes["trainer"], *check.sizes["arc"]]
     rc, output = check.run(str(ARC_SCRIPTS / "bench_arc_throughput.py"), *check.sizes["arc_bench"], *sizes)
     speeds = re.search(r"ours=([\d,]+) tokens/s hand=([\d,]+) tokens/s", output)
-    result.update(bench_rc=rc, ratio_vs_hand_written=figure("ratio", output),
-                  peak_memory_gib=figure("peak_memory_gib", output))
+    result.update(
+        bench_rc=rc, ratio_vs_hand_written=figure("ratio", output), peak_memory_gib=figure("peak_memory_gib", output)
+    )
     if speeds:
         result["tokens_per_s"], result["hand_written_tokens_per_s"] = (int(g.replace(",", "")) for g in speeds.groups())
     return result
@@ -297,8 +333,13 @@ def ttt(check: Check) -> dict:
         # the tasks eval.py chose, chosen again by the scorer
         side = chosen.get("data.max_side", stored(run)["config"]["data"].get("max_side"))
         count, side = chosen["data.max_tasks"], 0 if side in (None, "null") else side
-        rc, output = check.run(str(ARC_SCRIPTS / "score_submission.py"), str(metrics.parent / "submission.json"),
-                               "--tasks-from=evaluation", f"--max-tasks={count}", f"--max-side={side}")
+        rc, output = check.run(
+            str(ARC_SCRIPTS / "score_submission.py"),
+            str(metrics.parent / "submission.json"),
+            "--tasks-from=evaluation",
+            f"--max-tasks={count}",
+            f"--max-side={side}",
+        )
         result.update({k: figure(k, output) for k in ("prize_score", "solved", "outputs", "missing")})
     return result
 
@@ -307,8 +348,14 @@ def video(check: Check) -> dict:
     """Training steps/s and peak memory of each video model at its seed's clip size."""
     result = {}
     for experiment in ("magvit", "magvit_v2"):
-        rc, output = check.run(str(Path(__file__)), "--fit", f"experiment={experiment}", *check.sizes["trainer"],
-                               *check.sizes[experiment], "trainer.max_epochs=1")
+        rc, output = check.run(
+            str(Path(__file__)),
+            "--fit",
+            f"experiment={experiment}",
+            *check.sizes["trainer"],
+            *check.sizes[experiment],
+            "trainer.max_epochs=1",
+        )
         lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
         result[experiment] = {"rc": rc, **(lines[-1] if lines else {})}
         check.save()
@@ -316,8 +363,9 @@ def video(check: Check) -> dict:
 
 
 def ddp(check: Check) -> dict:
-    rc, _, run = check.train("ternary_v5_5", "trainer.max_epochs=2", *check.sizes["ddp"],
-                             *check.sizes["family"]["ternary_v5_5"])
+    rc, _, run = check.train(
+        "ternary_v5_5", "trainer.max_epochs=2", *check.sizes["ddp"], *check.sizes["family"]["ternary_v5_5"]
+    )
     return {"rc": rc, "finished": bool(run and stored(run)["run"]["finished"])}
 
 
@@ -330,21 +378,37 @@ def fit(overrides: list[str]) -> None:
     import tempfile
 
     import torch
+    from bench_train_overhead import ours
     from hydra import compose, initialize_config_dir
 
-    from bench_train_overhead import ours
     from experiments.cli import CONF_DIR, quiet_libraries
     from experiments.config_schema import register
 
     register()
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "+trainer.limit_val_batches=0", "checkpoint.save_top_k=0",
-                                          f"paths.outputs={tmp}", *QUIET])
+        cfg = compose(
+            "train",
+            overrides=[
+                *overrides,
+                "+trainer.limit_val_batches=0",
+                "checkpoint.save_top_k=0",
+                f"paths.outputs={tmp}",
+                *QUIET,
+            ],
+        )
         steps, seconds, _ = ours(cfg, Path(tmp) / "run")
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    print(json.dumps({"steps": steps, "seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 3),
-                      "peak_memory_gib": peak and round(peak, 3)}))
+    print(
+        json.dumps(
+            {
+                "steps": steps,
+                "seconds": round(seconds, 3),
+                "steps_per_s": round(steps / seconds, 3),
+                "peak_memory_gib": peak and round(peak, 3),
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None, launch=None) -> int:

@@ -14,6 +14,7 @@ why in one line and exits 2 (the tests skip with that line).
 Set for a test's pace, not a cluster's: a requeued job may start again after 6 s (`cred_expire=5`, 120 s by
 default), the scheduler looks every second, and a job's processes get 2 s between SIGTERM and SIGKILL.
 """
+
 import os
 import shutil
 import signal
@@ -33,8 +34,11 @@ class Unavailable(Exception):
 
 
 def missing() -> list[str]:
-    return [name for name in ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
-            if shutil.which(name) is None]
+    return [
+        name
+        for name in ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
+        if shutil.which(name) is None
+    ]
 
 
 def install() -> None:
@@ -42,12 +46,15 @@ def install() -> None:
     if not missing():
         return
     if os.geteuid() != 0:
-        raise Unavailable(f"Slurm is not installed ({', '.join(missing())} missing) and this is not root: "
-                          f"apt-get install {' '.join(PACKAGES)}")
+        raise Unavailable(
+            f"Slurm is not installed ({', '.join(missing())} missing) and this is not root: "
+            f"apt-get install {' '.join(PACKAGES)}"
+        )
     quiet = {"capture_output": True, "text": True, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
     subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=600, **quiet)
-    done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], timeout=900,
-                          **quiet)
+    done = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], timeout=900, **quiet
+    )
     if done.returncode or missing():
         raise Unavailable(f"apt-get install {' '.join(PACKAGES)} failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
@@ -62,22 +69,39 @@ def config(folder: Path) -> str:
     cpus = os.cpu_count() or 1
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     user = "root" if os.geteuid() == 0 else os.environ.get("USER") or "root"
-    return "\n".join([
-        "ClusterName=local", "SlurmctldHost=localhost", "AuthType=auth/none", "CredType=cred/none",
-        "AuthInfo=cred_expire=5",  # a requeued job waits this long before it starts again (default 120 s)
-        "MpiDefault=none", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        f"SlurmUser={user}", f"SlurmdUser={user}",
-        f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
-        f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
-        f"SlurmctldLogFile={folder / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'slurmd.log'}",
-        f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
-        "SchedulerType=sched/builtin", "SchedulerParameters=sched_interval=1",  # a requeued job starts when it may
-        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-        "ReturnToService=2",
-        "KillWait=2",  # a single node starts no new job while one is still completing: keep that short
-        "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-        f"NodeName=localhost CPUs={cpus} RealMemory={max(memory_mb - 1024, 512)} State=UNKNOWN",
-        "PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP", ""])
+    return "\n".join(
+        [
+            "ClusterName=local",
+            "SlurmctldHost=localhost",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "AuthInfo=cred_expire=5",  # a requeued job waits this long before it starts again (default 120 s)
+            "MpiDefault=none",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            f"SlurmUser={user}",
+            f"SlurmdUser={user}",
+            f"StateSaveLocation={folder / 'state'}",
+            f"SlurmdSpoolDir={folder / 'spool'}",
+            f"SlurmctldPidFile={folder / 'slurmctld.pid'}",
+            f"SlurmdPidFile={folder / 'slurmd.pid'}",
+            f"SlurmctldLogFile={folder / 'slurmctld.log'}",
+            f"SlurmdLogFile={folder / 'slurmd.log'}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
+            "SchedulerType=sched/builtin",
+            "SchedulerParameters=sched_interval=1",  # a requeued job starts when it may
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "ReturnToService=2",
+            "KillWait=2",  # a single node starts no new job while one is still completing: keep that short
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            f"NodeName=localhost CPUs={cpus} RealMemory={max(memory_mb - 1024, 512)} State=UNKNOWN",
+            "PartitionName=local Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 def environment(folder: Path) -> dict:
@@ -96,8 +120,14 @@ def start(folder: Path, timeout: float = 60) -> dict:
     for name, extra in (("slurmctld", ["-i"]), ("slurmd", ["-N", "localhost"])):
         # in the foreground, each in a process group of its own: `stop` ends the group, children included
         with open(folder / f"{name}.out", "ab") as log:
-            daemon = subprocess.Popen([name, "-D", "-f", str(conf), *extra], env=env, stdout=log, stderr=log,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            daemon = subprocess.Popen(
+                [name, "-D", "-f", str(conf), *extra],
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         STARTED[daemon.pid] = daemon
         (folder / f"{name}.group").write_text(f"{daemon.pid}\n")
     deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ CPU too), its last epoch's figures side by side: what the docs' precision table 
 One run at a time (each in its own train.py process, outputs in a temporary folder); prints a Markdown table
 per family and, last, the seconds each side took.
 """
+
 import argparse
 import subprocess
 import sys
@@ -18,20 +19,48 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 RUNS = {
-    "arc": ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
-            "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60"],
+    "arc": [
+        "experiment=exp3_champion",
+        "data=arc_tiny",
+        "data.batch_size=4",
+        "data.dihedral=false",
+        "data.colours=false",
+        "trainer.max_epochs=60",
+        "task.eval_every_n_epochs=60",
+    ],
     "ternary": ["experiment=ternary_v5_5", "trainer.max_epochs=6"],
-    "magvit": ["experiment=magvit", "data.train_clips=16", "data.val_clips=8", "data.batch_size=4",
-               "trainer.max_epochs=2"],
-    "magvit_v2": ["experiment=magvit_v2", "data.train_clips=16", "data.val_clips=8", "data.batch_size=4",
-                  "trainer.max_epochs=2"],
+    "magvit": [
+        "experiment=magvit",
+        "data.train_clips=16",
+        "data.val_clips=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+    ],
+    "magvit_v2": [
+        "experiment=magvit_v2",
+        "data.train_clips=16",
+        "data.val_clips=8",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+    ],
 }
 
 
 def last_row(args: list[str], precision: str, folder: Path) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, *QUIET, f"trainer.precision={precision}",
-                        f"paths.outputs={folder}"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *args,
+            *QUIET,
+            f"trainer.precision={precision}",
+            f"paths.outputs={folder}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if r.returncode != 0:
         sys.exit(f"error: {' '.join(args)} in {precision} failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
     (ckpt,) = folder.glob("*/*/checkpoints/last.ckpt")
@@ -54,8 +83,10 @@ def main() -> None:
             print("| figure | fp32 | bf16-mixed |\n|---|---|---|")
             for k in keys:
                 print(f"| {k} | {rows['32-true'][k]:.4g} | {rows['bf16-mixed'].get(k, float('nan')):.4g} |")
-    print(f"\nthreads={torch.get_num_threads()}; seconds (fp32 / bf16-mixed): " + ", ".join(
-        f"{n} {seconds[n, '32-true']:.0f} / {seconds[n, 'bf16-mixed']:.0f}" for n in names))
+    print(
+        f"\nthreads={torch.get_num_threads()}; seconds (fp32 / bf16-mixed): "
+        + ", ".join(f"{n} {seconds[n, '32-true']:.0f} / {seconds[n, 'bf16-mixed']:.0f}" for n in names)
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ job's last checkpoint (`eval.py ckpt=SWEEP_DIR data.tasks_from=evaluation` gives
 `data.tasks_from=evaluation`), into SWEEP_DIR/eval/EVALUATION/. Exit 0 when every job finished (and was
 evaluated), 1 otherwise, 2 when SWEEP_DIR is not a sweep directory.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -19,21 +20,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--config-dir", action="append", default=[],
-                        help="a family's config folder, as given to train.py: its tasks say which metrics are judged")
-    parser.add_argument("--eval", metavar="EVALUATION", dest="evaluation",
-                        help="summarise eval.py's evaluation of each job instead: the folder name under "
-                             "<run dir>/eval/ (its data and task arguments, e.g. data.tasks_from=evaluation)")
+    parser.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        help="a family's config folder, as given to train.py: its tasks say which metrics are judged",
+    )
+    parser.add_argument(
+        "--eval",
+        metavar="EVALUATION",
+        dest="evaluation",
+        help="summarise eval.py's evaluation of each job instead: the folder name under "
+        "<run dir>/eval/ (its data and task arguments, e.g. data.tasks_from=evaluation)",
+    )
     args = parser.parse_args()
     from experiments.sweep import is_sweep_dir, write_summary
 
     if not is_sweep_dir(args.sweep_dir):
-        print(f"error: {args.sweep_dir} is not a sweep directory (no jobs/ folder); sweeps live under "
-              f"<paths.outputs>/sweeps/", file=sys.stderr)
+        print(
+            f"error: {args.sweep_dir} is not a sweep directory (no jobs/ folder); sweeps live under "
+            f"<paths.outputs>/sweeps/",
+            file=sys.stderr,
+        )
         return 2
-    from experiments.untrusted import current_registry
-
     from experiments.errors import UserError
+    from experiments.untrusted import current_registry
 
     try:
         if args.evaluation:
@@ -52,13 +63,18 @@ def refuse_unknown_evaluation(sweep_dir: Path, evaluation: str) -> None:
     from experiments.run_dir import EVAL
     from experiments.sweep import read_record
 
-    runs = [Path(r["run_dir"]) for r in map(read_record, sorted((sweep_dir / "jobs").glob("*.json")))
-            if r and r.get("run_dir")]
+    runs = [
+        Path(r["run_dir"])
+        for r in map(read_record, sorted((sweep_dir / "jobs").glob("*.json")))
+        if r and r.get("run_dir")
+    ]
     if any((run / EVAL / evaluation).is_dir() for run in runs):
         return
     found = sorted({p.name for run in runs if (run / EVAL).is_dir() for p in (run / EVAL).iterdir() if p.is_dir()})
-    raise UserError(f"no job of {sweep_dir} has an evaluation {evaluation} (<run dir>/eval/{evaluation}); "
-                    + (f"there are: {', '.join(found)}" if found else "none has been evaluated by eval.py yet"))
+    raise UserError(
+        f"no job of {sweep_dir} has an evaluation {evaluation} (<run dir>/eval/{evaluation}); "
+        + (f"there are: {', '.join(found)}" if found else "none has been evaluated by eval.py yet")
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A callback for tests to give train.py (`+callbacks.record._target_=tests.batch_record.FirstBatches`): what
 each training batch held, by epoch and index, appended to `batches.txt` in the folder the run started from."""
+
 import hashlib
 
 from lightning.pytorch.callbacks import Callback

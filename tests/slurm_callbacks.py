@@ -2,6 +2,7 @@
 +callbacks.wait.step=N`): in the start that trains step N, training pauses after it until the cluster's
 warning signal has come (3 minutes at most), so that a time limit's warning, which Slurm sends whenever its
 30-second check comes round, lands at a known step."""
+
 import time
 
 from lightning.pytorch.callbacks import Callback

@@ -1,4 +1,5 @@
 """What a checkpoint holds, that it opens with weights_only=True, atomic writes, and safe loading."""
+
 import errno
 import hashlib
 import os
@@ -8,20 +9,27 @@ import subprocess
 import pytest
 import torch
 
-from conftest import in_process, SINE
+from conftest import SINE, in_process
 from experiments import atomic
 from experiments.checkpoint import io as ckpt_io
 from experiments.checkpoint.io import load_checkpoint, save_checkpoint
-from experiments.errors import UserError, WriteFailed, write_failure
 from experiments.checkpoint.size import checkpoint_size_report
+from experiments.errors import UserError, WriteFailed, write_failure
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     # a monitor that is not the primary metric (val/r2), its direction (lower is better) derived from the family
-    r = in_process("train.py", *SINE, "trainer.max_epochs=3", "checkpoint.every_n_epochs=2", "checkpoint.save_top_k=2",
-                   "checkpoint.monitor=val/mse", cwd=root)
+    r = in_process(
+        "train.py",
+        *SINE,
+        "trainer.max_epochs=3",
+        "checkpoint.every_n_epochs=2",
+        "checkpoint.save_top_k=2",
+        "checkpoint.monitor=val/mse",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (rd,) = (root / "outputs" / "sine").iterdir()
     return rd
@@ -174,13 +182,18 @@ def test_only_temporaries_of_ended_writers_are_removed_where_several_programs_wr
     assert sorted(atomic.remove_temporaries(tmp_path)) == sorted([alive, elsewhere])  # the folder's one writer
 
 
-@pytest.mark.parametrize("error, said", [
-    (OSError(errno.ENOSPC, "No space left on device", "/runs/x/events.out"),
-     "could not write /runs/x/events.out: No space left on device"),
-    (OSError(errno.EROFS, "Read-only file system"), "could not write: Read-only file system"),
-    (OSError(errno.ENOENT, "No such file or directory", "/x"), None),  # a bug's error keeps its traceback
-    (ValueError("x"), None),
-])
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/runs/x/events.out"),
+            "could not write /runs/x/events.out: No space left on device",
+        ),
+        (OSError(errno.EROFS, "Read-only file system"), "could not write: Read-only file system"),
+        (OSError(errno.ENOENT, "No such file or directory", "/x"), None),  # a bug's error keeps its traceback
+        (ValueError("x"), None),
+    ],
+)
 def test_disk_trouble_from_any_writer_becomes_a_write_failure(error, said):
     failed = write_failure(error)
     assert (None if failed is None else str(failed)) == said
@@ -204,10 +217,13 @@ def test_pickled_payload_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable checkpoint"),
-    (b"hello, not a checkpoint", "not a readable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a readable checkpoint"),
+        (b"hello, not a checkpoint", "not a readable checkpoint"),
+    ],
+)
 def test_unreadable_files_are_user_errors(tmp_path, content, message):
     p = tmp_path / "bad.ckpt"
     p.write_bytes(content)

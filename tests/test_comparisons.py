@@ -1,6 +1,7 @@
 """Paired comparisons: the statistics against hand-computed cases, and a real 2-preset x 2-seed ARC sweep
 whose comparisons.csv holds what its runs' per_output.csv files give; verify.py reports arc/test_nll
 beside the untrained control's."""
+
 import csv
 import json
 import math
@@ -17,8 +18,12 @@ def test_interval_of_two_tasks_spans_both_and_the_mean_is_over_outputs():
     # task a: three outputs, each 1 better; task b: one output, no change. Mean over the 4 outputs: 0.75
     # (not 0.5, the mean of the task means). Resamples of 2 tasks: (a, a) -> 1, (b, b) -> 0, (a, b) -> 0.75,
     # with probability 1/4, 1/4, 1/2: the 2.5th and 97.5th percentiles are 0 and 1.
-    row = compare({("a", 0): 0, ("a", 1): 0, ("a", 2): 0, ("b", 0): 0},
-                  {("a", 0): 1, ("a", 1): 1, ("a", 2): 1, ("b", 0): 0}, higher_is_better=True, binary=False)
+    row = compare(
+        {("a", 0): 0, ("a", 1): 0, ("a", 2): 0, ("b", 0): 0},
+        {("a", 0): 1, ("a", 1): 1, ("a", 2): 1, ("b", 0): 0},
+        higher_is_better=True,
+        binary=False,
+    )
     assert row["mean_diff"] == 0.75 and (row["ci_low"], row["ci_high"]) == (0.0, 1.0)
     assert row["n_outputs"] == 4 and row["p_value"] is None and row["verdict"] == "not supported"
 
@@ -88,9 +93,18 @@ def seed_mean(runs: list[list[dict]], column: str) -> dict:
 @pytest.fixture(scope="module")
 def arc_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("arc_sweep")
-    r = in_process("train.py", "-m", "experiment=exp0_encoder_decoder,exp3_champion", "seed=0,1", "data=arc_tiny",
-                   "logger=none", "trainer.enable_progress_bar=false", "trainer.max_epochs=8",
-                   "validation.preflight=[config]", cwd=root)
+    r = in_process(
+        "train.py",
+        "-m",
+        "experiment=exp0_encoder_decoder,exp3_champion",
+        "seed=0,1",
+        "data=arc_tiny",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=8",
+        "validation.preflight=[config]",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (directory,) = (root / "outputs" / "sweeps").iterdir()
     return root, directory, r.stdout
@@ -106,8 +120,20 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
     for job in jobs:
         run_dir = root / job["run_dir"]  # relative to the sweep's working directory, or absolute
         rows = read_rows(f"{run_dir}/per_output.csv")
-        assert list(rows[0]) == ["task", "index", "exact@1", "exact@2", "right_shape", "cell_accuracy", "nll_bits",
-                                 "tokens", "views", "ranking", "ttt_steps", "candidates"]
+        assert list(rows[0]) == [
+            "task",
+            "index",
+            "exact@1",
+            "exact@2",
+            "right_shape",
+            "cell_accuracy",
+            "nll_bits",
+            "tokens",
+            "views",
+            "ranking",
+            "ttt_steps",
+            "candidates",
+        ]
         assert len(rows) == 5  # arc_tiny: 5 held-out outputs
         final = torch.load(f"{run_dir}/checkpoints/last.ckpt", weights_only=True)["history"][-1]
         assert np.mean([float(x["nll_bits"]) for x in rows]) == pytest.approx(final["arc/test_nll"], rel=1e-9)
@@ -115,12 +141,23 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
         per_output.setdefault(job["experiment"], []).append(rows)
 
     table = read_rows(directory / "comparisons.csv")
-    assert [c for c in table[0]] == ["metric", "baseline", "variant", "mean_diff", "ci_low", "ci_high", "n_outputs",
-                                     "n_seeds", "p_value", "verdict"]
+    assert [c for c in table[0]] == [
+        "metric",
+        "baseline",
+        "variant",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "n_outputs",
+        "n_seeds",
+        "p_value",
+        "verdict",
+    ]
     group = "data=arc_tiny experiment={} trainer.max_epochs=8".format
     assert [(r["metric"], r["baseline"], r["variant"]) for r in table] == [
         (m, group("exp0_encoder_decoder"), group("exp3_champion"))  # no chain declared: the sweep's order
-        for m in ("arc/exact_output@2", "arc/cell_accuracy", "arc/test_nll")]  # exact@2 first: the question asked
+        for m in ("arc/exact_output@2", "arc/cell_accuracy", "arc/test_nll")
+    ]  # exact@2 first: the question asked
     for r, column in zip(table, ("exact@2", "cell_accuracy", "nll_bits")):
         base, var = (seed_mean(per_output[e], column) for e in ("exp0_encoder_decoder", "exp3_champion"))
         assert float(r["mean_diff"]) == pytest.approx(np.mean([var[k] - base[k] for k in base]), rel=1e-12, abs=1e-15)
@@ -136,9 +173,9 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
     means = summary.split("## Mean +- std")[1].split("## Jobs")[0]
     headers = [line for line in means.splitlines() if line.startswith("| group | n | seeds |")]
     assert [len(h.split("|")) - 5 for h in headers] == [7, 2], headers
-    from experiments.families.arc.task import ArcTask
+    from experiments.families.arc.task import ArcLightningTask
 
-    judged = {ArcTask.primary_metric, *ArcTask.higher_is_better, *ArcTask.lower_is_better}
+    judged = {ArcLightningTask.primary_metric, *ArcLightningTask.higher_is_better, *ArcLightningTask.lower_is_better}
     judged.discard("arc/ttt_train_exact")  # only with test-time training, which these presets do not use
     assert {cell.strip() for h in headers for cell in h.split("|")[4:-1]} == judged
     assert headers[1] in stdout and {"arc/test_nll", "arc/train_exact"} <= set(headers[1].replace(" ", "").split("|"))
@@ -185,7 +222,8 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
     r = run_program("eval.py", f"ckpt={directory}", EVALUATION, cwd=root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert [line.split(" (")[0] for line in r.stdout.splitlines() if line.startswith("[")] == [
-        f"[{n}/4] job {n - 1}" for n in range(1, 5)]
+        f"[{n}/4] job {n - 1}" for n in range(1, 5)
+    ]
     out = directory / "eval" / EVALUATION
     per_output, metrics = {}, {}
     for job in jobs_of(directory):
@@ -214,15 +252,20 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
     record = json.loads(stale.read_text())
     record["checkpoint"]["sha256"] = "0" * 64
     stale.write_text(json.dumps(record))
-    kept = {n: (root / j["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes()
-            for n, j in enumerate(jobs_of(directory)) if n != 2}
+    kept = {
+        n: (root / j["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes()
+        for n, j in enumerate(jobs_of(directory))
+        if n != 2
+    }
     before = (out / "comparisons.csv").read_text()
     r = run_program("eval.py", f"ckpt={directory}", EVALUATION, cwd=root)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = [line for line in r.stdout.splitlines() if line.startswith("[")]
     assert [line.endswith(", kept") for line in lines] == [True, True, False, True]
     for n, content in kept.items():
-        assert (root / jobs_of(directory)[n]["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json").read_bytes() == content
+        assert (
+            root / jobs_of(directory)[n]["run_dir"] / "eval" / EVALUATION / "last" / "metrics.json"
+        ).read_bytes() == content
     assert json.loads(stale.read_text())["metrics"] == metrics["2"]
     assert (out / "comparisons.csv").read_text() == before
     # summarize.py rebuilds the same summary; a misspelt evaluation is refused, naming those there are
@@ -232,7 +275,8 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
     r = in_process("scripts/summarize.py", str(directory), "--eval=task.eval_augmentatons=2", cwd=root)
     assert r.returncode == 2 and one_error_line(r) == (
         f"error: no job of {directory} has an evaluation task.eval_augmentatons=2 (<run dir>/eval/"
-        f"task.eval_augmentatons=2); there are: {EVALUATION}")
+        f"task.eval_augmentatons=2); there are: {EVALUATION}"
+    )
     assert not (directory / "eval" / "task.eval_augmentatons=2").exists()
 
 
@@ -254,11 +298,13 @@ def test_eval_of_a_sweep_does_not_write_where_a_crafted_job_record_points(arc_sw
     assert not (elsewhere / "eval").exists()
     assert r.stdout.count("Done in") == 3
     rows = read_rows(crafted / "eval" / "task.eval_augmentations=3" / "summary.csv")
-    assert [(x["status"], x["error"].startswith(why)) for x in rows] == [("not evaluated", True)] + [("finished", False)] * 3
+    assert [(x["status"], x["error"].startswith(why)) for x in rows] == [("not evaluated", True)] + [
+        ("finished", False)
+    ] * 3
     # an evaluation's files are data: a figure too large for a float and a damaged row are left out, no traceback
     job1 = root / jobs_of(crafted)[1]["run_dir"] / "eval" / "task.eval_augmentations=3" / "last"
     record = json.loads((job1 / "metrics.json").read_text())
-    record["metrics"]["arc/test_nll"] = 10 ** 400  # a JSON integer; float() of it overflows
+    record["metrics"]["arc/test_nll"] = 10**400  # a JSON integer; float() of it overflows
     (job1 / "metrics.json").write_text(json.dumps(record))
     with open(job1 / "per_output.csv", "a") as f:
         f.write("x,not a number,1,1,1,1,1,1,1,poe,0,1\n")

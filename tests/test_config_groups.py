@@ -1,4 +1,5 @@
 """Every option of every config group composes and passes the signature check."""
+
 import pytest
 from hydra import compose, initialize_config_dir
 

@@ -2,6 +2,7 @@
 a missing method, a loss that was never counted, a data module that takes no seed; what is derived instead
 of restated (a monitor's direction, a family's own preflight stages); evaluation owned by the contract
 (training's validation, verify.py and eval.py share evaluation_step and figures)."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -89,8 +90,13 @@ def test_a_familys_own_stages_come_after_the_loading_ones():
         preflight_stages = {"frozen_coverage": lambda ctx: None}
 
     listed = ["config", "frozen_checkpoint", "forward_backward", "gradients"]
-    assert stage_order(listed, Frozen()) == ["config", "frozen_checkpoint", "frozen_coverage", "forward_backward",
-                                             "gradients"]
+    assert stage_order(listed, Frozen()) == [
+        "config",
+        "frozen_checkpoint",
+        "frozen_coverage",
+        "forward_backward",
+        "gradients",
+    ]
     assert stage_order(["config", "forward_backward"], Frozen()) == ["config", "frozen_coverage", "forward_backward"]
     assert stage_order(["frozen_coverage", "config"], Frozen()) == ["frozen_coverage", "config"]  # named: as listed
     assert stage_order(listed, Curve()) == listed
@@ -108,7 +114,8 @@ def test_evaluate_and_evaluate_to_run_the_familys_evaluation(tmp_path):
     task, data = Curve(), Batches(torch.ones(3, 1), torch.zeros(2, 1))
     written = []
     task.evaluation_files = lambda parts, figures, folder, epoch, during_training, datamodule: written.append(
-        (len(parts), figures, folder, epoch, during_training, datamodule))
+        (len(parts), figures, folder, epoch, during_training, datamodule)
+    )
     expected = torch.cat([task.model(torch.ones(3, 1)), task.model(torch.zeros(2, 1))]).pow(2).mean().item()
     assert task.evaluate(data, 4) == {"val/mse": pytest.approx(expected)}
     assert written == [], "evaluate writes nothing"

@@ -1,4 +1,5 @@
 """The data order is a pure function of (seed, epoch), it reaches the sampler, and resumes mid-epoch."""
+
 import torch
 
 from experiments.epoch_sampler import EpochBatchSampler
@@ -33,14 +34,21 @@ def test_mid_epoch_resume_skips_done_batches_only_in_that_epoch():
 def test_the_epoch_reaches_the_sampler_in_a_real_fit(tmp_path):
     import lightning as L
 
-    from experiments.families.ternary.vae_v5_5 import DualVAE
     from experiments.families.ternary.task import TernaryVAETask
+    from experiments.families.ternary.vae_v5_5 import DualVAE
 
     dm = TernaryOpsDataModule(batch_size=4096, seed=0)
     task = TernaryVAETask(DualVAE(), coverage_samples=100)
-    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(task, datamodule=dm)
     assert dm.train_sampler.iterations == [0, 1, 2]
 

@@ -2,6 +2,7 @@
 every epoch's batches and evaluates half of the validation batches (gathered, the figures are those of one
 process evaluating all), one process prints, and a run killed (both processes) after a checkpoint resumes
 to the same weights as a run never stopped."""
+
 import json
 import os
 import signal
@@ -46,15 +47,29 @@ def test_ddp_trains_on_two_processes_and_resumes_exactly(tmp_path):
     last = torch.load(ckpt_dir(whole) / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 3 * STEPS_PER_EPOCH and last["run"]["finished"]
     assert sorted(p.name for p in ckpt_dir(whole).iterdir() if not p.name.startswith(".")) == sorted(
-        ["best-epoch=0003.ckpt", "best-epoch=0003.ckpt.sha256", "epoch=0003.ckpt", "epoch=0003.ckpt.sha256",
-         "last.ckpt", "last.ckpt.sha256"])
+        [
+            "best-epoch=0003.ckpt",
+            "best-epoch=0003.ckpt.sha256",
+            "epoch=0003.ckpt",
+            "epoch=0003.ckpt.sha256",
+            "last.ckpt",
+            "last.ckpt.sha256",
+        ]
+    )
     assert [row["epoch"] for row in last["history"]] == [0, 1, 2]
     # each process evaluated one of the two validation batches at each of the 3 epochs
     assert [(whole / f"parts_rank{k}.txt").read_text().split() for k in (0, 1)] == [["1"] * 3] * 2
 
     # the same run, both processes killed once the first epoch's checkpoint is on disk, then rerun
-    p = subprocess.Popen(train_cmd(*DDP), cwd=killed, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        train_cmd(*DDP),
+        cwd=killed,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     for line in p.stdout:
         if line.startswith("epoch 1/3 |"):
             break
@@ -105,8 +120,17 @@ def test_ddp_jobs_of_a_sweep_land_in_their_own_run_directories_and_a_failed_one_
     must still run the next job and report the failure once."""
     (tmp_path / "stopping.py").write_text(STOPPING)
     guard = "callbacks={guard: {_target_: stopping.StopSeedZero, seed: ${seed}}}"
-    r = run_train("-m", "trainer=ddp", "seed=0,1", guard, *SINE, "trainer.max_epochs=1", cwd=tmp_path,
-                  timeout=600, extra_env={"PYTHONPATH": str(tmp_path)})
+    r = run_train(
+        "-m",
+        "trainer=ddp",
+        "seed=0,1",
+        guard,
+        *SINE,
+        "trainer.max_epochs=1",
+        cwd=tmp_path,
+        timeout=600,
+        extra_env={"PYTHONPATH": str(tmp_path)},
+    )
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("Training sine") == 2 and "1 of 2 jobs finished" in r.stdout
     assert r.stdout.count("error: the guard stopped the run at epoch 1") == 1  # one report for the job, from rank 0

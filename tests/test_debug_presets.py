@@ -1,13 +1,14 @@
 """The debugging switches (`debug=`) and the `callbacks` group: each runs the real program, and early
 stopping ends a run as its last epoch would and resumes exactly (its wait count and best score kept)."""
+
 import signal
 import time
 
 import torch
 import yaml
-
-from conftest import assert_identical, in_process, SINE, start_train
 from test_resume import with_signals
+
+from conftest import SINE, assert_identical, in_process, start_train
 
 
 def history_rows(run) -> int:
@@ -33,11 +34,22 @@ def test_limit_profiler_and_anomaly_presets_run(tmp_path):
     assert "Profiler Report" in (runs / "debug=profiler,trainer.max_epochs=2" / "fit-profile.txt").read_text()
     config = yaml.safe_load((runs / "debug=anomaly,trainer.max_epochs=2" / "run.yaml").read_text())
     assert config["trainer"]["detect_anomaly"] is True
-    assert len(torch.load(runs / "debug=anomaly,trainer.max_epochs=2" / "checkpoints" / "last.ckpt",
-                          weights_only=True)["history"]) == 2
+    assert (
+        len(
+            torch.load(runs / "debug=anomaly,trainer.max_epochs=2" / "checkpoints" / "last.ckpt", weights_only=True)[
+                "history"
+            ]
+        )
+        == 2
+    )
 
 
-OVERFIT = [*SINE, "debug=overfit", "trainer.max_epochs=40", "+callbacks.record._target_=tests.batch_record.FirstBatches"]
+OVERFIT = [
+    *SINE,
+    "debug=overfit",
+    "trainer.max_epochs=40",
+    "+callbacks.record._target_=tests.batch_record.FirstBatches",
+]
 
 
 def recorded(folder) -> dict:
@@ -66,25 +78,33 @@ def test_overfit_trains_on_the_same_few_batches_every_epoch_fits_them_and_resume
     again = in_process("train.py", *OVERFIT, cwd=stopped)
     assert again.returncode == 0 and "Resuming" in again.stdout, again.stdout + again.stderr
     assert recorded(stopped) == batches
-    assert_identical(torch.load(stopped / run.relative_to(whole) / "checkpoints" / "last.ckpt", weights_only=True),
-                     done)
+    assert_identical(
+        torch.load(stopped / run.relative_to(whole) / "checkpoints" / "last.ckpt", weights_only=True), done
+    )
 
 
 def test_an_overfit_run_resumes_exactly_from_an_epochs_end_and_verify_replays_it(tmp_path):
     """debug=overfit resumed from an epoch's end trains the same batches again, not the next ones: every
     epoch draws one order, and the saved position is the fit loop's epoch. verify.py's replay (resume_exact,
     from epoch 3's checkpoint to epoch 4's) builds SameBatches (`replayed = True`) and reproduces the run."""
-    r = in_process("train.py", *SINE, "debug=overfit", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1",
-                   cwd=tmp_path)
+    r = in_process(
+        "train.py", *SINE, "debug=overfit", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (tmp_path / "outputs" / "sine").iterdir()
     v = in_process("verify.py", *SINE[:2], f"ckpt={run}", "stages=[resume_exact]", cwd=tmp_path)
-    assert v.returncode == 0 and "resumed epoch=0003.ckpt for 1 epoch(s): bit-identical" in v.stdout, \
+    assert v.returncode == 0 and "resumed epoch=0003.ckpt for 1 epoch(s): bit-identical" in v.stdout, (
         v.stdout + v.stderr
+    )
 
 
-EARLY = [*SINE, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2",
-         "callbacks.early_stopping.min_delta=0.5"]  # val/r2 never gains 0.5 again after its first epoch
+EARLY = [
+    *SINE,
+    "trainer.max_epochs=30",
+    "callbacks=early_stopping",
+    "callbacks.early_stopping.patience=2",
+    "callbacks.early_stopping.min_delta=0.5",
+]  # val/r2 never gains 0.5 again after its first epoch
 
 
 def test_early_stopping_ends_the_run_and_resumes_exactly(tmp_path):

@@ -2,6 +2,7 @@
 trains, passes verify.py beside an untrained control and evaluates after its one documented step. (Being the
 smallest family, it is also the one the framework's own tests train: resume after SIGKILL in test_resume.py,
 sweeps and their summaries in test_sweep.py.)"""
+
 import json
 import shutil
 import subprocess
@@ -44,8 +45,9 @@ def test_a_run_ends_with_what_it_achieved(trained):
     history = final(run)["history"]
     best = max(history, key=lambda row: row["val/r2"])
     assert "Done: sine, 30 epochs, " in r.stdout
-    assert (f"val/r2: final {history[-1]['val/r2']:.4g} (epoch 30), best {best['val/r2']:.4g} "
-            f"(epoch {best['epoch'] + 1})") in r.stdout
+    assert (
+        f"val/r2: final {history[-1]['val/r2']:.4g} (epoch 30), best {best['val/r2']:.4g} (epoch {best['epoch'] + 1})"
+    ) in r.stdout
 
 
 def on_a_terminal(args: list[str], cwd) -> tuple[int, str]:
@@ -128,8 +130,9 @@ def test_a_family_package_that_is_not_importable_is_named(trained, tmp_path):
     for key in ("model", "data", "task"):
         ckpt["config"][key]["_target_"] = ckpt["config"][key]["_target_"].replace("examples.sine.", "elsewhere_sine.")
     save_checkpoint(ckpt, tmp_path / "moved.ckpt")
-    r = run_program("verify.py", "--config-dir", str(conf), f"ckpt={tmp_path / 'moved.ckpt'}", cwd=tmp_path,
-                    process=True)
+    r = run_program(
+        "verify.py", "--config-dir", str(conf), f"ckpt={tmp_path / 'moved.ckpt'}", cwd=tmp_path, process=True
+    )
     assert r.returncode == 2
     line = one_error_line(r)
     assert "no package 'elsewhere_sine' on the Python path" in line and "no longer matches" not in line, line

@@ -7,6 +7,7 @@
   scripts, which drive the framework from outside as a user does) import the framework only through its
   public module, `experiments.family`, and no other family.
 """
+
 import ast
 import io
 import re
@@ -19,12 +20,18 @@ from conftest import ROOT
 
 SRC = ROOT / "src" / "experiments"
 FAMILIES = sorted(p for p in (SRC / "families").iterdir() if p.is_dir() and (p / "conf").is_dir())
-FRAMEWORK = sorted([*(p for p in SRC.rglob("*.py") if "families" not in p.relative_to(SRC).parts),
-                    *(ROOT / "src" / "hydra_plugins").rglob("*.py")])
+FRAMEWORK = sorted(
+    [
+        *(p for p in SRC.rglob("*.py") if "families" not in p.relative_to(SRC).parts),
+        *(ROOT / "src" / "hydra_plugins").rglob("*.py"),
+    ]
+)
 FRAMEWORK_CONF = sorted((SRC / "conf").rglob("*.yaml"))
 # a family's own modules; its tests and scripts drive the framework from outside, as a user does
-FAMILY_CODE = {family.name: sorted(p for p in family.rglob("*.py") if not {"tests", "scripts"} & set(p.parts))
-               for family in FAMILIES}
+FAMILY_CODE = {
+    family.name: sorted(p for p in family.rglob("*.py") if not {"tests", "scripts"} & set(p.parts))
+    for family in FAMILIES
+}
 FAMILY_CODE["sine (examples)"] = sorted((ROOT / "examples" / "sine").rglob("*.py"))
 PUBLIC = "experiments.family"
 
@@ -59,10 +66,16 @@ def imported_modules(path: Path) -> set[str]:
 def code_without_prose(path: Path) -> str:
     """The module's tokens but its comments and docstrings (string statements)."""
     text = path.read_text()
-    docstrings = {(n.value.lineno, n.value.col_offset) for n in ast.walk(ast.parse(text))
-                  if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)}
-    kept = [tok.string for tok in tokenize.generate_tokens(io.StringIO(text).readline)
-            if tok.type != tokenize.COMMENT and not (tok.type == tokenize.STRING and tok.start in docstrings)]
+    docstrings = {
+        (n.value.lineno, n.value.col_offset)
+        for n in ast.walk(ast.parse(text))
+        if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+    }
+    kept = [
+        tok.string
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.type != tokenize.COMMENT and not (tok.type == tokenize.STRING and tok.start in docstrings)
+    ]
     return " ".join(kept).lower()
 
 
@@ -74,7 +87,10 @@ def test_the_rule_sees_every_file_and_every_family():
     assert len(FRAMEWORK) > 25 and FRAMEWORK_CONF and {f.name for f in FAMILIES} == {"arc", "ternary", "video"}
     assert all(FAMILY_CODE.values())
     assert {"arc", "exp3_champion", "dualvae", "coverage/recon_a", "val/psnr", "magvit"} <= set(WORDS)
-    assert named_families("from experiments.families.arc import x; m = 'coverage/recon_a'") == ["arc", "coverage/recon_a"]
+    assert named_families("from experiments.families.arc import x; m = 'coverage/recon_a'") == [
+        "arc",
+        "coverage/recon_a",
+    ]
     assert named_families("search archive recoverage") == []
 
 
@@ -98,7 +114,16 @@ def test_the_framework_config_names_no_family(path):
 @pytest.mark.parametrize("family", sorted(FAMILY_CODE))
 def test_a_family_imports_the_framework_only_through_its_public_module(family):
     own = f"experiments.families.{family}"
-    wrong = sorted({f"{p.name}: {m}" for p in FAMILY_CODE[family] for m in imported_modules(p)
-                    if m.startswith("experiments") and m != PUBLIC and not m.startswith(PUBLIC + ".") and m != own
-                    and not m.startswith(own + ".")})
+    wrong = sorted(
+        {
+            f"{p.name}: {m}"
+            for p in FAMILY_CODE[family]
+            for m in imported_modules(p)
+            if m.startswith("experiments")
+            and m != PUBLIC
+            and not m.startswith(PUBLIC + ".")
+            and m != own
+            and not m.startswith(own + ".")
+        }
+    )
     assert not wrong, f"{family} imports private framework modules or another family: {wrong}"

@@ -2,11 +2,12 @@
 tiny sizes, so that it cannot rot before then. Its programs run inside the test process (conftest.in_process:
 a process start costs about 10 s here), but for the run it stops with SIGTERM; the commands' own processes,
 their time limits and the refusal without a GPU run as they would there."""
+
 import json
 import subprocess
 import sys
 
-from conftest import env, in_process, InProcessTimeout, ROOT
+from conftest import ROOT, InProcessTimeout, env, in_process
 
 CHECK = [sys.executable, str(ROOT / "scripts" / "gpu_check.py")]
 
@@ -54,13 +55,20 @@ def test_the_cpu_path_runs_every_part_and_writes_its_figures(tmp_path, monkeypat
 
 
 def test_a_part_past_its_limit_is_stopped_and_the_figures_kept(tmp_path):
-    r = subprocess.run([*CHECK, "--device", "cpu", "--out", str(tmp_path), "--parts", "ddp", "--budget", "2"],
-                       env=env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*CHECK, "--device", "cpu", "--out", str(tmp_path), "--parts", "ddp", "--budget", "2"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "ddp: stopped at its limit (2 s)" in r.stdout, r.stdout + r.stderr
     assert json.loads((tmp_path / "figures.json").read_text())["parts"]["ddp"]["status"] == "stopped at its limit (2 s)"
     assert "[killed at its part's time limit after 2 s]" in (tmp_path / "log.txt").read_text()
     # asked for the GPU on a machine without one: one line, exit 2, nothing run
     r = subprocess.run([*CHECK, "--out", str(tmp_path / "gpu")], env=env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip() == "error: no CUDA device here; the same parts at tiny sizes on " \
-                                                     "the CPU: --device cpu", r.stderr
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == "error: no CUDA device here; the same parts at tiny sizes on the CPU: --device cpu"
+    ), r.stderr
     assert not (tmp_path / "gpu").exists()

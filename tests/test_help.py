@@ -1,5 +1,6 @@
 """`--help` of each program: what it does, the commands to type, the groups it takes (no internal ones) and
 its keys; verify.py's stages. Printed without importing torch or Lightning."""
+
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 
 
 def help_of(program: str, *args: str) -> str:
-    r = subprocess.run([sys.executable, str(ROOT / program), *args, "--help"], capture_output=True, text=True,
-                       env=env(), timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / program), *args, "--help"], capture_output=True, text=True, env=env(), timeout=60
+    )
     assert r.returncode == 0 and not r.stderr, r.stderr
     return r.stdout
 
@@ -51,7 +53,8 @@ def test_verify_help_lists_its_stages_not_trains_groups():
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_eval_help(flag):
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), flag], capture_output=True, text=True, env=env(),
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), flag], capture_output=True, text=True, env=env(), timeout=60
+    )
     assert r.returncode == 0 and r.stdout.startswith("eval.py: Evaluate a checkpoint")
     assert "data=GROUP" in r.stdout and "arc_small" in r.stdout and "task.KEY=VALUE" in r.stdout

@@ -2,6 +2,7 @@
 a rerun of the same command, verify.py or eval.py write outside it, hang, or take gigabytes. Every plant is
 refused in one `error:` line, exit 2, with everything outside unchanged. Runs whose danger is memory run with
 the address space capped at 1 GiB above what the test process holds; every run is stopped past 60 s."""
+
 import os
 import re
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import in_process, one_error_line, SINE
+from conftest import SINE, in_process, one_error_line
 from experiments.checkpoint.io import save_checkpoint
 
 ARGS = [*SINE, "trainer.max_epochs=2", "checkpoint.every_n_epochs=1"]
@@ -185,8 +186,11 @@ def test_verify_replays_without_the_stored_profiler_or_its_paths(plant):
     """A stored config may name the registered SimpleProfiler with a folder outside: the replay builds its
     trainer from the framework's own settings, so nothing is created there."""
     cwd, run, outside = plant
-    profiler = {"_target_": "lightning.pytorch.profilers.SimpleProfiler", "dirpath": str(outside / "profiled"),
-                "filename": "profile"}
+    profiler = {
+        "_target_": "lightning.pytorch.profilers.SimpleProfiler",
+        "dirpath": str(outside / "profiled"),
+        "filename": "profile",
+    }
     for ckpt in (run / "checkpoints").glob("*.ckpt"):
         rewritten(ckpt, lambda c: c["config"]["trainer"].update(profiler=profiler))
     r = program("verify.py", *SINE[:2], f"ckpt={run}", "stages=[resume_exact]", cwd=cwd)

@@ -1,5 +1,6 @@
 """The test suite's own runner of programs inside the test process (conftest.in_process): a program that runs
 past its time stops and fails the test instead of hanging its worker, and the process is put back."""
+
 import signal
 
 import pytest

@@ -1,9 +1,10 @@
 """init_from=PATH: a new run starts from another run's weights, checked before training: the same task,
 weights that fit (or init_strict=false, naming what is left out); never a resume of that run."""
+
 import pytest
 import torch
 
-from conftest import in_process, one_error_line, SINE
+from conftest import SINE, in_process, one_error_line
 from experiments.checkpoint.io import save_checkpoint
 
 
@@ -17,8 +18,15 @@ def source(tmp_path_factory):
 
 def test_a_run_starts_from_the_given_weights(source, tmp_path):
     # lr 0: the one epoch changes nothing, so the new run's weights are the ones it started from
-    r = in_process("train.py", *SINE, f"init_from={source}", "task.lr=0", "trainer.max_epochs=1",
-                   "validation.preflight=[config]", cwd=tmp_path)  # (the optimizer_step stage refuses lr 0)
+    r = in_process(
+        "train.py",
+        *SINE,
+        f"init_from={source}",
+        "task.lr=0",
+        "trainer.max_epochs=1",
+        "validation.preflight=[config]",
+        cwd=tmp_path,
+    )  # (the optimizer_step stage refuses lr 0)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"Initialised from {source / 'checkpoints' / 'last.ckpt'} (epoch 3" in r.stdout
     (run,) = (tmp_path / "outputs" / "sine").iterdir()

@@ -1,5 +1,6 @@
 """What Lightning and its loggers expect of a checkpoint callback, and the run's history.csv: a run
 built exactly as train.py builds it (assemble.py), fitted in this process."""
+
 import csv
 
 import pytest
@@ -28,8 +29,13 @@ class RecordingLogger(Logger):
         pass
 
     def after_save_checkpoint(self, checkpoint_callback):
-        self.saves.append((checkpoint_callback.last_model_path, checkpoint_callback.best_model_path,
-                           checkpoint_callback.best_model_score))
+        self.saves.append(
+            (
+                checkpoint_callback.last_model_path,
+                checkpoint_callback.best_model_path,
+                checkpoint_callback.best_model_score,
+            )
+        )
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +43,17 @@ def fitted(tmp_path_factory):
     register()
     run_dir = tmp_path_factory.mktemp("run")
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=ternary_v5_5", "logger=none", "data.batch_size=256",
-                                          "task.coverage_samples=2000", "trainer.max_epochs=3",
-                                          "trainer.enable_progress_bar=false"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=ternary_v5_5",
+                "logger=none",
+                "data.batch_size=256",
+                "task.coverage_samples=2000",
+                "trainer.max_epochs=3",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
     datamodule, model, task = build(cfg)
     trainer, policy = build_trainer(cfg, run_dir, plain_config(cfg), task)
     recorder = RecordingLogger()
@@ -56,8 +70,10 @@ def test_history_csv_rows_equal_the_checkpoint_history(fitted):
     for row, expected in zip(rows, history):
         assert set(row) == set(expected)
         # epochs as users count them (from 1); inside a checkpoint they count as Lightning does (from 0)
-        assert {k: float(v) for k, v in row.items()} == {**{k: float(v) for k, v in expected.items()},
-                                                         "epoch": expected["epoch"] + 1.0}
+        assert {k: float(v) for k, v in row.items()} == {
+            **{k: float(v) for k, v in expected.items()},
+            "epoch": expected["epoch"] + 1.0,
+        }
 
 
 def test_validate_with_ckpt_path_best_loads_the_best_checkpoint(fitted):

@@ -4,11 +4,12 @@ verify.py replays it so); verify.py, eval.py and predict.py evaluate a checkpoin
 run validated in (eval.py's figures equal the run's last epoch's, which full precision would not give);
 ARC's cached decoding, test-time training and product of experts under autocast; MAGVIT-v2's quantizer in
 full precision."""
+
 import json
 
 import torch
 
-from conftest import assert_identical, in_process, killed_then_rerun, run_name, SINE
+from conftest import SINE, assert_identical, in_process, killed_then_rerun, run_name
 
 BF16 = "trainer.precision=bf16-mixed"
 ARGS = [*SINE, f"data.train_points={128 * 64}", "trainer.max_epochs=3", "checkpoint.every_n_epochs=1", BF16]
@@ -71,9 +72,20 @@ def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_expert
     (test-time training 2 steps, 2 views, product of experts) and eval.py's of the same checkpoint under the
     run's precision: every figure equal (before, test-time training's steps read autocast's cache of the
     weights before each update); cached and uncached decoding under autocast spell the same tokens."""
-    args = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=2", "trainer.max_epochs=5", "logger=none",
-            "checkpoint.every_n_epochs=1", "task.eval_every_n_epochs=5", "task.eval_augmentations=2",
-            "task.ranking=poe", "task.ttt.steps=2", "trainer.enable_progress_bar=false", BF16]
+    args = [
+        "experiment=exp3_champion",
+        "data=arc_tiny",
+        "data.batch_size=2",
+        "trainer.max_epochs=5",
+        "logger=none",
+        "checkpoint.every_n_epochs=1",
+        "task.eval_every_n_epochs=5",
+        "task.eval_augmentations=2",
+        "task.ranking=poe",
+        "task.ttt.steps=2",
+        "trainer.enable_progress_bar=false",
+        BF16,
+    ]
     run = killed_bf16_run_resumes(args, "exp3_champion", tmp_path, delay=0.5)
     pairs = evaluated_as_trained(run, tmp_path)
     assert pairs["arc/ttt_train_exact"] and all(a == b for a, b in pairs.values()), pairs
@@ -87,9 +99,17 @@ def test_arc_under_bf16_resumes_and_its_test_time_training_and_product_of_expert
 
 
 def test_ternary_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
-    args = ["experiment=ternary_v5_5", "logger=none", "data.batch_size=512", "task.coverage_samples=200",
-            "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "+trainer.limit_train_batches=4",
-            "checkpoint.every_n_epochs=1", BF16]
+    args = [
+        "experiment=ternary_v5_5",
+        "logger=none",
+        "data.batch_size=512",
+        "task.coverage_samples=200",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "checkpoint.every_n_epochs=1",
+        BF16,
+    ]
     run = killed_bf16_run_resumes(args, "ternary_v5_5", tmp_path, delay=0.5)
     pairs = evaluated_as_trained(run, tmp_path)
     assert all(a == b for a, b in pairs.values()), pairs
@@ -97,9 +117,19 @@ def test_ternary_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
 
 def test_video_under_bf16_resumes_and_evaluates_as_it_trained(tmp_path):
     """MAGVIT-v2 (its quantizer in float32 inside the autocast)."""
-    args = ["experiment=magvit_v2", "logger=none", "trainer.enable_progress_bar=false", "data.frames=5", "data.size=8",
-            "data.train_clips=8", "data.val_clips=4", "data.batch_size=4", "trainer.max_epochs=3",
-            "checkpoint.every_n_epochs=1", BF16]
+    args = [
+        "experiment=magvit_v2",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "data.frames=5",
+        "data.size=8",
+        "data.train_clips=8",
+        "data.val_clips=4",
+        "data.batch_size=4",
+        "trainer.max_epochs=3",
+        "checkpoint.every_n_epochs=1",
+        BF16,
+    ]
     run = killed_bf16_run_resumes(args, "magvit_v2", tmp_path, delay=0.3)
     pairs = evaluated_as_trained(run, tmp_path)
     assert all(a == b for a, b in pairs.values()), pairs

@@ -1,6 +1,7 @@
 """logger=mlflow: a local store under the run directory (no server), one MLflow run per run directory across a
 SIGKILL and the resume, the run's name and directory tag, the config as parameters and whole, every epoch's
 figures, the pictures as images."""
+
 import importlib.util
 import signal
 import time
@@ -8,18 +9,29 @@ import time
 import torch
 import yaml
 
-from conftest import in_process, one_error_line, ROOT, run_train, start_train, wait_for
-from experiments.loggers import MLFlowLogger, RUN_DIR_TAG, stable_id
+from conftest import ROOT, in_process, one_error_line, run_train, start_train, wait_for
+from experiments.loggers import RUN_DIR_TAG, MLFlowLogger, stable_id
 
-ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "logger=mlflow",
-        "trainer.max_epochs=40", "trainer.enable_progress_bar=false"]
+ARGS = [
+    "--config-dir",
+    str(ROOT / "examples" / "sine" / "conf"),
+    "experiment=sine",
+    "logger=mlflow",
+    "trainer.max_epochs=40",
+    "trainer.enable_progress_bar=false",
+]
 FINISHED = 3  # MLflow's RunStatus.FINISHED, as its file store writes it
 
 
 def runs_in(store):
     """{run id: run folder} of every run in a file store's experiments."""
-    return {r.name: r for e in store.iterdir() if e.is_dir() and e.name not in (".trash", "0")
-            for r in e.iterdir() if r.is_dir()}
+    return {
+        r.name: r
+        for e in store.iterdir()
+        if e.is_dir() and e.name not in (".trash", "0")
+        for r in e.iterdir()
+        if r.is_dir()
+    }
 
 
 def logged(run_folder, key) -> list[tuple[int, float]]:
@@ -94,8 +106,10 @@ def test_without_mlflow_a_run_is_refused_in_one_line_before_anything_runs(tmp_pa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     r = in_process("train.py", *ARGS, cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert one_error_line(r) == ("error: logger: experiments.loggers.MLFlowLogger needs mlflow, which is not "
-                                 "installed: pip install -e '.[mlflow]' (or pip install mlflow-skinny)")
+    assert one_error_line(r) == (
+        "error: logger: experiments.loggers.MLFlowLogger needs mlflow, which is not "
+        "installed: pip install -e '.[mlflow]' (or pip install mlflow-skinny)"
+    )
     assert "preflight" not in r.stdout and not (tmp_path / "outputs").exists()  # refused before anything ran
 
 
@@ -111,15 +125,24 @@ def test_the_pictures_a_logger_gets_are_the_runs_not_the_loggers_own_copies(tmp_
     again, and the store would grow with the square of the epochs."""
     from experiments.callbacks import LoggerReport
 
-    for name in ("fit.png", "reconstructions/epoch=0001.png", "mlruns/1/abc/artifacts/images/fit+step+3.png",
-                 "wandb/offline-run-x/files/media/images/fit_3.png", "tensorboard/x.png", "superseded/t/fit.png",
-                 "checkpoints/x.png", "eval/own/last/fit.png"):
+    for name in (
+        "fit.png",
+        "reconstructions/epoch=0001.png",
+        "mlruns/1/abc/artifacts/images/fit+step+3.png",
+        "wandb/offline-run-x/files/media/images/fit_3.png",
+        "tensorboard/x.png",
+        "superseded/t/fit.png",
+        "checkpoints/x.png",
+        "eval/own/last/fit.png",
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(png_header(64, 48))
     (tmp_path / "huge.png").write_bytes(png_header(9000, 9000))  # 81 M pixels declared in 24 bytes: left out
     report = LoggerReport(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in report._new_pictures()] == [
-        "fit.png", "reconstructions/epoch=0001.png"]
+        "fit.png",
+        "reconstructions/epoch=0001.png",
+    ]
     assert report._new_pictures() == []  # each picture once, until it is drawn again
 
 

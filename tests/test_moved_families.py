@@ -2,6 +2,7 @@
 under the old paths, `experiments.models...`, `experiments.tasks...`) still verify, evaluate and resume:
 each family's `conf/renamed_targets.yaml` maps the old paths to the current ones, through the same check
 every stored config passes (untrusted.py)."""
+
 import shutil
 
 import torch
@@ -33,8 +34,9 @@ def test_an_old_checkpoint_verifies_and_evaluates(ternary_run, tmp_path):
     ckpt["config"] = as_before(ckpt["config"], old)
     assert ckpt["config"]["model"]["_target_"] == "experiments.models.ternary_vae_v5_5.DualVAE"
     save_checkpoint(ckpt, tmp_path / "old.ckpt")
-    r = run_program("verify.py", f"ckpt={tmp_path / 'old.ckpt'}", "stages=[loadable,restorable,predicts,metrics]",
-                    cwd=tmp_path)
+    r = run_program(
+        "verify.py", f"ckpt={tmp_path / 'old.ckpt'}", "stages=[loadable,restorable,predicts,metrics]", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     e = run_program("eval.py", f"ckpt={tmp_path / 'old.ckpt'}", f"out={tmp_path / 'eval'}", cwd=tmp_path)
     assert e.returncode == 0, e.stdout + e.stderr
@@ -49,7 +51,13 @@ def test_an_old_run_directory_is_recognised_as_the_same_run(ternary_run, tmp_pat
     stored = yaml.safe_load((run / "run.yaml").read_text())
     (run / "run.yaml").write_text(yaml.safe_dump(as_before(stored, old_paths()), sort_keys=False))
     assert "experiments.tasks.ternary.TernaryVAETask" in (run / "run.yaml").read_text()
-    r = in_process("train.py", *FAST, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
-                           "task.coverage_samples=19683", cwd=tmp_path)  # (trains nothing: the run is complete)
+    r = in_process(
+        "train.py",
+        *FAST,
+        "trainer.max_epochs=6",
+        "checkpoint.every_n_epochs=2",
+        "task.coverage_samples=19683",
+        cwd=tmp_path,
+    )  # (trains nothing: the run is complete)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Run already complete (epoch 6)" in r.stdout

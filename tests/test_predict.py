@@ -2,6 +2,7 @@
 new inputs predicted through the real program, the same predictions in Python, Lightning's
 `load_from_checkpoint`; a family that does not predict, and bad input, get one line, exit 2, nothing written.
 (Each built-in family's predictions against its own evaluation: its tests/.)"""
+
 import csv
 import json
 import shutil
@@ -9,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import in_process, one_error_line, ROOT, SINE, SINE_CONF
+from conftest import ROOT, SINE, SINE_CONF, in_process, one_error_line
 
 RUN = ["trainer.max_epochs=3"]
 
@@ -52,7 +53,7 @@ def test_predict_writes_the_models_answers_and_load_run_gives_the_same(sine_run,
     record = json.loads((out / "prediction.json").read_text())
     assert record["predictions"] == 5 and record["files"] == ["predictions.csv"] and record["checkpoint"]["epoch"] == 3
     assert record["input"]["resolved"] == str((tmp_path / "xs.txt").resolve())
-    assert f"5 predictions in " in r.stdout and "predictions.csv, prediction.json" in r.stdout
+    assert "5 predictions in " in r.stdout and "predictions.csv, prediction.json" in r.stdout
 
     from experiments import load_run
 
@@ -92,7 +93,8 @@ def test_a_family_that_does_not_predict_is_one_line(tmp_path, monkeypatch):
         "class QuietTask(SineTask):  # predicts nothing: the contract's own (unimplemented) methods\n"
         "    prediction_data = ExperimentTask.prediction_data\n"
         "    prediction_step = ExperimentTask.prediction_step\n"
-        "    prediction_files = ExperimentTask.prediction_files\n")
+        "    prediction_files = ExperimentTask.prediction_files\n"
+    )
     task_yaml = conf / "task" / "sine.yaml"
     task_yaml.write_text(task_yaml.read_text().replace("examples.sine.task.SineTask", "quiet.task.QuietTask"))
     monkeypatch.syspath_prepend(str(tmp_path))  # its package importable, as PYTHONPATH would make it
@@ -126,13 +128,16 @@ def test_a_family_predicting_in_part_is_named():
     assert ExperimentTask.prediction_gaps() == ["prediction_data", "prediction_step", "prediction_files"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["input=nowhere.txt"], "input=nowhere.txt does not exist; give a file or folder of inputs"),
-    (["ckpt=nowhere.ckpt"], "nowhere.ckpt does not exist"),
-    (["input=bad.txt"], "data: bad.txt: 'x=1' is not a number; give x values separated by commas or spaces"),
-    (["input=empty.txt"], "data: empty.txt: give at least one x value, every one finite"),
-    (["task.lr=1"], "task.lr is not an evaluation setting of examples.sine.task.SineTask"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["input=nowhere.txt"], "input=nowhere.txt does not exist; give a file or folder of inputs"),
+        (["ckpt=nowhere.ckpt"], "nowhere.ckpt does not exist"),
+        (["input=bad.txt"], "data: bad.txt: 'x=1' is not a number; give x values separated by commas or spaces"),
+        (["input=empty.txt"], "data: empty.txt: give at least one x value, every one finite"),
+        (["task.lr=1"], "task.lr is not an evaluation setting of examples.sine.task.SineTask"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(sine_run, args, message):
     root, run = sine_run
     (root / "bad.txt").write_text("1 x=1\n")

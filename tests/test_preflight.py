@@ -1,16 +1,17 @@
 """Each preflight stage fails for the reason it exists; train.py stops before any training."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import in_process, SINE
-from experiments.families.ternary.data import TernaryOpsDataModule
+from conftest import SINE, in_process
 from experiments.errors import UserError
+from experiments.families.ternary.data import TernaryOpsDataModule
+from experiments.families.ternary.task import TernaryVAETask
 from experiments.families.ternary.vae_v5_5 import DualVAE
 from experiments.stages.config_check import check_config
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext
 from experiments.stages.registry import run_stages
-from experiments.families.ternary.task import TernaryVAETask
 
 
 def ctx(task=None):

@@ -1,6 +1,7 @@
 """Exact resume: a run killed at any moment and restarted with the same command ends bit-identical
 to a run never stopped; SIGTERM and Ctrl-C save a checkpoint first; a second launch of a running run is
 refused; a damaged last checkpoint or a failed write loses nothing that was written before."""
+
 import csv
 import json
 import os
@@ -13,15 +14,26 @@ import sys
 import pytest
 import torch
 
-from conftest import (ROOT, SINE, assert_identical, env, in_process, killed_then_rerun, options_first, run_name,
-                      run_program, run_train, start_train, wait_for)
+from conftest import (
+    ROOT,
+    SINE,
+    assert_identical,
+    env,
+    in_process,
+    killed_then_rerun,
+    options_first,
+    run_name,
+    run_program,
+    run_train,
+    start_train,
+    wait_for,
+)
 from experiments.checkpoint.io import read_intact
 
 # The smallest family, 128 steps an epoch: long enough for a kill to land inside one.
 STEPS = 128
 ARGS = [*SINE, f"data.train_points={STEPS * 64}", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]
 RUN = "outputs/sine/" + run_name(ARGS)
-
 
 
 def final_state(root, run=RUN, last_epoch=3):
@@ -74,19 +86,28 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def with_signals(*args, epoch, batch=-1, signals=("SIGINT",), cwd):
     """train.py, with `signals` sent in epoch `epoch` (1-based) before its batch `batch` (or as it validates)."""
-    return subprocess.run([sys.executable, "-c", SIGNALS_AT, str(ROOT / "train.py"), *options_first(args)], cwd=cwd,
-                          env={**env(), "SIGNAL_EPOCH": str(epoch), "SIGNAL_BATCH": str(batch),
-                               "SIGNALS": ",".join(signals)}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SIGNALS_AT, str(ROOT / "train.py"), *options_first(args)],
+        cwd=cwd,
+        env={**env(), "SIGNAL_EPOCH": str(epoch), "SIGNAL_BATCH": str(batch), "SIGNALS": ",".join(signals)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("signals, code, said", [
-    (["SIGTERM"], 143, "SIGTERM: saved "),
-    (["SIGINT", "SIGINT"], 130, "interrupted in epoch "),  # Ctrl-C pressed twice: the save goes on
-], ids=["sigterm", "ctrl_c"])
+@pytest.mark.parametrize(
+    "signals, code, said",
+    [
+        (["SIGTERM"], 143, "SIGTERM: saved "),
+        (["SIGINT", "SIGINT"], 130, "interrupted in epoch "),  # Ctrl-C pressed twice: the save goes on
+    ],
+    ids=["sigterm", "ctrl_c"],
+)
 def test_a_stop_signal_saves_mid_epoch_and_resumes_exactly(tmp_path, reference, signals, code, said):
     r = with_signals(*ARGS, epoch=2, batch=50, signals=signals, cwd=tmp_path)
     assert r.returncode == code, r.stdout + r.stderr
-    (line,) = [l for l in r.stdout.splitlines() if l.startswith(said)]
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith(said)]
     last = tmp_path / RUN / "checkpoints" / "last.ckpt"
     assert "checkpoints/last.ckpt" in line and "rerun the same command to resume" in line
     assert read_intact(last)[1] is None, "the saved checkpoint is whole and matches its sidecar"
@@ -112,9 +133,10 @@ def test_a_kill_between_a_checkpoints_two_renames_loses_nothing(tmp_path, refere
     assert r.returncode == 143, r.stdout + r.stderr
     folder = tmp_path / RUN / "checkpoints"
     new_sidecar = (folder / "last.ckpt.sha256").read_bytes()
-    (folder / f".last.ckpt.sha256.tmp-{2 ** 22 + 7}-{socket.gethostname()}").write_bytes(new_sidecar)
-    (folder / "last.ckpt.sha256").write_bytes((folder / "epoch=0001.ckpt.sha256").read_bytes()
-                                              .replace(b"epoch=0001.ckpt", b"last.ckpt"))  # the one it replaced
+    (folder / f".last.ckpt.sha256.tmp-{2**22 + 7}-{socket.gethostname()}").write_bytes(new_sidecar)
+    (folder / "last.ckpt.sha256").write_bytes(
+        (folder / "epoch=0001.ckpt.sha256").read_bytes().replace(b"epoch=0001.ckpt", b"last.ckpt")
+    )  # the one it replaced
     again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "completed the write of last.ckpt that a kill cut between its two renames" in again.stdout
@@ -178,8 +200,10 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, reference):
     proc.wait()
     assert f"PID {proc.pid} on " in (tmp_path / RUN / ".lock").read_text()  # left behind by the dead process
     run, host = tmp_path / RUN, socket.gethostname()
-    stale = [run / "checkpoints" / f".last.ckpt.tmp-{proc.pid}-{host}",  # as writes killed mid-way leave them
-             run / "validation" / f".per_output_epoch=0002.csv.tmp-{proc.pid}-{host}"]
+    stale = [
+        run / "checkpoints" / f".last.ckpt.tmp-{proc.pid}-{host}",  # as writes killed mid-way leave them
+        run / "validation" / f".per_output_epoch=0002.csv.tmp-{proc.pid}-{host}",
+    ]
     running_eval = run / "eval" / "own" / "last" / f".metrics.json.tmp-{os.getpid()}-{host}"  # an eval.py at work
     for path in [*stale, running_eval]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +226,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, 
         f.write(b"\xff" * 64)
     again = in_process("train.py", *ARGS, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    (warning,) = [l for l in again.stdout.splitlines() if l.startswith("warning: damaged checkpoint")]
+    (warning,) = [x for x in again.stdout.splitlines() if x.startswith("warning: damaged checkpoint")]
     # last.ckpt is a hard link of the final epoch's file: both carry the damage; epoch 3's is the newest intact
     assert "last.ckpt: its sha256 differs" in warning or "last.ckpt: is not a readable checkpoint" in warning
     assert "Resuming from epoch=0003.ckpt" in warning
@@ -243,8 +267,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def on_a_full_disk(program, at, *args, cwd):
-    return subprocess.run([sys.executable, "-c", FULL_DISK, str(ROOT / program), *options_first(args)], cwd=cwd,
-                          env={**env(), "FULL_AT": at}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(ROOT / program), *options_first(args)],
+        cwd=cwd,
+        env={**env(), "FULL_AT": at},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # The third epoch's checkpoint, or its sidecar once the checkpoint's bytes are written: either way nothing is renamed
@@ -252,7 +282,7 @@ def on_a_full_disk(program, at, *args, cwd):
 def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(tmp_path, reference, at):
     r = on_a_full_disk("train.py", at, *ARGS, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
-    (line,) = [l for l in r.stdout.splitlines() if l.startswith("error:")]
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("error:")]
     assert f"{at}: No space left on device" in line and "last good checkpoint" in line
     assert "(epoch 2)" in line and "Traceback" not in r.stdout + r.stderr
     run = tmp_path / RUN
@@ -295,8 +325,9 @@ def test_a_full_disk_outside_the_fit_is_one_line_too(tmp_path, reference_dir):
     reports.mkdir(exist_ok=True)
     killed = reports / f".last.json.tmp-{ended.pid}-{socket.gethostname()}"
     killed.write_bytes(b"half")
-    checked = run_program("verify.py", *SINE[:2], f"ckpt={run}/checkpoints/last.ckpt", "stages=[loadable]",
-                          cwd=reference_dir)
+    checked = run_program(
+        "verify.py", *SINE[:2], f"ckpt={run}/checkpoints/last.ckpt", "stages=[loadable]", cwd=reference_dir
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert sorted(p.name for p in reports.iterdir()) == ["last.json", "last.md"]
 
@@ -305,7 +336,7 @@ def test_a_full_disk_at_a_sweeps_summary_is_one_line_and_exit_1(tmp_path):
     one_epoch = [a if a != "trainer.max_epochs=4" else "trainer.max_epochs=1" for a in ARGS]
     r = on_a_full_disk("train.py", "summary.md", "-m", *one_epoch, "seed=0,1", cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr  # Hydra alone would have made it a warning, and exit 0
-    (line,) = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert "summary.md: No space left on device" in line and "Traceback" not in r.stdout + r.stderr, r.stderr
     records = [json.loads(p.read_text()) for p in tmp_path.glob("outputs/sweeps/*/jobs/*.json")]
     assert sorted((r["num"], r["status"]) for r in records) == [(0, "finished"), (1, "finished")]

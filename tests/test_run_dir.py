@@ -1,7 +1,8 @@
 """Run identity: the same command finds the same directory; it resumes, reports completion, or refuses."""
+
 import torch
 
-from conftest import in_process, run_name, SINE
+from conftest import SINE, in_process, run_name
 
 ARGS = [*SINE, "trainer.max_epochs=2"]
 

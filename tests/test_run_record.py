@@ -1,12 +1,18 @@
 """What a run leaves to read: train.log (the console as plain lines), the composed config and overrides in
 .hydra/, and a closing summary that names every file; output that reads well when it is not a terminal."""
+
 import yaml
 
 from conftest import ROOT, run_train
 from experiments.console import PlainLines, plain
 
-ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "trainer.max_epochs=3",
-        "logger.tags=[record]"]  # the default logger (wandb, offline), whose own lines are coloured on a terminal
+ARGS = [
+    "--config-dir",
+    str(ROOT / "examples" / "sine" / "conf"),
+    "experiment=sine",
+    "trainer.max_epochs=3",
+    "logger.tags=[record]",
+]  # the default logger (wandb, offline), whose own lines are coloured on a terminal
 
 
 def test_plain_keeps_a_lines_last_state_without_escape_codes():
@@ -67,8 +73,11 @@ def test_a_run_keeps_its_console_config_and_overrides_and_names_its_files(tmp_pa
     console = r.stdout + r.stderr
     # not a terminal (a pipe): no bars redrawn, no colours, an epoch a line
     assert "\r" not in console and "\x1b" not in console, repr(console[-2000:])
-    assert [line.split(" |")[0] for line in r.stdout.splitlines() if line.startswith("epoch ")] == \
-        ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert [line.split(" |")[0] for line in r.stdout.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]
 
     log = (run / "train.log").read_text()
     assert "\r" not in log and "\x1b" not in log
@@ -79,8 +88,11 @@ def test_a_run_keeps_its_console_config_and_overrides_and_names_its_files(tmp_pa
 
     config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     assert config == yaml.safe_load((run / "run.yaml").read_text()) and config["trainer"]["max_epochs"] == 3
-    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == \
-        ["experiment=sine", "trainer.max_epochs=3", "logger.tags=[record]"]
+    assert yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) == [
+        "experiment=sine",
+        "trainer.max_epochs=3",
+        "logger.tags=[record]",
+    ]
 
     holds = next(line for line in r.stdout.splitlines() if line.startswith("  holds: "))
     for name in ("train.log", "history.csv", "run.yaml", "fit.png", ".hydra/ (2 files)", "wandb/"):

@@ -2,9 +2,9 @@
 slurmd, installed when missing as root), through `hydra/launcher=slurm` and real `sbatch`, signals sent by
 Slurm itself (`scancel --signal`, `scontrol requeue`, a time limit): no mocks. Skipped, with the reason, only
 where Slurm can be neither found nor installed (not root)."""
+
 import csv
 import importlib.util
-import json
 import os
 import re
 import signal
@@ -16,12 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_identical, env, in_process, ROOT, run_train, SINE, SINE_CONF, wait_for
+from conftest import ROOT, SINE, SINE_CONF, assert_identical, env, in_process, run_train, wait_for
 from experiments.loggers import stable_id
 
 # timeout_min above 10: submitit counts a warning signal as a time-out only past min(80%, limit - 10 min)
-SLURM_JOB = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-             "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=60"]
+SLURM_JOB = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=60",
+]
 # 1,000 steps an epoch (about 2.5 s on one core), 2 epochs: a signal sent once epoch 1 is logged lands inside epoch 2
 STEPS = 1000
 LONG = [f"data.train_points={STEPS * 64}", "trainer.max_epochs=2", "checkpoint.every_n_epochs=1"]
@@ -53,20 +58,42 @@ def cluster(tmp_path_factory):
 
 
 def sweep_command(*overrides: str, logger: str = "none") -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), "--config-dir", str(SINE_CONF), "-m", *SLURM_JOB,
-            "experiment=sine", f"logger={logger}", "trainer.enable_progress_bar=false", *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--config-dir",
+        str(SINE_CONF),
+        "-m",
+        *SLURM_JOB,
+        "experiment=sine",
+        f"logger={logger}",
+        "trainer.enable_progress_bar=false",
+        *overrides,
+    ]
 
 
 def sweep(*overrides: str, cwd: Path, cluster: dict, logger: str = "none") -> subprocess.CompletedProcess:
-    return subprocess.run(sweep_command(*overrides, logger=logger), cwd=cwd, env={**env(), **cluster},
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        sweep_command(*overrides, logger=logger),
+        cwd=cwd,
+        env={**env(), **cluster},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def start_sweep(*overrides: str, cwd: Path, cluster: dict, logger: str = "none", name: str = "sweep"):
     """The sweep command in the background, its console in `cwd/<name>.out`."""
     with open(cwd / f"{name}.out", "w") as out:
-        return subprocess.Popen(sweep_command(*overrides, logger=logger), cwd=cwd, env={**env(), **cluster},
-                                stdout=out, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            sweep_command(*overrides, logger=logger),
+            cwd=cwd,
+            env={**env(), **cluster},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def finished(proc: subprocess.Popen, cwd: Path, name: str = "sweep", timeout: float = 240) -> tuple[int, str]:
@@ -100,8 +127,11 @@ def when_logged(log: Path, text: str, proc: subprocess.Popen, timeout: float = 1
 
 def job_logs(cwd: Path) -> dict[str, str]:
     """{Slurm job id: its log} of every job submitted from `cwd`."""
-    return {d.name: (d / f"{d.name}_0_log.out").read_text() for d in (cwd / "outputs" / ".submitit").iterdir()
-            if re.fullmatch(r"\d+(_\d+)?", d.name) and (d / f"{d.name}_0_log.out").exists()}
+    return {
+        d.name: (d / f"{d.name}_0_log.out").read_text()
+        for d in (cwd / "outputs" / ".submitit").iterdir()
+        if re.fullmatch(r"\d+(_\d+)?", d.name) and (d / f"{d.name}_0_log.out").exists()
+    }
 
 
 def last_array_logs(cwd: Path) -> list[str]:
@@ -145,18 +175,30 @@ def stopped_in_epoch_2(saved_line: str, steps: int = STEPS) -> int:
 
 
 def test_a_2x2_arc_sweep_runs_each_job_as_a_slurm_job_in_its_own_run_directory_with_paired_comparisons(
-        cluster, tmp_path):
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *SLURM_JOB,
-               "experiment=exp0_encoder_decoder,exp3_champion",
-               "seed=0,1", "data=arc_tiny", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_epochs=8",
-               "validation.preflight=[config]"]
+    cluster, tmp_path
+):
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *SLURM_JOB,
+        "experiment=exp0_encoder_decoder,exp3_champion",
+        "seed=0,1",
+        "data=arc_tiny",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=8",
+        "validation.preflight=[config]",
+    ]
     r = subprocess.run(command, cwd=tmp_path, env={**env(), **cluster}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (directory,) = (tmp_path / "outputs" / "sweeps").iterdir()
     rows = list(csv.DictReader(open(directory / "summary.csv")))
     assert sorted(Path(row["run_dir"]).relative_to(tmp_path / "outputs").as_posix() for row in rows) == [
         f"{experiment}/data=arc_tiny,seed={seed},trainer.max_epochs=8"
-        for experiment in ("exp0_encoder_decoder", "exp3_champion") for seed in (0, 1)]
+        for experiment in ("exp0_encoder_decoder", "exp3_champion")
+        for seed in (0, 1)
+    ]
     assert all(row["status"] == "finished" and row["epochs"] == "8" for row in rows)
     # each job ran as a Slurm job of its own (submitit submits a job array): a folder per <array>_<task>, with
     # the job's log
@@ -165,8 +207,9 @@ def test_a_2x2_arc_sweep_runs_each_job_as_a_slurm_job_in_its_own_run_directory_w
     assert all("Training exp" in log and "Done: exp" in log for log in logs.values())
     # the paired comparisons of the two presets, from the runs' per-output records
     (compared,) = {(row["baseline"], row["variant"]) for row in csv.DictReader(open(directory / "comparisons.csv"))}
-    assert compared == tuple(f"data=arc_tiny experiment={e} trainer.max_epochs=8" for e in ("exp0_encoder_decoder",
-                                                                                            "exp3_champion"))
+    assert compared == tuple(
+        f"data=arc_tiny experiment={e} trainer.max_epochs=8" for e in ("exp0_encoder_decoder", "exp3_champion")
+    )
     assert "## Paired comparisons" in (directory / "summary.md").read_text() and "Paired comparisons:" in r.stdout
 
 
@@ -179,8 +222,9 @@ def test_without_root_and_without_slurm_the_reason_is_one_line(monkeypatch):
         slurm.install()
 
 
-def stopped_once(*overrides: str, send: list[str], cwd: Path, cluster: dict, logger: str = "none"
-                 ) -> tuple[str, str, int]:
+def stopped_once(
+    *overrides: str, send: list[str], cwd: Path, cluster: dict, logger: str = "none"
+) -> tuple[str, str, int]:
     """A sweep of one job of LONG, `send` (a Slurm command, the job's id appended) run once the job has
     logged epoch 1; (the job's id, its log, the step its stop's line says it saved at, inside epoch 2) once
     the sweep has ended with exit 0, after the job's second start."""
@@ -202,8 +246,9 @@ def stopped_once(*overrides: str, send: list[str], cwd: Path, cluster: dict, log
 def test_usr2_preemption_saves_mid_epoch_requeues_and_resumes_bit_identically(cluster, tmp_path, reference):
     """submitit's preemption signal, from Slurm: last.ckpt saved inside epoch 2, the job requeued by submitit
     (the same Slurm job, a second start), resumed in the same run directory, one wandb run across both starts."""
-    job, text, step = stopped_once(*LONG, "seed=0", send=["scancel", "--signal=USR2"], cwd=tmp_path, cluster=cluster,
-                                   logger="wandb")
+    job, text, step = stopped_once(
+        *LONG, "seed=0", send=["scancel", "--signal=USR2"], cwd=tmp_path, cluster=cluster, logger="wandb"
+    )
     assert "requeueing the job, which resumes from it" in text and f"Requeued job {job}" in text
     run = run_dir(tmp_path, *LONG, "seed=0")
     assert f"Resuming {run} from {run}/checkpoints/last.ckpt (saved in epoch 2 at step {step})" in text
@@ -217,19 +262,26 @@ def test_usr2_preemption_saves_mid_epoch_requeues_and_resumes_bit_identically(cl
 def test_scontrol_requeue_sigterm_saves_mid_epoch_and_resumes_bit_identically(cluster, tmp_path, reference):
     """`scontrol requeue`: SIGTERM (SIGKILL after KillWait, 2 s here), Slurm requeues the job itself; the
     SIGTERM save inside epoch 2, the resume from it, one MLflow run across both starts."""
-    _, text, step = stopped_once(*LONG, "seed=0", send=["scontrol", "requeue"], cwd=tmp_path, cluster=cluster,
-                                 logger="mlflow")
+    _, text, step = stopped_once(
+        *LONG, "seed=0", send=["scontrol", "requeue"], cwd=tmp_path, cluster=cluster, logger="mlflow"
+    )
     run = run_dir(tmp_path, *LONG, "seed=0")
     assert "SIGTERM: saved " in text
     assert f"(saved in epoch 2 at step {step})" in text
     assert_same_run(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True), reference)
-    runs = [r for e in (run / "mlruns").iterdir() if e.is_dir() and e.name not in (".trash", "0")
-            for r in e.iterdir() if r.is_dir()]
+    runs = [
+        r
+        for e in (run / "mlruns").iterdir()
+        if e.is_dir() and e.name not in (".trash", "0")
+        for r in e.iterdir()
+        if r.is_dir()
+    ]
     assert len(runs) == 1, runs
 
 
 def test_killed_jobs_are_reported_and_rerunning_the_sweep_resumes_them_and_skips_the_finished(
-        cluster, tmp_path, reference):
+    cluster, tmp_path, reference
+):
     """Two jobs killed in epoch 2: job 0 by the kernel with no warning (SIGKILL to its process, as the OOM
     killer does: nothing saved since epoch 1), job 1 by `scancel --signal=KILL` (which Slurm carries out as a
     cancel: SIGTERM, then SIGKILL after KillWait; the job saves on the SIGTERM). The sweep says in one line a
@@ -265,8 +317,10 @@ def test_killed_jobs_are_reported_and_rerunning_the_sweep_resumes_them_and_skips
 
     third = sweep(*LONG, "seed=0,1", cwd=tmp_path, cluster=cluster)
     assert third.returncode == 0, third.stdout + third.stderr
-    assert all("Run already complete (epoch 2)" in log and "Training sine" not in log and "Resuming" not in log
-               for log in last_array_logs(tmp_path))
+    assert all(
+        "Run already complete (epoch 2)" in log and "Training sine" not in log and "Resuming" not in log
+        for log in last_array_logs(tmp_path)
+    )
 
 
 def job_process(job: str) -> int:
@@ -274,14 +328,19 @@ def job_process(job: str) -> int:
     array, task = job.split("_")
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            variables = dict(v.split("=", 1) for v in environ.read_bytes().decode(errors="replace").split("\0")
-                             if "=" in v)
+            variables = dict(
+                v.split("=", 1) for v in environ.read_bytes().decode(errors="replace").split("\0") if "=" in v
+            )
             command = (environ.parent / "cmdline").read_bytes()
         except OSError:
             continue
         program = command.split(b"\0")  # the Python that srun started, not srun (whose arguments name it too)
-        if program[0].rsplit(b"/", 1)[-1] != b"srun" and b"submitit.core._submit" in program \
-                and variables.get("SLURM_ARRAY_JOB_ID") == array and variables.get("SLURM_ARRAY_TASK_ID") == task:
+        if (
+            program[0].rsplit(b"/", 1)[-1] != b"srun"
+            and b"submitit.core._submit" in program
+            and variables.get("SLURM_ARRAY_JOB_ID") == array
+            and variables.get("SLURM_ARRAY_TASK_ID") == task
+        ):
             return int(environ.parent.name)
     raise AssertionError(f"no process of Slurm job {job}")
 
@@ -292,12 +351,30 @@ def test_a_time_limit_requeues_up_to_max_num_timeout_then_the_record_says_so(clu
     the warning comes: tests/slurm_callbacks.py) and submitit requeues it while `max_num_timeout` allows; the
     second start finishes the run. With `max_num_timeout=0` the first warning ends the job: saved, not
     requeued, its record says so in one line."""
-    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=10",
-             "+callbacks.wait._target_=tests.slurm_callbacks.WaitForWarning", "+callbacks.wait.step=40"]
-    once = start_sweep(*limit, "hydra.launcher.max_num_timeout=1", "seed=0", "trainer.max_epochs=3",
-                       cwd=tmp_path, cluster=cluster, name="once")
-    never = start_sweep(*limit, "hydra.launcher.max_num_timeout=0", "seed=1", "trainer.max_epochs=3",
-                        cwd=tmp_path, cluster=cluster, name="never")
+    limit = [
+        "hydra.launcher.timeout_min=1",
+        "hydra.launcher.signal_delay_s=10",
+        "+callbacks.wait._target_=tests.slurm_callbacks.WaitForWarning",
+        "+callbacks.wait.step=40",
+    ]
+    once = start_sweep(
+        *limit,
+        "hydra.launcher.max_num_timeout=1",
+        "seed=0",
+        "trainer.max_epochs=3",
+        cwd=tmp_path,
+        cluster=cluster,
+        name="once",
+    )
+    never = start_sweep(
+        *limit,
+        "hydra.launcher.max_num_timeout=0",
+        "seed=1",
+        "trainer.max_epochs=3",
+        cwd=tmp_path,
+        cluster=cluster,
+        name="never",
+    )
     code, out = finished(once, tmp_path, "once")
     (requeued,) = [log for log in job_logs(tmp_path).values() if "seed=0" in log]
     assert code == 0, out + requeued[-3000:]
@@ -314,8 +391,10 @@ def test_a_time_limit_requeues_up_to_max_num_timeout_then_the_record_says_so(clu
     directory = next(d for d in (tmp_path / "outputs" / "sweeps").iterdir() if "seed=1" in d.name)
     (row,) = csv.DictReader(open(directory / "summary.csv"))
     assert row["status"] == "timed out"
-    assert row["error"] == ("timed-out too many times (hydra.launcher.max_num_timeout); rerun the sweep command to "
-                            "resume it from its last checkpoint")
+    assert row["error"] == (
+        "timed-out too many times (hydra.launcher.max_num_timeout); rerun the sweep command to "
+        "resume it from its last checkpoint"
+    )
     assert f"job 0 ({row['overrides']}): timed out: {row['error']}" in out.replace("Not finished: ", "")
 
 
@@ -354,12 +433,19 @@ def test_ddp_inside_a_slurm_job_trains_and_resumes_bit_identically_after_a_preem
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     reference = torch.load(run_dir(whole, *ddp) / "checkpoints" / "last.ckpt", weights_only=True)
 
-    _, text, step = stopped_once(*ddp, "seed=0", "hydra.launcher.tasks_per_node=2", send=["scancel", "--signal=USR2"],
-                                 cwd=tmp_path, cluster=cluster)
+    _, text, step = stopped_once(
+        *ddp,
+        "seed=0",
+        "hydra.launcher.tasks_per_node=2",
+        send=["scancel", "--signal=USR2"],
+        cwd=tmp_path,
+        cluster=cluster,
+    )
     assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" in text
     assert f"(saved in epoch 2 at step {step})" in text
-    assert_same_run(torch.load(run_dir(tmp_path, *ddp, "seed=0") / "checkpoints" / "last.ckpt", weights_only=True),
-                    reference)
+    assert_same_run(
+        torch.load(run_dir(tmp_path, *ddp, "seed=0") / "checkpoints" / "last.ckpt", weights_only=True), reference
+    )
 
 
 def test_each_ddp_process_takes_its_own_share_of_a_mid_epoch_checkpoint_and_a_crafted_share_is_not_taken():

@@ -1,10 +1,11 @@
 """Multirun sweeps through the real train.py: a sweep killed in its second job resumes it, skips the
 finished one and summarises all four; a failing job does not stop the others; the summary's numbers are
 the jobs' own final metrics."""
+
 import csv
-import math
 import hashlib
 import json
+import math
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import env, FAST, in_process, ROOT, run_train, SINE, SINE_CONF, start_train
+from conftest import FAST, ROOT, SINE, SINE_CONF, env, in_process, run_train, start_train
 from experiments.sweep import mean_std
 
 SWEEP = ["-m", "seed=0,1", "task.lr=0.001,0.002", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
@@ -28,9 +29,13 @@ def sweep_dir(cwd: Path) -> Path:
 
 
 def summarize(directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(directory), "--config-dir",
-                           str(SINE_CONF)], env=env(),
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(directory), "--config-dir", str(SINE_CONF)],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def sha(path: Path) -> str:
@@ -116,11 +121,13 @@ def test_arc_ablation_preset_plans_five_baselines_times_three_seeds():
     experiments = ["exp_neg1_decoder_only", "exp0_encoder_decoder", "exp1_grid2d_pe", "exp2_perminv", "exp3_champion"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         full = compose("train", overrides=["sweep=arc_ablation"], return_hydra_config=True)
-        quick = compose("train", overrides=["sweep=arc_ablation", "hydra.sweeper.params.seed=0"],
-                        return_hydra_config=True)
+        quick = compose(
+            "train", overrides=["sweep=arc_ablation", "hydra.sweeper.params.seed=0"], return_hydra_config=True
+        )
     jobs = plan(full)
-    assert sorted((j[0], j[1]) for j in jobs) == sorted((f"experiment={e}", f"seed={s}") for e in experiments
-                                                         for s in range(3))
+    assert sorted((j[0], j[1]) for j in jobs) == sorted(
+        (f"experiment={e}", f"seed={s}") for e in experiments for s in range(3)
+    )
     assert full.hydra.mode.name == "MULTIRUN" and sweep_id(full) == "arc_ablation"
     assert len(plan(quick)) == 5 and sweep_id(quick) == "arc_ablation,seed=0"  # its own sweep directory
     # the comparison steps, each adding one component: the order the preset lists its experiments
@@ -146,20 +153,24 @@ def test_arc_ablation_cpu_preset_plans_ten_jobs_on_arc_small():
 
 def test_optuna_sweep_returns_each_jobs_monitor_as_its_objective(workdir):
     fast = [o for o in FAST if not o.startswith("experiment=")]  # the preset chooses its experiment
-    r = in_process("train.py", "sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *fast, "trainer.max_epochs=1",
-                   cwd=workdir)
+    r = in_process(
+        "train.py", "sweep=ternary_optuna", "hydra.sweeper.n_trials=2", *fast, "trainer.max_epochs=1", cwd=workdir
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     best = yaml.safe_load((workdir / "outputs" / "optimization_results.yaml").read_text())
     rows = list(csv.DictReader(open(sweep_dir(workdir) / "summary.csv")))
     assert len(rows) == 2 and all(row["status"] == "finished" for row in rows)
-    finals = [torch.load(Path(row["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]["val/ce"]
-              for row in rows]
+    finals = [
+        torch.load(Path(row["run_dir"]) / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]["val/ce"]
+        for row in rows
+    ]
     assert best["best_value"] == pytest.approx(min(finals), rel=1e-12)  # val/ce, minimised
 
 
 def test_submitit_local_launcher_runs_jobs_in_their_own_processes(workdir):
-    r = run_train("-m", "hydra/launcher=submitit_local", "seed=3", *SINE,
-                  "trainer.max_epochs=1", cwd=workdir, timeout=600)
+    r = run_train(
+        "-m", "hydra/launcher=submitit_local", "seed=3", *SINE, "trainer.max_epochs=1", cwd=workdir, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (row,) = csv.DictReader(open(sweep_dir(workdir) / "summary.csv"))
     assert row["status"] == "finished" and Path(row["run_dir"]).name == "seed=3,trainer.max_epochs=1"
@@ -167,8 +178,22 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(workdir):
 
 
 def test_slurm_launcher_config_composes():
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=ternary_v5_5", "hydra/launcher=slurm", "--cfg", "hydra", "-p",
-                        "hydra.launcher"], env=env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "experiment=ternary_v5_5",
+            "hydra/launcher=slurm",
+            "--cfg",
+            "hydra",
+            "-p",
+            "hydra.launcher",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     launcher = yaml.safe_load(r.stdout.replace("# @package hydra.launcher", ""))
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["max_num_timeout"] == 3
@@ -195,6 +220,7 @@ def test_the_objective_of_a_monitor_the_family_does_not_judge_follows_the_given_
 
     from experiments.sweep import objective
 
-    cfg = OmegaConf.create({"task": {"_target_": "examples.sine.task.SineTask"},
-                            "checkpoint": {"monitor": "val/spread", "mode": "max"}})
+    cfg = OmegaConf.create(
+        {"task": {"_target_": "examples.sine.task.SineTask"}, "checkpoint": {"monitor": "val/spread", "mode": "max"}}
+    )
     assert math.isnan(objective(cfg, tmp_path))

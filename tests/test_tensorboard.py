@@ -1,24 +1,31 @@
 """logger=tensorboard: the same config and metrics as the other loggers, and the run's pictures, in
 TensorBoard event files read back here record by record (tensorboardX's own protobufs)."""
+
 import struct
 
 import torch
 import yaml
 from tensorboardX.proto import event_pb2
 
-from conftest import in_process, ROOT
+from conftest import ROOT, in_process
 
-ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "trainer.max_epochs=6",
-        "trainer.enable_progress_bar=false", "logger=tensorboard"]
+ARGS = [
+    "--config-dir",
+    str(ROOT / "examples" / "sine" / "conf"),
+    "experiment=sine",
+    "trainer.max_epochs=6",
+    "trainer.enable_progress_bar=false",
+    "logger=tensorboard",
+]
 
 
 def events(path):
     """The Event records of one event file (TFRecord framing: length, its CRC, data, the data's CRC)."""
     data, i = path.read_bytes(), 0
     while i < len(data):
-        (n,) = struct.unpack("<Q", data[i:i + 8])
+        (n,) = struct.unpack("<Q", data[i : i + 8])
         event = event_pb2.Event()
-        event.ParseFromString(data[i + 12:i + 12 + n])
+        event.ParseFromString(data[i + 12 : i + 12 + n])
         i += 12 + n + 4
         yield event
 
@@ -42,7 +49,9 @@ def test_tensorboard_holds_the_config_every_metric_and_the_pictures(tmp_path):
     for key in ("val/r2", "train/loss"):
         logged = [v for _, v in sorted(scalars[key])]
         assert logged == [torch.tensor(row[key]).float().item() for row in history], key  # every epoch, float32
-    assert images["fit"] == [max(step for step, _ in scalars["val/r2"])]  # fit.png, drawn at the end, at the last figures' step
+    assert images["fit"] == [
+        max(step for step, _ in scalars["val/r2"])
+    ]  # fit.png, drawn at the end, at the last figures' step
     assert len(scalars["epoch"]) == len({step for step, _ in scalars["epoch"]})  # once a step, not once per logged row
     epoch_at = dict(scalars["epoch"])  # every logged row's epoch, by step: counted from 1, as everywhere
     assert [epoch_at[step] for step, _ in sorted(scalars["val/r2"])] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]

@@ -1,6 +1,7 @@
 """A checkpoint is data, never code (docs/SECURITY.md): crafted stored configs, pickles, archive bombs and
 forged reports are refused by the real verify.py, eval.py and train.py with one line, exit 2, and the
 payload's marker file never appears; the allow-list and the bounds themselves on hand-made cases."""
+
 import base64
 import json
 import os
@@ -11,7 +12,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import in_process, one_error_line, ROOT, run_program
+from conftest import ROOT, in_process, one_error_line, run_program
 from experiments.checkpoint.io import check_archive, load_checkpoint, save_checkpoint, sha256_file
 from experiments.errors import UserError
 from experiments.untrusted import check_stored_config, package_config_folders, pickled_globals, registry
@@ -33,30 +34,45 @@ class Shell:
 def pickle_through_torch_load(marker) -> dict:
     """The node that runs a pickle through torch.load(weights_only=False) when instantiated."""
     payload = base64.b64encode(pickle.dumps(Shell(marker))).decode()
-    return {"_target_": "torch.load", "weights_only": False,
-            "f": {"_target_": "io.BytesIO", "initial_bytes": {"_target_": "base64.b64decode", "s": payload}}}
+    return {
+        "_target_": "torch.load",
+        "weights_only": False,
+        "f": {"_target_": "io.BytesIO", "initial_bytes": {"_target_": "base64.b64decode", "s": payload}},
+    }
 
 
 def payloads(marker) -> dict:
     """Each: (change to the stored config, what the refusal names)."""
     shell = {"_target_": "os.system", "command": f"touch {marker}"}
     return {
-        "pickle as the model": (lambda c: c.update(model=pickle_through_torch_load(marker)),
-                                "model._target_='torch.load'"),
-        "pickle in model.latent_dim": (lambda c: c["model"].update(latent_dim=pickle_through_torch_load(marker)),
-                                       "model.latent_dim._target_='torch.load'"),
-        "pickle in data.batch_size": (lambda c: c["data"].update(batch_size=pickle_through_torch_load(marker)),
-                                      "data.batch_size._target_"),
+        "pickle as the model": (
+            lambda c: c.update(model=pickle_through_torch_load(marker)),
+            "model._target_='torch.load'",
+        ),
+        "pickle in model.latent_dim": (
+            lambda c: c["model"].update(latent_dim=pickle_through_torch_load(marker)),
+            "model.latent_dim._target_='torch.load'",
+        ),
+        "pickle in data.batch_size": (
+            lambda c: c["data"].update(batch_size=pickle_through_torch_load(marker)),
+            "data.batch_size._target_",
+        ),
         "pickle in task.lr": (lambda c: c["task"].update(lr=pickle_through_torch_load(marker)), "task.lr._target_"),
-        "builtins.open": (lambda c: c.update(model={"_target_": "builtins.open", "file": str(marker), "mode": "w"}),
-                          "model._target_='builtins.open'"),
+        "builtins.open": (
+            lambda c: c.update(model={"_target_": "builtins.open", "file": str(marker), "mode": "w"}),
+            "model._target_='builtins.open'",
+        ),
         "os.system": (lambda c: c.update(model=shell), "model._target_='os.system'"),
         "_args_": (lambda c: c["model"].update(_args_=[shell]), "model._args_ is a Hydra instruction"),
         "_partial_": (lambda c: c["task"].update(_partial_=True), "task._partial_ is a Hydra instruction"),
-        "interpolation": (lambda c: c["data"].update(batch_size="${oc.env:HOME}"),
-                          "data.batch_size holds an interpolation"),
-        "planted module": (lambda c: c["model"].update(_target_="outputs.evil_mod.Model"),
-                           "model._target_='outputs.evil_mod.Model'"),
+        "interpolation": (
+            lambda c: c["data"].update(batch_size="${oc.env:HOME}"),
+            "data.batch_size holds an interpolation",
+        ),
+        "planted module": (
+            lambda c: c["model"].update(_target_="outputs.evil_mod.Model"),
+            "model._target_='outputs.evil_mod.Model'",
+        ),
     }
 
 
@@ -85,8 +101,9 @@ def test_a_crafted_config_runs_nothing(ternary_run, tmp_path, program, name):
     # leave its marker as well
     planted = name == "planted module"
     stages = ["stages=[loadable]"] if program == "verify.py" and planted else []
-    r = run_program(program, f"ckpt={ckpt}", *stages, cwd=tmp_path,
-                    extra_env={"PYTHONPATH": str(tmp_path)} if planted else None)
+    r = run_program(
+        program, f"ckpt={ckpt}", *stages, cwd=tmp_path, extra_env={"PYTHONPATH": str(tmp_path)} if planted else None
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert payloads(marker)[name][1] in line and "may not name code to run" in line, line
@@ -113,9 +130,15 @@ def forged_report(ckpt, stages=("loadable", "integrity", "restorable", "predicts
     """What anyone can write: a report saying `passed`, with the file's own sha256."""
     folder = ckpt.parent / "verification"
     folder.mkdir(exist_ok=True)
-    (folder / f"{ckpt.stem}.json").write_text(json.dumps({
-        "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)}, "passed": True,
-        "stages": [{"name": s, "status": "pass"} for s in stages]}))
+    (folder / f"{ckpt.stem}.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
+                "passed": True,
+                "stages": [{"name": s, "status": "pass"} for s in stages],
+            }
+        )
+    )
 
 
 def test_auto_rechecks_what_a_report_claims(ternary_run, tmp_path):
@@ -128,23 +151,33 @@ def test_auto_rechecks_what_a_report_claims(ternary_run, tmp_path):
         shutil.copytree(ternary_run, runs[name], ignore=shutil.ignore_patterns("verification"))
     ckpt = lambda name: runs[name] / "checkpoints" / "epoch=0006.ckpt"  # noqa: E731
     untrained = torch.load(ckpt("untrained"), weights_only=True)
-    untrained["state_dict"] = {k: torch.randn_like(v) if v.is_floating_point() else v
-                               for k, v in untrained["state_dict"].items()}
+    untrained["state_dict"] = {
+        k: torch.randn_like(v) if v.is_floating_point() else v for k, v in untrained["state_dict"].items()
+    }
     save_checkpoint(untrained, ckpt("untrained"))
     torch.save({"state_dict": {}, "config": {"experiment": "ternary_v5_5"}, "x": Shell(marker)}, ckpt("pickled"))
     (ckpt("pickled").parent / "epoch=0006.ckpt.sha256").write_text(f"{sha256_file(ckpt('pickled'))}  epoch=0006.ckpt\n")
     forged_report(ckpt("untrained"))
     forged_report(ckpt("pickled"))
     forged_report(ckpt("partial"), stages=("loadable",))
-    r = in_process("train.py", "experiment=ternary_v5_11", "frozen_checkpoint.path=auto", f"paths.outputs={outputs}",
-                  "logger=none", "trainer.enable_progress_bar=false", cwd=tmp_path)
+    r = in_process(
+        "train.py",
+        "experiment=ternary_v5_11",
+        "frozen_checkpoint.path=auto",
+        f"paths.outputs={outputs}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
     assert "no checkpoint of ternary_v5_5 or ternary_v5_11" in line and line.endswith("Nothing was trained."), line
     assert f"{ckpt('untrained')} (frozen_coverage: reconstruction coverage of the frozen parts is" in line
     assert f"{ckpt('pickled')} (" in line and "holds a pickled object (posix.system)" in line
-    assert "partial/checkpoints/last.ckpt (epoch=0006.ckpt verified without integrity, restorable, predicts, " \
-           "metrics passing)" in line
+    assert (
+        "partial/checkpoints/last.ckpt (epoch=0006.ckpt verified without integrity, restorable, predicts, "
+        "metrics passing)" in line
+    )
     assert not marker.exists()
     assert not (outputs / "ternary_v5_11").exists(), "a refused start leaves no run directory"
 
@@ -229,7 +262,7 @@ def test_an_archive_that_inflates_beyond_its_bound_is_refused_before_inflating(t
     stored_zip(lying, {"archive/data.pkl": pickle.dumps({}), "archive/data/0": b"x" * 100})
     data = bytearray(lying.read_bytes())
     central = data.rindex(b"PK\x01\x02")  # the last entry's central header: its uncompressed size at +24
-    data[central + 24:central + 28] = (100_000_000).to_bytes(4, "little")
+    data[central + 24 : central + 28] = (100_000_000).to_bytes(4, "little")
     lying.write_bytes(bytes(data))
     bound = r"declares 100,000,\d+ bytes inside a [\d,]+-byte file \(more than max_inflation=10 "
     with pytest.raises(UserError, match=bound):
@@ -249,8 +282,8 @@ def two_readings(path, honest: bytes, hidden: bytes) -> None:
         n, size, offset = struct.unpack("<HII", archive[-12:-2])
         entries, p = [], offset
         for _ in range(n):
-            names, extra, comment = struct.unpack("<HHH", archive[p + 28:p + 34])
-            entries.append(bytearray(archive[p:p + 46 + names + extra + comment]))
+            names, extra, comment = struct.unpack("<HHH", archive[p + 28 : p + 34])
+            entries.append(bytearray(archive[p : p + 46 + names + extra + comment]))
             p += len(entries[-1])
         return archive[:offset], entries
 
@@ -302,10 +335,17 @@ def test_a_stored_best_entry_cannot_name_a_file_to_delete(tmp_path):
 
     policy = CheckpointPolicy(dirpath=str(tmp_path / "checkpoints"), save_top_k=1, monitor="m")
     victim = tmp_path / "victim"
-    policy.load_state_dict({"best": [
-        {"score": 1e30, "epoch": 0, "path": str(victim)}, {"score": 1.0, "epoch": 1, "path": "../x.ckpt"},
-        {"score": float("nan"), "epoch": 2, "path": "best-epoch=0003.ckpt"}, "junk",
-        {"score": 0.5, "epoch": 3, "path": "best-epoch=0004.ckpt"}]})
+    policy.load_state_dict(
+        {
+            "best": [
+                {"score": 1e30, "epoch": 0, "path": str(victim)},
+                {"score": 1.0, "epoch": 1, "path": "../x.ckpt"},
+                {"score": float("nan"), "epoch": 2, "path": "best-epoch=0003.ckpt"},
+                "junk",
+                {"score": 0.5, "epoch": 3, "path": "best-epoch=0004.ckpt"},
+            ]
+        }
+    )
     assert policy.best == [{"score": 0.5, "epoch": 3, "path": "best-epoch=0004.ckpt"}]
 
 
@@ -316,7 +356,9 @@ def test_a_poisoned_candidate_is_passed_over_not_fatal(tmp_path):
     path = tmp_path / "poisoned.ckpt"
     save_checkpoint(ckpt, path)
     assert _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None) == (
-        None, "its state_dict holds int at 'model.p.w', not a tensor: not a checkpoint of this framework")
+        None,
+        "its state_dict holds int at 'model.p.w', not a tensor: not a checkpoint of this framework",
+    )
     save_checkpoint({**ckpt, "state_dict": {"model.p.w": torch.ones(1)}}, path)
     (tmp_path / "poisoned.ckpt.sha256").write_bytes(b"\xff\xfe")
     found, why = _recheck(path, ["a"], "b", {}, ("p",), lambda p, s: None)

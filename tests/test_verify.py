@@ -2,6 +2,7 @@
 exit 2 with one line and nothing written. The program is run as a user runs it; the stages' failures are
 checked on the same StoredRun verify.py builds, in this process (a failure is a stage's verdict, not a
 process's behaviour: one of them goes through the program too)."""
+
 import json
 import shutil
 import zipfile
@@ -9,15 +10,25 @@ import zipfile
 import pytest
 import torch
 
-from conftest import in_process, run_program, SINE, SINE_CONF
+from conftest import SINE, SINE_CONF, in_process, run_program
 from experiments.checkpoint.io import save_checkpoint
 from experiments.stages.checkpoint_stages import CHECKPOINT_STAGES
 from experiments.stages.registry import run_stages
 from experiments.stored_run import StoredRun
 from experiments.untrusted import package_config_folders, registry
 
-ALL = ["loadable", "integrity", "restorable", "predicts", "frozen_identical", "progress", "weights_updated",
-       "history_consistent", "resume_exact", "metrics"]
+ALL = [
+    "loadable",
+    "integrity",
+    "restorable",
+    "predicts",
+    "frozen_identical",
+    "progress",
+    "weights_updated",
+    "history_consistent",
+    "resume_exact",
+    "metrics",
+]
 CONF = SINE[:2]  # the family's config folder: its one step to verification
 
 
@@ -60,8 +71,9 @@ def test_run_directory_passes_every_stage_and_writes_the_report(copy_run, tmp_pa
     assert rep["passed"] and [s["name"] for s in rep["stages"]] == ALL
     by_name = {s["name"]: s for s in rep["stages"]}
     assert by_name["frozen_identical"]["status"] == "skip"  # no frozen parts
-    assert all(s["status"] == "pass" for s in rep["stages"] if s["name"] != "frozen_identical"), \
-        [(s["name"], s["details"]) for s in rep["stages"]]
+    assert all(s["status"] == "pass" for s in rep["stages"] if s["name"] != "frozen_identical"), [
+        (s["name"], s["details"]) for s in rep["stages"]
+    ]
     ck = rep["checkpoint"]
     assert ck["epoch"] == 6 and ck["bytes"] == (copy_run / "checkpoints" / "epoch=0006.ckpt").stat().st_size
     assert ck["sha256"] == (copy_run / "checkpoints" / "epoch=0006.ckpt.sha256").read_text().split()[0]
@@ -92,8 +104,10 @@ def rewrite(path, change, keep_hash=True):
 
 def test_a_failed_stage_is_exit_1_with_the_report(copy_run, tmp_path):
     """A file changed after saving: through the program, a failure is exit 1, one line, and a full report."""
+
     def nudge(c):
         c["state_dict"]["model.net.0.bias"][0] += 1e-3
+
     rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", nudge, keep_hash=False)
     r = run_verify(f"ckpt={copy_run}", cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
@@ -113,8 +127,10 @@ def test_weights_equal_to_the_previous_checkpoint_fail_weights_updated(copy_run)
 def test_history_beyond_the_last_checkpoint_fails_history_consistent(copy_run):
     ck = copy_run / "checkpoints"
     for name in ("last.ckpt", "epoch=0006.ckpt", *[p.name for p in ck.glob("best-*.ckpt")]):
+
         def extra_epoch(c):
             c["history"].append(dict(c["history"][-1], epoch=c["epoch"] + 1))
+
         rewrite(ck / name, extra_epoch)
     s = stage(copy_run, "history_consistent")
     assert s.status == "fail"
@@ -125,6 +141,7 @@ def test_wrong_architecture_fails_restorable_naming_keys(copy_run):
     def shrink(c):
         c["state_dict"]["model.net.4.weight"] = torch.zeros(1, 32)
         del c["state_dict"]["model.net.4.bias"]
+
     rewrite(copy_run / "checkpoints" / "epoch=0004.ckpt", shrink)
     s = stage(copy_run, "restorable")
     assert "model.net.4.bias" in s.details and "(1, 32) vs (1, 64)" in s.details
@@ -133,6 +150,7 @@ def test_wrong_architecture_fails_restorable_naming_keys(copy_run):
 def test_a_step_that_does_not_reproduce_fails_resume_exact(copy_run):
     def nudge(c):
         c["state_dict"]["model.net.0.bias"][0] += 1e-3
+
     rewrite(copy_run / "checkpoints" / "epoch=0006.ckpt", nudge)
     s = stage(copy_run, "resume_exact")
     assert s.status == "fail" and "does not reproduce epoch=0006.ckpt" in s.details
@@ -141,10 +159,12 @@ def test_a_step_that_does_not_reproduce_fails_resume_exact(copy_run):
 def test_a_metric_that_gets_worse_fails_progress(copy_run):
     ck = copy_run / "checkpoints"
     for name in [p.name for p in ck.glob("*.ckpt")]:
+
         def worse(c):
             for row in c["history"]:
                 if row["epoch"] == 5:
                     row["val/r2"] = -1e6
+
         rewrite(ck / name, worse)
     s = stage(copy_run, "progress")
     assert s.status == "fail" and "did not improve" in s.details and "mode max" in s.details
@@ -164,6 +184,7 @@ def test_untrained_weights_fail_metrics(copy_run):
 def test_nan_weights_fail_predicts(copy_run):
     def poison(c):
         c["state_dict"]["model.net.4.weight"][0, 0] = float("nan")
+
     rewrite(copy_run / "checkpoints" / "epoch=0006.ckpt", poison)
     s = stage(copy_run / "checkpoints" / "epoch=0006.ckpt", "predicts")
     assert s.status == "fail" and "prediction holds NaN or Inf" in s.details
@@ -193,18 +214,24 @@ def bad_inputs(tmp_path, run_dir):
     torch.save(ckpt, tmp_path / "stale_config.ckpt")
 
 
-@pytest.mark.parametrize("name, message", [
-    ("missing.ckpt", "does not exist"),
-    ("empty", "no checkpoint"),
-    ("truncated.ckpt", "not a readable checkpoint"),
-    ("text.ckpt", "not a readable checkpoint"),
-    ("zip.ckpt", 'not a readable checkpoint (truncated or not a torch file): Expected hasRecord("version") to be true, '
-                 "but got false."),  # (less torch's request for a better message)
-    ("foreign.ckpt", "not a checkpoint of this framework"),
-    ("evil.ckpt", "holds a pickled object (io.open); refusing to unpickle"),
-    ("unknown_family.ckpt", "model._target_='examples.sine.gone.Model' is not a target that a registered"),
-    ("stale_config.ckpt", "no longer matches the code: model.width_of_layers is not a parameter"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("missing.ckpt", "does not exist"),
+        ("empty", "no checkpoint"),
+        ("truncated.ckpt", "not a readable checkpoint"),
+        ("text.ckpt", "not a readable checkpoint"),
+        (
+            "zip.ckpt",
+            'not a readable checkpoint (truncated or not a torch file): Expected hasRecord("version") to be true, '
+            "but got false.",
+        ),  # (less torch's request for a better message)
+        ("foreign.ckpt", "not a checkpoint of this framework"),
+        ("evil.ckpt", "holds a pickled object (io.open); refusing to unpickle"),
+        ("unknown_family.ckpt", "model._target_='examples.sine.gone.Model' is not a target that a registered"),
+        ("stale_config.ckpt", "no longer matches the code: model.width_of_layers is not a parameter"),
+    ],
+)
 def test_bad_input_is_exit_2_one_line_nothing_written(run_dir, tmp_path, name, message):
     bad_inputs(tmp_path, run_dir)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

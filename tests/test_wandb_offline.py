@@ -1,19 +1,25 @@
 """wandb as its users expect it, offline (nothing leaves the machine): the composed config as the run's
 config, one run id per run directory across a SIGKILL and the resume, the run directory's name, tags, every
 picture the run writes logged as an image, the final figures in the summary."""
+
 import json
 import signal
 import time
 
 import torch
-
-from conftest import ROOT, run_train, start_train
-from experiments.loggers import stable_id
-from conftest import wait_for
 from wandb_records import records
 
-ARGS = ["--config-dir", str(ROOT / "examples" / "sine" / "conf"), "experiment=sine", "trainer.max_epochs=40",
-        "trainer.enable_progress_bar=false", "logger.tags=[ci,example]"]  # the default logger: wandb, offline
+from conftest import ROOT, run_train, start_train, wait_for
+from experiments.loggers import stable_id
+
+ARGS = [
+    "--config-dir",
+    str(ROOT / "examples" / "sine" / "conf"),
+    "experiment=sine",
+    "trainer.max_epochs=40",
+    "trainer.enable_progress_bar=false",
+    "logger.tags=[ci,example]",
+]  # the default logger: wandb, offline
 
 
 def by_kind(path):
@@ -56,4 +62,6 @@ def test_one_wandb_run_per_run_directory_across_a_kill_with_config_images_and_su
     summary = {}
     for r in finished["summary"]:
         summary.update({item.key or "/".join(item.nested_key): item.value_json for item in r.summary.update})
-    assert float(summary["val/r2"]) == history[-1]["val/r2"] and float(summary["train/loss"]) == history[-1]["train/loss"]
+    assert (
+        float(summary["val/r2"]) == history[-1]["val/r2"] and float(summary["train/loss"]) == history[-1]["train/loss"]
+    )

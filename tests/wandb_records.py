@@ -1,6 +1,7 @@
 """Test helper: the records of an offline wandb run file (run-<id>.wandb): the leveldb log format wandb writes (a 7-byte
 file header, 32 KiB blocks, each record as checksum, length, type + data, split across blocks as
 first/middle/last), each record a wandb_internal_pb2.Record."""
+
 import struct
 from pathlib import Path
 
@@ -16,11 +17,11 @@ def raw_records(path: Path) -> list[bytes]:
         if space < HEADER:
             pos += space
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         pos += HEADER
         if pos + length > len(data):  # a run killed mid-write: the complete records before it
             break
-        chunk, pos = data[pos:pos + length], pos + length
+        chunk, pos = data[pos : pos + length], pos + length
         if kind == FULL:
             out.append(chunk)
         elif kind == FIRST:

@@ -6,22 +6,32 @@ validation figures measure the function learned, not the noise. The points are a
 EpochBatchSampler, which is what makes an interrupted run resume bit-identically. `points`: a file of x
 values to predict (predict.py), one or more a line, read as data: bounded, every value checked.
 """
+
 import math
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from experiments.family import batches_done, BatchLoader, EpochBatchSampler, read_text, shard, shown
+from experiments.family import BatchLoader, EpochBatchSampler, batches_done, read_text, shard, shown
 
 
 def curve(x: torch.Tensor, frequency: float) -> torch.Tensor:
-    return torch.sin(frequency * x) * torch.exp(-x**2 / 8)
+    return torch.sin(frequency * x) * torch.exp(-(x**2) / 8)
 
 
 class SineDataModule(L.LightningDataModule):
-    def __init__(self, train_points: int = 2048, val_points: int = 512, noise: float = 0.1, frequency: float = 3.0,
-                 batch_size: int = 64, data_seed: int = 1234, seed: int = 0, points: str | None = None):
+    def __init__(
+        self,
+        train_points: int = 2048,
+        val_points: int = 512,
+        noise: float = 0.1,
+        frequency: float = 3.0,
+        batch_size: int = 64,
+        data_seed: int = 1234,
+        seed: int = 0,
+        points: str | None = None,
+    ):
         super().__init__()
         g = torch.Generator().manual_seed(data_seed)
         x = (torch.rand(train_points, generator=g) * 2 - 1) * math.pi

@@ -1,4 +1,5 @@
 """A plain nn.Module: x -> y through `depth` hidden layers of `width` tanh units."""
+
 import torch
 from torch import nn
 

@@ -7,17 +7,18 @@ The end of training draws `fit.png` in the run directory: the curve and the mode
 Prediction (predict.py ckpt=RUN input=FILE, `load_run(RUN).predict(FILE)`): y for each x of a file,
 `predictions.csv`.
 """
+
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from experiments.family import atomic_savefig, atomic_write_csv, ExperimentTask
+from experiments.family import ExperimentTask, atomic_savefig, atomic_write_csv
 
 
 class SineTask(ExperimentTask):
     summary_keys = ("train/loss", "val/mse", "val/r2")
-    primary_metric = "val/r2"           # verify.py fails a checkpoint that does not clearly beat an untrained one
+    primary_metric = "val/r2"  # verify.py fails a checkpoint that does not clearly beat an untrained one
     higher_is_better = ("val/r2",)
     lower_is_better = ("val/mse",)
 
@@ -43,8 +44,9 @@ class SineTask(ExperimentTask):
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         return fit_figures(torch.cat(parts))
 
-    def evaluation_files(self, parts, figures, folder: Path, epoch: int, during_training: bool,
-                         datamodule=None) -> None:
+    def evaluation_files(
+        self, parts, figures, folder: Path, epoch: int, during_training: bool, datamodule=None
+    ) -> None:
         """fit.png: the curve and the model's prediction (at the end of training: on_fit_end)."""
         self._last = torch.cat(parts).cpu()
         if not during_training:
@@ -84,6 +86,7 @@ def draw_fit(rows: torch.Tensor, metrics: dict, path: Path) -> None:
     """The curve and the model's prediction over the rows evaluated (all of the validation set, or the
     batches a debug run limits it to), in order of x."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -10,6 +10,7 @@ crafted checkpoint is refused here too, with a UserError naming what is wrong. `
 one's own, the folder train.py was given with --config-dir. `settings`: the task's evaluation settings (as
 `task.KEY=VALUE` of eval.py and predict.py, e.g. `{"eval_augmentations": 8}`).
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from experiments.errors import UserError
 
 @dataclass
 class Run:
-    checkpoint: Path   # the checkpoint file loaded
-    config: dict       # its stored config, checked (moved classes under their current names)
-    task: object       # the family's ExperimentTask with the checkpoint's weights, in eval mode, on `device`
+    checkpoint: Path  # the checkpoint file loaded
+    config: dict  # its stored config, checked (moved classes under their current names)
+    task: object  # the family's ExperimentTask with the checkpoint's weights, in eval mode, on `device`
     device: str
     _stored: object
 
@@ -47,14 +48,16 @@ class Run:
 def load_run(path, device: str = "cpu", settings: dict | None = None, config_dir=None) -> Run:
     """The run of `path` (a run directory, its checkpoints/ folder, or a checkpoint file), its weights loaded
     into the model its stored config builds, on `device`, in eval mode."""
-    from experiments.stored_run import checkpoint_of, StoredRun
+    from experiments.stored_run import StoredRun, checkpoint_of
     from experiments.untrusted import package_config_folders, registry
 
     dirs = [config_dir] if isinstance(config_dir, (str, Path)) else list(config_dir or [])
     missing = [str(d) for d in dirs if not Path(d).is_dir()]
     if missing:
-        raise UserError(f"config_dir {missing[0]} is not a folder; give the family's conf/ folder, as train.py "
-                        f"was given it with --config-dir")
+        raise UserError(
+            f"config_dir {missing[0]} is not a folder; give the family's conf/ folder, as train.py "
+            f"was given it with --config-dir"
+        )
     checkpoint = checkpoint_of(Path(path))
     try:
         stored = StoredRun(checkpoint, registry([*package_config_folders(), *map(str, dirs)]), device=device)

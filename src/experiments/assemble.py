@@ -1,6 +1,7 @@
 """Build a run's pieces from a composed config: data, model and task, then the Trainer with the
 checkpoint policy, callbacks and logger. The training program and verify.py's `resume_exact` stage (which
 replays a run's epochs) both build through here, so a replay is assembled exactly as the run was."""
+
 import contextlib
 import sys
 import time
@@ -47,12 +48,15 @@ def build(cfg: DictConfig):
     model = built(cfg.model, "model")
     task = built(cfg.task, "task", model=model)
     if not isinstance(task, ExperimentTask):
-        raise UserError(f"task._target_={cfg.task._target_} is not an experiments.family.ExperimentTask: "
-                        f"a family's task subclasses it (docs/FAMILIES.md)")
+        raise UserError(
+            f"task._target_={cfg.task._target_} is not an experiments.family.ExperimentTask: "
+            f"a family's task subclasses it (docs/FAMILIES.md)"
+        )
     gaps = type(task).contract_gaps()
     if gaps:
-        raise UserError(f"{cfg.task._target_} does not implement {', '.join(gaps)} of the family contract "
-                        f"(docs/FAMILIES.md)")
+        raise UserError(
+            f"{cfg.task._target_} does not implement {', '.join(gaps)} of the family contract (docs/FAMILIES.md)"
+        )
     return datamodule, model, task
 
 
@@ -125,8 +129,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     primary metric (task_contract.ExperimentTask.monitor)."""
     monitor, mode = task.monitor_of(cfg.checkpoint)
     # _partial_: the run config holds _target_ nodes that must stay plain values, not be built
-    policy = instantiate(cfg.checkpoint, _partial_=True)(dirpath=str(rd.checkpoint_dir(run_dir)), run_config=config,
-                                                         monitor=monitor, mode=mode)
+    policy = instantiate(cfg.checkpoint, _partial_=True)(
+        dirpath=str(rd.checkpoint_dir(run_dir)), run_config=config, monitor=monitor, mode=mode
+    )
     callbacks = [StepSeeding(cfg.seed), policy]
     callbacks += [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     bar = cfg.trainer.get("enable_progress_bar", True) and is_terminal()  # redrawn bars garble a file
@@ -138,8 +143,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, task):
     if logger:
         callbacks.append(LoggerReport(run_dir))
     try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=plugins(),
-                              default_root_dir=str(run_dir), enable_progress_bar=bar)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=logger,
+            plugins=plugins(),
+            default_root_dir=str(run_dir),
+            enable_progress_bar=bar,
+        )
     except Exception as e:  # e.g. trainer=gpu on a machine without one (Hydra wraps Lightning's error)
         cause = e if isinstance(e, MisconfigurationException) else e.__cause__
         if not isinstance(cause, MisconfigurationException):
@@ -161,9 +172,15 @@ def ddp_child_command(local_rank: int):
     extra_dirs = [s.path for s in hc.runtime.config_sources if s.provider == "command-line"]
     script = Path(__file__).resolve().parents[2] / "train.py"  # a checkout; an installed copy has `-m experiments`
     start = [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "experiments"]
-    command = [*start, *[f"--config-dir={d}" for d in extra_dirs], *hc.overrides.task,
-               f'hydra.run.dir="{hc.runtime.output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
-               "hydra.output_subdir=null", "hydra.mode=RUN"]
+    command = [
+        *start,
+        *[f"--config-dir={d}" for d in extra_dirs],
+        *hc.overrides.task,
+        f'hydra.run.dir="{hc.runtime.output_dir}"',
+        f"hydra.job.name=train_ddp_process_{local_rank}",
+        "hydra.output_subdir=null",
+        "hydra.mode=RUN",
+    ]
     return command, get_original_cwd()
 
 

@@ -1,6 +1,7 @@
 """Atomic writes: a file is either as it was or completely new, never torn, whatever kills the process,
 and a failed write (a full disk) leaves no temporary file behind. Every file the framework writes, and a
 family's own files (through experiments.family), goes through here."""
+
 import csv
 import io
 import os
@@ -115,5 +116,3 @@ def atomic_write_csv(rows: list[dict], path: Path, columns: list[str] | None = N
     writer.writeheader()
     writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     atomic_write_bytes(path, text.getvalue().encode())
-
-

@@ -1,4 +1,5 @@
 """Small Lightning callbacks the programs attach to every run."""
+
 import random
 import struct
 import time
@@ -35,7 +36,7 @@ class StepSeeding(Callback):
             torch.cuda.manual_seed_all(s)
 
 
-def shown(key: str, figures: dict, task_cls, digits: int = 4) -> str:
+def format_figure(key: str, figures: dict, task_cls, digits: int = 4) -> str:
     """A figure as the console shows it: a count of its denominator (`count_keys`: 3/18), a percentage
     (`percent_keys`), or `digits` significant digits."""
     value, total = figures[key], figures.get(getattr(task_cls, "count_keys", {}).get(key))
@@ -45,12 +46,12 @@ def shown(key: str, figures: dict, task_cls, digits: int = 4) -> str:
 
 
 def summary_line(row: dict, task_cls, max_epochs: int | None) -> str:
-    """One console line for a finished epoch: the task's summary keys, as `shown`, and the epoch's wall
+    """One console line for a finished epoch: the task's summary keys, as `format_figure`, and the epoch's wall
     time."""
     parts = [f"epoch {epoch_number(row['epoch'])}/{max_epochs}"]
     for key in task_cls.summary_keys:
         if key in row:
-            parts.append(f"{key} {shown(key, row, task_cls)}")
+            parts.append(f"{key} {format_figure(key, row, task_cls)}")
     if "time/epoch_s" in row:
         parts.append(f"{row['time/epoch_s']:.1f}s")
     return " | ".join(parts)
@@ -76,14 +77,24 @@ class SameBatches(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         loaders = trainer.train_dataloader
-        loaders = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) \
+        loaders = (
+            loaders.values()
+            if isinstance(loaders, dict)
+            else loaders
+            if isinstance(loaders, (list, tuple))
             else [loaders]
-        found = [s for loader in loaders for s in (loader, getattr(loader, "sampler", None),
-                                                   getattr(loader, "batch_sampler", None))
-                 if s is not None and hasattr(s, "hold_epoch")]
+        )
+        found = [
+            s
+            for loader in loaders
+            for s in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None))
+            if s is not None and hasattr(s, "hold_epoch")
+        ]
         if not found:
-            raise UserError("debug=overfit needs the framework's EpochBatchSampler in the training data "
-                            "(experiments.family), whose epoch it holds; this data module samples otherwise")
+            raise UserError(
+                "debug=overfit needs the framework's EpochBatchSampler in the training data "
+                "(experiments.family), whose epoch it holds; this data module samples otherwise"
+            )
         for sampler in found:
             sampler.hold_epoch = 0
             sampler.set_epoch(0)
@@ -104,13 +115,18 @@ class ValidationLines(Callback):
         if now - self._said >= self.every_s:
             self._said = now
             total = sum(trainer.num_val_batches) if trainer.num_val_batches else "?"
-            print(f"  evaluating epoch {epoch_number(trainer.current_epoch)}: batch {batch_idx + 1}/{total}, "
-                  f"{now - self._started:.0f}s", flush=True)
+            print(
+                f"  evaluating epoch {epoch_number(trainer.current_epoch)}: batch {batch_idx + 1}/{total}, "
+                f"{now - self._started:.0f}s",
+                flush=True,
+            )
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and time.monotonic() - self._started >= 10:  # short ones: the epoch line
-            print(f"  evaluated epoch {epoch_number(trainer.current_epoch)} in {time.monotonic() - self._started:.0f}s",
-                  flush=True)
+            print(
+                f"  evaluated epoch {epoch_number(trainer.current_epoch)} in {time.monotonic() - self._started:.0f}s",
+                flush=True,
+            )
 
 
 MAX_PICTURE_PIXELS = 4096 * 4096  # a figure of this framework is far smaller; a logger decodes it whole, as floats
@@ -196,12 +212,17 @@ class EarlyStopping(LightningEarlyStopping):
     evaluations, not epochs). The stop ends the run as its last epoch would (the checkpoint policy marks
     it finished); wait count and best score resume with the run (Lightning keeps them in the checkpoint)."""
 
-    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 10,
-                 min_delta: float = 0.0):
+    def __init__(self, monitor: str | None = None, mode: str | None = None, patience: int = 10, min_delta: float = 0.0):
         if patience < 1:
             raise ValueError(f"callbacks.early_stopping.patience must be >= 1, got {patience}")
-        super().__init__(monitor=monitor or "", mode=mode or "min", patience=patience, min_delta=min_delta,
-                         strict=False, check_on_train_epoch_end=True)
+        super().__init__(
+            monitor=monitor or "",
+            mode=mode or "min",
+            patience=patience,
+            min_delta=min_delta,
+            strict=False,
+            check_on_train_epoch_end=True,
+        )
         self._asked = (monitor, mode, abs(min_delta))
 
     def setup(self, trainer, pl_module, stage: str) -> None:

@@ -1,4 +1,5 @@
 """Console entry points. Hydra composes the config; user mistakes become one line and exit status 2."""
+
 import os
 import re
 import sys
@@ -53,8 +54,11 @@ def quote_path_values(arg: str) -> str:
 
 def _check_conf_dir(config_name: str) -> None:
     if not (CONF_DIR / f"{config_name}.yaml").exists():
-        print(f"error: config folder {CONF_DIR} not found: this installation is incomplete; reinstall the "
-              f"project (pip install .)", file=sys.stderr)
+        print(
+            f"error: config folder {CONF_DIR} not found: this installation is incomplete; reinstall the "
+            f"project (pip install .)",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 
@@ -97,19 +101,34 @@ def _run(job, config_name: str, recorded_codes=lambda: []) -> None:
 
         refused = next((c for c in _causes(e) if isinstance(c, UserError)), None)  # our resolvers' (config_schema)
         message = _one_line(e)
-        line = str(refused) if refused else (_misspelled_key(message, config_name) or _misspelled_option(message)
-                                             or _misspelled_top_level(message, config_name) or message)
+        line = (
+            str(refused)
+            if refused
+            else (
+                _misspelled_key(message, config_name)
+                or _misspelled_option(message)
+                or _misspelled_top_level(message, config_name)
+                or message
+            )
+        )
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if started:
             raise
-        print(f"error: cannot create {e.filename or 'the run directory'}: {e.strerror or e}; choose a folder this "
-              f"user can write: paths.outputs=DIR", file=sys.stderr)
+        print(
+            f"error: cannot create {e.filename or 'the run directory'}: {e.strerror or e}; choose a folder this "
+            f"user can write: paths.outputs=DIR",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and stops by itself: stop.py)
-        print("\ninterrupted (Ctrl-C); every file written so far is whole (each is renamed into place once "
-              "complete); rerun the same command to do the rest", file=sys.stderr, flush=True)
+        print(
+            "\ninterrupted (Ctrl-C); every file written so far is whole (each is renamed into place once "
+            "complete); rerun the same command to do the rest",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)
     codes = [o.code for o in outcomes] or recorded_codes()
     sys.exit(max(codes) if codes else 0)
@@ -139,7 +158,9 @@ def _misspelled_top_level(message: str, config_name: str) -> str | None:
             return f"{key} is not a key or group of {config_name}.py: did you mean {nested}={value}?"
         close = difflib.get_close_matches(key, known, n=1)
         if close:
-            return f"{key} is not a key or group of {config_name}.py: did you mean {close[0]}={value}? (--help lists them)"
+            return (
+                f"{key} is not a key or group of {config_name}.py: did you mean {close[0]}={value}? (--help lists them)"
+            )
         if missing.group(1):  # Hydra's advice (`+key=`) would add a key that nothing reads
             return refusal(key, value, paths, f"{config_name}.py")
     return None
@@ -210,7 +231,7 @@ def _in_multirun() -> bool:
 
 
 COMMAND = list(sys.argv[1:])  # as the user typed it (eval.py takes its data arguments out of sys.argv); each
-                              # program's main sets it again, for a caller that imported this module before
+# program's main sets it again, for a caller that imported this module before
 
 
 def crash_line(e: BaseException) -> str:
@@ -225,16 +246,25 @@ def crash_line(e: BaseException) -> str:
     where = f", raised at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
     first = first_line(cause)
     program = Path(sys.argv[0]).name
-    return (f"error: {program} {' '.join(COMMAND)}: {type(cause).__name__}: {first}{where}. Rerun with "
-            f"traceback=true to see the whole traceback")
+    return (
+        f"error: {program} {' '.join(COMMAND)}: {type(cause).__name__}: {first}{where}. Rerun with "
+        f"traceback=true to see the whole traceback"
+    )
 
 
 def _outcome(program, cfg, one_line_crash: bool = False):
     """Run a program on a composed config. A user's mistake is one line and exit 2; a crash shows its
     traceback and exits 1 (one line where `one_line_crash`, unless `traceback=true`), but in a multirun
     it is reported and the other jobs go on."""
-    from experiments.errors import (EXIT_FAILED, EXIT_USER, Outcome, UserError, first_line, write_failure,
-                                    write_failure_line)
+    from experiments.errors import (
+        EXIT_FAILED,
+        EXIT_USER,
+        Outcome,
+        UserError,
+        first_line,
+        write_failure,
+        write_failure_line,
+    )
 
     try:
         return program(cfg)
@@ -283,8 +313,11 @@ def train_job(cfg):
     if not _in_multirun():
         return outcome, None
     if outcome.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) or outcome.stop:  # a rerun resumes this job (or the next)
-        print(f"{'SIGTERM' if outcome.code == EXIT_PREEMPTED else 'Ctrl-C'}: the sweep stops; rerun the same "
-              f"command to resume it.", flush=True)
+        print(
+            f"{'SIGTERM' if outcome.code == EXIT_PREEMPTED else 'Ctrl-C'}: the sweep stops; rerun the same "
+            f"command to resume it.",
+            flush=True,
+        )
         raise SystemExit(outcome.code or EXIT_INTERRUPTED)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     return outcome, sweep.objective(cfg, run_dir) if outcome.code == EXIT_OK else float("nan")
@@ -320,8 +353,9 @@ def recorded(outcome, cfg):
     from experiments.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome
     from experiments.ranks import process_rank
 
-    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(outcome.code,
-                                                                                                     "failed")
+    status = {EXIT_OK: "finished", EXIT_PREEMPTED: "preempted", EXIT_INTERRUPTED: "interrupted"}.get(
+        outcome.code, "failed"
+    )
     unrecorded = _outcome(lambda c: sweep.record_job(status, outcome.code, outcome.error), cfg)
     if unrecorded is not None:
         outcome = Outcome(max(outcome.code, unrecorded.code), outcome.error or unrecorded.error, outcome.stop)
@@ -375,8 +409,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     # Lightning's hint to start with srun: noise outside a Slurm job; inside one, once (Lightning gives it from
     # each place that looks for Slurm)
-    warnings.filterwarnings("ignore" if "SLURM_JOB_ID" not in os.environ else "once",
-                            message=r"The `srun` command is available on your system but is not used")
+    warnings.filterwarnings(
+        "ignore" if "SLURM_JOB_ID" not in os.environ else "once",
+        message=r"The `srun` command is available on your system but is not used",
+    )
 
 
 def _sweep_codes() -> list[int]:

@@ -1,5 +1,6 @@
 """Which commit of the code is running: asked of git (standard library only, so that setup.py can use it
 at build time without the project's dependencies)."""
+
 import subprocess
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from pathlib import Path
 def checkout_commit(folder: Path) -> str:
     """HEAD of the git checkout holding `folder` ('+dirty' when tracked files have uncommitted changes),
     or 'unknown' where there is no checkout or no git."""
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
 

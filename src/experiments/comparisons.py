@@ -15,6 +15,7 @@ exact McNemar test on the discordant outputs (scipy.stats.binomtest; with severa
 for the side whose seed-averaged value is higher, a sign test). `verdict`: `helps` / `hurts` when the
 interval excludes 0 in that direction, else `not supported`.
 """
+
 import csv
 import io
 import math
@@ -30,8 +31,18 @@ PER_OUTPUT = "per_output.csv"
 # A row an output: ARC's 419 evaluation outputs take 30 KB. Read as dicts a CSV takes about 100x its bytes.
 MAX_PER_OUTPUT_BYTES = 4 << 20
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
-COLUMNS = ["metric", "baseline", "variant", "mean_diff", "ci_low", "ci_high", "n_outputs", "n_seeds", "p_value",
-           "verdict"]
+COLUMNS = [
+    "metric",
+    "baseline",
+    "variant",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "n_outputs",
+    "n_seeds",
+    "p_value",
+    "verdict",
+]
 
 
 # ---- the statistics: pure functions ----
@@ -49,9 +60,16 @@ def task_bootstrap_interval(diffs: np.ndarray, tasks: np.ndarray) -> tuple[float
     if np.all(sums / counts == sums[0] / counts[0]):  # every task alike: nothing to resample
         d = float(sums.sum() / counts.sum())
         return d, d
-    result = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True,
-                       vectorized=True, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
-                       rng=np.random.default_rng(BOOTSTRAP_SEED))
+    result = bootstrap(
+        (sums, counts),
+        lambda s, c, axis=-1: s.sum(axis) / c.sum(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -83,9 +101,14 @@ def compare(baseline: dict, variant: dict, higher_is_better: bool, binary: bool)
     v = np.array([variant[k] for k in keys], dtype=float)
     diffs = v - b
     low, high = task_bootstrap_interval(diffs, np.array([k[0] for k in keys]))
-    return {"mean_diff": float(diffs.mean()) if keys else float("nan"), "ci_low": low, "ci_high": high,
-            "n_outputs": len(keys), "p_value": mcnemar_exact(b, v) if binary else None,
-            "verdict": verdict(low, high, higher_is_better)}
+    return {
+        "mean_diff": float(diffs.mean()) if keys else float("nan"),
+        "ci_low": low,
+        "ci_high": high,
+        "n_outputs": len(keys),
+        "p_value": mcnemar_exact(b, v) if binary else None,
+        "verdict": verdict(low, high, higher_is_better),
+    }
 
 
 # ---- from run directories ----
@@ -142,10 +165,18 @@ def comparisons(groups: list[dict], chain: list[str] | None, task_cls) -> list[d
             continue
         n_b, n_v = len(runs[base]), len(runs[var])
         for metric, column in metrics.items():
-            row = compare(seed_averaged(runs[base], column), seed_averaged(runs[var], column), metric in higher,
-                          metric in binary)
-            rows.append({"metric": metric, "baseline": base, "variant": var, **row,
-                         "n_seeds": n_b if n_b == n_v else f"{n_b}/{n_v}"})
+            row = compare(
+                seed_averaged(runs[base], column), seed_averaged(runs[var], column), metric in higher, metric in binary
+            )
+            rows.append(
+                {
+                    "metric": metric,
+                    "baseline": base,
+                    "variant": var,
+                    **row,
+                    "n_seeds": n_b if n_b == n_v else f"{n_b}/{n_v}",
+                }
+            )
     return rows
 
 
@@ -171,12 +202,17 @@ def short_names(rows: list[dict]) -> dict[str, str]:
 
 def markdown(rows: list[dict]) -> list[str]:
     short = short_names(rows).get
-    lines = ["| metric | baseline | variant | mean diff | 95% CI (tasks resampled) | outputs | seeds | p (McNemar) | verdict |",
-             "|" + " --- |" * 9]
+    lines = [
+        "| metric | baseline | variant | mean diff | 95% CI (tasks resampled) | outputs | seeds | p (McNemar) "
+        "| verdict |",
+        "|" + " --- |" * 9,
+    ]
     for r in rows:
-        lines.append(f"| {r['metric']} | {short(r['baseline'])} | {short(r['variant'])} | {_cell(r['mean_diff'])} | "
-                     f"[{_cell(r['ci_low'])}, {_cell(r['ci_high'])}] | {r['n_outputs']} | {r['n_seeds']} | "
-                     f"{_cell(r['p_value'])} | {r['verdict']} |")
+        lines.append(
+            f"| {r['metric']} | {short(r['baseline'])} | {short(r['variant'])} | {_cell(r['mean_diff'])} | "
+            f"[{_cell(r['ci_low'])}, {_cell(r['ci_high'])}] | {r['n_outputs']} | {r['n_seeds']} | "
+            f"{_cell(r['p_value'])} | {r['verdict']} |"
+        )
     return lines
 
 
@@ -184,6 +220,7 @@ def draw(rows: list[dict], path: Path, title: str, higher_is_better: set) -> Non
     """One panel per metric: each step's mean difference with its interval, coloured by verdict; the steps
     share the rows of the figure."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -191,8 +228,9 @@ def draw(rows: list[dict], path: Path, title: str, higher_is_better: set) -> Non
     steps_shown = list(dict.fromkeys((r["baseline"], r["variant"]) for r in rows))
     short = short_names(rows)
     colour = {"helps": "tab:green", "hurts": "tab:red", "not supported": "tab:gray"}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics) + 2.2, 1.4 + 0.5 * len(steps_shown)),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(3.3 * len(metrics) + 2.2, 1.4 + 0.5 * len(steps_shown)), squeeze=False, sharey=True
+    )
     for ax, metric in zip(axes[0], metrics):
         for r in (r for r in rows if r["metric"] == metric):
             y, low, high = steps_shown.index((r["baseline"], r["variant"])), r["ci_low"], r["ci_high"]

@@ -1,6 +1,7 @@
 """Which key a user meant. A key given at the top level of train.py's config that nothing reads (`lr=0.01`,
 Hydra's own advice `+lr=0.01`, `tags=[dev]`, `+ckpt_path=...`) would be ignored in silence; it is refused,
 named against the keys the composed config does have (`task.lr`, `logger.tags`)."""
+
 import difflib
 import re
 
@@ -43,13 +44,16 @@ def unread(cfg, known: set[str]) -> list[str]:
 
 
 # Lightning-Hydra habits with no key of that name here: what does the job instead
-HABITS = {"ckpt_path": "a run resumes from its own last.ckpt when its command is rerun (resume=auto); to start "
-                       "from another run's weights, init_from=PATH"}
+HABITS = {
+    "ckpt_path": "a run resumes from its own last.ckpt when its command is rerun (resume=auto); to start "
+    "from another run's weights, init_from=PATH"
+}
 HABITS["resume_from_checkpoint"] = HABITS["ckpt_path"]
 
 
 def refusal(key: str, value: str, paths: list[str], program: str) -> str:
     """The line for a top-level key nothing reads: what it is, and the key it most likely stands for."""
     hint = meant(key, paths)
-    return (f"{key} is not a key of {program}'s config and nothing would read it: " +
-            (f"did you mean {hint}={value}?" if hint else HABITS.get(key, "--help lists the keys and groups")))
+    return f"{key} is not a key of {program}'s config and nothing would read it: " + (
+        f"did you mean {hint}={value}?" if hint else HABITS.get(key, "--help lists the keys and groups")
+    )

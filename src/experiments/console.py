@@ -7,6 +7,7 @@ lines). When the console is not a terminal (output redirected to a file, a batch
 console gets the same plain text: no colours there either, and the programs draw no bars
 (`is_terminal`), one line per epoch instead.
 """
+
 import contextlib
 import datetime
 import os
@@ -20,7 +21,7 @@ from experiments.untrusted import open_regular
 
 # OSC sequences (links, window titles) with their text, CSI sequences (colours, cursor moves), 2-byte escapes
 ESCAPE = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
-BAR = re.compile(r"\[\d+:\d\d[^\]]*(it/s|s/it)\]\s*$")             # a tqdm bar's "[00:02<00:00, 14.2it/s]"
+BAR = re.compile(r"\[\d+:\d\d[^\]]*(it/s|s/it)\]\s*$")  # a tqdm bar's "[00:02<00:00, 14.2it/s]"
 
 
 def is_terminal(stream=None) -> bool:
@@ -94,8 +95,14 @@ def open_for_append(path: Path):
     """A log file opened to append to, never through a link (the console would be appended to whatever it
     points at) and only when it is a regular file (a FIFO would block)."""
     try:
-        return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, "a", one_name=True,
-                            encoding="utf-8", buffering=1)
+        return open_regular(
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+            "a",
+            one_name=True,
+            encoding="utf-8",
+            buffering=1,
+        )
     except UserError as e:
         raise UserError(f"{e}; it should be the run's log: remove it, then rerun")
 
@@ -127,10 +134,15 @@ def console_handlers(out, err) -> list:
     """(handler, its stream) of every logging handler that writes to the console's streams."""
     import logging
 
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
-    return [(h, h.stream) for lg in loggers for h in lg.handlers
-            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (out, err)]
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    return [
+        (h, h.stream)
+        for lg in loggers
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (out, err)
+    ]
 
 
 @contextlib.contextmanager
@@ -139,7 +151,7 @@ def logged_to(path: Path, command: str):
     another, each headed by its time and command). Yields the LogFile: `keep()` once the run is under way."""
     out, err = sys.stdout, sys.stderr
     log = LogFile(path)
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     log.write(f"==== {started}: {command}\n")
     tees = Tee(out, PlainLines(log.write)), Tee(err, PlainLines(log.write))  # a line each: never mixed
     sys.stdout, sys.stderr = tees

@@ -4,6 +4,7 @@ grouped by length (bucketing), so that a batch of variable-length sequences pads
 Lightning calls `set_epoch` before each epoch; `iterations` records which epochs were really iterated
 so that a test (and the task) can check that the epoch reached the sampler.
 """
+
 import torch
 from torch.utils.data import Sampler
 
@@ -39,8 +40,16 @@ class EpochBatchSampler(Sampler):
     of `bucket_window` batches, each window sorted by length and cut into batches, and the batches of
     the epoch shuffled. Every item still comes once an epoch, and the order is still f(seed, epoch)."""
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
-                 lengths=None, bucket_window: int = 0):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        lengths=None,
+        bucket_window: int = 0,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if bucket_window < 0:
@@ -49,7 +58,7 @@ class EpochBatchSampler(Sampler):
         self.shuffle, self.drop_last = shuffle, drop_last
         self.lengths = None if lengths is None or not bucket_window else torch.as_tensor(lengths)
         self.bucket_window = bucket_window
-        self.epoch = 0       # whose order is drawn
+        self.epoch = 0  # whose order is drawn
         self.loop_epoch = 0  # the fit loop's epoch (the same, but under hold_epoch)
         self.rank, self.world = 0, 1  # DDP: this process takes every world-th batch (set_shard)
         self.resume_at = (-1, 0)  # (epoch, batches already trained in it) from a mid-epoch checkpoint
@@ -76,7 +85,7 @@ class EpochBatchSampler(Sampler):
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         if self.world > 1:  # every rank takes as many batches: the order wraps round to fill the last turn
             per_rank = -(-len(batches) // self.world)
-            batches = (batches + batches[: per_rank * self.world - len(batches)])[self.rank::self.world]
+            batches = (batches + batches[: per_rank * self.world - len(batches)])[self.rank :: self.world]
         return batches
 
     def __len__(self) -> int:
@@ -90,7 +99,7 @@ class EpochBatchSampler(Sampler):
         epoch, done = self.resume_at
         self.resume_at = (-1, 0)
         # resumed inside the epoch it was saved in: on after its batches (an epoch's end resumes at the next)
-        yield from self.batch_indices(self.epoch)[done if epoch == self.loop_epoch else 0:]
+        yield from self.batch_indices(self.epoch)[done if epoch == self.loop_epoch else 0 :]
 
     def state_dict(self, batches_done: int) -> dict:
         # the fit loop's epoch: under hold_epoch every epoch draws one order, and an epoch's end must not read
@@ -157,8 +166,9 @@ def epoch_state_of_ranks(module, sums: torch.Tensor, count: float) -> dict:
         return state
     flat = torch.cat([sums.detach().double().reshape(-1), torch.tensor([float(count)], dtype=torch.float64)])
     gathered = trainer.strategy.all_gather(flat.to(module.device)).cpu()  # (processes, terms + 1)
-    state["by_rank"] = [{"sums": row[:-1].to(sums.dtype).reshape(sums.shape), "count": type(count)(row[-1].item())}
-                        for row in gathered]
+    state["by_rank"] = [
+        {"sums": row[:-1].to(sums.dtype).reshape(sums.shape), "count": type(count)(row[-1].item())} for row in gathered
+    ]
     return state
 
 
@@ -173,8 +183,12 @@ def epoch_state_for_this_rank(module, checkpoint: dict) -> dict | None:
     trainer = module._trainer
     rank, world = getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
     by_rank = state.get("by_rank")
-    if isinstance(by_rank, list) and len(by_rank) == world and isinstance(by_rank[rank], dict) \
-            and isinstance(by_rank[rank].get("sums"), torch.Tensor):
+    if (
+        isinstance(by_rank, list)
+        and len(by_rank) == world
+        and isinstance(by_rank[rank], dict)
+        and isinstance(by_rank[rank].get("sums"), torch.Tensor)
+    ):
         return by_rank[rank]
     return state if not rank else None
 

@@ -1,4 +1,5 @@
 """Errors a user can fix (the programs print them as one line and exit with status 2), exit statuses, outcomes."""
+
 import errno
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED, EXIT_PREEMPTED = 0, 1, 2, 130
 class Outcome:
     """How a program's job ended: its exit status and, when it failed, the one line that says why (a
     sweep's job record keeps it)."""
+
     code: int
     error: str | None = None
     stop: bool = False  # the job completed, but the user pressed Ctrl-C as it ended: a sweep stops after it

@@ -18,6 +18,7 @@ Exit status: 0 done, 2 unusable input (a checkpoint or data that cannot be used 
 crashed. For a sweep: the worst of its jobs', after the others are evaluated and summarised; a job whose
 training did not finish is not evaluated (the summary lists it) and does not change the status.
 """
+
 import datetime
 import json
 import sys
@@ -31,13 +32,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from experiments import run_dir as rd
-from experiments.checkpoint import io as checkpoint_io
 from experiments.atomic import atomic_write_bytes
-from experiments.errors import (EXIT_FAILED, EXIT_OK, EXIT_USER, first_line, Outcome, UserError,
-                               write_failure)
+from experiments.checkpoint import io as checkpoint_io
 from experiments.console import with_progress
+from experiments.errors import EXIT_FAILED, EXIT_OK, EXIT_USER, Outcome, UserError, first_line, write_failure
 from experiments.stages.config_check import check_config
-from experiments.stored_run import checkpoint_of, config_hash, StoredRun
+from experiments.stored_run import StoredRun, checkpoint_of, config_hash
 from experiments.untrusted import Registry, check_experiment_name, program_registry
 
 SCHEMA = "experiments.eval/1"
@@ -64,22 +64,28 @@ def data_config(run_config: dict, data_args: list[str], registry: Registry, wher
     try:
         if chosen:
             if not run_config.get("experiment"):
-                raise UserError("the checkpoint does not record its experiment, so data=GROUP cannot be composed "
-                                "for it; give data.KEY=VALUE overrides of its own data instead")
+                raise UserError(
+                    "the checkpoint does not record its experiment, so data=GROUP cannot be composed "
+                    "for it; give data.KEY=VALUE overrides of its own data instead"
+                )
             experiment = check_experiment_name(run_config["experiment"], registry, where)
             composed = compose("train", overrides=[f"experiment={experiment}", *data_args])
             node = OmegaConf.to_container(composed.data, resolve=True)
         else:
-            merged = OmegaConf.merge({"data": run_config["data"]}, OmegaConf.from_dotlist([a.lstrip("+") for a in data_args]))
+            merged = OmegaConf.merge(
+                {"data": run_config["data"]}, OmegaConf.from_dotlist([a.lstrip("+") for a in data_args])
+            )
             node = OmegaConf.to_container(merged.data, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(f"data: {' '.join(str(e).split('Config search path')[0].split())}")
     own = run_config["data"]["_target_"]
     if not isinstance(node, dict) or node.get("_target_") != own:
         given = node.get("_target_") if isinstance(node, dict) else node
-        raise UserError(f"{' '.join(data_args)} is data for {given}, but this checkpoint was trained on {own} data: "
-                        f"eval.py evaluates a checkpoint on data of its own family (e.g. another task set or clip "
-                        f"folder of that data module)")
+        raise UserError(
+            f"{' '.join(data_args)} is data for {given}, but this checkpoint was trained on {own} data: "
+            f"eval.py evaluates a checkpoint on data of its own family (e.g. another task set or clip "
+            f"folder of that data module)"
+        )
     check_config(OmegaConf.create({"data": node}))
     return node
 
@@ -104,8 +110,10 @@ def is_sweep(target: Path) -> bool:
 
 def evaluate(cfg, data_args: list[str], task_args: list[str] = ()) -> Outcome:
     if not cfg.ckpt:
-        raise UserError("give a checkpoint, run directory or sweep directory: python eval.py ckpt=PATH "
-                        "[data=GROUP] [data.KEY=VALUE]")
+        raise UserError(
+            "give a checkpoint, run directory or sweep directory: python eval.py ckpt=PATH "
+            "[data=GROUP] [data.KEY=VALUE]"
+        )
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
     target = Path(str(cfg.ckpt))
     if is_sweep(target):
@@ -121,16 +129,20 @@ def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[s
     from experiments import sweep
 
     if cfg.out:
-        raise UserError("out= cannot be given with a sweep directory: each job's evaluation goes into its own run "
-                        "directory and the summary into the sweep's eval/ folder")
+        raise UserError(
+            "out= cannot be given with a sweep directory: each job's evaluation goes into its own run "
+            "directory and the summary into the sweep's eval/ folder"
+        )
     registry = program_registry()
     evaluation = data_identity([*data_args, *task_args])
     root = sweep.outputs_root_of(directory)
     # jobs whose training finished: "finished" when this evaluation of their checkpoint is there, else "not evaluated"
     jobs = [r for r in sweep.collect(directory, registry, evaluation) if r["status"] in ("finished", "not evaluated")]
     if not jobs:
-        raise UserError(f"{directory} has no finished job to evaluate (python scripts/summarize.py {directory} "
-                        f"tells each job's state)")
+        raise UserError(
+            f"{directory} has no finished job to evaluate (python scripts/summarize.py {directory} "
+            f"tells each job's state)"
+        )
     failed, code = {}, EXIT_OK
     for n, job in enumerate(jobs, 1):
         head = f"[{n}/{len(jobs)}] job {job['job']} ({job['overrides']})"
@@ -158,7 +170,9 @@ def evaluate_sweep(cfg, directory: Path, data_args: list[str], task_args: list[s
     return Outcome(code, line)
 
 
-def evaluate_job(cfg, checkpoint: Path, data_args: list[str], task_args: list[str], registry: Registry) -> tuple[str, int]:
+def evaluate_job(
+    cfg, checkpoint: Path, data_args: list[str], task_args: list[str], registry: Registry
+) -> tuple[str, int]:
     """One job of a sweep: ("", 0) when evaluated, else (why, exit status). A full disk stops them all."""
     try:
         evaluate_checkpoint(cfg, checkpoint, data_args, task_args, registry)
@@ -200,28 +214,40 @@ def evaluate_checkpoint(cfg, checkpoint: Path, data_args: list[str], task_args: 
 
 def announce(checkpoint: Path, epoch: int, node: dict, data_args: list[str], datamodule) -> None:
     described = getattr(datamodule, "describe", lambda: "")()
-    print(f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"
-          + (f" {' '.join(data_args)}" if data_args else " (the run's own data)")
-          + (f": {described}" if described else ""), flush=True)
+    print(
+        f"Evaluating {checkpoint} (epoch {rd.epoch_number(epoch)}) on {node['_target_']}"
+        + (f" {' '.join(data_args)}" if data_args else " (the run's own data)")
+        + (f": {described}" if described else ""),
+        flush=True,
+    )
 
 
-def record(stored: StoredRun, checkpoint: Path, node: dict, data_args: list[str], metrics: dict, seconds: float) -> dict:
+def record(
+    stored: StoredRun, checkpoint: Path, node: dict, data_args: list[str], metrics: dict, seconds: float
+) -> dict:
     """metrics.json: which checkpoint, which data, the figures (schema experiments.eval/1)."""
     ckpt = stored.ckpts[checkpoint]
     return {
         "schema": SCHEMA,
-        "checkpoint": {"path": str(checkpoint), "sha256": stored.sha256(checkpoint), "epoch": rd.epoch_number(ckpt["epoch"]),
-                       "global_step": ckpt["global_step"], "experiment": stored.config.get("experiment"),
-                       "config_hash": config_hash(stored.config)},
+        "checkpoint": {
+            "path": str(checkpoint),
+            "sha256": stored.sha256(checkpoint),
+            "epoch": rd.epoch_number(ckpt["epoch"]),
+            "global_step": ckpt["global_step"],
+            "experiment": stored.config.get("experiment"),
+            "config_hash": config_hash(stored.config),
+        },
         "data": {"arguments": data_args, "identity": data_identity(data_args), "config": node},
         "metrics": metrics,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
     }
 
 
 def print_metrics(metrics: dict, task) -> None:
-    from experiments.callbacks import shown  # (Lightning's callbacks: not imported by a refused evaluation)
+    from experiments.callbacks import format_figure  # (Lightning's callbacks: not imported by a refused evaluation)
 
     for name in metrics:
-        print(f"  {name:28s} {shown(name, metrics, type(task), digits=6)}", flush=True)  # as the epoch line shows it
+        print(
+            f"  {name:28s} {format_figure(name, metrics, type(task), digits=6)}", flush=True
+        )  # as the epoch line shows it

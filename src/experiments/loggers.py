@@ -1,4 +1,5 @@
 """Loggers as the programs configure them (conf/logger/)."""
+
 import hashlib
 import inspect
 import os
@@ -9,7 +10,6 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
-
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from experiments.atomic import atomic_write_bytes
@@ -92,7 +92,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
 
 RUN_DIR_TAG = "experiments.run_dir_id"  # an MLflow run's tag: stable_id of the run directory it records
-MLFLOW_RUN_FILE = "mlflow_run.txt"       # in the run directory: the id of its MLflow run
+MLFLOW_RUN_FILE = "mlflow_run.txt"  # in the run directory: the id of its MLflow run
 
 
 class MLFlowLogger(LightningMLFlowLogger):
@@ -146,8 +146,10 @@ class MLFlowLogger(LightningMLFlowLogger):
         uri = client.get_run(self._run_id).info.artifact_uri or ""
         where = Path(urllib.parse.urlparse(uri).path) if uri.startswith("file:") else None
         if where is None or not where.resolve().is_relative_to(self._own_store):
-            raise UserError(f"{self._own_store}: MLflow run {self._run_id} keeps its artifacts at {uri}, outside "
-                            f"that store: refusing to log there; rerun with resume=never to start a new run")
+            raise UserError(
+                f"{self._own_store}: MLflow run {self._run_id} keeps its artifacts at {uri}, outside "
+                f"that store: refusing to log there; rerun with resume=never to start a new run"
+            )
 
     def _earlier_id(self) -> str | None:
         """The id a start before this one wrote, if it reads as an MLflow run id (the file is data)."""
@@ -173,8 +175,9 @@ class MLFlowLogger(LightningMLFlowLogger):
                 pass
         found = self._mlflow_client.get_experiment_by_name(self._experiment_name)
         if found is None or found.lifecycle_stage == "deleted":
-            self._experiment_id = self._mlflow_client.create_experiment(self._experiment_name,
-                                                                        artifact_location=self._artifact_location)
+            self._experiment_id = self._mlflow_client.create_experiment(
+                self._experiment_name, artifact_location=self._artifact_location
+            )
         else:
             self._experiment_id = found.experiment_id
         return None
@@ -200,8 +203,12 @@ class MLFlowLogger(LightningMLFlowLogger):
     @rank_zero_only
     def log_image(self, key: str, images: list, step: int | None = None) -> None:
         for path in images:
-            self.experiment.log_image(self.run_id, (rgb_pixels(path) * 255).round().astype("uint8"),
-                                      key=re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key), step=step or 0)
+            self.experiment.log_image(
+                self.run_id,
+                (rgb_pixels(path) * 255).round().astype("uint8"),
+                key=re.sub(r"[^A-Za-z0-9_\-./ ]", "_", key),
+                step=step or 0,
+            )
 
 
 MLFlowLogger.__init__.__signature__ = inspect.signature(LightningMLFlowLogger.__init__)

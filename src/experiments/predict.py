@@ -14,6 +14,7 @@ and `ExperimentTask.predictions`.
 Exit status: 0 done, 2 unusable input (checkpoint, input, a family that does not predict), 1 a family's code
 crashed.
 """
+
 import datetime
 import hashlib
 import json
@@ -28,7 +29,7 @@ from experiments.checkpoint import io as checkpoint_io
 from experiments.console import with_progress
 from experiments.errors import EXIT_OK, Outcome, UserError
 from experiments.stages.config_check import check_config
-from experiments.stored_run import checkpoint_of, StoredRun
+from experiments.stored_run import StoredRun, checkpoint_of
 from experiments.untrusted import program_registry
 
 SCHEMA = "experiments.predict/1"
@@ -47,31 +48,46 @@ def predict(cfg, task_args: list[str] = ()) -> Outcome:
     task = stored.loaded(checkpoint)
     source = input_path(cfg.input)
     datamodule = prediction_datamodule(stored, task, source)
-    folder = Path(str(cfg.out)) if cfg.out else (rd.run_of(checkpoint) / rd.PREDICT / input_identity(source, task_args)
-                                                  / checkpoint.stem)
+    folder = (
+        Path(str(cfg.out))
+        if cfg.out
+        else (rd.run_of(checkpoint) / rd.PREDICT / input_identity(source, task_args) / checkpoint.stem)
+    )
     if not cfg.out:
         rd.refuse_links_out(folder, rd.run_of(checkpoint))
     rd.remove_stale_temporaries(folder)  # of predict.py runs killed while writing here
     described = getattr(datamodule, "describe", lambda: "")()
-    print(f"Predicting with {checkpoint} (epoch {rd.epoch_number(stored.ckpts[checkpoint]['epoch'])}) on "
-          f"{source if source else 'its default input'}" + (f": {described}" if described else ""), flush=True)
+    print(
+        f"Predicting with {checkpoint} (epoch {rd.epoch_number(stored.ckpts[checkpoint]['epoch'])}) on "
+        f"{source if source else 'its default input'}" + (f": {described}" if described else ""),
+        flush=True,
+    )
     with_progress(datamodule, "predict_dataloader", "predicting")
     records = task.predictions(datamodule)
     task.prediction_files(records, folder, datamodule)
     seconds = time.perf_counter() - t0
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "prediction.json")
-    record = {"schema": SCHEMA, "checkpoint": {"path": str(checkpoint), "sha256": stored.sha256(checkpoint),
-                                               "epoch": rd.epoch_number(stored.ckpts[checkpoint]["epoch"]),
-                                               "experiment": stored.config.get("experiment")},
-              "input": {"path": str(source) if source else None,
-                        "resolved": str(source.resolve()) if source else None},
-              "task": {"arguments": list(task_args), "settings": stored.task_settings},
-              "predictions": len(records), "files": files,
-              "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "seconds": round(seconds, 3)}
+    record = {
+        "schema": SCHEMA,
+        "checkpoint": {
+            "path": str(checkpoint),
+            "sha256": stored.sha256(checkpoint),
+            "epoch": rd.epoch_number(stored.ckpts[checkpoint]["epoch"]),
+            "experiment": stored.config.get("experiment"),
+        },
+        "input": {"path": str(source) if source else None, "resolved": str(source.resolve()) if source else None},
+        "task": {"arguments": list(task_args), "settings": stored.task_settings},
+        "predictions": len(records),
+        "files": files,
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
     atomic_write_bytes(folder / "prediction.json", (json.dumps(record, indent=2, default=str) + "\n").encode())
-    print(f"{len(records):,} prediction{'s' * (len(records) != 1)} in {seconds:.1f}s; {folder}: {listing(files)}, "
-          f"prediction.json", flush=True)
+    print(
+        f"{len(records):,} prediction{'s' * (len(records) != 1)} in {seconds:.1f}s; {folder}: {listing(files)}, "
+        f"prediction.json",
+        flush=True,
+    )
     return Outcome(EXIT_OK)
 
 
@@ -79,12 +95,16 @@ def refuse_without_prediction(stored: StoredRun) -> None:
     """A family whose task does not implement the prediction methods: one line (before any weight loads)."""
     gaps = stored.task_class.prediction_gaps()
     if len(gaps) == 3:
-        raise UserError(f"{stored.config['task']['_target_']} does not predict: its task implements no "
-                        f"prediction_step (a family opts in with prediction_data, prediction_step and "
-                        f"prediction_files: docs/FAMILIES.md, 'Predicting'); eval.py evaluates it on data with answers")
+        raise UserError(
+            f"{stored.config['task']['_target_']} does not predict: its task implements no "
+            f"prediction_step (a family opts in with prediction_data, prediction_step and "
+            f"prediction_files: docs/FAMILIES.md, 'Predicting'); eval.py evaluates it on data with answers"
+        )
     if gaps:
-        raise UserError(f"{stored.config['task']['_target_']} implements only part of prediction: "
-                        f"{', '.join(gaps)} missing (docs/FAMILIES.md, 'Predicting')")
+        raise UserError(
+            f"{stored.config['task']['_target_']} implements only part of prediction: "
+            f"{', '.join(gaps)} missing (docs/FAMILIES.md, 'Predicting')"
+        )
 
 
 def input_path(value) -> Path | None:
@@ -104,9 +124,11 @@ def prediction_datamodule(stored: StoredRun, task, source: Path | None):
     own = stored.config["data"]
     node = task.prediction_data(dict(own), source)
     if not isinstance(node, dict) or node.get("_target_") != own["_target_"]:
-        raise UserError(f"{type(task).__name__}.prediction_data gave data for "
-                        f"{node.get('_target_') if isinstance(node, dict) else node}, not the run's own "
-                        f"{own['_target_']}")
+        raise UserError(
+            f"{type(task).__name__}.prediction_data gave data for "
+            f"{node.get('_target_') if isinstance(node, dict) else node}, not the run's own "
+            f"{own['_target_']}"
+        )
     check_config(OmegaConf.create({"data": node}))
     return stored.datamodule(node, stage="predict")
 

@@ -1,4 +1,5 @@
 """Which DDP process this is, from the environment alone (no torch import: the CLI asks before building)."""
+
 import os
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")

@@ -18,6 +18,7 @@ Layout (every program finds a run's files through the names and functions here):
     eval/<data>/<checkpoint stem>/    eval.py's results: metrics.json and the family's files
     superseded/<UTC time>/            an earlier run moved aside by resume=never
 """
+
 import contextlib
 import datetime
 import fcntl
@@ -30,8 +31,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from experiments.checkpoint.io import read_intact, sidecar
 from experiments.atomic import atomic_write_bytes, remove_temporaries
+from experiments.checkpoint.io import read_intact, sidecar
 from experiments.errors import UserError
 from experiments.untrusted import kind_of, open_regular, read_yaml, yaml_text
 
@@ -43,7 +44,7 @@ VERIFICATION = "verification"
 SUPERSEDED = "superseded"
 DAMAGED = "damaged"
 LOCK = ".lock"
-EVAL = "eval"        # eval.py's results: eval/<data>/<checkpoint>/
+EVAL = "eval"  # eval.py's results: eval/<data>/<checkpoint>/
 PREDICT = "predict"  # predict.py's: predict/<input>/<checkpoint>/
 TRAIN_LOG = "train.log"
 START_RECORD = ".hydra"
@@ -64,8 +65,9 @@ def outputs_root(outputs) -> str:
     before Hydra creates anything) when it is empty, a file, or under a folder this process cannot write."""
     text = "" if outputs is None else str(outputs)
     if not text.strip():
-        raise UserError("paths.outputs is empty: give the folder that holds the run directories, e.g. "
-                        "paths.outputs=outputs")
+        raise UserError(
+            "paths.outputs is empty: give the folder that holds the run directories, e.g. paths.outputs=outputs"
+        )
     path = Path(text)
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if existing.exists() and not existing.is_dir():
@@ -81,15 +83,16 @@ def run_subdir(experiment, override_dirname: str) -> str:
     outputs root (`experiment=../x`, an absolute path) is refused."""
     name = str(experiment)
     if not name or name.startswith(("/", "\\")) or ".." in PurePosixPath(name).parts:
-        raise UserError(f"experiment={name}: an experiment is the name of a preset (experiment/<name>.yaml), not a "
-                        f"path; its run directory must stay inside paths.outputs")
+        raise UserError(
+            f"experiment={name}: an experiment is the name of a preset (experiment/<name>.yaml), not a "
+            f"path; its run directory must stay inside paths.outputs"
+        )
     return f"{name}/{run_id(override_dirname)}"
 
 
 def run_path(outputs, experiment, override_dirname: str) -> str:
     """`hydra.run.dir`: <outputs root>/<experiment>/<overrides>, both parts checked."""
     return f"{outputs_root(outputs)}/{run_subdir(experiment, override_dirname)}"
-
 
 
 def epoch_number(epoch: int) -> int:
@@ -147,26 +150,34 @@ def refuse_links_out(folder: Path, root: Path, below: bool = True) -> None:
     except (RuntimeError, OSError):  # a loop of links
         outside = True
     if outside:
-        raise UserError(f"{existing} leads outside {root} (a link): refusing to write there; remove the link, or "
-                        f"give the output path yourself")
+        raise UserError(
+            f"{existing} leads outside {root} (a link): refusing to write there; remove the link, or "
+            f"give the output path yourself"
+        )
     if not below or not folder.is_dir():
         return
 
     def unlisted(error: OSError):
-        raise UserError(f"{error.filename} cannot be listed ({error.strerror}): refusing to write below {folder} "
-                        f"without knowing what it holds")
+        raise UserError(
+            f"{error.filename} cannot be listed ({error.strerror}): refusing to write below {folder} "
+            f"without knowing what it holds"
+        )
 
     for where, folders, files in os.walk(folder, onerror=unlisted):  # links to folders are listed, never entered
         for name in folders + files:
             path = Path(where) / name
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode) and not wandb_link(path.relative_to(folder).parts):
-                raise UserError(f"{path} is a link: refusing to write below {folder}, where a write could land "
-                                f"wherever a link points; a run's folders are real folders (put runs elsewhere "
-                                f"with paths.outputs); remove the link")
+                raise UserError(
+                    f"{path} is a link: refusing to write below {folder}, where a write could land "
+                    f"wherever a link points; a run's folders are real folders (put runs elsewhere "
+                    f"with paths.outputs); remove the link"
+                )
             if not (stat.S_ISLNK(mode) or stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                raise UserError(f"{path} is {kind_of(mode)}, which no program of this framework makes: refusing to "
-                                f"use {folder} (opening it could block forever); remove it")
+                raise UserError(
+                    f"{path} is {kind_of(mode)}, which no program of this framework makes: refusing to "
+                    f"use {folder} (opening it could block forever); remove it"
+                )
 
 
 def wandb_link(parts: tuple[str, ...]) -> bool:
@@ -176,7 +187,8 @@ def wandb_link(parts: tuple[str, ...]) -> bool:
     if parts[:1] == (SUPERSEDED,):
         parts = parts[2:]
     return parts in (("wandb", "latest-run"), ("wandb", "debug.log"), ("wandb", "debug-internal.log")) or (
-        len(parts) == 4 and parts[0] == "wandb" and parts[2:] == ("logs", "debug-core.log"))
+        len(parts) == 4 and parts[0] == "wandb" and parts[2:] == ("logs", "debug-core.log")
+    )
 
 
 def is_superseded(path: Path) -> bool:
@@ -197,8 +209,10 @@ def flatten(d, prefix: str = "") -> dict:
 
 def config_diff(old: dict, new: dict, ignore: list[str]) -> list[str]:
     """Lines 'key: old -> new' for every result-defining key that differs."""
+
     def ignored(key: str) -> bool:
         return any(key == i or key.startswith(i + ".") for i in ignore)
+
     a, b = flatten(old), flatten(new)
     lines = []
     for key in sorted(set(a) | set(b)):
@@ -258,11 +272,13 @@ def held(run_dir: Path):
         line = handle.read(200).strip()
         holder = line if re.fullmatch(r"PID \d+ on [\w.-]+ since [\w:+.-]+", line) else "another process"
         handle.close()
-        raise UserError(f"{run_dir} is being trained by {holder}: one process writes a run. Wait for it to end "
-                        f"(the same command then resumes or reports the run complete), or stop it first")
+        raise UserError(
+            f"{run_dir} is being trained by {holder}: one process writes a run. Wait for it to end "
+            f"(the same command then resumes or reports the run complete), or stop it first"
+        )
     handle.seek(0)
     handle.truncate()
-    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {since}\n")
     handle.flush()
     try:
@@ -298,7 +314,7 @@ def supersede(run_dir: Path) -> Path | None:
     items = [p for p in run_dir.iterdir() if p.name not in (SUPERSEDED, LOCK)] if run_dir.exists() else []
     if not items:
         return None
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     dest = run_dir / SUPERSEDED / stamp
     dest.mkdir(parents=True)
     for p in items:
@@ -321,7 +337,7 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, dict | None, list[str]]:
     why = {p: reason for p, (_, reason) in read.items()}
     moved = []
     if any(why.values()):
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = checkpoint_dir(run_dir) / DAMAGED / stamp
         aside.mkdir(parents=True)
         for p, reason in why.items():
@@ -345,13 +361,19 @@ def decide(run_dir: Path, config: dict, ignore: list[str], comparable=lambda con
     stored_path = run_dir / RUN_CONFIG
     resume_from, ckpt, moved = newest_intact(run_dir)
     if resume_from is None and (moved or has_damaged_aside(run_dir)):  # refused until the user chooses resume=never
-        tried = "; ".join(moved) or (f"only damaged ones, moved to {checkpoint_dir(run_dir) / DAMAGED} by an "
-                                     f"earlier start")
-        raise UserError(f"cannot resume {run_dir}: no intact checkpoint ({tried}). Rerun with resume=never to "
-                        f"start over (the run is moved to {SUPERSEDED}/)")
+        tried = "; ".join(moved) or (
+            f"only damaged ones, moved to {checkpoint_dir(run_dir) / DAMAGED} by an earlier start"
+        )
+        raise UserError(
+            f"cannot resume {run_dir}: no intact checkpoint ({tried}). Rerun with resume=never to "
+            f"start over (the run is moved to {SUPERSEDED}/)"
+        )
     if moved:
-        print(f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
-              f"the newest intact checkpoint.", flush=True)
+        print(
+            f"warning: damaged checkpoint(s) moved aside: {'; '.join(moved)}. Resuming from {resume_from.name}, "
+            f"the newest intact checkpoint.",
+            flush=True,
+        )
     stored = None
     if stored_path.exists() or stored_path.is_symlink():
         try:
@@ -366,7 +388,8 @@ def decide(run_dir: Path, config: dict, ignore: list[str], comparable=lambda con
             shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
             raise UserError(
                 f"{run_dir} holds a run with a different config ({shown}). Rerun with resume=never to "
-                f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs")
+                f"start over (the old run is moved to {SUPERSEDED}/), or choose another paths.outputs"
+            )
     if ckpt is None:
         return Decision("fresh")
     action = "finished" if ckpt.get("run", {}).get("finished") else "resume"

@@ -17,6 +17,7 @@ which requeues the job (the next start resumes from that checkpoint) or says why
 `max_num_timeout` times). A SIGTERM (`scontrol requeue`, `scancel`, a preemption without the warning signal)
 saves the same way through Lightning's handler; Slurm requeues or ends the job on its own.
 """
+
 import contextlib
 import signal
 import sys
@@ -53,8 +54,10 @@ def ctrl_c_stops(request: StopRequest, trainer):
             print("Ctrl-C again: still stopping; the checkpoint is being saved", flush=True)
             return
         request.requested = True
-        print("\nCtrl-C: stopping after this batch (or at this epoch's end, if it is validating) with a "
-              "checkpoint", flush=True)
+        print(
+            "\nCtrl-C: stopping after this batch (or at this epoch's end, if it is validating) with a checkpoint",
+            flush=True,
+        )
 
     before = signal.signal(signal.SIGINT, handler)
     try:
@@ -127,8 +130,11 @@ def preemption_saves():
 
     def handler(signum, frame):
         if not PREEMPTION.received:
-            print(f"{signal.Signals(signum).name}: Slurm is about to stop this job (preemption or its time limit): "
-                  f"stopping after this batch with a checkpoint, then requeueing", flush=True)
+            print(
+                f"{signal.Signals(signum).name}: Slurm is about to stop this job (preemption or its time limit): "
+                f"stopping after this batch with a checkpoint, then requeueing",
+                flush=True,
+            )
         PREEMPTION.received = True
 
     signal.signal(PREEMPTION.signal, handler)

@@ -2,6 +2,7 @@
 `weights_only=True`, their stored configs proved to build only what the program's config folders register:
 untrusted.py), and what the checkpoint stages and eval.py rebuild from them: the data module, the task
 with trained weights, an untrained control of the same architecture and seed."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from experiments import run_dir as rd
 from experiments.checkpoint.io import load_checkpoint, not_ours, sha256_file
 from experiments.errors import StageFailure, UserError
 from experiments.stages.config_check import check_config
-from experiments.untrusted import Registry, check_stored_config, shown
+from experiments.untrusted import Registry, check_stored_config, excerpt
 
 
 def checkpoint_of(target: Path) -> Path:
@@ -35,7 +36,9 @@ def _refuse_instructions(value, key: str) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if str(k).startswith("_"):
-                raise UserError(f"{key}.{k}: eval.py and predict.py change how a checkpoint's task evaluates, never what it is")
+                raise UserError(
+                    f"{key}.{k}: eval.py and predict.py change how a checkpoint's task evaluates, never what it is"
+                )
             _refuse_instructions(v, f"{key}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -66,7 +69,7 @@ class StoredRun:
         self._check_family()
         self._trained, self._sha = {}, {}
         self.task_settings: dict = {}  # eval.py's task.KEY=VALUE: how to evaluate (settings_of_task)
-        self.max_replay_epochs = 50    # verify.py's max_replay_epochs: the longest replay resume_exact runs
+        self.max_replay_epochs = 50  # verify.py's max_replay_epochs: the longest replay resume_exact runs
 
     @staticmethod
     def _find(target: Path) -> list[Path]:
@@ -91,7 +94,7 @@ class StoredRun:
     def _check_family(self) -> None:
         seed = self.config.get("seed")
         if isinstance(seed, bool) or not isinstance(seed, int):  # as train.py's schema has it
-            raise UserError(f"{self.primary}: its config's seed is {shown(seed)}, not an integer")
+            raise UserError(f"{self.primary}: its config's seed is {excerpt(seed)}, not an integer")
         for key in ("model", "data", "task"):
             node = self.config.get(key)
             if not isinstance(node, dict) or "_target_" not in node:
@@ -161,11 +164,15 @@ class StoredRun:
         values: no `_` key at any depth, no interpolation."""
         allowed = tuple(getattr(self.task_class, "evaluation_settings", ()))
         if not isinstance(settings, dict):
-            raise UserError(f"task settings must be a mapping of {', '.join(allowed) or 'none'}, got {shown(settings)}")
+            raise UserError(
+                f"task settings must be a mapping of {', '.join(allowed) or 'none'}, got {excerpt(settings)}"
+            )
         for key, value in settings.items():
             if key not in allowed:
-                raise UserError(f"task.{key} is not an evaluation setting of {self.config['task']['_target_']}: "
-                                f"eval.py and predict.py may set {', '.join(f'task.{k}' for k in allowed) or 'none of its task'}")
+                raise UserError(
+                    f"task.{key} is not an evaluation setting of {self.config['task']['_target_']}: "
+                    f"eval.py and predict.py may set {', '.join(f'task.{k}' for k in allowed) or 'none of its task'}"
+                )
             _refuse_instructions(value, f"task.{key}")
         node = OmegaConf.merge(self.config["task"], settings)
         check_config(OmegaConf.create({"task": OmegaConf.to_container(node)}))
@@ -189,7 +196,10 @@ class StoredRun:
         if path.is_file() and sha256_file(path) == src.get("sha256"):
             state, note = load_checkpoint(path)["state_dict"], f"frozen parts from the run's source {path}"
         else:
-            state, note = self.ckpts[self.primary]["state_dict"], "frozen parts from this checkpoint (source file gone or changed)"
+            state, note = (
+                self.ckpts[self.primary]["state_dict"],
+                "frozen parts from this checkpoint (source file gone or changed)",
+            )
         task.load_state_dict({**task.state_dict(), **source_parts(state, task.frozen_parts)}, strict=True)
         return task, note + "; the trained parts re-initialised"
 
@@ -201,11 +211,16 @@ class StoredRun:
             own = task.state_dict()
             missing = sorted(set(own) - set(state))
             unexpected = sorted(set(state) - set(own))
-            shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
-                      if state[k].shape != own[k].shape]
+            shapes = [
+                f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                for k in set(own) & set(state)
+                if state[k].shape != own[k].shape
+            ]
             if missing or unexpected or shapes:
-                raise StageFailure(f"{path.name} does not fit {self.config['model']['_target_']}: "
-                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape (file vs model) {shapes[:5]}")
+                raise StageFailure(
+                    f"{path.name} does not fit {self.config['model']['_target_']}: "
+                    f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape (file vs model) {shapes[:5]}"
+                )
             task.load_state_dict(state, strict=True)
             self._trained[path] = task.to(self.device).eval()
         return self._trained[path]
@@ -229,4 +244,3 @@ class StoredRun:
 
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-

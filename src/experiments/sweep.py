@@ -20,6 +20,7 @@ This module owns the sweep's state: the callback opens the sweep in the launchin
 (in that process or in launcher processes, which inherit the environment) find it through
 `current_directory()` / `current_id()`; nothing else reads the variables that carry it.
 """
+
 import contextlib
 import json
 import math
@@ -72,7 +73,7 @@ def sweep_id(config) -> str:
     overrides of the preset's sweeper params: `arc_ablation`, `arc_ablation,seed=0`, `experiment=a,b,seed=0,1`."""
     exclude = set(config.hydra.job.config.override_dirname.exclude_keys) - {"experiment"}
     prefix = "hydra.sweeper.params."
-    overrides = [o[len(prefix):] for o in config.hydra.overrides.hydra if o.startswith(prefix)]
+    overrides = [o[len(prefix) :] for o in config.hydra.overrides.hydra if o.startswith(prefix)]
     overrides += list(config.hydra.overrides.task)
     parts = ([str(config.sweep_name)] if config.get("sweep_name") else []) + _identity_overrides(overrides, exclude)
     return rd.run_id(",".join(parts))
@@ -141,8 +142,13 @@ class SweepSummary(Callback):
         if grid is not None:
             chain = list(config.get("sweep_chain") or []) or experiment_order(grid)
             exclude = _group_exclude(config.hydra.job.config.override_dirname.exclude_keys)
-            atomic_write_bytes(directory / "plan.json", (json.dumps(
-                {"sweep_id": sid, "jobs": grid, "chain": chain, "group_exclude": exclude}, indent=1) + "\n").encode())
+            atomic_write_bytes(
+                directory / "plan.json",
+                (
+                    json.dumps({"sweep_id": sid, "jobs": grid, "chain": chain, "group_exclude": exclude}, indent=1)
+                    + "\n"
+                ).encode(),
+            )
         open_sweep(directory, sid)
         print(f"Sweep directory: {directory}", flush=True)
 
@@ -167,11 +173,17 @@ def record_job(status: str, exit_code: int | None = None, error: str | None = No
     if hc.mode != RunMode.MULTIRUN:
         return
     exclude = _group_exclude(hc.job.config.override_dirname.exclude_keys)
-    record = {"num": int(hc.job.num), "overrides": list(hc.overrides.task),
-              "group": " ".join(_identity_overrides(hc.overrides.task, exclude)),
-              "experiment": hc.runtime.choices.get("experiment"), "run_dir": str(hc.runtime.output_dir),
-              "status": status, "exit_code": exit_code, "error": error,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        "num": int(hc.job.num),
+        "overrides": list(hc.overrides.task),
+        "group": " ".join(_identity_overrides(hc.overrides.task, exclude)),
+        "experiment": hc.runtime.choices.get("experiment"),
+        "run_dir": str(hc.runtime.output_dir),
+        "status": status,
+        "exit_code": exit_code,
+        "error": error,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_record(directory, record)
 
 
@@ -289,13 +301,23 @@ def read_plan(directory: Path) -> dict:
         return {}
     if not isinstance(plan, dict) or isinstance(plan.get("jobs"), list) and len(plan["jobs"]) > MAX_PLAN_JOBS:
         return {}
-    return {"jobs": [j for j in plan.get("jobs") or [] if _strings(j)] if isinstance(plan.get("jobs"), list) else [],
-            "group_exclude": plan["group_exclude"] if _strings(plan.get("group_exclude")) else ["seed"],
-            "chain": plan["chain"] if _strings(plan.get("chain")) else None}
+    return {
+        "jobs": [j for j in plan.get("jobs") or [] if _strings(j)] if isinstance(plan.get("jobs"), list) else [],
+        "group_exclude": plan["group_exclude"] if _strings(plan.get("group_exclude")) else ["seed"],
+        "chain": plan["chain"] if _strings(plan.get("chain")) else None,
+    }
 
 
-RECORD_FIELDS = {"num": int, "overrides": list, "experiment": str, "run_dir": str, "status": str, "error": str,
-                 "group": str, "exit_code": int}
+RECORD_FIELDS = {
+    "num": int,
+    "overrides": list,
+    "experiment": str,
+    "run_dir": str,
+    "status": str,
+    "error": str,
+    "group": str,
+    "exit_code": int,
+}
 
 
 def read_record(path: Path) -> dict | None:
@@ -322,8 +344,10 @@ def outputs_root_of(directory: Path) -> Path:
     directories may be, for what is written into them."""
     resolved = Path(directory).resolve()
     if resolved.parent.name != "sweeps":
-        raise UserError(f"{directory} is not in a sweeps/ folder: a sweep's directory is <outputs>/sweeps/<sweep id>, "
-                        f"and only run directories under that <outputs> are evaluated")
+        raise UserError(
+            f"{directory} is not in a sweeps/ folder: a sweep's directory is <outputs>/sweeps/<sweep id>, "
+            f"and only run directories under that <outputs> are evaluated"
+        )
     return resolved.parent.parent
 
 
@@ -331,8 +355,10 @@ def outside(run_dir: Path, root: Path) -> str:
     """Why a job's run directory (from its record: data) is not one to write into; "" when it is."""
     if Path(run_dir).resolve().is_relative_to(root):
         return ""
-    return (f"its run directory {run_dir} is outside the sweep's outputs root {root} (a job record is data; "
-            f"a link to elsewhere counts as outside)")
+    return (
+        f"its run directory {run_dir} is outside the sweep's outputs root {root} (a job record is data; "
+        f"a link to elsewhere counts as outside)"
+    )
 
 
 def _number(value) -> float | None:
@@ -355,8 +381,12 @@ def evaluated(run_dir: Path, evaluation: str) -> tuple[dict | None, Path]:
     last = rd.last_checkpoint(Path(run_dir))
     try:
         record = read_json(folder / "metrics.json")
-        ours = isinstance(record, dict) and isinstance(record.get("checkpoint"), dict) and isinstance(
-            record.get("metrics"), dict) and record["checkpoint"].get("sha256") == sha256_file(last)
+        ours = (
+            isinstance(record, dict)
+            and isinstance(record.get("checkpoint"), dict)
+            and isinstance(record.get("metrics"), dict)
+            and record["checkpoint"].get("sha256") == sha256_file(last)
+        )
     except (OSError, ValueError, UserError):
         return None, folder
     if not ours:
@@ -373,7 +403,9 @@ def _status(record: dict, run: dict) -> str:
     return status
 
 
-def _evaluation_of(run_dir: str | None, status: str, evaluation: str, root: Path) -> tuple[dict | None, str | None, str, str]:
+def _evaluation_of(
+    run_dir: str | None, status: str, evaluation: str, root: Path
+) -> tuple[dict | None, str | None, str, str]:
     """(figures, folder of its per-output records, status, why not) of a job under eval.py's evaluation
     `evaluation`: a finished job that lacks it, or whose run directory is outside the outputs root, is
     `not evaluated`."""
@@ -400,9 +432,14 @@ def collect(directory: Path, registry, evaluation: str | None = None, errors: di
     for num in sorted(set(range(len(planned))) | set(records)):
         rec = records.get(num, {})
         overrides = rec.get("overrides") or (planned[num] if num < len(planned) else [])
-        row = {"job": num, "overrides": " ".join(overrides), "experiment": rec.get("experiment"),
-               "seed": next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"), "0"),
-               "run_dir": rec.get("run_dir"), "error": rec.get("error") or ""}
+        row = {
+            "job": num,
+            "overrides": " ".join(overrides),
+            "experiment": rec.get("experiment"),
+            "seed": next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "seed"), "0"),
+            "run_dir": rec.get("run_dir"),
+            "error": rec.get("error") or "",
+        }
         final, run = _final_row(Path(rec["run_dir"])) if rec.get("run_dir") else (None, {})
         status = _status(rec, run)
         row["epochs"] = final["epoch"] + 1 if final else 0
@@ -411,8 +448,11 @@ def collect(directory: Path, registry, evaluation: str | None = None, errors: di
             final, row["results_dir"], status, why = _evaluation_of(rec.get("run_dir"), status, evaluation, root)
             row["error"] = (errors or {}).get(num) or why if status == "not evaluated" else row["error"]
         row["status"] = status
-        row["metrics"] = {k: n for k, v in (final or {}).items() if isinstance(k, str) and k not in SKIP
-                          and not k.startswith("time/") and (n := _number(v)) is not None}
+        row["metrics"] = {
+            k: n
+            for k, v in (final or {}).items()
+            if isinstance(k, str) and k not in SKIP and not k.startswith("time/") and (n := _number(v)) is not None
+        }
         row["task_class"] = _task_class(((run.get("config") or {}).get("task") or {}).get("_target_"), registry)
         row["judged"] = _judged(row["task_class"])
         row["group"] = rec.get("group") or " ".join(_identity_overrides(overrides, exclude)) or "(defaults)"
@@ -438,9 +478,18 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for name, members in groups.items():
         keys = sorted(set.intersection(*(set(m["metrics"]) for m in members)))
         stats = {k: mean_std([m["metrics"][k] for m in members]) for k in keys}
-        out.append({"group": name, "n": len(members), "seeds": [m["seed"] for m in members], "stats": stats,
-                    "judged": members[0]["judged"], "experiment": members[0]["experiment"],
-                    "run_dirs": [m["results_dir"] for m in members], "task_class": members[0]["task_class"]})
+        out.append(
+            {
+                "group": name,
+                "n": len(members),
+                "seeds": [m["seed"] for m in members],
+                "stats": stats,
+                "judged": members[0]["judged"],
+                "experiment": members[0]["experiment"],
+                "run_dirs": [m["results_dir"] for m in members],
+                "task_class": members[0]["task_class"],
+            }
+        )
     return out
 
 
@@ -454,8 +503,10 @@ def write_summary(directory: Path, registry=None, evaluation: str | None = None,
     evaluate a job); returns the rows, the groups, the comparisons and the text printed at a sweep's end."""
     directory = Path(directory)
     if evaluation is not None and (Path(evaluation).name != evaluation or evaluation in ("", ".", "..")):
-        raise UserError(f"{evaluation!r} is not an evaluation's folder name under <run dir>/{rd.EVAL}/ "
-                        f"(e.g. data.tasks_from=evaluation)")
+        raise UserError(
+            f"{evaluation!r} is not an evaluation's folder name under <run dir>/{rd.EVAL}/ "
+            f"(e.g. data.tasks_from=evaluation)"
+        )
     out = directory / rd.EVAL / evaluation if evaluation else directory
     rows = collect(directory, registry or current_registry(), evaluation, errors)
     if evaluation:
@@ -465,29 +516,53 @@ def write_summary(directory: Path, registry=None, evaluation: str | None = None,
     write_summary_csv(rows, out / "summary.csv")
     shown = list(dict.fromkeys(k for g in groups for k in g["judged"] if k in g["stats"]))  # every one, primary first
     finished = f"{sum(r['status'] == 'finished' for r in rows)} of {len(rows)} jobs " + (
-        "evaluated." if evaluation else "finished.")
+        "evaluated." if evaluation else "finished."
+    )
     table = group_tables(groups, shown)
     paired = _paired_comparisons(directory, groups, out)
-    title = f"# Sweep {directory.name}" + (f": eval.py's evaluation {evaluation} of each job's last checkpoint"
-                                           if evaluation else "")
-    lines = [title, "", finished, "", "## Mean +- std over seeds (sample std; n/a for one seed)",
-             "", *table, "", "## Jobs", "", *job_table(rows, shown)]
+    title = f"# Sweep {directory.name}" + (
+        f": eval.py's evaluation {evaluation} of each job's last checkpoint" if evaluation else ""
+    )
+    lines = [
+        title,
+        "",
+        finished,
+        "",
+        "## Mean +- std over seeds (sample std; n/a for one seed)",
+        "",
+        *table,
+        "",
+        "## Jobs",
+        "",
+        *job_table(rows, shown),
+    ]
     if paired:
-        lines += ["", "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)", "",
-                  *comparisons.markdown(paired)]
+        lines += [
+            "",
+            "## Paired comparisons (per held-out output; comparisons.csv, comparisons.png)",
+            "",
+            *comparisons.markdown(paired),
+        ]
     atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode())
     if groups and shown:
         _bar_chart(groups, shown[0], out / "summary.png")
-    return {"rows": rows, "groups": groups, "comparisons": paired,
-            "text": summary_text(out, finished, table, rows, paired, "Not evaluated" if evaluation else "Not finished")}
+    return {
+        "rows": rows,
+        "groups": groups,
+        "comparisons": paired,
+        "text": summary_text(out, finished, table, rows, paired, "Not evaluated" if evaluation else "Not finished"),
+    }
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
     """One line per job, every final metric."""
     metric_keys = sorted({k for r in rows for k in r["metrics"]})
     columns = ["job", "experiment", "seed", "status", "epochs", "overrides", "run_dir", "error"]
-    atomic_write_csv([{**{c: r[c] for c in columns}, **{k: r["metrics"].get(k, "") for k in metric_keys}}
-                      for r in rows], path, [*columns, *metric_keys])
+    atomic_write_csv(
+        [{**{c: r[c] for c in columns}, **{k: r["metrics"].get(k, "") for k in metric_keys}} for r in rows],
+        path,
+        [*columns, *metric_keys],
+    )
 
 
 METRICS_PER_TABLE = 7  # a wider table wraps in a terminal: the metrics after these go to a further table
@@ -495,7 +570,7 @@ METRICS_PER_TABLE = 7  # a wider table wraps in a terminal: the metrics after th
 
 def group_tables(groups: list[dict], shown: list[str]) -> list[str]:
     """Markdown: the group table for every shown metric, METRICS_PER_TABLE metrics a table."""
-    chunks = [shown[i:i + METRICS_PER_TABLE] for i in range(0, len(shown), METRICS_PER_TABLE)] or [[]]
+    chunks = [shown[i : i + METRICS_PER_TABLE] for i in range(0, len(shown), METRICS_PER_TABLE)] or [[]]
     return [line for i, chunk in enumerate(chunks) for line in [*([""] if i else []), *group_table(groups, chunk)]]
 
 
@@ -509,24 +584,39 @@ def group_table(groups: list[dict], shown: list[str]) -> list[str]:
 
 
 def job_table(rows: list[dict], shown: list[str]) -> list[str]:
-    lines = ["| " + " | ".join(["job", "overrides", "status", "epochs", *shown, "error"]) + " |",
-             "|" + " --- |" * (5 + len(shown))]
+    lines = [
+        "| " + " | ".join(["job", "overrides", "status", "epochs", *shown, "error"]) + " |",
+        "|" + " --- |" * (5 + len(shown)),
+    ]
     for r in rows:
         cells = [_fmt(r["metrics"][k]) if k in r["metrics"] else "" for k in shown]
-        lines.append("| " + " | ".join([str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells,
-                                        r["error"].replace("|", "/")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [str(r["job"]), r["overrides"], r["status"], str(r["epochs"]), *cells, r["error"].replace("|", "/")]
+            )
+            + " |"
+        )
     return lines
 
 
-def summary_text(directory: Path, finished: str, table: list[str], rows: list[dict], paired: list[dict],
-                 missing: str = "Not finished") -> str:
+def summary_text(
+    directory: Path,
+    finished: str,
+    table: list[str],
+    rows: list[dict],
+    paired: list[dict],
+    missing: str = "Not finished",
+) -> str:
     """What a sweep prints at its end: where the summary is, the group table, what did not finish (or was
     not evaluated)."""
     text = f"Sweep summary: {directory}/summary.md (.csv, .png); {finished}\n" + "\n".join(table)
     failed = [r for r in rows if r["status"] != "finished"]
     if failed:
-        text += f"\n{missing}: " + "; ".join(f"job {r['job']} ({r['overrides']}): {r['status']}"
-                                               + (f": {r['error']}" if r["error"] else "") for r in failed)
+        text += f"\n{missing}: " + "; ".join(
+            f"job {r['job']} ({r['overrides']}): {r['status']}" + (f": {r['error']}" if r["error"] else "")
+            for r in failed
+        )
     if paired:
         text += "\nPaired comparisons:\n" + "\n".join(comparisons.markdown(paired))
     return text
@@ -540,13 +630,18 @@ def _paired_comparisons(directory: Path, groups: list[dict], out: Path) -> list[
     rows = comparisons.comparisons(groups, chain, task_cls) if task_cls is not None else []
     if rows:
         comparisons.write_csv(rows, out / "comparisons.csv")
-        comparisons.draw(rows, out / "comparisons.png", directory.name if out == directory else
-                         f"{directory.name}, {out.name}", set(task_cls.higher_is_better))
+        comparisons.draw(
+            rows,
+            out / "comparisons.png",
+            directory.name if out == directory else f"{directory.name}, {out.name}",
+            set(task_cls.higher_is_better),
+        )
     return rows
 
 
 def _bar_chart(groups: list[dict], metric: str, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -44,15 +44,22 @@ family that unfreezes a part on purpose calls `mark_trained(part)`).
 Everything else (the epoch sums over batches and DDP processes and their checkpoint state, the validation
 hooks, the frozen-part bookkeeping) is provided here, once.
 """
+
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 
-from experiments.epoch_sampler import (epoch_state_for_this_rank, epoch_state_of_ranks, evaluates_batch, parts_over_ranks,
-                                      totals_over_ranks)
+from experiments.epoch_sampler import (
+    epoch_state_for_this_rank,
+    epoch_state_of_ranks,
+    evaluates_batch,
+    parts_over_ranks,
+    totals_over_ranks,
+)
 from experiments.errors import UserError
 
 REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
@@ -63,16 +70,16 @@ MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's
 class ExperimentTask(L.LightningModule):
     """A family's task: the contract is this module's docstring (with types: docs/FAMILIES.md)."""
 
-    summary_keys: ClassVar[tuple[str, ...]] = ()      # shown in the epoch line, when present
-    percent_keys: ClassVar[tuple[str, ...]] = ()      # ... as a percentage
-    count_keys: ClassVar[dict[str, str]] = {}         # ... as a count: metric -> the figure of how many it is of
-    primary_metric: ClassVar[str | None] = None       # the figure a run stands or falls by
+    summary_keys: ClassVar[tuple[str, ...]] = ()  # shown in the epoch line, when present
+    percent_keys: ClassVar[tuple[str, ...]] = ()  # ... as a percentage
+    count_keys: ClassVar[dict[str, str]] = {}  # ... as a count: metric -> the figure of how many it is of
+    primary_metric: ClassVar[str | None] = None  # the figure a run stands or falls by
     higher_is_better: ClassVar[tuple[str, ...]] = ()
     lower_is_better: ClassVar[tuple[str, ...]] = ()
-    paired_metrics: ClassVar[dict[str, str]] = {}     # metric -> column of per_output.csv
+    paired_metrics: ClassVar[dict[str, str]] = {}  # metric -> column of per_output.csv
     binary_metrics: ClassVar[tuple[str, ...]] = ()
-    long_validation: ClassVar[bool] = False           # validation is long work: the progress bar shows it
-    frozen_parts: ClassVar[tuple[str, ...]] = ()      # submodules of self.model loaded from another run
+    long_validation: ClassVar[bool] = False  # validation is long work: the progress bar shows it
+    frozen_parts: ClassVar[tuple[str, ...]] = ()  # submodules of self.model loaded from another run
     preflight_stages: ClassVar[dict[str, Callable]] = {}
     train_terms: ClassVar[tuple[str, ...]] = ("loss",)  # the training figures summed over an epoch
     evaluation_settings: ClassVar[tuple[str, ...]] = ()  # task parameters eval.py may set (task.KEY=VALUE)
@@ -93,12 +100,14 @@ class ExperimentTask(L.LightningModule):
 
     # ---- what a family implements ----
     def training_loss(self, batch, batch_idx: int) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement training_loss(batch, batch_idx) "
-                                  f"(docs/FAMILIES.md)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement training_loss(batch, batch_idx) (docs/FAMILIES.md)"
+        )
 
     def evaluation_step(self, batch, epoch: int) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement evaluation_step(batch, epoch) "
-                                  f"(docs/FAMILIES.md)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement evaluation_step(batch, epoch) (docs/FAMILIES.md)"
+        )
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         raise NotImplementedError(f"{type(self).__name__} must implement figures(parts, epoch) (docs/FAMILIES.md)")
@@ -106,8 +115,9 @@ class ExperimentTask(L.LightningModule):
     def check_outputs(self, batch) -> list[tuple[str, torch.Tensor, tuple]]:
         raise NotImplementedError(f"{type(self).__name__} must implement check_outputs(batch) (docs/FAMILIES.md)")
 
-    def evaluation_files(self, parts: list, figures: dict[str, float], folder: Path, epoch: int,
-                         during_training: bool, datamodule=None) -> None:
+    def evaluation_files(
+        self, parts: list, figures: dict[str, float], folder: Path, epoch: int, during_training: bool, datamodule=None
+    ) -> None:
         """The family's files of an evaluation (none by default); `datamodule` is the one evaluated."""
 
     def evaluates(self, epoch: int) -> bool:
@@ -117,18 +127,22 @@ class ExperimentTask(L.LightningModule):
     # ---- what a family implements to predict (optional: all three) ----
     def prediction_data(self, data: dict, path: Path | None) -> dict:
         """The data config (a node of the run's own data module, `data`) that reads `path` for prediction."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prediction_data(data, path) to predict "
-                                  f"(docs/FAMILIES.md)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement prediction_data(data, path) to predict (docs/FAMILIES.md)"
+        )
 
     def prediction_step(self, batch) -> list[dict]:
         """One batch of the prediction data module's `predict_dataloader()`: a record per input."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prediction_step(batch) to predict "
-                                  f"(docs/FAMILIES.md)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement prediction_step(batch) to predict (docs/FAMILIES.md)"
+        )
 
     def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
         """The family's files of the predictions in `folder`."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prediction_files(records, folder, "
-                                  f"datamodule) to predict (docs/FAMILIES.md)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement prediction_files(records, folder, "
+            f"datamodule) to predict (docs/FAMILIES.md)"
+        )
 
     # ---- provided: the contract, checked ----
     @classmethod
@@ -148,18 +162,24 @@ class ExperimentTask(L.LightningModule):
         its config building only what the config folders register: the built-in families' and the `conf/`
         beside this class's module), on `map_location` ('cpu' by default), in eval mode."""
         if kwargs:
-            raise UserError(f"{cls.__name__}.load_from_checkpoint takes the path and map_location only (a run's "
-                            f"model and settings come from its checkpoint): from experiments import load_run; "
-                            f"load_run(PATH, device=...)")
+            raise UserError(
+                f"{cls.__name__}.load_from_checkpoint takes the path and map_location only (a run's "
+                f"model and settings come from its checkpoint): from experiments import load_run; "
+                f"load_run(PATH, device=...)"
+            )
         import inspect
 
         from experiments.api import load_run
 
         own = Path(inspect.getfile(cls)).parent / "conf"  # a family's config folder sits beside its modules
-        task = load_run(checkpoint_path, device=str(map_location or "cpu"), config_dir=own if own.is_dir() else None).task
+        task = load_run(
+            checkpoint_path, device=str(map_location or "cpu"), config_dir=own if own.is_dir() else None
+        ).task
         if not isinstance(task, cls):
-            raise UserError(f"{checkpoint_path} holds a {type(task).__name__}, not a {cls.__name__}: "
-                            f"from experiments import load_run; load_run(PATH) loads any run")
+            raise UserError(
+                f"{checkpoint_path} holds a {type(task).__name__}, not a {cls.__name__}: "
+                f"from experiments import load_run; load_run(PATH) loads any run"
+            )
         return task
 
     @classmethod
@@ -173,16 +193,21 @@ class ExperimentTask(L.LightningModule):
         if name and mode:
             return name, mode
         name = name or cls.primary_metric
-        direction = "max" if name in cls.higher_is_better else "min" if name in cls.lower_is_better or name is None \
-            else None
+        direction = (
+            "max" if name in cls.higher_is_better else "min" if name in cls.lower_is_better or name is None else None
+        )
         if direction and mode and mode != direction:  # a mode without a monitor would keep the worst checkpoint
-            raise UserError(f"checkpoint.mode={mode} contradicts {cls.__name__}: higher is "
-                            f"{'better' if direction == 'max' else 'worse'} for {name}; leave checkpoint.mode null "
-                            f"or name the metric it is meant for in checkpoint.monitor")
+            raise UserError(
+                f"checkpoint.mode={mode} contradicts {cls.__name__}: higher is "
+                f"{'better' if direction == 'max' else 'worse'} for {name}; leave checkpoint.mode null "
+                f"or name the metric it is meant for in checkpoint.monitor"
+            )
         if direction:
             return name, direction
-        raise UserError(f"checkpoint.monitor={name}: {cls.__name__} does not say whether higher or lower is better "
-                        f"for it; give checkpoint.mode=min or checkpoint.mode=max")
+        raise UserError(
+            f"checkpoint.monitor={name}: {cls.__name__} does not say whether higher or lower is better "
+            f"for it; give checkpoint.mode=min or checkpoint.mode=max"
+        )
 
     @classmethod
     def monitor_of(cls, checkpoint) -> tuple[str | None, str]:
@@ -195,8 +220,10 @@ class ExperimentTask(L.LightningModule):
         counted = self._epoch_count
         loss = self.training_loss(batch, batch_idx)
         if self._epoch_count == counted:
-            raise UserError(f"{type(self).__name__}.training_loss did not call add_training_terms(...): the epoch's "
-                            f"train/loss would read 0 (docs/FAMILIES.md)")
+            raise UserError(
+                f"{type(self).__name__}.training_loss did not call add_training_terms(...): the epoch's "
+                f"train/loss would read 0 (docs/FAMILIES.md)"
+            )
         return loss
 
     def add_training_terms(self, terms: torch.Tensor, count: float = 1) -> None:
@@ -216,8 +243,9 @@ class ExperimentTask(L.LightningModule):
         # The frozen_checkpoint stage is the only door to training on frozen parts: a config that dropped it
         # must not train on random parts in silence (the failure this framework was built against).
         if self.frozen_parts and not self.frozen_source:
-            raise UserError("the frozen parts were never loaded: keep the frozen_checkpoint stage in "
-                            "validation.preflight")
+            raise UserError(
+                "the frozen parts were never loaded: keep the frozen_checkpoint stage in validation.preflight"
+            )
 
     def on_train_epoch_start(self) -> None:
         # Not called when Lightning resumes mid-epoch: the sums loaded from the checkpoint carry on.
@@ -249,8 +277,14 @@ class ExperimentTask(L.LightningModule):
         self.epoch_metrics.update(figures)
         self.log_dict(figures)
         if self.trainer.is_global_zero:  # DDP: every process has every part; one writes
-            self.evaluation_files(parts, figures, Path(self.trainer.default_root_dir), self.current_epoch,
-                                  during_training=True, datamodule=self.trainer.datamodule)
+            self.evaluation_files(
+                parts,
+                figures,
+                Path(self.trainer.default_root_dir),
+                self.current_epoch,
+                during_training=True,
+                datamodule=self.trainer.datamodule,
+            )
         self._parts = []
 
     @torch.no_grad()
@@ -303,15 +337,21 @@ class ExperimentTask(L.LightningModule):
 
     def always_frozen(self) -> list[str]:
         """The frozen parts that have not trained at any point of this run."""
-        return [p for p in self.frozen_parts if p not in self.ever_trained
-                and not any(q.requires_grad for q in getattr(self.model, p).parameters())]
+        return [
+            p
+            for p in self.frozen_parts
+            if p not in self.ever_trained and not any(q.requires_grad for q in getattr(self.model, p).parameters())
+        ]
 
     # ---- provided: what travels in every checkpoint ----
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["task_epoch_state"] = epoch_state_of_ranks(self, self._epoch_sums, self._epoch_count)
         if self.frozen_parts:
-            checkpoint["frozen"] = {"source": dict(self.frozen_source), "ever_trained": sorted(self.ever_trained),
-                                    "always_frozen": self.always_frozen()}
+            checkpoint["frozen"] = {
+                "source": dict(self.frozen_source),
+                "ever_trained": sorted(self.ever_trained),
+                "always_frozen": self.always_frozen(),
+            }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         frozen = checkpoint.get("frozen")

@@ -1,4 +1,5 @@
 """The training program: config -> run directory decision -> build -> preflight -> fit -> report."""
+
 import contextlib
 import os
 import signal
@@ -13,14 +14,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
-from experiments.checkpoint.io import finish_interrupted_pairs
+from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
+from experiments.callbacks import shown
 from experiments.checkpoint.init_from import initialise
+from experiments.checkpoint.io import finish_interrupted_pairs
 from experiments.cli import COMMAND
 from experiments.console import logged_to
-from experiments.callbacks import shown
-from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
-from experiments.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PREEMPTED, Outcome, RunStopped,
-                                UserError, write_failure)
+from experiments.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    Outcome,
+    RunStopped,
+    UserError,
+    write_failure,
+)
 from experiments.ranks import process_rank
 from experiments.stages.preflight import PREFLIGHT_STAGES, PreflightContext, stage_order, stages_for
 from experiments.stages.registry import run_stages
@@ -69,12 +78,17 @@ def refuse_missing_accelerator(cfg: DictConfig) -> None:
     from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
 
     accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
-    available = {"gpu": CUDAAccelerator.is_available() or MPSAccelerator.is_available(),
-                 "cuda": CUDAAccelerator.is_available(), "mps": MPSAccelerator.is_available()}.get(accelerator, True)
+    available = {
+        "gpu": CUDAAccelerator.is_available() or MPSAccelerator.is_available(),
+        "cuda": CUDAAccelerator.is_available(),
+        "mps": MPSAccelerator.is_available(),
+    }.get(accelerator, True)
     if not available:
-        raise UserError(f"trainer.accelerator={accelerator}, but torch {torch.__version__} finds no such device on "
-                        f"this machine (CUDA: {torch.version.cuda or 'not built in'}): use trainer=cpu, or run where "
-                        f"one is")
+        raise UserError(
+            f"trainer.accelerator={accelerator}, but torch {torch.__version__} finds no such device on "
+            f"this machine (CUDA: {torch.version.cuda or 'not built in'}): use trainer=cpu, or run where "
+            f"one is"
+        )
 
 
 def decide_run(cfg: DictConfig, run_dir: Path, config: dict, child: bool) -> rd.Decision:
@@ -90,6 +104,7 @@ def decide_run(cfg: DictConfig, run_dir: Path, config: dict, child: bool) -> rd.
 def comparable(renamed: dict, task_class):
     """A stored or new config as a run's identity reads it: moved classes under their current names, and the
     checkpoint's monitor and mode as they take effect (null means the family's own: the same run)."""
+
     def same(config):
         config = with_current_targets(config, renamed)
         checkpoint = config.get("checkpoint") if isinstance(config, dict) else None
@@ -100,14 +115,16 @@ def comparable(renamed: dict, task_class):
         except UserError:
             return config
         return {**config, "checkpoint": {**checkpoint, "monitor": monitor, "mode": mode}}
+
     return same
 
 
 def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.Decision, results: list) -> list:
     """The remaining preflight stages on real batches; returns every stage's result, printed."""
     names = [s for s in stage_order(list(cfg.validation.preflight), task) if s != "config"]
-    ctx = PreflightContext(cfg, task, datamodule, batches=cfg.validation.batches, experiment=experiment,
-                           resume_from=decision.ckpt_path)
+    ctx = PreflightContext(
+        cfg, task, datamodule, batches=cfg.validation.batches, experiment=experiment, resume_from=decision.ckpt_path
+    )
     try:
         results = results + run_stages(names, ctx, stages_for(task))
     except UserError as e:  # a stage refused its input (e.g. the frozen parts' source): exit 2
@@ -119,8 +136,11 @@ def preflight(cfg: DictConfig, task, datamodule, experiment: str, decision: rd.D
 
 def announce(run_dir: Path, experiment: str, model, decision: rd.Decision) -> None:
     if decision.action == "resume":
-        where = (f"saved in epoch {rd.epoch_number(decision.epoch)} at step {decision.step}" if decision.mid_epoch
-                 else f"epoch {rd.epoch_number(decision.epoch)} done")
+        where = (
+            f"saved in epoch {rd.epoch_number(decision.epoch)} at step {decision.step}"
+            if decision.mid_epoch
+            else f"epoch {rd.epoch_number(decision.epoch)} done"
+        )
         print(f"Resuming {run_dir} from {decision.ckpt_path} ({where})", flush=True)
         return
     n_params = sum(p.numel() for p in model.parameters())
@@ -160,16 +180,24 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         if policy.stop.requested:
-            print(f"interrupted {stopped_where(trainer, policy)}; saved {policy.last_path}; rerun the same command "
-                  f"to resume.", flush=True)
+            print(
+                f"interrupted {stopped_where(trainer, policy)}; saved {policy.last_path}; rerun the same command "
+                f"to resume.",
+                flush=True,
+            )
             return Outcome(EXIT_INTERRUPTED)
         if PREEMPTION.received:
             name = signal.Signals(PREEMPTION.signal).name
-            print(f"{name}: saved {policy.last_path} {stopped_where(trainer, policy)}; requeueing the job, which "
-                  f"resumes from it.", flush=True)
+            print(
+                f"{name}: saved {policy.last_path} {stopped_where(trainer, policy)}; requeueing the job, which "
+                f"resumes from it.",
+                flush=True,
+            )
             return Outcome(EXIT_PREEMPTED)
-        print(f"SIGTERM: saved {policy.last_path} {stopped_where(trainer, policy)}; rerun the same command to resume.",
-              flush=True)
+        print(
+            f"SIGTERM: saved {policy.last_path} {stopped_where(trainer, policy)}; rerun the same command to resume.",
+            flush=True,
+        )
         return Outcome(EXIT_PREEMPTED)
     except RunStopped as e:
         return fail(f"{e}. {last_good(policy)}")
@@ -177,8 +205,10 @@ def fit(cfg: DictConfig, trainer, policy, task, datamodule, decision: rd.Decisio
         failed = write_failure(e)  # ours, or a logger's file on a full disk
         if failed is None:
             raise
-        return fail(f"{failed}; training stopped. {last_good(policy)}; every earlier checkpoint is as it was. Free "
-                    f"space (or fix the disk) and rerun the same command to resume")
+        return fail(
+            f"{failed}; training stopped. {last_good(policy)}; every earlier checkpoint is as it was. Free "
+            f"space (or fix the disk) and rerun the same command to resume"
+        )
     if policy.stop.requested:  # pressed as the last epoch ended: nothing was left to stop
         print("Ctrl-C came as the last epoch ended: the run is complete.", flush=True)
     return Outcome(EXIT_OK, stop=policy.stop.requested)
@@ -217,16 +247,20 @@ def duration(seconds: float) -> str:
 def summary(experiment: str, history: list[dict], task, seconds: float) -> list[str]:
     """What the run achieved, in epochs as the console counts them (1 = the first)."""
     trained = sum(row.get("time/epoch_s", 0.0) for row in history)
-    lines = [f"Done: {experiment}, {counted(len(history), 'epoch')}, {duration(trained)} of training "
-             f"({duration(seconds)} wall for this start)"]
+    lines = [
+        f"Done: {experiment}, {counted(len(history), 'epoch')}, {duration(trained)} of training "
+        f"({duration(seconds)} wall for this start)"
+    ]
     cls = type(task)
     metric = cls.primary_metric
     scored = [row for row in history if metric in row]
     if scored:
         pick = max if metric in cls.higher_is_better else min
         best = pick(scored, key=lambda row: row[metric])
-        lines.append(f"{metric}: final {shown(metric, scored[-1], cls)} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
-                     f"best {shown(metric, best, cls)} (epoch {rd.epoch_number(best['epoch'])})")
+        lines.append(
+            f"{metric}: final {shown(metric, scored[-1], cls)} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
+            f"best {shown(metric, best, cls)} (epoch {rd.epoch_number(best['epoch'])})"
+        )
     evaluated = [row for row in history if any(k in row for k in cls.summary_keys if not k.startswith("train/"))]
     if evaluated:
         row = evaluated[-1]
@@ -239,8 +273,12 @@ def report(run_dir: Path, policy, lines: list[str]) -> None:
     """The closing summary: what the run achieved, and every file it wrote."""
     print("\n".join(lines), flush=True)
     print(f"Run directory: {run_dir}\n  holds: {', '.join(rd.contents(run_dir))}", flush=True)
-    print(f"last checkpoint: {policy.last_path}" if policy.last_path.exists() else
-          "no checkpoint written (trainer.fast_dev_run: a trial of the code, nothing to resume)", flush=True)
+    print(
+        f"last checkpoint: {policy.last_path}"
+        if policy.last_path.exists()
+        else "no checkpoint written (trainer.fast_dev_run: a trial of the code, nothing to resume)",
+        flush=True,
+    )
     if policy.best_path:
         print(f"best checkpoint ({policy.monitor}={policy.best[0]['score']:.6g}): {policy.best_path}", flush=True)
     if (run_dir / "wandb").is_dir():  # every start of the run is a folder of its own: upload them all
@@ -279,9 +317,11 @@ def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Out
     config = {**plain_config(cfg), "experiment": experiment}
     decision = decide_run(cfg, run_dir, config, child)
     if decision.action == "finished" and not cfg.preflight_only:
-        print(f"Run already complete (epoch {rd.epoch_number(decision.epoch)}): {run_dir}\n"
-              f"last checkpoint: {decision.ckpt_path}\nNothing to train; rerun with resume=never to train it again.",
-              flush=True)
+        print(
+            f"Run already complete (epoch {rd.epoch_number(decision.epoch)}): {run_dir}\n"
+            f"last checkpoint: {decision.ckpt_path}\nNothing to train; rerun with resume=never to train it again.",
+            flush=True,
+        )
         return Outcome(EXIT_OK)
     if child:
         return started(cfg, run_dir, results, child, experiment, config, decision)
@@ -289,12 +329,22 @@ def train_run(cfg: DictConfig, run_dir: Path, results: list, child: bool) -> Out
         return started(cfg, run_dir, results, child, experiment, config, decision, log.keep)
 
 
-def started(cfg: DictConfig, run_dir: Path, results: list, child: bool, experiment: str, config: dict,
-            decision: rd.Decision, under_way=lambda: None) -> Outcome:
+def started(
+    cfg: DictConfig,
+    run_dir: Path,
+    results: list,
+    child: bool,
+    experiment: str,
+    config: dict,
+    decision: rd.Decision,
+    under_way=lambda: None,
+) -> Outcome:
     datamodule, model, task = build(cfg)
     if cfg.get("init_from") and decision.action == "fresh":  # a resume has its own weights
-        print(initialise(task, str(cfg.init_from), bool(cfg.init_strict), cfg.task._target_,
-                         program_registry().renamed), flush=True)
+        print(
+            initialise(task, str(cfg.init_from), bool(cfg.init_strict), cfg.task._target_, program_registry().renamed),
+            flush=True,
+        )
     datamodule.prepare_data()
     datamodule.setup("fit")
     failed = [r for r in preflight(cfg, task, datamodule, experiment, decision, results) if r.status == "fail"]

@@ -20,6 +20,7 @@ before any read that could block) and read with a size bound (`read_text`); YAML
 (`read_yaml`), and everything structured is walked with bounds that count a shared value as often as it is
 reachable (`check_bounded`), before anything else walks it.
 """
+
 import errno
 import importlib.resources
 import os
@@ -35,15 +36,20 @@ from experiments.errors import UserError
 MAX_TEXT_BYTES = 16 << 20  # run.yaml, reports, sidecars, task files: far above any real one
 MAX_CONFIG_VALUES = 100_000
 MAX_CONFIG_DEPTH = 32
-MAX_YAML_BYTES = 1 << 20          # run.yaml: a real one is a few KB
+MAX_YAML_BYTES = 1 << 20  # run.yaml: a real one is a few KB
 MAX_CHECKPOINT_VALUES = 1_000_000  # a checkpoint's values (history, optimizer and loop state), each reference counted
 MAX_CHECKPOINT_DEPTH = 64
 TARGET = "_target_"
 
 
 def kind_of(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -67,8 +73,9 @@ def open_regular(path: Path, flags: int = os.O_RDONLY, mode: str = "rb", one_nam
     if not stat.S_ISREG(kind) or one_name and found.st_nlink > 1:
         os.close(fd)
         if stat.S_ISREG(kind):
-            raise UserError(f"{path} has {found.st_nlink} names (hard links): refusing to write what would change "
-                            f"them all")
+            raise UserError(
+                f"{path} has {found.st_nlink} names (hard links): refusing to write what would change them all"
+            )
         raise UserError(f"{path} is {kind_of(kind)}, not a file: refusing to open it")
     os.set_blocking(fd, True)
     return os.fdopen(fd, mode, **kwargs)
@@ -80,8 +87,9 @@ def read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
     with open_regular(path) as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise UserError(f"{path} is larger than {limit:,} bytes: not a file this framework reads (a real one is "
-                        f"far smaller)")
+        raise UserError(
+            f"{path} is larger than {limit:,} bytes: not a file this framework reads (a real one is far smaller)"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -117,8 +125,11 @@ def read_yaml(path: Path, limit: int = MAX_YAML_BYTES):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = "an alias (*name), which this framework never writes" if getattr(e, "problem", "") == "an alias" \
+        what = (
+            "an alias (*name), which this framework never writes"
+            if getattr(e, "problem", "") == "an alias"
             else "a syntax error"
+        )
         raise UserError(f"{path} is not YAML that this framework writes: {what}{at}")
     except RecursionError:
         raise UserError(f"{path} is nested deeper than any YAML this framework writes")
@@ -130,8 +141,13 @@ def _is_tensor(node) -> bool:
     return type(node).__module__.startswith("torch") and hasattr(node, "element_size") and hasattr(node, "numel")
 
 
-def check_bounded(value, where: str, max_values: int = MAX_CHECKPOINT_VALUES, max_depth: int = MAX_CHECKPOINT_DEPTH,
-                  max_tensor_bytes: float | None = None) -> None:
+def check_bounded(
+    value,
+    where: str,
+    max_values: int = MAX_CHECKPOINT_VALUES,
+    max_depth: int = MAX_CHECKPOINT_DEPTH,
+    max_tensor_bytes: float | None = None,
+) -> None:
     """Refuse (UserError) a structure read from a file before anything else walks it: more than `max_values`
     values, counting a value shared by many references once per reference (a pickle's memo or YAML's aliases
     keep a small file small while a walk of it takes gigabytes), nesting deeper than `max_depth`, or tensors
@@ -142,9 +158,11 @@ def check_bounded(value, where: str, max_values: int = MAX_CHECKPOINT_VALUES, ma
         node, depth = stack.pop()
         count += 1
         if count > max_values or depth > max_depth:
-            raise UserError(f"{where} holds more than {max_values:,} values (a value shared by many references "
-                            f"counted once for each) or nests deeper than {max_depth} levels: no file this framework "
-                            f"writes does; refusing to use it")
+            raise UserError(
+                f"{where} holds more than {max_values:,} values (a value shared by many references "
+                f"counted once for each) or nests deeper than {max_depth} levels: no file this framework "
+                f"writes does; refusing to use it"
+            )
         if isinstance(node, dict):
             stack.extend((item, depth + 1) for pair in node.items() for item in pair)
         elif isinstance(node, (list, tuple, set, frozenset)):
@@ -152,12 +170,14 @@ def check_bounded(value, where: str, max_values: int = MAX_CHECKPOINT_VALUES, ma
         elif max_tensor_bytes is not None and _is_tensor(node):
             declared += node.numel() * node.element_size()
             if declared > max_tensor_bytes:
-                raise UserError(f"{where} holds tensors whose shapes declare over {declared:,} bytes, more than "
-                                f"{max_tensor_bytes:,.0f} for this file (e.g. an expanded view of a small storage); "
-                                f"refusing to use it. A real checkpoint's tensors declare about its own size")
+                raise UserError(
+                    f"{where} holds tensors whose shapes declare over {declared:,} bytes, more than "
+                    f"{max_tensor_bytes:,.0f} for this file (e.g. an expanded view of a small storage); "
+                    f"refusing to use it. A real checkpoint's tensors declare about its own size"
+                )
 
 
-def shown(value, limit: int = 80) -> str:
+def excerpt(value, limit: int = 80) -> str:
     """A value from an untrusted file, short enough for one line."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "...'"
@@ -169,6 +189,7 @@ class Registry:
     """What the config folders a program was started with may build: {config key: targets placed there},
     the experiment presets' names, the folders (for messages), and {old target: current target} for
     classes a family moved (its `renamed_targets.yaml`), so that checkpoints written before still load."""
+
     targets: dict
     experiments: frozenset
     folders: tuple
@@ -267,8 +288,11 @@ def program_registry(hydra_node=None) -> Registry:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_node = HydraConfig.get()
-    sources = [f"{s.schema}://{s.path}" for s in hydra_node.runtime.config_sources
-               if s.provider != "hydra" and s.schema in ("file", "pkg")]
+    sources = [
+        f"{s.schema}://{s.path}"
+        for s in hydra_node.runtime.config_sources
+        if s.provider != "hydra" and s.schema in ("file", "pkg")
+    ]
     return registry(sources)
 
 
@@ -299,25 +323,29 @@ def check_stored_config(config: dict, reg: Registry, where: str) -> dict:
     count = 0
 
     def refuse(key: str, why: str):
-        raise UserError(f"{where}: config {key} {why}; a stored config is data and may not name code to run "
-                        f"(docs/SECURITY.md)")
+        raise UserError(
+            f"{where}: config {key} {why}; a stored config is data and may not name code to run (docs/SECURITY.md)"
+        )
 
     def walk(node, key: str, depth: int):
         nonlocal count
         count += 1
         if count > MAX_CONFIG_VALUES or depth > MAX_CONFIG_DEPTH:
-            refuse(key or "(root)", f"is larger than any config this framework writes (over {MAX_CONFIG_VALUES:,} "
-                                   f"values or {MAX_CONFIG_DEPTH} levels)")
+            refuse(
+                key or "(root)",
+                f"is larger than any config this framework writes (over {MAX_CONFIG_VALUES:,} "
+                f"values or {MAX_CONFIG_DEPTH} levels)",
+            )
         if isinstance(node, dict):
             out = {}
             if TARGET in node:  # the outermost target first: it is what would be called
                 out[TARGET] = current_target(node[TARGET], key)
             for k, v in node.items():
                 if not isinstance(k, str):
-                    refuse(f"{key}[{shown(k)}]", "has a key that is not a string")
+                    refuse(f"{key}[{excerpt(k)}]", "has a key that is not a string")
                 child = f"{key}.{k}" if key else k
                 if k.startswith("_") and k != TARGET:
-                    refuse(child, f"is a Hydra instruction ({shown(k)})")
+                    refuse(child, f"is a Hydra instruction ({excerpt(k)})")
                 if k != TARGET:
                     out[k] = walk(v, child, depth + 1)
             return out
@@ -325,7 +353,7 @@ def check_stored_config(config: dict, reg: Registry, where: str) -> dict:
             return [walk(v, f"{key}.{i}", depth + 1) for i, v in enumerate(node)]
         if isinstance(node, str):
             if "${" in node:
-                refuse(key, f"holds an interpolation ({shown(node)})")
+                refuse(key, f"holds an interpolation ({excerpt(node)})")
         elif not (node is None or isinstance(node, (bool, int, float))):
             refuse(key, f"holds a {type(node).__name__}, not a plain value")
         return node
@@ -340,9 +368,10 @@ def check_stored_config(config: dict, reg: Registry, where: str) -> dict:
         if target not in allowed:
             known = ", ".join(sorted(allowed)[:4]) or "none"
             raise UserError(
-                f"{where}: config {key}._target_={shown(target)} is not a target that a registered config folder "
+                f"{where}: config {key}._target_={excerpt(target)} is not a target that a registered config folder "
                 f"places at {key} (registered: {known}); a stored config is data and may not name code to run. A "
-                f"family of your own: give its config folder, as to train.py: --config-dir PATH (docs/SECURITY.md)")
+                f"family of your own: give its config folder, as to train.py: --config-dir PATH (docs/SECURITY.md)"
+            )
         return target
 
     return walk(config, "", 0)
@@ -352,8 +381,10 @@ def with_current_targets(config, renamed: dict):
     """A config with moved classes' `_target_`s under their current names (to compare it with a new one;
     nothing is built from it)."""
     if isinstance(config, dict):
-        return {k: renamed.get(v, v) if k == TARGET and isinstance(v, str) else with_current_targets(v, renamed)
-                for k, v in config.items()}
+        return {
+            k: renamed.get(v, v) if k == TARGET and isinstance(v, str) else with_current_targets(v, renamed)
+            for k, v in config.items()
+        }
     if isinstance(config, list):
         return [with_current_targets(v, renamed) for v in config]
     return config
@@ -362,8 +393,10 @@ def with_current_targets(config, renamed: dict):
 def check_experiment_name(name, reg: Registry, where: str) -> str:
     """A stored config's experiment, used to compose a config: one of the registered presets' names."""
     if not isinstance(name, str) or name not in reg.experiments:
-        raise UserError(f"{where}: its config names experiment {shown(name)}, which no registered config folder "
-                        f"has (experiment/<name>.yaml); give its config folder with --config-dir")
+        raise UserError(
+            f"{where}: its config names experiment {excerpt(name)}, which no registered config folder "
+            f"has (experiment/<name>.yaml); give its config folder with --config-dir"
+        )
     return name
 
 

@@ -3,6 +3,7 @@ print a table, write a report next to the checkpoint.
 
 Exit status: 0 every stage passed (or was skipped with a reason), 1 a stage failed, 2 unusable input.
 """
+
 import datetime
 import json
 import time
@@ -31,13 +32,18 @@ def report(ctx: StoredRun, results, seconds: float) -> dict:
         "schema": SCHEMA,
         "input": str(ctx.target),
         "checkpoint": {
-            "path": str(ctx.primary), "sha256": ctx.sha256(ctx.primary), "bytes": ctx.primary.stat().st_size,
-            "epoch": rd.epoch_number(c["epoch"]), "global_step": c["global_step"], "config_hash": config_hash(c["config"]),
-            "experiment": c["config"].get("experiment"), "framework_version": c["framework"].get("version"),
+            "path": str(ctx.primary),
+            "sha256": ctx.sha256(ctx.primary),
+            "bytes": ctx.primary.stat().st_size,
+            "epoch": rd.epoch_number(c["epoch"]),
+            "global_step": c["global_step"],
+            "config_hash": config_hash(c["config"]),
+            "experiment": c["config"].get("experiment"),
+            "framework_version": c["framework"].get("version"),
             "git_commit": c["framework"].get("git_commit"),
         },
         "series": [str(p) for p in ctx.series] if ctx.target.is_dir() else [],
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "stages": [asdict(r) for r in results],
         "passed": all(r.status != "fail" for r in results),
@@ -46,11 +52,17 @@ def report(ctx: StoredRun, results, seconds: float) -> dict:
 
 def markdown(rep: dict) -> str:
     ck = rep["checkpoint"]
-    lines = [f"# Verification of {Path(ck['path']).name}: {'PASSED' if rep['passed'] else 'FAILED'}", "",
-             f"- checkpoint: `{ck['path']}` (epoch {ck['epoch']}, step {ck['global_step']}, {ck['bytes']:,} bytes)",
-             f"- sha256: `{ck['sha256']}`", f"- config hash: `{ck['config_hash']}`",
-             f"- framework {ck['framework_version']}, commit `{ck['git_commit']}`; verified {rep['time']}", "",
-             "| stage | status | seconds | details |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# Verification of {Path(ck['path']).name}: {'PASSED' if rep['passed'] else 'FAILED'}",
+        "",
+        f"- checkpoint: `{ck['path']}` (epoch {ck['epoch']}, step {ck['global_step']}, {ck['bytes']:,} bytes)",
+        f"- sha256: `{ck['sha256']}`",
+        f"- config hash: `{ck['config_hash']}`",
+        f"- framework {ck['framework_version']}, commit `{ck['git_commit']}`; verified {rep['time']}",
+        "",
+        "| stage | status | seconds | details |",
+        "| --- | --- | --- | --- |",
+    ]
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a detail such as "largest |change|")
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.2f} | {cell(s['details'])} |" for s in rep["stages"]]
     for s in rep["stages"]:
@@ -80,8 +92,10 @@ def print_table(results) -> None:
         if r.name == "metrics":
             for name, m in r.metrics.items():
                 verdict = {True: "", False: "  <- not clearly better than untrained: proves nothing"}.get(
-                    m.get("clearly_better"), "  (not judged)")
-                print(f"       {name:24s} trained {m['trained']:10.6g}   untrained {m['untrained_control']:10.6g}{verdict}")
+                    m.get("clearly_better"), "  (not judged)"
+                )
+                trained, untrained = m["trained"], m["untrained_control"]
+                print(f"       {name:24s} trained {trained:10.6g}   untrained {untrained:10.6g}{verdict}")
 
 
 def verify(cfg) -> Outcome:
@@ -92,7 +106,9 @@ def verify(cfg) -> Outcome:
     checkpoint_io.MAX_INFLATION = cfg.max_inflation
     ctx = StoredRun(Path(str(cfg.ckpt)), program_registry(), device=cfg.device)
     ctx.max_replay_epochs = cfg.max_replay_epochs
-    stages = list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
+    stages = (
+        list(cfg.stages) if cfg.stages else (SINGLE if ctx.target.is_file() else SINGLE[:-1] + SERIES + ["metrics"])
+    )
     results = run_stages(stages, ctx, CHECKPOINT_STAGES, stop_on_failure=False)
     if results and results[0].name == "loadable" and results[0].status == "fail":
         raise UserError(results[0].details)
@@ -100,7 +116,9 @@ def verify(cfg) -> Outcome:
     print_table(results)
     out = Path(str(cfg.report)) if cfg.report else rd.verification_report(ctx.primary)
     if not cfg.report:
-        rd.refuse_links_out(out.parent, rd.run_of(ctx.primary))  # the run's, not its checkpoint folder: that may be the link
+        rd.refuse_links_out(
+            out.parent, rd.run_of(ctx.primary)
+        )  # the run's, not its checkpoint folder: that may be the link
     kept = set() if cfg.report else fuller_stages(out, rep)
     if kept:  # a partial verify never replaces a fuller report of the same file
         print(f"kept {out}: it reports stages this run did not ({', '.join(sorted(kept))})", flush=True)

@@ -9,17 +9,16 @@ compatible checkpoints found under the outputs root.
 Which experiments a variant may load from is the `frozen_checkpoint.compatibility` matrix in its config;
 a checkpoint's experiment is the name its own config records.
 """
+
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from experiments import run_dir as rd
 from experiments.checkpoint.io import load_checkpoint, read_intact, sha256_file, state_dict_problem
 from experiments.errors import UserError
-from experiments.untrusted import read_text, read_yaml, shown
+from experiments.untrusted import excerpt, read_text, read_yaml
 
 
 class SourceRefused(UserError):
@@ -123,8 +122,11 @@ def parts_digest(state: dict, parts) -> str:
 def check_fit(source: dict, own: dict, path: Path) -> None:
     """Every key of the frozen parts present with the same shape; otherwise name the keys and shapes."""
     missing = sorted(set(own) - set(source))
-    shapes = [f"{k} {tuple(source[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here"
-              for k in sorted(set(own) & set(source)) if source[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(source[k].shape)} in the checkpoint vs {tuple(own[k].shape)} here"
+        for k in sorted(set(own) & set(source))
+        if source[k].shape != own[k].shape
+    ]
     if shapes:
         more = f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""
         raise SourceRefused(f"shapes of {path} do not fit this model: {'; '.join(shapes[:3])}{more}")
@@ -145,9 +147,11 @@ def read_source(path: Path, compatible: list[str], variant: str) -> dict:
         raise SourceRefused(f"{path} is not a checkpoint of this framework: its state_dict {why}")
     experiment = config.get("experiment")
     if experiment not in compatible:
-        named = experiment[:80] if isinstance(experiment, str) else shown(experiment)
-        raise SourceRefused(f"{path} is a {named} checkpoint; {variant} loads frozen parts only from "
-                            f"{' or '.join(compatible)} (frozen_checkpoint.compatibility)")
+        named = experiment[:80] if isinstance(experiment, str) else excerpt(experiment)
+        raise SourceRefused(
+            f"{path} is a {named} checkpoint; {variant} loads frozen parts only from "
+            f"{' or '.join(compatible)} (frozen_checkpoint.compatibility)"
+        )
     return ckpt
 
 
@@ -155,7 +159,9 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _recheck(path: Path, compatible: list[str], variant: str, own: dict, parts, judge) -> tuple[dict | None, str | None]:
+def _recheck(
+    path: Path, compatible: list[str], variant: str, own: dict, parts, judge
+) -> tuple[dict | None, str | None]:
     """(the checkpoint, None) when a candidate of `auto` is usable now, else (None, why): it opens safely and
     matches its sidecar, is compatible, its frozen parts are tensors that fit, and `judge` finds nothing."""
     ckpt, why = read_intact(path)
@@ -173,8 +179,9 @@ def _recheck(path: Path, compatible: list[str], variant: str, own: dict, parts, 
     return (None, why) if why else (ckpt, None)
 
 
-def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, parts,
-                 judge=lambda path, state: None) -> tuple[Path, dict, str]:
+def resolve_auto(
+    outputs: Path, compatible: list[str], variant: str, own: dict, parts, judge=lambda path, state: None
+) -> tuple[Path, dict, str]:
     """The newest fully verified compatible checkpoint whose frozen parts, checked again here, are usable:
     it opens safely and matches its sidecar, its parts fit this model, and `judge(path, parts)` (the
     family's checks of frozen parts, e.g. their coverage) finds nothing wrong. Nothing is taken from a
@@ -187,26 +194,41 @@ def resolve_auto(outputs: Path, compatible: list[str], variant: str, own: dict, 
             passed_over.append(f"{c.path} ({_short(why)})")
             continue
         note = f"; passed over: {'; '.join(passed_over)}" if passed_over else ""
-        return c.path, ckpt, (f"frozen_checkpoint.path=auto picked {c.path} ({c.experiment}, verified; intact, fits "
-                              f"and passes this run's frozen-part checks, rechecked now{note})")
-    hint = (f"; verify one: python verify.py ckpt={candidates[0].path.parent.parent}" if candidates
-            else f"; train one first: python train.py experiment={compatible[0]}, then python verify.py "
-                 f"ckpt={outputs}/{compatible[0]}/default")
+        return (
+            c.path,
+            ckpt,
+            (
+                f"frozen_checkpoint.path=auto picked {c.path} ({c.experiment}, verified; intact, fits "
+                f"and passes this run's frozen-part checks, rechecked now{note})"
+            ),
+        )
+    hint = (
+        f"; verify one: python verify.py ckpt={candidates[0].path.parent.parent}"
+        if candidates
+        else f"; train one first: python train.py experiment={compatible[0]}, then python verify.py "
+        f"ckpt={outputs}/{compatible[0]}/default"
+    )
     over = f" (passed over: {'; '.join(passed_over[:4])})" if passed_over else ""
-    raise SourceRefused(f"frozen_checkpoint.path=auto: no checkpoint of {' or '.join(compatible)} under {outputs} "
-                        f"is verified, intact, fits this model and passes its frozen-part checks{over}{hint}")
+    raise SourceRefused(
+        f"frozen_checkpoint.path=auto: no checkpoint of {' or '.join(compatible)} under {outputs} "
+        f"is verified, intact, fits this model and passes its frozen-part checks{over}{hint}"
+    )
 
 
 def _compatible(task, node: dict, variant: str) -> tuple[tuple, list[str]]:
     """The task's frozen parts and the experiments its row of the compatibility matrix admits."""
     parts = tuple(task.frozen_parts)
     if not parts:
-        raise UserError(f"this config has a frozen_checkpoint node, but {type(task).__name__} names no "
-                        f"frozen_parts: remove frozen_checkpoint or name the parts in the task")
+        raise UserError(
+            f"this config has a frozen_checkpoint node, but {type(task).__name__} names no "
+            f"frozen_parts: remove frozen_checkpoint or name the parts in the task"
+        )
     matrix = node.get("compatibility") or {}
     if variant not in matrix:
-        raise UserError(f"experiment {variant} has no row in frozen_checkpoint.compatibility "
-                        f"(rows: {sorted(matrix)}); add one naming the experiments it may load from")
+        raise UserError(
+            f"experiment {variant} has no row in frozen_checkpoint.compatibility "
+            f"(rows: {sorted(matrix)}); add one naming the experiments it may load from"
+        )
     return parts, list(matrix[variant])
 
 
@@ -216,8 +238,10 @@ def _given(path: str, compatible: list[str], variant: str, outputs: Path) -> tup
     if file.is_dir():
         file = rd.last_checkpoint(file) if rd.checkpoint_dir(file).is_dir() else file / rd.LAST
     if not file.is_file():
-        raise SourceRefused(f"frozen_checkpoint.path={path} does not exist; compatible checkpoints under "
-                            f"{outputs}: {describe(find_candidates(outputs, compatible))}")
+        raise SourceRefused(
+            f"frozen_checkpoint.path={path} does not exist; compatible checkpoints under "
+            f"{outputs}: {describe(find_candidates(outputs, compatible))}"
+        )
     ckpt = read_source(file, compatible, variant)
     epoch = rd.epoch_number(ckpt["epoch"])
     return file, ckpt, f"loaded from {file} ({ckpt['config'].get('experiment')}, epoch {epoch})"
@@ -225,13 +249,19 @@ def _given(path: str, compatible: list[str], variant: str, outputs: Path) -> tup
 
 def _source_record(file: Path, ckpt: dict, source: dict, parts) -> dict:
     """What the task saves as `checkpoint["frozen"]["source"]`, for verify.py's frozen_identical stage."""
-    return {"path": str(file.resolve()), "sha256": sha256_file(file), "experiment": ckpt["config"].get("experiment"),
-            "epoch": ckpt.get("epoch"), "allow_random": False,
-            "part_digests": {p: parts_digest(source, [p]) for p in parts}}
+    return {
+        "path": str(file.resolve()),
+        "sha256": sha256_file(file),
+        "experiment": ckpt["config"].get("experiment"),
+        "epoch": ckpt.get("epoch"),
+        "allow_random": False,
+        "part_digests": {p: parts_digest(source, [p]) for p in parts},
+    }
 
 
-def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from: Path | None = None,
-                      judge=lambda path, parts: None) -> str:
+def load_frozen_parts(
+    task, node: dict, variant: str, outputs: Path, resume_from: Path | None = None, judge=lambda path, parts: None
+) -> str:
     """Find, check and load the task's `frozen_parts` into `task.model`. Returns a one-line account; a source
     that cannot be used is SourceRefused (bad input), one line naming the problem. `judge` checks a
     candidate of `auto` further (resolve_auto)."""
@@ -241,16 +271,21 @@ def load_frozen_parts(task, node: dict, variant: str, outputs: Path, resume_from
     elif node.get("path") is None:
         if node.get("allow_random"):
             task.frozen_source = {"path": None, "allow_random": True}
-            return ("frozen_checkpoint.allow_random=true: the frozen parts are RANDOM (no checkpoint); this "
-                    "run's figures say nothing about a trained source")
-        raise SourceRefused(f"frozen_checkpoint.path is null, but {variant} trains on frozen {', '.join(parts)} "
-                            f"from a {' or '.join(compatible)} checkpoint; set frozen_checkpoint.path=PATH or "
-                            f"frozen_checkpoint.path=auto (compatible under {outputs}: "
-                            f"{describe(find_candidates(outputs, compatible))}), or allow_random=true to train "
-                            f"from random init on purpose")
+            return (
+                "frozen_checkpoint.allow_random=true: the frozen parts are RANDOM (no checkpoint); this "
+                "run's figures say nothing about a trained source"
+            )
+        raise SourceRefused(
+            f"frozen_checkpoint.path is null, but {variant} trains on frozen {', '.join(parts)} "
+            f"from a {' or '.join(compatible)} checkpoint; set frozen_checkpoint.path=PATH or "
+            f"frozen_checkpoint.path=auto (compatible under {outputs}: "
+            f"{describe(find_candidates(outputs, compatible))}), or allow_random=true to train "
+            f"from random init on purpose"
+        )
     elif node["path"] == "auto":
-        file, ckpt, account = resolve_auto(outputs, compatible, variant, source_parts(task.state_dict(), parts),
-                                           parts, judge)
+        file, ckpt, account = resolve_auto(
+            outputs, compatible, variant, source_parts(task.state_dict(), parts), parts, judge
+        )
     else:
         file, ckpt, account = _given(str(node["path"]), compatible, variant, outputs)
     source = source_parts(ckpt["state_dict"], parts)

@@ -1,4 +1,5 @@
 """Atomic checkpoint writes with a sha256 sidecar, and safe loading (`weights_only=True` only)."""
+
 import hashlib
 import io
 import os
@@ -8,8 +9,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from experiments.atomic import atomic_write_files, link_or_copy, TMP_MARK, write_and_sync
-from experiments.errors import first_line, UserError, WriteFailed
+from experiments.atomic import TMP_MARK, atomic_write_files, link_or_copy, write_and_sync
+from experiments.errors import UserError, WriteFailed, first_line
 from experiments.untrusted import check_bounded
 
 
@@ -37,8 +38,12 @@ def save_checkpoint(checkpoint: dict, path: Path) -> str:
     torch.save(checkpoint, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write_files({Path(path): lambda tmp: write_and_sync(tmp, data),
-                        sidecar(path): lambda tmp: write_and_sync(tmp, sidecar_text(digest, path))})
+    atomic_write_files(
+        {
+            Path(path): lambda tmp: write_and_sync(tmp, data),
+            sidecar(path): lambda tmp: write_and_sync(tmp, sidecar_text(digest, path)),
+        }
+    )
     return digest
 
 
@@ -47,8 +52,12 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
     digest = recorded_sha256(src)
     if digest is None:
         raise WriteFailed(f"could not write {dst}: its source {src} has no sha256 sidecar")
-    atomic_write_files({Path(dst): lambda tmp: link_or_copy(src, tmp),
-                        sidecar(dst): lambda tmp: write_and_sync(tmp, sidecar_text(digest, dst))})
+    atomic_write_files(
+        {
+            Path(dst): lambda tmp: link_or_copy(src, tmp),
+            sidecar(dst): lambda tmp: write_and_sync(tmp, sidecar_text(digest, dst)),
+        }
+    )
 
 
 def recorded_sha256(path: Path) -> str | None:
@@ -145,7 +154,7 @@ def read_intact(path: Path) -> tuple[dict | None, str | None]:
 
 # Reading a checkpoint is bounded: a zip entry may declare any size, and torch inflates what it declares.
 # verify.py's and eval.py's `max_inflation` setting changes it for that program.
-MAX_INFLATION = 10       # the entries' declared sizes, summed, at most this many times the file's size
+MAX_INFLATION = 10  # the entries' declared sizes, summed, at most this many times the file's size
 MAX_ENTRIES = 100_000
 
 
@@ -160,9 +169,14 @@ def check_archive(path: Path, max_inflation: float | None = None) -> bytes:
             entries = archive.infolist()
             if len(entries) > MAX_ENTRIES:
                 raise UserError(f"{path} holds {len(entries):,} archive entries; a checkpoint holds a few")
-            if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or min(e.header_offset for e in entries) != 0:
-                raise UserError(f"{path} is not laid out as torch writes a checkpoint (compressed entries, or data "
-                                f"before the first): refusing to inflate it")
+            if (
+                any(e.compress_type != zipfile.ZIP_STORED for e in entries)
+                or min(e.header_offset for e in entries) != 0
+            ):
+                raise UserError(
+                    f"{path} is not laid out as torch writes a checkpoint (compressed entries, or data "
+                    f"before the first): refusing to inflate it"
+                )
             declared = sum(e.file_size for e in entries)
             pickles = [e for e in entries if e.filename.endswith("data.pkl")]
             data = archive.read(pickles[0]) if pickles and declared <= limit else b""
@@ -173,9 +187,11 @@ def check_archive(path: Path, max_inflation: float | None = None) -> bytes:
             refuse_pickle(path, head)
         raise UserError(f"{path} is not a readable checkpoint (truncated, or not a torch zip archive)")
     if declared > limit:
-        raise UserError(f"{path} declares {declared:,} bytes inside a {path.stat().st_size:,}-byte file (more than "
-                        f"max_inflation={max_inflation or MAX_INFLATION} times its size): refusing to inflate it. "
-                        f"A real checkpoint declares about its own size; raise max_inflation only for a file you trust")
+        raise UserError(
+            f"{path} declares {declared:,} bytes inside a {path.stat().st_size:,}-byte file (more than "
+            f"max_inflation={max_inflation or MAX_INFLATION} times its size): refusing to inflate it. "
+            f"A real checkpoint declares about its own size; raise max_inflation only for a file you trust"
+        )
     return data
 
 
@@ -209,12 +225,16 @@ def refuse_pickle(path: Path, data: bytes, refused: Exception | None = None):
     names = pickled_globals(data)
     if not names and refused is not None:
         said = str(refused).split("WeightsUnpickler error:")[-1].strip().splitlines()
-        raise UserError(f"{path} holds a value that safe loading does not read ({said[0] if said else 'unknown'}: "
-                        f"e.g. an integer too large for 8 bytes); only checkpoints of plain tensors and values are "
-                        f"accepted")
+        raise UserError(
+            f"{path} holds a value that safe loading does not read ({said[0] if said else 'unknown'}: "
+            f"e.g. an integer too large for 8 bytes); only checkpoints of plain tensors and values are "
+            f"accepted"
+        )
     what = f"a pickled object ({', '.join(names)})" if names else "a pickled object"
-    raise UserError(f"{path} holds {what}; refusing to unpickle it, since loading it could run arbitrary code. "
-                    f"Only checkpoints of plain tensors and values are accepted")
+    raise UserError(
+        f"{path} holds {what}; refusing to unpickle it, since loading it could run arbitrary code. "
+        f"Only checkpoints of plain tensors and values are accepted"
+    )
 
 
 def load_checkpoint(path: Path, map_location="cpu", max_inflation: float | None = None) -> dict:

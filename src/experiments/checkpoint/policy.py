@@ -8,6 +8,7 @@ Besides Lightning's own keys, each checkpoint holds only plain values and tensor
 `config` (the composed config), `history` (one row of metrics per finished epoch), `rng`, `framework`
 (name, version, git commit, library versions) and `run` (finished / preempted flags).
 """
+
 import math
 import random
 import re
@@ -22,10 +23,10 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import experiments
-from experiments.callbacks import console_print, summary_line
 from experiments import run_dir as rd
-from experiments.checkpoint.io import copy_checkpoint, sidecar
 from experiments.atomic import atomic_write_csv
+from experiments.callbacks import console_print, summary_line
+from experiments.checkpoint.io import copy_checkpoint, sidecar
 from experiments.commit import checkout_commit
 from experiments.epoch_sampler import at_limit
 from experiments.errors import UserError
@@ -53,16 +54,25 @@ def git_commit() -> str:
 
 
 def framework_info() -> dict:
-    return {"name": "experiments", "version": experiments.__version__, "git_commit": git_commit(),
-            "torch": str(torch.__version__), "lightning": str(lightning.__version__)}
+    return {
+        "name": "experiments",
+        "version": experiments.__version__,
+        "git_commit": git_commit(),
+        "torch": str(torch.__version__),
+        "lightning": str(lightning.__version__),
+    }
 
 
 def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
 
@@ -76,9 +86,17 @@ def restore_rng_state(state: dict) -> None:
 
 
 class CheckpointPolicy(Checkpoint):
-    def __init__(self, dirpath: str, every_n_epochs: int = 1, save_last: bool = True, save_top_k: int = 0,
-                 monitor: str | None = None, mode: str | None = "min", last_every_n_epochs: int = 1,
-                 run_config: dict | None = None):
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_epochs: int = 1,
+        save_last: bool = True,
+        save_top_k: int = 0,
+        monitor: str | None = None,
+        mode: str | None = "min",
+        last_every_n_epochs: int = 1,
+        run_config: dict | None = None,
+    ):
         for key, value in (("every_n_epochs", every_n_epochs), ("last_every_n_epochs", last_every_n_epochs)):
             if value < 1:
                 raise UserError(f"checkpoint.{key} must be >= 1, got {value}")
@@ -115,10 +133,14 @@ class CheckpointPolicy(Checkpoint):
 
     @staticmethod
     def _own_best(entry) -> bool:
-        return (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                and re.fullmatch(r"best-epoch=\d{4,}\.ckpt", entry["path"]) is not None
-                and isinstance(entry.get("epoch"), int) and isinstance(entry.get("score"), (int, float))
-                and math.isfinite(entry["score"]))
+        return (
+            isinstance(entry, dict)
+            and isinstance(entry.get("path"), str)
+            and re.fullmatch(r"best-epoch=\d{4,}\.ckpt", entry["path"]) is not None
+            and isinstance(entry.get("epoch"), int)
+            and isinstance(entry.get("score"), (int, float))
+            and math.isfinite(entry["score"])
+        )
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["config"] = self.config
@@ -193,8 +215,11 @@ class CheckpointPolicy(Checkpoint):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # Cluster preemption or Ctrl-C (stop.py): Lightning raises SIGTERMException after the
         # current batch, its loop state complete.
-        if isinstance(exception, SIGTERMException) and trainer.global_step != self._last_saved_step \
-                and not trainer.fast_dev_run:  # a trial keeps nothing to resume
+        if (
+            isinstance(exception, SIGTERMException)
+            and trainer.global_step != self._last_saved_step
+            and not trainer.fast_dev_run
+        ):  # a trial keeps nothing to resume
             self._preempted = True
             self._write(trainer, [LAST])
             self._preempted = False
@@ -205,15 +230,19 @@ class CheckpointPolicy(Checkpoint):
             return [], []
         if self.monitor not in row:  # an epoch without evaluation, or a typo: say so if it never appears
             if self._finished and not any(self.monitor in r for r in self.history):
-                print(f"warning: checkpoint.monitor={self.monitor!r} appeared in no epoch's metrics "
-                      f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; no best checkpoint was kept",
-                      flush=True)
+                print(
+                    f"warning: checkpoint.monitor={self.monitor!r} appeared in no epoch's metrics "
+                    f"{sorted(k for k in row if k not in ('epoch', 'global_step'))}; no best checkpoint was kept",
+                    flush=True,
+                )
             return [], []
         score = row[self.monitor]
         sign = 1 if self.mode == "min" else -1
-        candidates = sorted(self.best + [{"score": score, "epoch": row["epoch"], "path": None}],
-                            key=lambda b: (sign * b["score"], b["epoch"]))
-        keep, dropped = candidates[: self.save_top_k], candidates[self.save_top_k:]
+        candidates = sorted(
+            self.best + [{"score": score, "epoch": row["epoch"], "path": None}],
+            key=lambda b: (sign * b["score"], b["epoch"]),
+        )
+        keep, dropped = candidates[: self.save_top_k], candidates[self.save_top_k :]
         name = None
         for b in keep:
             if b["path"] is None:

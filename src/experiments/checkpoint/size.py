@@ -1,4 +1,5 @@
 """How far a checkpoint file is from its minimum: the bytes of the model's tensors plus the optimizer's."""
+
 from pathlib import Path
 
 import torch
@@ -22,6 +23,12 @@ def checkpoint_size_report(path: Path) -> dict:
     optimizer = _tensor_bytes(ckpt.get("optimizer_states", []))
     file_bytes = Path(path).stat().st_size
     params = sum(t.numel() for t in ckpt.get("state_dict", {}).values() if t.is_floating_point())
-    return {"path": str(path), "file_bytes": file_bytes, "parameters": params, "weight_bytes": weights,
-            "optimizer_bytes": optimizer, "minimum_bytes": weights + optimizer,
-            "ratio": file_bytes / max(1, weights + optimizer)}
+    return {
+        "path": str(path),
+        "file_bytes": file_bytes,
+        "parameters": params,
+        "weight_bytes": weights,
+        "optimizer_bytes": optimizer,
+        "minimum_bytes": weights + optimizer,
+        "ratio": file_bytes / max(1, weights + optimizer),
+    }

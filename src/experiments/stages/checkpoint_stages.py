@@ -4,6 +4,7 @@ Single-checkpoint stages look at `ctx.primary`; series stages at `ctx.series` (o
 in order). Every metric is computed on weights strictly loaded from a checkpoint; the untrained control
 is built separately and always labelled as such.
 """
+
 import contextlib
 import copy
 import io
@@ -17,8 +18,17 @@ from experiments.errors import StageFailure
 from experiments.run_dir import epoch_number
 from experiments.stages.registry import StageResult
 
-REQUIRED_KEYS = ("state_dict", "optimizer_states", "epoch", "global_step", "config", "history", "rng",
-                 "framework", "run")
+REQUIRED_KEYS = (
+    "state_dict",
+    "optimizer_states",
+    "epoch",
+    "global_step",
+    "config",
+    "history",
+    "rng",
+    "framework",
+    "run",
+)
 # A trained model must beat its untrained control by this much (absolute on [0, 1] metrics, relative on
 # losses) before a metric counts as evidence of training.
 CLEARLY_BETTER = 0.05
@@ -34,8 +44,10 @@ def loadable(ctx) -> StageResult:
         missing = [k for k in REQUIRED_KEYS if k not in ckpt]
         if missing:
             raise StageFailure(f"{path.name} lacks required key(s) {missing}")
-    return StageResult(name="loadable", details=f"{len(ctx.ckpts)} checkpoint(s) open with weights_only=True "
-                                                f"and hold {', '.join(REQUIRED_KEYS)}")
+    return StageResult(
+        name="loadable",
+        details=f"{len(ctx.ckpts)} checkpoint(s) open with weights_only=True and hold {', '.join(REQUIRED_KEYS)}",
+    )
 
 
 def integrity(ctx) -> StageResult:
@@ -48,8 +60,10 @@ def integrity(ctx) -> StageResult:
             continue
         actual = ctx.sha256(path)
         if recorded != actual:
-            raise StageFailure(f"{path.name}: sha256 {actual[:16]}... differs from the {recorded[:16]}... "
-                               f"recorded when it was saved: the file changed after saving")
+            raise StageFailure(
+                f"{path.name}: sha256 {actual[:16]}... differs from the {recorded[:16]}... "
+                f"recorded when it was saved: the file changed after saving"
+            )
         checked += 1
     if not checked:
         return _skip("integrity", "no recorded hash (.sha256 sidecar) to compare with")
@@ -61,8 +75,10 @@ def restorable(ctx) -> StageResult:
     """Strict load_state_dict into the stored architecture; a mismatch names the keys."""
     for path in ctx.ckpts:
         ctx.trained(path)  # strict load; raises StageFailure naming the keys
-    return StageResult(name="restorable", details=f"strict load_state_dict into "
-                                                  f"{ctx.config['model']['_target_']} for {len(ctx.ckpts)} file(s)")
+    return StageResult(
+        name="restorable",
+        details=f"strict load_state_dict into {ctx.config['model']['_target_']} for {len(ctx.ckpts)} file(s)",
+    )
 
 
 def predicts(ctx) -> StageResult:
@@ -104,11 +120,16 @@ def frozen_identical(ctx) -> StageResult:
         if differ:
             raise StageFailure(f"{len(differ)} frozen tensor(s) differ from {path}, e.g. {differ[0]}")
         same_file = sha256_file(path) == src["sha256"]
-        note = f"tensor by tensor against {path}" + ("" if same_file else " (the file changed since, these tensors did not)")
+        note = f"tensor by tensor against {path}" + (
+            "" if same_file else " (the file changed since, these tensors did not)"
+        )
     trained = [p for p in frozen["ever_trained"]]
-    return StageResult(name="frozen_identical", details=f"{', '.join(parts)} byte-identical to the source ({note})"
-                       + (f"; trained on purpose: {', '.join(trained)}" if trained else ""),
-                       metrics={"source": src["path"], "always_frozen": parts, "ever_trained": trained})
+    return StageResult(
+        name="frozen_identical",
+        details=f"{', '.join(parts)} byte-identical to the source ({note})"
+        + (f"; trained on purpose: {', '.join(trained)}" if trained else ""),
+        metrics={"source": src["path"], "always_frozen": parts, "ever_trained": trained},
+    )
 
 
 def progress(ctx) -> StageResult:
@@ -126,10 +147,15 @@ def progress(ctx) -> StageResult:
     epochs = [epoch_number(ctx.ckpts[p]["epoch"]) for p in scored]
     improved = last < first if mode == "min" else last > first
     if not improved:
-        raise StageFailure(f"{monitor} did not improve from epoch {epochs[0]} ({first:.6g}) to epoch "
-                           f"{epochs[-1]} ({last:.6g}), mode {mode}")
-    return StageResult(name="progress", details=f"epochs {epochs}; {monitor} {first:.6g} -> {last:.6g}",
-                       metrics={"epochs": epochs, f"{monitor}/first": first, f"{monitor}/last": last})
+        raise StageFailure(
+            f"{monitor} did not improve from epoch {epochs[0]} ({first:.6g}) to epoch "
+            f"{epochs[-1]} ({last:.6g}), mode {mode}"
+        )
+    return StageResult(
+        name="progress",
+        details=f"epochs {epochs}; {monitor} {first:.6g} -> {last:.6g}",
+        metrics={"epochs": epochs, f"{monitor}/first": first, f"{monitor}/last": last},
+    )
 
 
 def weights_updated(ctx) -> StageResult:
@@ -154,9 +180,13 @@ def weights_updated(ctx) -> StageResult:
         if largest == 0:
             raise StageFailure(f"the weights of {b.name} equal those of {a.name}: nothing was trained between them")
         diffs[f"{a.name}->{b.name}"] = largest
-    return StageResult(name="weights_updated", metrics={"max_abs_diff": diffs},
-                       details="largest |change| per pair: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
-                       + (f"; {len(frozen)} frozen tensors unchanged" if frozen else ""))
+    return StageResult(
+        name="weights_updated",
+        metrics={"max_abs_diff": diffs},
+        details="largest |change| per pair: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+        + (f"; {len(frozen)} frozen tensors unchanged" if frozen else ""),
+    )
 
 
 def history_consistent(ctx) -> StageResult:
@@ -168,20 +198,27 @@ def history_consistent(ctx) -> StageResult:
     last_epoch = max(history)
     saved_epochs = {c["epoch"] for p, c in ctx.ckpts.items() if not c["run"].get("preempted")}
     if last_epoch not in saved_epochs:
-        raise StageFailure(f"the history ends at epoch {epoch_number(last_epoch)} but no checkpoint holds that "
-                           f"epoch (checkpoint epochs: {sorted(map(epoch_number, saved_epochs))})")
+        raise StageFailure(
+            f"the history ends at epoch {epoch_number(last_epoch)} but no checkpoint holds that "
+            f"epoch (checkpoint epochs: {sorted(map(epoch_number, saved_epochs))})"
+        )
     for path, ckpt in ctx.ckpts.items():
         own = ckpt["history"]
         if not ckpt["run"].get("preempted") and (not own or own[-1]["epoch"] != ckpt["epoch"]):
-            raise StageFailure(f"{path.name} is at epoch {epoch_number(ckpt['epoch'])} but its history ends at "
-                               f"epoch {epoch_number(own[-1]['epoch']) if own else None}")
+            raise StageFailure(
+                f"{path.name} is at epoch {epoch_number(ckpt['epoch'])} but its history ends at "
+                f"epoch {epoch_number(own[-1]['epoch']) if own else None}"
+            )
         for row in own:
             if history.get(row["epoch"]) != row:
-                raise StageFailure(f"{path.name}: history row of epoch {epoch_number(row['epoch'])} differs from "
-                                   f"{latest.name}'s")
-    return StageResult(name="history_consistent",
-                       details=f"history ends at epoch {epoch_number(last_epoch)}, which has a checkpoint; "
-                               f"{len(ctx.ckpts)} file(s) agree with it row for row")
+                raise StageFailure(
+                    f"{path.name}: history row of epoch {epoch_number(row['epoch'])} differs from {latest.name}'s"
+                )
+    return StageResult(
+        name="history_consistent",
+        details=f"history ends at epoch {epoch_number(last_epoch)}, which has a checkpoint; "
+        f"{len(ctx.ckpts)} file(s) agree with it row for row",
+    )
 
 
 def resume_exact(ctx) -> StageResult:
@@ -194,8 +231,11 @@ def resume_exact(ctx) -> StageResult:
         return _skip("resume_exact", "bit-for-bit comparison is promised on CPU only")
     trainer_cfg = ctx.config.get("trainer") or {}
     if "ddp" in str(trainer_cfg.get("strategy", "")) and trainer_cfg.get("devices", 1) not in (1, "1"):
-        return _skip("resume_exact", f"a {trainer_cfg.get('devices')}-process DDP run is replayed by its own "
-                                     f"processes: rerun its train.py command (tests/test_ddp.py checks DDP resume)")
+        return _skip(
+            "resume_exact",
+            f"a {trainer_cfg.get('devices')}-process DDP run is replayed by its own "
+            f"processes: rerun its train.py command (tests/test_ddp.py checks DDP resume)",
+        )
     pairs = [(a, b) for a, b in zip(ctx.series, ctx.series[1:])]
     if not pairs:
         return _skip("resume_exact", "no later checkpoint to resume towards")
@@ -203,9 +243,12 @@ def resume_exact(ctx) -> StageResult:
     target = ctx.ckpts[b]
     epochs = _replay_length(ctx.ckpts[a], target, b.name)
     if epochs > ctx.max_replay_epochs:
-        return _skip("resume_exact", f"the closest checkpoints, {a.name} and {b.name}, are {epochs} epoch(s) apart, more "
-                                     f"than max_replay_epochs={ctx.max_replay_epochs} (verify.py max_replay_epochs=N "
-                                     f"replays more)")
+        return _skip(
+            "resume_exact",
+            f"the closest checkpoints, {a.name} and {b.name}, are {epochs} epoch(s) apart, more "
+            f"than max_replay_epochs={ctx.max_replay_epochs} (verify.py max_replay_epochs=N "
+            f"replays more)",
+        )
     cfg = OmegaConf.create(replay_config(target["config"], target))
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         datamodule, model, task = build(cfg)
@@ -213,22 +256,40 @@ def resume_exact(ctx) -> StageResult:
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(a), weights_only=True)
         resumed = task.state_dict()
     if trainer.global_step != target["global_step"]:
-        raise StageFailure(f"resumed from {a.name} to step {trainer.global_step}, but {b.name} is at step "
-                           f"{target['global_step']}")
+        raise StageFailure(
+            f"resumed from {a.name} to step {trainer.global_step}, but {b.name} is at step {target['global_step']}"
+        )
     differ = [k for k, v in target["state_dict"].items() if not torch.equal(v, resumed[k])]
     if differ:
-        raise StageFailure(f"resuming {a.name} to epoch {epoch_number(target['epoch'])} does not reproduce {b.name}: "
-                           f"{len(differ)} tensor(s) differ, e.g. {differ[0]}{_other_code(target)}")
-    return StageResult(name="resume_exact", details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} "
-                                                    f"epoch(s): bit-identical to {b.name}")
+        raise StageFailure(
+            f"resuming {a.name} to epoch {epoch_number(target['epoch'])} does not reproduce {b.name}: "
+            f"{len(differ)} tensor(s) differ, e.g. {differ[0]}{_other_code(target)}"
+        )
+    return StageResult(
+        name="resume_exact",
+        details=f"resumed {a.name} for {target['epoch'] - ctx.ckpts[a]['epoch']} epoch(s): bit-identical to {b.name}",
+    )
 
 
 # Of a stored trainer config, what shapes the weights a replay must reproduce; everything else (a profiler, its
 # paths, plugins, devices, loggers) is the replay's own: one CPU process writing nothing outside its temporary folder.
-REPLAYED_TRAINER_KEYS = ("precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
-                         "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch", "val_check_interval",
-                         "num_sanity_val_steps", "deterministic", "benchmark", "log_every_n_steps", "max_steps",
-                         "overfit_batches", "reload_dataloaders_every_n_epochs")
+REPLAYED_TRAINER_KEYS = (
+    "precision",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "accumulate_grad_batches",
+    "limit_train_batches",
+    "limit_val_batches",
+    "check_val_every_n_epoch",
+    "val_check_interval",
+    "num_sanity_val_steps",
+    "deterministic",
+    "benchmark",
+    "log_every_n_steps",
+    "max_steps",
+    "overfit_batches",
+    "reload_dataloaders_every_n_epochs",
+)
 
 
 def replay_config(config: dict, target: dict) -> dict:
@@ -243,14 +304,24 @@ def replay_config(config: dict, target: dict) -> dict:
     stored = config.get("trainer") or {}
     # Weights depend on the epoch only through schedules that are functions of the epoch; a schedule reading
     # max_epochs would need this stage to stop by other means.
-    config["trainer"] = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devices": 1, "num_nodes": 1,
-                         "strategy": "auto", "enable_progress_bar": False, "enable_model_summary": False,
-                         **{k: stored[k] for k in REPLAYED_TRAINER_KEYS if k in stored},
-                         "max_epochs": target["epoch"] + 1}
+    config["trainer"] = {
+        "_target_": "lightning.pytorch.Trainer",
+        "accelerator": "cpu",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        **{k: stored[k] for k in REPLAYED_TRAINER_KEYS if k in stored},
+        "max_epochs": target["epoch"] + 1,
+    }
     config["logger"] = None
     callbacks = config.get("callbacks") or {}
-    config["callbacks"] = {name: node for name, node in callbacks.items()
-                           if isinstance(node, dict) and getattr(get_class(node["_target_"]), "replayed", False)}
+    config["callbacks"] = {
+        name: node
+        for name, node in callbacks.items()
+        if isinstance(node, dict) and getattr(get_class(node["_target_"]), "replayed", False)
+    }
     return config
 
 
@@ -261,9 +332,11 @@ def _replay_length(start: dict, target: dict, name: str) -> int:
     wanted = range(start["epoch"] + 1, target["epoch"] + 1)
     steps = [rows.get(epoch) for epoch in wanted]
     if any(not isinstance(s, int) for s in steps) or steps != sorted(steps) or steps[-1:] != [target["global_step"]]:
-        raise StageFailure(f"{name} is at epoch {epoch_number(target['epoch'])}, step {target['global_step']}, but its "
-                           f"history does not show epochs {epoch_number(wanted.start)}-{epoch_number(wanted.stop - 1)} "
-                           f"ending there: nothing to replay towards")
+        raise StageFailure(
+            f"{name} is at epoch {epoch_number(target['epoch'])}, step {target['global_step']}, but its "
+            f"history does not show epochs {epoch_number(wanted.start)}-{epoch_number(wanted.stop - 1)} "
+            f"ending there: nothing to replay towards"
+        )
     return len(wanted)
 
 
@@ -274,8 +347,10 @@ def _other_code(checkpoint: dict) -> str:
     written, here = checkpoint.get("framework", {}).get("git_commit", "unknown"), git_commit()
     if written.split("+")[0] == here.split("+")[0]:
         return ""
-    return (f"; it was written by commit {written} and this is {here}: replay it with the code that wrote it "
-            f"(training code changed since may round differently)")
+    return (
+        f"; it was written by commit {written} and this is {here}: replay it with the code that wrote it "
+        f"(training code changed since may round differently)"
+    )
 
 
 def metrics(ctx) -> StageResult:
@@ -297,12 +372,17 @@ def metrics(ctx) -> StageResult:
                 flagged.append(name)
         rows[name] = row
     primary = task_cls.primary_metric
-    details = (f"{len(rows)} metrics beside an untrained control ({control_note}); "
-               + (f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"))
+    details = f"{len(rows)} metrics beside an untrained control ({control_note}); " + (
+        f"proves nothing (control as good): {', '.join(flagged)}" if flagged else "all judged metrics beat it"
+    )
     if primary in flagged:  # a failure that still shows every figure beside its control
-        return StageResult(name="metrics", status="fail", metrics=rows,
-                           details=f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
-                                   f"untrained control's {control[primary]:.4g}")
+        return StageResult(
+            name="metrics",
+            status="fail",
+            metrics=rows,
+            details=f"primary metric {primary} = {trained[primary]:.4g} is not clearly better than the "
+            f"untrained control's {control[primary]:.4g}",
+        )
     return StageResult(name="metrics", details=details, metrics=rows)
 
 

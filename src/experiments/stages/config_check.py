@@ -4,6 +4,7 @@ The constructor is the schema: an unknown key, a missing required key or a value
 reported in one line naming the config key, before anything is built. (A separate dataclass schema
 per node would repeat every signature and drift from it.)
 """
+
 import difflib
 import importlib
 import importlib.util
@@ -32,8 +33,10 @@ def _import(path: str):
         return getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as e:
         if e.name and module.startswith(e.name) and "." not in e.name:  # its package is not where Python looks
-            raise UserError(f"cannot import {path!r}: no package {e.name!r} on the Python path; install the "
-                            f"family's package (pip install -e) or put the folder that holds it on PYTHONPATH")
+            raise UserError(
+                f"cannot import {path!r}: no package {e.name!r} on the Python path; install the "
+                f"family's package (pip install -e) or put the folder that holds it on PYTHONPATH"
+            )
         raise UserError(f"cannot import {path!r}: {e}")
     except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"cannot import {path!r}: {e}")
@@ -92,8 +95,10 @@ def check_node(key: str, node: dict, supplied: set[str]) -> None:
     has_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
     refused = sorted(n for n in supplied if n not in params and not has_kwargs)
     if refused:  # e.g. a data module without `seed`: its data order must follow the run's seed
-        raise UserError(f"{node['_target_']} (config {key}) takes no {', '.join(f'{n}=' for n in refused)} argument, "
-                        f"which the framework passes it: add it to its __init__ (docs/FAMILIES.md)")
+        raise UserError(
+            f"{node['_target_']} (config {key}) takes no {', '.join(f'{n}=' for n in refused)} argument, "
+            f"which the framework passes it: add it to its __init__ (docs/FAMILIES.md)"
+        )
     hints = _hints(fn)
     for name, value in node.items():
         if name.startswith("_"):
@@ -109,9 +114,15 @@ def check_node(key: str, node: dict, supplied: set[str]) -> None:
             continue
         if name in hints and not _matches(value, hints[name]):
             raise UserError(f"{key}.{name}={value!r} has type {type(value).__name__}, expected {_fmt(hints[name])}")
-    missing = [n for n, p in params.items()
-               if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-               and n not in node and n not in supplied and n != "self"]
+    missing = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and n not in node
+        and n not in supplied
+        and n != "self"
+    ]
     if missing:
         raise UserError(f"{key} is missing required key(s) {missing} of {node['_target_']}")
 
@@ -134,5 +145,3 @@ def check_config(cfg: DictConfig) -> int:
                 check_node(f"callbacks.{name}", child, set())
                 checked += 1
     return checked
-
-

@@ -1,4 +1,5 @@
 """Preflight stages: run by train.py before any training, in seconds, on real batches."""
+
 import copy
 import itertools
 from dataclasses import dataclass, field, replace
@@ -18,8 +19,8 @@ class PreflightContext:
     task: Any = None
     datamodule: Any = None
     batches: int = 3
-    experiment: str | None = None     # the preset's name: its row of the frozen-checkpoint compatibility matrix
-    resume_from: Path | None = None   # the checkpoint a resumed run continues from
+    experiment: str | None = None  # the preset's name: its row of the frozen-checkpoint compatibility matrix
+    resume_from: Path | None = None  # the checkpoint a resumed run continues from
     _batches: list | None = field(default=None, repr=False)
 
     def real_batches(self) -> list:
@@ -37,8 +38,10 @@ def _loss(task, batch, batch_idx: int) -> torch.Tensor:
     counted = task._epoch_count
     out = task.training_loss(batch, batch_idx)
     if task._epoch_count == counted:
-        raise StageFailure(f"{type(task).__name__}.training_loss did not call add_training_terms(...): the epoch's "
-                           f"train/loss would read 0 (docs/FAMILIES.md)")
+        raise StageFailure(
+            f"{type(task).__name__}.training_loss did not call add_training_terms(...): the epoch's "
+            f"train/loss would read 0 (docs/FAMILIES.md)"
+        )
     loss = out["loss"] if isinstance(out, dict) else out
     if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
         raise StageFailure(f"training_loss must return a scalar loss tensor, got {type(loss).__name__}")
@@ -58,8 +61,11 @@ def forward_backward(ctx) -> StageResult:
     if not torch.isfinite(loss):
         raise StageFailure(f"the loss of a real batch is {loss.item()}")
     loss.backward()
-    return StageResult(name="forward_backward", details=f"loss {loss.item():.4g} on a batch of real data",
-                       metrics={"loss": loss.item()})
+    return StageResult(
+        name="forward_backward",
+        details=f"loss {loss.item():.4g} on a batch of real data",
+        metrics={"loss": loss.item()},
+    )
 
 
 def gradients(ctx) -> StageResult:
@@ -83,8 +89,12 @@ def gradients(ctx) -> StageResult:
     never = sorted(set(params) - nonzero)
     if never:
         shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
-        raise StageFailure(f"{len(never)} trainable parameter(s) got no gradient in {len(batches)} real batches: {shown}")
-    return StageResult(name="gradients", details=f"{len(params)} trainable tensors, all with finite, non-zero gradients")
+        raise StageFailure(
+            f"{len(never)} trainable parameter(s) got no gradient in {len(batches)} real batches: {shown}"
+        )
+    return StageResult(
+        name="gradients", details=f"{len(params)} trainable tensors, all with finite, non-zero gradients"
+    )
 
 
 def finite(ctx) -> StageResult:
@@ -116,10 +126,14 @@ def optimizer_step(ctx) -> StageResult:
         raise StageFailure(f"frozen parameter(s) changed after one optimizer step: {', '.join(moved_frozen[:5])}")
     stuck = [n for n, p in task.named_parameters() if p.requires_grad and torch.equal(before[n], p)]
     if stuck:
-        raise StageFailure(f"trainable parameter(s) did not change after one optimizer step (not in the "
-                           f"optimizer, or lr 0?): {', '.join(stuck[:5])}")
-    return StageResult(name="optimizer_step",
-                       details=f"{len(before) - len(frozen)} trainable tensors moved, {len(frozen)} frozen stayed")
+        raise StageFailure(
+            f"trainable parameter(s) did not change after one optimizer step (not in the "
+            f"optimizer, or lr 0?): {', '.join(stuck[:5])}"
+        )
+    return StageResult(
+        name="optimizer_step",
+        details=f"{len(before) - len(frozen)} trainable tensors moved, {len(frozen)} frozen stayed",
+    )
 
 
 def frozen_checkpoint(ctx) -> StageResult:
@@ -133,8 +147,9 @@ def frozen_checkpoint(ctx) -> StageResult:
     if node is None:
         return StageResult(name="frozen_checkpoint", status="skip", details="this experiment has no frozen parts")
     node = OmegaConf.to_container(node, resolve=True)
-    account = load_frozen_parts(ctx.task, node, ctx.experiment, Path(ctx.cfg.paths.outputs), ctx.resume_from,
-                                judge=family_checks(ctx))
+    account = load_frozen_parts(
+        ctx.task, node, ctx.experiment, Path(ctx.cfg.paths.outputs), ctx.resume_from, judge=family_checks(ctx)
+    )
     return StageResult(name="frozen_checkpoint", details=account, metrics={"source": dict(ctx.task.frozen_source)})
 
 
@@ -156,6 +171,7 @@ def family_checks(ctx):
             if result.status == "fail":
                 return f"{name}: {result.details}"
         return None
+
     return judge
 
 

@@ -6,11 +6,13 @@ stages/preflight.py (`PREFLIGHT_STAGES`, plus a family's own `preflight_stages`)
 stages/checkpoint_stages.py (`CHECKPOINT_STAGES`). `run_stages` times each one and stops at the first
 failure.
 """
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from experiments.errors import first_line, StageFailure, UserError
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.errors import StageFailure, UserError, first_line
 
 
 @dataclass

@@ -3,6 +3,7 @@ experiments/families/ that holds a `conf/` joins Hydra's config search path, as 
 user's. Only for the programs of `experiments` (their primary config folder is the package's `conf/`), so
 other Hydra applications in the same environment are left alone. Standard library and Hydra only:
 Hydra imports every plugin module of every application."""
+
 import importlib.util
 from pathlib import Path
 

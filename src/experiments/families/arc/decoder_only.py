@@ -4,25 +4,35 @@ Decoding (`start`, `step`): the prompts `input` of a batch are left-padded so th
 token lands in the same column of the key/value cache; each row's positions count from its own first
 token, and its padding is never attended to.
 """
+
 import torch
 from torch import nn
 
-from experiments.families.arc.format import PAD, VOCAB
 from experiments.families.arc.attention import KVCache, encoder_block, encoder_block_step, key_mask
+from experiments.families.arc.format import PAD, VOCAB
 from experiments.families.arc.layers import positions_1d, sinusoid
 from experiments.families.arc.packing import layout
 
 
 class DecoderOnly(nn.Module):
-    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 3, d_ff: int = 256, dropout: float = 0.0,
-                 packed: bool = False):
+    def __init__(
+        self,
+        d_model: int = 64,
+        heads: int = 4,
+        layers: int = 3,
+        d_ff: int = 256,
+        dropout: float = 0.0,
+        packed: bool = False,
+    ):
         super().__init__()
         self.d_model = d_model
         self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = nn.Embedding(VOCAB, d_model, padding_idx=PAD)
         self.blocks = nn.TransformerEncoder(  # parameters only: the computation is attention.py's
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
-            layers, enable_nested_tensor=False)
+            layers,
+            enable_nested_tensor=False,
+        )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, VOCAB)
 
@@ -43,13 +53,15 @@ class DecoderOnly(nn.Module):
         width = max(len(p) for p in prompts)
         tokens = torch.full((len(prompts), width), PAD, dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
-            tokens[i, width - len(p):] = p
+            tokens[i, width - len(p) :] = p
         offset = (tokens == PAD).sum(1)  # left padding of each row
         positions = (torch.arange(width, device=device) - offset[:, None]).clamp(min=0)
         cache = KVCache(len(self.blocks.layers))
         # causal, never a padding key; a padding query sees itself so that no row is empty
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        mask = (causal & (real_keys(offset, width)[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)))[:, None]
+        mask = (causal & (real_keys(offset, width)[:, None, :] | torch.eye(width, dtype=torch.bool, device=device)))[
+            :, None
+        ]
         h = self.embed(tokens) + sinusoid(positions, self.d_model)
         for i, layer in enumerate(self.blocks.layers):
             h = encoder_block_step(layer, cache, i, h, mask)

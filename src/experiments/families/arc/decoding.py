@@ -11,12 +11,13 @@ Where the next token's logits come from:
 Both take the same per-step input: the previous token of each sequence still running and the (row, col)
 at which its next token will stand (what a decoder knows from the EOLs so far).
 """
+
 import numpy as np
 import torch
 
 from experiments.families.arc import format as af
-from experiments.families.arc.data import collate
 from experiments.families.arc.attention import select_rows
+from experiments.families.arc.data import collate
 
 ALLOWED = list(range(10)) + [af.EOL, af.EOS]  # what a decoder may emit
 
@@ -76,9 +77,9 @@ class FullRecomputation:
     def __init__(self, model, fmt: str, examples: list, device):
         self.model, self.fmt, self.device = model, fmt, device
         n = len(examples)
-        self.fed = [[] for _ in range(n)]            # tokens fed so far, per sequence
+        self.fed = [[] for _ in range(n)]  # tokens fed so far, per sequence
         self.rows, self.cols = [[] for _ in range(n)], [[] for _ in range(n)]
-        self.alive = list(range(n))                  # sequence of each slot of the caller's batch
+        self.alive = list(range(n))  # sequence of each slot of the caller's batch
         if fmt == "decoder_only":
             self.prompts = [prompt_of(ex) for ex in examples]
         else:

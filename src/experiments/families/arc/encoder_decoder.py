@@ -4,35 +4,61 @@ three presets differ in exactly one component each.
 Exp 0: positions="1d", colours="table". Exp 1: positions="grid2d" (each token's true row and column).
 Exp 2: positions="grid2d", colours="equivariant" (colours canonicalised by first appearance).
 """
+
 import torch
 from torch import nn
 
+from experiments.families.arc.attention import (
+    KVCache,
+    additive,
+    decoder_block,
+    decoder_block_step,
+    encoder_block,
+    key_mask,
+    keys_values_of,
+)
 from experiments.families.arc.format import PAD, VOCAB
-from experiments.families.arc.attention import (KVCache, additive, decoder_block, decoder_block_step, encoder_block,
-                                              key_mask, keys_values_of)
+from experiments.families.arc.layers import (
+    CANONICAL_VOCAB,
+    ColourEmbedding,
+    canonical_colours,
+    from_canonical_logits,
+    grid2d,
+    sinusoid,
+)
 from experiments.families.arc.packing import Padded, layout
-from experiments.families.arc.layers import (CANONICAL_VOCAB, ColourEmbedding, canonical_colours,
-                                           from_canonical_logits, grid2d, sinusoid)
 
 
 class EncoderDecoder(nn.Module):
-    def __init__(self, d_model: int = 64, heads: int = 4, encoder_layers: int = 1, decoder_layers: int = 2,
-                 d_ff: int = 256, dropout: float = 0.0, positions: str = "1d", colours: str = "table",
-                 packed: bool = False):
+    def __init__(
+        self,
+        d_model: int = 64,
+        heads: int = 4,
+        encoder_layers: int = 1,
+        decoder_layers: int = 2,
+        d_ff: int = 256,
+        dropout: float = 0.0,
+        positions: str = "1d",
+        colours: str = "table",
+        packed: bool = False,
+    ):
         super().__init__()
         if positions not in ("1d", "grid2d") or colours not in ("table", "equivariant"):
-            raise ValueError(f"positions must be '1d' or 'grid2d', colours 'table' or 'equivariant'; "
-                             f"got {positions!r}, {colours!r}")
+            raise ValueError(
+                f"positions must be '1d' or 'grid2d', colours 'table' or 'equivariant'; got {positions!r}, {colours!r}"
+            )
         self.d_model, self.positions, self.equivariant = d_model, positions, colours == "equivariant"
         self.packed = packed  # the full pass with the batch's tokens end to end (`packing`): no padding computed
         self.embed = ColourEmbedding(d_model, self.equivariant)
         # torch's layers hold the parameters; the computation is attention.py's
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
-            encoder_layers, enable_nested_tensor=False)
+            encoder_layers,
+            enable_nested_tensor=False,
+        )
         self.decoder = nn.TransformerDecoder(
-            nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True),
-            decoder_layers)
+            nn.TransformerDecoderLayer(d_model, heads, d_ff, dropout, batch_first=True, norm_first=True), decoder_layers
+        )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, CANONICAL_VOCAB if self.equivariant else VOCAB)
 
@@ -69,8 +95,7 @@ class EncoderDecoder(nn.Module):
             logits = tgt_layout.rows(logits)
         return from_canonical_logits(logits, mapping, absent) if self.equivariant else logits
 
-    def decode(self, memory, batch: dict, tgt_in, rows, cols, mapping=None, absent=None, condition=None,
-               layouts=None):
+    def decode(self, memory, batch: dict, tgt_in, rows, cols, mapping=None, absent=None, condition=None, layouts=None):
         """Teacher-forced logits (B, L_tgt, VOCAB); `layouts`: (sources', targets') as `layouts` gives them
         (default: padded, what the memory of `encode` without a layout is)."""
         src_layout, tgt_layout = layouts or (Padded(batch["src"] != PAD), Padded(tgt_in != PAD))
@@ -87,8 +112,9 @@ class EncoderDecoder(nn.Module):
         mapping, absent = self.colour_map(batch)
         layouts = self.layouts(batch)
         memory = self.encode(batch, mapping, src_layout=layouts[0])
-        return self.decode(memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent,
-                           layouts=layouts)
+        return self.decode(
+            memory, batch, batch["tgt_in"], batch["tgt_rows"], batch["tgt_cols"], mapping, absent, layouts=layouts
+        )
 
     # ---- decoding with a key/value cache ----
     def start(self, batch: dict, colours=None, condition=None) -> dict:
@@ -99,13 +125,18 @@ class EncoderDecoder(nn.Module):
         memory = self.encode(batch, mapping, condition)
         return {
             "cache": KVCache(len(self.decoder.layers)),
-            "memory_kv": [tuple(t.contiguous() for t in keys_values_of(layer.multihead_attn, memory))
-                          for layer in self.decoder.layers],  # contiguous: read at every step
-            "memory_mask": additive(key_mask(batch["src"] != PAD), memory.dtype), "mapping": mapping, "absent": absent,
+            "memory_kv": [
+                tuple(t.contiguous() for t in keys_values_of(layer.multihead_attn, memory))
+                for layer in self.decoder.layers
+            ],  # contiguous: read at every step
+            "memory_mask": additive(key_mask(batch["src"] != PAD), memory.dtype),
+            "mapping": mapping,
+            "absent": absent,
         }
 
-    def step(self, state: dict, tokens: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-             condition=None) -> torch.Tensor:
+    def step(
+        self, state: dict, tokens: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, condition=None
+    ) -> torch.Tensor:
         """Logits (B, VOCAB) of the next token, given the previous one (B,) and the (row, col) at which
         the next one will stand."""
         cache, mapping = state["cache"], state["mapping"]

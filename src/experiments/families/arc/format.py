@@ -4,6 +4,7 @@ Tokens: colours 0-9, PAD 10, EOL 11 (end of a row), EOS 12 (end of a grid), SEP 
 its rows, each followed by EOL, then EOS, so a predicted sequence carries its own height and width.
 Every token has the (row, col) it stands at: a cell (r, c), the EOL of row r at (r, W), the EOS at (H, 0).
 """
+
 import numpy as np
 
 PAD, EOL, EOS, SEP, BOS = 10, 11, 12, 13, 14

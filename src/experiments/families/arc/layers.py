@@ -1,4 +1,5 @@
 """Pieces the ARC models share: sinusoidal positions (1D and Grid2D) and colour canonicalisation."""
+
 import math
 
 import torch
@@ -35,11 +36,12 @@ def canonical_colours(reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     is_colour = (reference >= 1) & (reference <= 9)
     first = torch.full((b, 10), length, dtype=torch.long, device=reference.device)
     idx = torch.arange(length, device=reference.device).expand(b, length)
-    first.scatter_reduce_(1, torch.where(is_colour, reference, 0), torch.where(is_colour, idx, length),
-                          reduce="amin", include_self=True)
+    first.scatter_reduce_(
+        1, torch.where(is_colour, reference, 0), torch.where(is_colour, idx, length), reduce="amin", include_self=True
+    )
     first[:, 0] = -1  # colour 0 stays first, kept as itself
     order = first.argsort(dim=1, stable=True)  # order[:, r] = colour with rank r
-    rank = order.argsort(dim=1)                 # rank[:, c]
+    rank = order.argsort(dim=1)  # rank[:, c]
     present = first < length
     mapping = torch.arange(VOCAB, device=reference.device).expand(b, VOCAB).clone()
     mapping[:, :10] = torch.where(present, rank, torch.full_like(rank, NEW))

@@ -1,4 +1,5 @@
 """ARC scoring: pure functions. A prediction of the wrong shape is wrong, whatever its cells."""
+
 from collections import Counter
 
 import numpy as np
@@ -68,11 +69,17 @@ def output_record(r: dict) -> dict:
     included); nan / 0 where the result carries no likelihood."""
     first, target = r["attempts"][0], r["target"]
     attempts = submitted(r["attempts"])
-    return {"task": r["task"], "index": r["index"], "exact@1": int(exact(attempts[0], target)),
-            "exact@2": int(any(exact(a, target) for a in attempts)),
-            "right_shape": int(first is not None and first.shape == target.shape),
-            "cell_accuracy": cell_accuracy(first, target), "nll_bits": float(r.get("nll_bits", float("nan"))),
-            "tokens": int(r.get("tokens", 0)), **{key: r[key] for key in HOW if key in r}}
+    return {
+        "task": r["task"],
+        "index": r["index"],
+        "exact@1": int(exact(attempts[0], target)),
+        "exact@2": int(any(exact(a, target) for a in attempts)),
+        "right_shape": int(first is not None and first.shape == target.shape),
+        "cell_accuracy": cell_accuracy(first, target),
+        "nll_bits": float(r.get("nll_bits", float("nan"))),
+        "tokens": int(r.get("tokens", 0)),
+        **{key: r[key] for key in HOW if key in r},
+    }
 
 
 # How an output was predicted, recorded beside its figures (per_output.csv) so that runs can be told apart.
@@ -91,11 +98,15 @@ def score(results: list[dict]) -> dict[str, float]:
     by_task = lambda key: [all(r[key] for r in rows if r["task"] == t) for t in tasks]  # noqa: E731
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
     out = {
-        "arc/exact_output@1": mean("exact@1"), "arc/exact_output@2": mean("exact@2"),
-        "arc/exact_task@1": float(np.mean(by_task("exact@1"))), "arc/exact_task@2": float(np.mean(by_task("exact@2"))),
+        "arc/exact_output@1": mean("exact@1"),
+        "arc/exact_output@2": mean("exact@2"),
+        "arc/exact_task@1": float(np.mean(by_task("exact@1"))),
+        "arc/exact_task@2": float(np.mean(by_task("exact@2"))),
         "arc/prize_score": prize_score(rows, tasks),
-        "arc/cell_accuracy": mean("cell_accuracy"), "arc/right_shape": mean("right_shape"),
-        "arc/outputs": float(len(rows)), "arc/tasks": float(len(tasks)),
+        "arc/cell_accuracy": mean("cell_accuracy"),
+        "arc/right_shape": mean("right_shape"),
+        "arc/outputs": float(len(rows)),
+        "arc/tasks": float(len(tasks)),
     }
     if all("nll_bits" in r for r in results):
         out["arc/test_nll"] = mean("nll_bits")

@@ -14,6 +14,7 @@ Both answer the same questions, so a model's code reads the same either way: `to
 tensor out, `rows` brings a laid-out one back to (B, L, ...) (packed: zeros where the padding is), `spread` gives each
 token its example's vector, and the `*_mask` methods give `attention.attend` its mask.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +31,9 @@ def attend_segments(q, k, v, segments: Segments, dropout: float, causal: bool) -
     """Attention of packed queries (1, n, Nq, d) over packed keys/values (1, n, Nk, d), one example at a
     time: exactly the arithmetic of each example alone."""
     parts = zip(q.split(segments.queries, 2), k.split(segments.keys, 2), v.split(segments.keys, 2))
-    return torch.cat([F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout, is_causal=causal)
-                      for qi, ki, vi in parts], 2)
+    return torch.cat(
+        [F.scaled_dot_product_attention(qi, ki, vi, dropout_p=dropout, is_causal=causal) for qi, ki, vi in parts], 2
+    )
 
 
 class Padded:

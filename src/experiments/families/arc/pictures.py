@@ -4,14 +4,14 @@ below its task's demonstrations (up to DEMOS pairs), so that the rule can be see
 One row per output (and one per task's demonstrations), `per_page` outputs per PNG (`predictions.png`, then
 `predictions_2.png`, ..., zero-padded to sort: `predictions_02.png` of 12 pages). The grids of a page share
 one scale and show their cell lines, so a prediction of the wrong shape looks wrong."""
+
 from pathlib import Path
 
 import numpy as np
 
 from experiments.family import atomic_savefig
 
-PALETTE = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF",
-           "#870C25"]
+PALETTE = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00", "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
 STEM = "predictions"
 DEMOS = 3  # demonstration pairs drawn above a task's outputs
 
@@ -44,8 +44,9 @@ def draw_grid(ax, grid, side: int, cmap) -> None:
         return
     grid = np.asarray(grid)
     h, w = grid.shape
-    ax.pcolormesh(np.arange(w + 1), np.arange(h + 1), grid, cmap=cmap, vmin=0, vmax=9,
-                  edgecolors="#555555", linewidth=0.3)
+    ax.pcolormesh(
+        np.arange(w + 1), np.arange(h + 1), grid, cmap=cmap, vmin=0, vmax=9, edgecolors="#555555", linewidth=0.3
+    )
 
 
 def demonstrations_image(line: list, side: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def demonstrations_image(line: list, side: int) -> np.ndarray:
     image = np.ones((side, len(line) * (side + gap) - gap, 3))
     for k, (_, grid) in enumerate(line):
         grid = np.asarray(grid)
-        image[:grid.shape[0], k * (side + gap): k * (side + gap) + grid.shape[1]] = rgb[grid]
+        image[: grid.shape[0], k * (side + gap) : k * (side + gap) + grid.shape[1]] = rgb[grid]
     return image
 
 
@@ -76,8 +77,9 @@ def draw_page(rows: list[dict], path: Path, title: str) -> None:
             ax = fig.add_subplot(cells[i, :])
             ax.imshow(demonstrations_image(line, side), interpolation="nearest")
             ax.set_axis_off()
-            ax.set_title(f"{line[0][0].removesuffix(': input')} to {len(line) // 2}: each input, then its output",
-                         fontsize=7)
+            ax.set_title(
+                f"{line[0][0].removesuffix(': input')} to {len(line) // 2}: each input, then its output", fontsize=7
+            )
             continue
         for j, (label, grid) in enumerate(line):
             ax = fig.add_subplot(cells[i, j])
@@ -98,14 +100,26 @@ def panel_rows(rows: list[dict]) -> list[list[tuple[str, object]]]:
         if r["task"] not in shown and demos:
             shown.add(r["task"])
             of = f" (of {len(demos)})" if len(demos) > DEMOS else ""  # more than the row shows
-            lines.append([(f"{r['task']} demonstration {k + 1}{of if (k, side) == (0, 'input') else ''}: {side}", grid)
-                          for k, (x, y) in enumerate(demos[:DEMOS]) for side, grid in (("input", x), ("output", y))])
+            lines.append(
+                [
+                    (f"{r['task']} demonstration {k + 1}{of if (k, side) == (0, 'input') else ''}: {side}", grid)
+                    for k, (x, y) in enumerate(demos[:DEMOS])
+                    for side, grid in (("input", x), ("output", y))
+                ]
+            )
         target = r["target"]
         a1, a2 = (list(r["attempts"]) + [None, None])[:2]
-        lines.append([(f"{r['task']} #{r['index']}: input", r.get("input")),
-                      ("true output not known" if target is None else f"true output {target.shape[0]}x{target.shape[1]}",
-                       target),
-                      (f"attempt 1: {verdict(a1, target)}", a1), (f"attempt 2: {verdict(a2, target)}", a2)])
+        lines.append(
+            [
+                (f"{r['task']} #{r['index']}: input", r.get("input")),
+                (
+                    "true output not known" if target is None else f"true output {target.shape[0]}x{target.shape[1]}",
+                    target,
+                ),
+                (f"attempt 1: {verdict(a1, target)}", a1),
+                (f"attempt 2: {verdict(a2, target)}", a2),
+            ]
+        )
     return lines
 
 
@@ -120,7 +134,7 @@ def draw_predictions(results: list[dict], folder: Path, title: str, per_page: in
     pages = max(1, -(-len(results) // per_page))
     paths = page_paths(folder, pages)
     for p, path in enumerate(paths):
-        rows = results[p * per_page:(p + 1) * per_page]
+        rows = results[p * per_page : (p + 1) * per_page]
         if rows:
             draw_page(rows, path, f"{title} (page {p + 1} of {pages})" if pages > 1 else title)
     for stale in folder.glob(f"{STEM}_*.png"):

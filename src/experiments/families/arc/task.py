@@ -24,6 +24,7 @@ Prediction (predict.py, `load_run(...).predict`): a task file or a folder of the
 through the evaluation's decoding and ranking unchanged (views, ranking, test-time training as eval.py has
 them), nothing scored: `submission.json` and the prediction pages.
 """
+
 import json
 import math
 import time
@@ -33,13 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.family import at_limit, atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask, UserError
 from experiments.families.arc import format as af
-from experiments.families.arc.data import augment, by_task, collate, demonstrations_of, Example
-from experiments.families.arc.metrics import (distinct, exact, nll_bits, output_record, rank_attempts,
-                                              rank_by_product, score, submitted)
+from experiments.families.arc.data import Example, augment, by_task, collate, demonstrations_of
 from experiments.families.arc.decoding import CachedSteps, FullRecomputation, greedy
-from experiments.families.arc.test_time import fine_tuned, TestTimeTraining, token_loss
+from experiments.families.arc.metrics import (
+    distinct,
+    exact,
+    nll_bits,
+    output_record,
+    rank_attempts,
+    rank_by_product,
+    score,
+    submitted,
+)
+from experiments.families.arc.test_time import TestTimeTraining, fine_tuned, token_loss
+from experiments.family import ExperimentTask, UserError, at_limit, atomic_write_bytes, atomic_write_csv, epoch_number
 
 RANKINGS = ("vote", "poe")
 
@@ -47,41 +56,73 @@ RANKINGS = ("vote", "poe")
 @dataclass
 class ArcPart:
     """One evaluation batch's results (whole tasks)."""
-    outputs: list = field(default_factory=list)       # one result per held-out output (metrics.score)
-    demos_exact: list = field(default_factory=list)   # each demonstration reproduced exactly by the model?
+
+    outputs: list = field(default_factory=list)  # one result per held-out output (metrics.score)
+    demos_exact: list = field(default_factory=list)  # each demonstration reproduced exactly by the model?
     tuned_demos_exact: list = field(default_factory=list)  # ... by its task's fine-tuned copy?
-    ttt_seconds: list = field(default_factory=list)   # per fine-tuned task
+    ttt_seconds: list = field(default_factory=list)  # per fine-tuned task
 
 
-class ArcTask(ExperimentTask):
-    summary_keys = ("train/loss", "arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@2",
-                    "arc/cell_accuracy", "arc/right_shape", "arc/test_nll", "arc/train_exact")
-    higher_is_better = ("arc/exact_output@1", "arc/exact_output@2", "arc/exact_task@1", "arc/exact_task@2",
-                        "arc/prize_score", "arc/cell_accuracy", "arc/right_shape", "arc/train_exact",
-                        "arc/ttt_train_exact")
+class ArcLightningTask(ExperimentTask):
+    summary_keys = (
+        "train/loss",
+        "arc/exact_output@1",
+        "arc/exact_output@2",
+        "arc/exact_task@2",
+        "arc/cell_accuracy",
+        "arc/right_shape",
+        "arc/test_nll",
+        "arc/train_exact",
+    )
+    higher_is_better = (
+        "arc/exact_output@1",
+        "arc/exact_output@2",
+        "arc/exact_task@1",
+        "arc/exact_task@2",
+        "arc/prize_score",
+        "arc/cell_accuracy",
+        "arc/right_shape",
+        "arc/train_exact",
+        "arc/ttt_train_exact",
+    )
     lower_is_better = ("arc/test_nll",)
-    count_keys = {"arc/exact_output@1": "arc/outputs", "arc/exact_output@2": "arc/outputs",
-                  "arc/exact_task@1": "arc/tasks", "arc/exact_task@2": "arc/tasks", "arc/train_exact": "arc/demos",
-                  "arc/ttt_train_exact": "arc/tuned_demos"}
+    count_keys = {
+        "arc/exact_output@1": "arc/outputs",
+        "arc/exact_output@2": "arc/outputs",
+        "arc/exact_task@1": "arc/tasks",
+        "arc/exact_task@2": "arc/tasks",
+        "arc/train_exact": "arc/demos",
+        "arc/ttt_train_exact": "arc/tuned_demos",
+    }
     # A sweep's paired comparisons (comparisons.py): metric -> its column of per_output.csv; the binary
     # ones also get an exact McNemar test.
-    paired_metrics = {"arc/exact_output@2": "exact@2", "arc/cell_accuracy": "cell_accuracy",
-                      "arc/test_nll": "nll_bits"}
+    paired_metrics = {"arc/exact_output@2": "exact@2", "arc/cell_accuracy": "cell_accuracy", "arc/test_nll": "nll_bits"}
     binary_metrics = ("arc/exact_output@2",)
     primary_metric = "arc/cell_accuracy"
     long_validation = True  # decoding every held-out output: the progress bar shows it
     evaluation_settings = ("eval_augmentations", "ranking", "ttt", "train_exact", "max_decode_tokens")
 
-    def __init__(self, model, format: str = "encoder_decoder", lr: float = 1e-3, weight_decay: float = 0.01,
-                 eval_augmentations: int = 1, max_decode_tokens: int = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1,
-                 eval_every_n_epochs: int = 1, seed: int = 0, ranking: str = "vote", ttt: dict | None = None,
-                 train_exact: bool = True):
+    def __init__(
+        self,
+        model,
+        format: str = "encoder_decoder",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        eval_augmentations: int = 1,
+        max_decode_tokens: int = af.MAX_SIDE * (af.MAX_SIDE + 1) + 1,
+        eval_every_n_epochs: int = 1,
+        seed: int = 0,
+        ranking: str = "vote",
+        ttt: dict | None = None,
+        train_exact: bool = True,
+    ):
         super().__init__()
         if ranking not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS} (voting, product of experts), got {ranking!r}")
         if not (isinstance(eval_augmentations, int) and eval_augmentations >= 1):
-            raise ValueError(f"eval_augmentations must be an integer >= 1 (1: the identity view only), got "
-                             f"{eval_augmentations!r}")
+            raise ValueError(
+                f"eval_augmentations must be an integer >= 1 (1: the identity view only), got {eval_augmentations!r}"
+            )
         self.model, self.format = model, format
         self.lr, self.weight_decay = lr, weight_decay
         self.eval_augmentations, self.max_decode_tokens, self.seed = eval_augmentations, max_decode_tokens, seed
@@ -140,23 +181,26 @@ class ArcTask(ExperimentTask):
         if not self.tunes_at(epoch):
             part.outputs = self.predict(examples, scored=scored)
             return
-        for task, exs in by_task(examples).items():
+        for task_id, exs in by_task(examples).items():
             start = time.perf_counter()
-            tuned = fine_tuned(self.model, self.format, task, exs[0].demos, self.ttt, self.seed, self.device)
+            tuned = fine_tuned(self.model, self.format, task_id, exs[0].demos, self.ttt, self.seed, self.device)
             part.ttt_seconds.append(time.perf_counter() - start)
-            part.outputs += self.predict(exs, model=tuned, ttt_steps=self.ttt.steps if tuned is not None else 0,
-                                         scored=scored)
+            part.outputs += self.predict(
+                exs, model=tuned, ttt_steps=self.ttt.steps if tuned is not None else 0, scored=scored
+            )
             if scored and self.train_exact:
                 part.tuned_demos_exact += self.reproduces(self.demos(exs[0]), tuned)
 
     def demos(self, example: Example) -> list[Example]:
-        return demonstrations_of(example.task, example.demos, self.format)
+        return demonstrations_of(example.task_id, example.demos, self.format)
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         figures = score(in_task_order([r for part in parts for r in part.outputs]))
-        for name, key, count in (("arc/train_exact", "demos_exact", "arc/demos"),
-                                 ("arc/ttt_train_exact", "tuned_demos_exact", "arc/tuned_demos"),
-                                 ("time/ttt_s_per_task", "ttt_seconds", None)):
+        for name, key, count in (
+            ("arc/train_exact", "demos_exact", "arc/demos"),
+            ("arc/ttt_train_exact", "tuned_demos_exact", "arc/tuned_demos"),
+            ("time/ttt_s_per_task", "ttt_seconds", None),
+        ):
             values = [v for part in parts for v in getattr(part, key)]
             if values:
                 figures[name] = float(np.mean(values))
@@ -164,8 +208,9 @@ class ArcTask(ExperimentTask):
                     figures[count] = float(len(values))
         return figures
 
-    def evaluation_files(self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool,
-                         datamodule=None) -> None:
+    def evaluation_files(
+        self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool, datamodule=None
+    ) -> None:
         """submission.json and per_output.csv; during training also each evaluation's copy under validation/, the
         pictures once at the end (on_fit_end), for eval.py the pictures now."""
         results = in_task_order([r for part in parts for r in part.outputs])
@@ -180,26 +225,38 @@ class ArcTask(ExperimentTask):
     def on_fit_end(self) -> None:
         if self.last_results and self.trainer.is_global_zero:
             # on_fit_end: current_epoch already counts the finished epochs; the last one is current_epoch - 1
-            self.draw(self.last_results, Path(self.trainer.default_root_dir), self.current_epoch - 1,
-                      score(self.last_results))
+            self.draw(
+                self.last_results, Path(self.trainer.default_root_dir), self.current_epoch - 1, score(self.last_results)
+            )
 
     @staticmethod
     def draw(results: list[dict], folder: Path, epoch: int, metrics: dict) -> None:
         from experiments.families.arc.pictures import draw_predictions
 
-        title = (f"epoch {epoch_number(epoch)}: cell accuracy {metrics['arc/cell_accuracy']:.1%}, right shape "
-                 f"{metrics['arc/right_shape']:.1%}, exact@2 {metrics['arc/exact_output@2']:.1%} "
-                 f"of {len(results)} outputs ({how_decoded(results)})")
+        title = (
+            f"epoch {epoch_number(epoch)}: cell accuracy {metrics['arc/cell_accuracy']:.1%}, right shape "
+            f"{metrics['arc/right_shape']:.1%}, exact@2 {metrics['arc/exact_output@2']:.1%} "
+            f"of {len(results)} outputs ({how_decoded(results)})"
+        )
         draw_predictions(results, folder, title)
 
     # ---- prediction (predict.py, load_run(...).predict) ----
     def prediction_data(self, data: dict, path: Path | None) -> dict:
         """Every task of the file or folder, test outputs optional, evaluated as eval.py would (batches, order)."""
         if path is None:
-            raise UserError("give the ARC tasks to predict: input=TASK.json or input=FOLDER (of task files; "
-                            "test outputs optional)")
-        return {**data, "folder": str(path), "split": "subset", "max_tasks": None, "max_side": None, "task_ids": None,
-                "tasks_from": "evaluation", "outputs_optional": True}
+            raise UserError(
+                "give the ARC tasks to predict: input=TASK.json or input=FOLDER (of task files; test outputs optional)"
+            )
+        return {
+            **data,
+            "folder": str(path),
+            "split": "subset",
+            "max_tasks": None,
+            "max_side": None,
+            "task_ids": None,
+            "tasks_from": "evaluation",
+            "outputs_optional": True,
+        }
 
     def prediction_step(self, examples: list) -> list[dict]:
         """Each test input's record: `task`, `index`, `input`, `attempts` (ranked, as the evaluation ranks them;
@@ -216,8 +273,12 @@ class ArcTask(ExperimentTask):
         results = in_task_order(records)
         write_submission(results, folder / "submission.json")
         tasks = len({r["task"] for r in results})
-        draw_predictions(results, folder, f"{len(results)} test input{'s' * (len(results) != 1)} of {tasks} "
-                                          f"task{'s' * (tasks != 1)} ({how_decoded(results)})")
+        draw_predictions(
+            results,
+            folder,
+            f"{len(results)} test input{'s' * (len(results) != 1)} of {tasks} "
+            f"task{'s' * (tasks != 1)} ({how_decoded(results)})",
+        )
 
     @torch.no_grad()
     def check_outputs(self, examples: list) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -230,8 +291,14 @@ class ArcTask(ExperimentTask):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def predict(self, examples: list, cached: bool = True, model: torch.nn.Module | None = None,
-                ttt_steps: int = 0, scored: bool = True) -> list[dict]:
+    def predict(
+        self,
+        examples: list,
+        cached: bool = True,
+        model: torch.nn.Module | None = None,
+        ttt_steps: int = 0,
+        scored: bool = True,
+    ) -> list[dict]:
         """Results for `score`: each test output with its two attempts, ranked over the views, by `model`
         (default: the task's). All views of all the given outputs are decoded together, as one batch. Not
         `scored` (outputs unknown): no likelihood (`nll_bits`, `tokens` None)."""
@@ -243,11 +310,23 @@ class ArcTask(ExperimentTask):
         attempts = self.rank(examples, candidates, views, model)
         bits, tokens = self.likelihood(examples, model) if scored else ([None] * len(examples),) * 2
         model.train(was_training)
-        return [{"task": ex.task, "index": ex.index, "input": ex.query[0], "target": ex.query[1], "attempts": a,
-                 "demos": list(ex.demos),
-                 "nll_bits": None if b is None else float(b), "tokens": None if n is None else int(n), "views": len(views), "ranking": self.ranking,
-                 "ttt_steps": ttt_steps, "candidates": len(distinct(c)[0])}
-                for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)]
+        return [
+            {
+                "task": ex.task_id,
+                "index": ex.index,
+                "input": ex.query[0],
+                "target": ex.query[1],
+                "attempts": a,
+                "demos": list(ex.demos),
+                "nll_bits": None if b is None else float(b),
+                "tokens": None if n is None else int(n),
+                "views": len(views),
+                "ranking": self.ranking,
+                "ttt_steps": ttt_steps,
+                "candidates": len(distinct(c)[0]),
+            }
+            for ex, c, a, b, n in zip(examples, candidates, attempts, bits, tokens)
+        ]
 
     def candidates(self, examples: list, views: list, model, cached: bool = True) -> list[list]:
         """Each output's candidate from each view (None: no grid), mapped back to the task as given; all
@@ -271,11 +350,15 @@ class ArcTask(ExperimentTask):
     def view_log_probs(self, examples: list, grids: list[list], views: list, model) -> list[np.ndarray]:
         """Per output, a (grids x views) table: each of its grids put in the place of the output (never the
         true one) and seen in every view, its teacher-forced log-probability; all scored as one batch."""
-        scored = [augment(Example(ex.task, ex.index, (ex.query[0], grid), ex.context), view)
-                  for ex, gs in zip(examples, grids) for grid in gs for view in views]
+        scored = [
+            augment(Example(ex.task_id, ex.index, (ex.query[0], grid), ex.context), view)
+            for ex, gs in zip(examples, grids)
+            for grid in gs
+            for view in views
+        ]
         log_probs, at, tables = self.log_probs(scored, model), 0, []
         for gs in grids:
-            tables.append(log_probs[at: at + len(gs) * len(views)].reshape(len(gs), len(views)))
+            tables.append(log_probs[at : at + len(gs) * len(views)].reshape(len(gs), len(views)))
             at += len(gs) * len(views)
         return tables
 
@@ -284,7 +367,7 @@ class ArcTask(ExperimentTask):
         """Teacher-forced log-probability (nats) of each example's whole output, batched by `chunk`."""
         out = []
         for i in range(0, len(examples), chunk):
-            batch = self._to_device(collate(examples[i: i + chunk], self.format))
+            batch = self._to_device(collate(examples[i : i + chunk], self.format))
             bits, tokens = nll_bits(model(batch), batch["targets"], af.PAD)
             out.append(-(bits * tokens).double().cpu().numpy() * math.log(2))
         return np.concatenate(out) if out else np.zeros(0)
@@ -309,8 +392,9 @@ class ArcTask(ExperimentTask):
         batch = self._to_device(collate(examples, self.format))
         return nll_bits((self.model if model is None else model)(batch), batch["targets"], af.PAD)
 
-    def greedy(self, examples: list, cached: bool = True, record: list | None = None,
-               model: torch.nn.Module | None = None) -> list[list[int]]:
+    def greedy(
+        self, examples: list, cached: bool = True, record: list | None = None, model: torch.nn.Module | None = None
+    ) -> list[list[int]]:
         """Greedy decoding of each example's output from its input (and context): through the model's
         key/value cache, or (`cached=False`, the reference) by full recomputation at every step."""
         model = self.model if model is None else model

@@ -4,12 +4,13 @@ Training batches are whole index tensors drawn from a permutation that is a pure
 (seed, epoch): no per-sample collation (fast for this tiny model) and an exactly reproducible order.
 Prediction (`predict_dataloader`): all operations in order, or those of an `operations` file.
 """
+
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from experiments.family import batches_done, BatchLoader, EpochBatchSampler, read_text, shard, shown
+from experiments.family import BatchLoader, EpochBatchSampler, batches_done, read_text, shard, shown
 
 NUM_TRITS = 9
 NUM_OPERATIONS = 3**NUM_TRITS
@@ -50,8 +51,10 @@ def read_operations(path: Path) -> torch.Tensor:
         elif len(values) == NUM_TRITS and all(v in (-1, 0, 1) for v in values):
             found.append(int(operation_index(torch.tensor(values))))
         else:
-            raise ValueError(f"{path}:{n}: {shown(line.strip(), 40)} is not an operation: give its index "
-                             f"(0-{NUM_OPERATIONS - 1}) or its {NUM_TRITS} trits (-1, 0 or 1)")
+            raise ValueError(
+                f"{path}:{n}: {shown(line.strip(), 40)} is not an operation: give its index "
+                f"(0-{NUM_OPERATIONS - 1}) or its {NUM_TRITS} trits (-1, 0 or 1)"
+            )
     if not found:
         raise ValueError(f"{path} holds no operation (one a line: an index or {NUM_TRITS} trits)")
     return torch.tensor(found)
@@ -72,12 +75,14 @@ class TernaryOpsDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> BatchLoader:
         # Validation scores every operation once, in order.
-        return BatchLoader(self.operations, EpochBatchSampler(len(self.operations), self.val_batch_size, self.seed,
-                                                              shuffle=False))
+        return BatchLoader(
+            self.operations, EpochBatchSampler(len(self.operations), self.val_batch_size, self.seed, shuffle=False)
+        )
 
     def predict_dataloader(self) -> BatchLoader:
-        return BatchLoader(self.predicted, EpochBatchSampler(len(self.predicted), self.val_batch_size, self.seed,
-                                                             shuffle=False))
+        return BatchLoader(
+            self.predicted, EpochBatchSampler(len(self.predicted), self.val_batch_size, self.seed, shuffle=False)
+        )
 
     def describe(self) -> str:
         if not self.source:

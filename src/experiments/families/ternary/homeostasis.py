@@ -5,11 +5,12 @@ Both read `coverage/recon_a` (decoder A on encoder A's mean, all 19,683 operatio
 epoch_metrics at `on_validation_end`, after the task has computed it and before the checkpoint policy
 writes the epoch, so that every decision lands in that epoch's history row and checkpoint.
 """
+
 from dataclasses import dataclass, field
 
 from lightning.pytorch.callbacks import Callback
 
-from experiments.family import console_print, epoch_number, RunStopped, UserError
+from experiments.family import RunStopped, UserError, console_print, epoch_number
 
 
 @dataclass
@@ -17,6 +18,7 @@ class HomeostasisController:
     """Freeze encoder A when coverage falls below `freeze_below`; unfreeze it when coverage is at least
     `unfreeze_at` and it has stayed frozen `hysteresis` epochs. No decision before `warmup_epochs`
     epochs have finished (A stays frozen through warm-up). Freezing never waits: coverage comes first."""
+
     freeze_below: float = 0.995
     unfreeze_at: float = 0.995
     warmup_epochs: int = 5
@@ -54,8 +56,14 @@ class Homeostasis(Callback):
 
     replayed = True  # it changes what is trained: verify.py's replay (resume_exact) builds it from the stored values
 
-    def __init__(self, freeze_below: float = 0.995, unfreeze_at: float = 0.995, warmup_epochs: int = 5,
-                 hysteresis: int = 3, metric: str = "coverage/recon_a"):
+    def __init__(
+        self,
+        freeze_below: float = 0.995,
+        unfreeze_at: float = 0.995,
+        warmup_epochs: int = 5,
+        hysteresis: int = 3,
+        metric: str = "coverage/recon_a",
+    ):
         self.controller = HomeostasisController(freeze_below, unfreeze_at, warmup_epochs, hysteresis)
         self.metric = metric
 
@@ -73,11 +81,15 @@ class Homeostasis(Callback):
         if trainer is not None and trainer.world_size > 1:
             # DDP syncs gradients only of tensors that required them when the model was wrapped: an
             # encoder unfrozen later would train apart on every process.
-            raise UserError("callbacks.homeostasis cannot run under DDP (trainer=ddp): use one process per run, "
-                            "or remove the homeostasis callback")
+            raise UserError(
+                "callbacks.homeostasis cannot run under DDP (trainer=ddp): use one process per run, "
+                "or remove the homeostasis callback"
+            )
         if getattr(pl_module, "encoder_a_lr_scale", None) is None:
-            raise UserError("callbacks.homeostasis needs encoder A in the optimizer: set task.encoder_a_lr_scale "
-                            "(e.g. 0.05), or remove the homeostasis callback")
+            raise UserError(
+                "callbacks.homeostasis needs encoder A in the optimizer: set task.encoder_a_lr_scale "
+                "(e.g. 0.05), or remove the homeostasis callback"
+            )
 
     def apply(self, pl_module) -> None:
         if self.controller.frozen:
@@ -96,12 +108,16 @@ class Homeostasis(Callback):
         if action:
             self.apply(pl_module)
             verb = "froze" if action == "freeze" else "unfroze"
-            console_print(trainer, f"homeostasis: epoch {epoch_number(trainer.current_epoch)}: {self.metric} {coverage:.2%} -> "
-                                   f"{verb} encoder A")
+            console_print(
+                trainer,
+                f"homeostasis: epoch {epoch_number(trainer.current_epoch)}: {self.metric} {coverage:.2%} -> "
+                f"{verb} encoder A",
+            )
         pl_module.epoch_metrics["homeostasis/encoder_a_frozen"] = float(self.controller.frozen)
         if trainer.logger:
-            trainer.logger.log_metrics({"homeostasis/encoder_a_frozen": float(self.controller.frozen)},
-                                       step=trainer.global_step)
+            trainer.logger.log_metrics(
+                {"homeostasis/encoder_a_frozen": float(self.controller.frozen)}, step=trainer.global_step
+            )
 
 
 class CoverageGuard(Callback):
@@ -117,7 +133,8 @@ class CoverageGuard(Callback):
         coverage = pl_module.epoch_metrics[self.metric]
         if coverage >= self.threshold:
             return
-        line = f"{self.metric} fell to {coverage:.2%} at epoch {epoch_number(trainer.current_epoch)}, below {self.threshold:.0%}"
+        epoch = epoch_number(trainer.current_epoch)
+        line = f"{self.metric} fell to {coverage:.2%} at epoch {epoch}, below {self.threshold:.0%}"
         if self.stop:
             raise RunStopped(f"{line}; stopped (callbacks.coverage_guard.stop=true)")
         console_print(trainer, f"warning: {line} (callbacks.coverage_guard.stop=true would stop the run)")

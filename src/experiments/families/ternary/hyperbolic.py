@@ -16,18 +16,18 @@ Loss (each weight 0 switches its term off; every term is summed over the A and B
 Prediction (predict.py, `load_run(...).predict`): every operation, or those of a file, with its latent means,
 Poincare radii and valuation level (predictions.py: `latent.csv`, `radii.png`).
 """
-from pathlib import Path
 
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from experiments.families.ternary.data import NUM_OPERATIONS, operation_index
-from experiments.family import ExperimentTask, StageResult, UserError
-from experiments.families.ternary import hyperbolic_metrics as hm
 from experiments.families.ternary import hyperbolic_losses as hl
+from experiments.families.ternary import hyperbolic_metrics as hm
+from experiments.families.ternary.data import NUM_OPERATIONS, operation_index
 from experiments.families.ternary.metrics import trits_from_logits
 from experiments.families.ternary.vae_v5_11 import HyperbolicTernaryVAE
+from experiments.family import ExperimentTask, StageResult, UserError
 
 TRAIN_TERMS = ("loss", "radial", "geodesic", "hierarchy", "richness", "separation", "ce")
 FROZEN_PARTS = ("encoder_a", "encoder_b", "decoder_a")  # loaded from the source checkpoint
@@ -44,18 +44,30 @@ def frozen_coverage(ctx) -> StageResult:
     ctx.task.train()
     threshold = float(node.get("min_coverage", 0.95))
     if ctx.task.frozen_source.get("allow_random"):
-        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} from RANDOM frozen parts "
-                           f"(allow_random=true: threshold {threshold:.0%} not enforced)", metrics={"coverage": coverage})
+        return StageResult(
+            name="frozen_coverage",
+            details=f"coverage {coverage:.2%} from RANDOM frozen parts "
+            f"(allow_random=true: threshold {threshold:.0%} not enforced)",
+            metrics={"coverage": coverage},
+        )
     if ctx.resume_from is not None:  # mid-run coverage is the guard's business, not a source check
-        return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} of the run being resumed "
-                           f"(its own last checkpoint; threshold applies to a run's source only)",
-                           metrics={"coverage": coverage})
+        return StageResult(
+            name="frozen_coverage",
+            details=f"coverage {coverage:.2%} of the run being resumed "
+            f"(its own last checkpoint; threshold applies to a run's source only)",
+            metrics={"coverage": coverage},
+        )
     if coverage < threshold:  # the source given is not a trained one: bad input (exit 2)
-        raise UserError(f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
-                           f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
-                           f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source")
-    return StageResult(name="frozen_coverage", details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",
-                       metrics={"coverage": coverage})
+        raise UserError(
+            f"reconstruction coverage of the frozen parts is {coverage:.2%} (decoder A on encoder A's "
+            f"mean, all 19,683 operations), below frozen_checkpoint.min_coverage={threshold:.0%}: "
+            f"{ctx.task.frozen_source.get('path') or ctx.resume_from} is not a trained source"
+        )
+    return StageResult(
+        name="frozen_coverage",
+        details=f"coverage {coverage:.2%} >= {threshold:.0%} after loading",
+        metrics={"coverage": coverage},
+    )
 
 
 class HyperbolicTernaryTask(ExperimentTask):
@@ -95,8 +107,14 @@ class HyperbolicTernaryTask(ExperimentTask):
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.encoder_b_lr_scale, self.encoder_a_lr_scale = encoder_b_lr_scale, encoder_a_lr_scale
-        self.weights = {"radial": radial_weight, "geodesic": geodesic_weight, "hierarchy": hierarchy_weight,
-                        "richness": richness_weight, "separation": separation_weight, "ce": ce_weight}
+        self.weights = {
+            "radial": radial_weight,
+            "geodesic": geodesic_weight,
+            "hierarchy": hierarchy_weight,
+            "richness": richness_weight,
+            "separation": separation_weight,
+            "ce": ce_weight,
+        }
         self.inner, self.outer = inner_radius, outer_radius
         self.geodesic_scale, self.margin, self.richness_floor = geodesic_scale, margin, richness_floor
         self.metric_pairs, self.seed = metric_pairs, seed
@@ -185,17 +203,26 @@ class HyperbolicTernaryTask(ExperimentTask):
             radius = hm.poincare_radius(z)
             h = hm.hierarchy(levels, radius)
             dc = hm.dist_corr(hm.poincare_distance(z[by_index[i]], z[by_index[j]]), padic)
-            metrics.update({f"hierarchy/{side}": h, f"richness/{side}": hm.richness(levels, radius),
-                            f"dist_corr/{side}": dc, f"Q/{side}": hm.q_metric(dc, h),
-                            f"radius_mean/{side}": radius.mean().item()})
+            metrics.update(
+                {
+                    f"hierarchy/{side}": h,
+                    f"richness/{side}": hm.richness(levels, radius),
+                    f"dist_corr/{side}": dc,
+                    f"Q/{side}": hm.q_metric(dc, h),
+                    f"radius_mean/{side}": radius.mean().item(),
+                }
+            )
         return metrics
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
         out = self.model(batch.to(self.device))
         n, d = batch.shape[0], self.model.latent_dim
-        return [("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
-                ("z_hyp_a", out["z_hyp_a"], (n, d)), ("z_hyp_b", out["z_hyp_b"], (n, d))]
+        return [
+            ("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
+            ("z_hyp_a", out["z_hyp_a"], (n, d)),
+            ("z_hyp_b", out["z_hyp_b"], (n, d)),
+        ]
 
     # ---- prediction (predict.py, load_run(...).predict) ----
     def prediction_data(self, data: dict, path: Path | None) -> dict:
@@ -214,10 +241,21 @@ class HyperbolicTernaryTask(ExperimentTask):
         index = operation_index(batch)
         exact = (trits_from_logits(out["logits_a"]) == batch.long()).all(-1)
         radii = [hm.poincare_radius(out[f"z_hyp_{s}"].double()).cpu() for s in ("a", "b")]
-        return [{"operation": int(i), "trits": trits_text(t), "valuation": int(v), "radius_a": float(ra),
-                 "radius_b": float(rb), "exact_a": bool(e), "mu_a": ma.cpu(), "mu_b": mb.cpu()}
-                for i, t, v, ra, rb, e, ma, mb in zip(index, batch.long(), self.levels_of(index), *radii, exact,
-                                                        out["mu_a"], out["mu_b"])]
+        return [
+            {
+                "operation": int(i),
+                "trits": trits_text(t),
+                "valuation": int(v),
+                "radius_a": float(ra),
+                "radius_b": float(rb),
+                "exact_a": bool(e),
+                "mu_a": ma.cpu(),
+                "mu_b": mb.cpu(),
+            }
+            for i, t, v, ra, rb, e, ma, mb in zip(
+                index, batch.long(), self.levels_of(index), *radii, exact, out["mu_a"], out["mu_b"]
+            )
+        ]
 
     def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
         """latent.csv and radii.png (radius by valuation level)."""

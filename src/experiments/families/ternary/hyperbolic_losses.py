@@ -4,6 +4,7 @@ All radii are Poincare distances from the origin (metrics/hyperbolic.py). The ta
 is r*(v) = outer - (v / 9) (outer - inner): level 0 (13,122 operations) on the outside, operation 0
 (v3 = 9) nearest the centre.
 """
+
 import torch
 
 from experiments.families.ternary.hyperbolic_metrics import LEVELS, padic_distance, poincare_distance
@@ -36,8 +37,9 @@ def level_means(radius: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tenso
     return present, means, var.clamp(min=0)
 
 
-def rich_hierarchy_loss(radius: torch.Tensor, levels: torch.Tensor, inner: float, outer: float, margin: float,
-                        richness_floor: float) -> dict[str, torch.Tensor]:
+def rich_hierarchy_loss(
+    radius: torch.Tensor, levels: torch.Tensor, inner: float, outer: float, margin: float, richness_floor: float
+) -> dict[str, torch.Tensor]:
     """The three radius terms of v5.12's rich hierarchy loss, on the levels present in the batch:
     - hierarchy: squared distance of each level's MEAN radius from r*(v) (room is left for spread inside
       a level, unlike the per-operation radial loss);

@@ -13,6 +13,7 @@ Definitions:
   the two embeddings and their 3-adic distance 3^-v3(|i - j|). Positive is the wanted order.
 - Q = dist_corr + 1.5 |hierarchy|.
 """
+
 import torch
 
 LEVELS = 10  # v3 of an operation index is 0..9 (v3(0) = 9 by convention)

@@ -1,4 +1,5 @@
 """Ternary VAE metrics: pure functions over tensors, each tested against a hand-computed case."""
+
 import math
 
 import torch

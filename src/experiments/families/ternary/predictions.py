@@ -1,6 +1,7 @@
 """What predict.py writes for the Ternary VAEs: `latent.csv`, one row per operation (its index, trits, whether
 each decoder reconstructs it exactly, for the hyperbolic variants its valuation level and Poincare radii, then
 every coordinate of each encoder's latent mean), and the pictures of where the operations sit."""
+
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ def draw_radii(records: list[dict], path: Path) -> None:
     """The hyperbolic variants: each operation's Poincare radius against its valuation level, per embedding
     (a good hierarchy puts the higher levels nearer the centre, every level in its own band)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -4,16 +4,17 @@ The framework's side of the contract (epoch sums, their checkpoint state) is tas
 (predict.py, `load_run(...).predict`): every operation, or those of a file, with its latent means and whether
 each decoder reconstructs it (predictions.py: `latent.csv`, `latent.png`).
 """
+
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from experiments.families.ternary.data import NUM_OPERATIONS, operation_index
 from experiments.families.ternary import metrics as tm
+from experiments.families.ternary.data import NUM_OPERATIONS, operation_index
 from experiments.families.ternary.vae_v5_5 import DualVAE
-from experiments.family import atomic_savefig, epoch_number, ExperimentTask
+from experiments.family import ExperimentTask, atomic_savefig, epoch_number
 
 TRAIN_TERMS = ("loss", "ce_a", "ce_b", "kl_a", "kl_b", "entropy_gap")
 
@@ -78,7 +79,9 @@ class TernaryVAETask(ExperimentTask):
         ce_b = F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum") / batch
         kl_a, kl_a_raw = tm.kl_free_bits(out["mu_a"], out["logvar_a"], self.free_bits)
         kl_b, kl_b_raw = tm.kl_free_bits(out["mu_b"], out["logvar_b"], self.free_bits)
-        gap = (tm.gaussian_batch_entropy(out["z_a"], self.eps_kl) - tm.gaussian_batch_entropy(out["z_b"], self.eps_kl)).abs()
+        gap = (
+            tm.gaussian_batch_entropy(out["z_a"], self.eps_kl) - tm.gaussian_batch_entropy(out["z_b"], self.eps_kl)
+        ).abs()
         beta_a, beta_b = self.betas(epoch)
         loss = ce_a + beta_a * kl_a + ce_b + beta_b * kl_b + self.lambda3(epoch) * gap
         terms = torch.stack([loss, ce_a, ce_b, kl_a_raw, kl_b_raw, gap]).detach()
@@ -95,8 +98,13 @@ class TernaryVAETask(ExperimentTask):
 
     # ---- evaluation over all 19,683 operations ----
     # How verify.py judges each metric against the untrained control; others are reported, not judged.
-    higher_is_better = ("coverage/recon_a", "coverage/recon_b", "coverage/recon_a_mixed",
-                        "coverage/sampled_a", "coverage/sampled_b")
+    higher_is_better = (
+        "coverage/recon_a",
+        "coverage/recon_b",
+        "coverage/recon_a_mixed",
+        "coverage/sampled_a",
+        "coverage/sampled_b",
+    )
     lower_is_better = ("val/ce",)
     primary_metric = "coverage/recon_a"
 
@@ -113,12 +121,22 @@ class TernaryVAETask(ExperimentTask):
         pred_mixed = tm.trits_from_logits(self.model.decoder_a((1 - rho) * mu_a + rho * mu_b))
         out = self.model(batch, rho, sample=False)
         target = (batch + 1).long().reshape(-1)
-        loss = (F.cross_entropy(out["logits_a"].reshape(-1, 3), target, reduction="sum")
-                + F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum")).item()
+        loss = (
+            F.cross_entropy(out["logits_a"].reshape(-1, 3), target, reduction="sum")
+            + F.cross_entropy(out["logits_b"].reshape(-1, 3), target, reduction="sum")
+        ).item()
         exact_a, exact_b = (pred_a == ops).all(-1), (pred_b == ops).all(-1)
-        return {"ok_a": exact_a.sum().item(), "ok_b": exact_b.sum().item(),
-                "ok_a_mixed": (pred_mixed == ops).all(-1).sum().item(), "loss": loss, "n": len(batch),
-                "mu_a": mu_a, "mu_b": mu_b, "exact_a": exact_a.cpu(), "exact_b": exact_b.cpu()}
+        return {
+            "ok_a": exact_a.sum().item(),
+            "ok_b": exact_b.sum().item(),
+            "ok_a_mixed": (pred_mixed == ops).all(-1).sum().item(),
+            "loss": loss,
+            "n": len(batch),
+            "mu_a": mu_a,
+            "mu_b": mu_b,
+            "exact_a": exact_a.cpu(),
+            "exact_b": exact_b.cpu(),
+        }
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -126,9 +144,12 @@ class TernaryVAETask(ExperimentTask):
         batch = batch.to(self.device)
         out = self.model(batch, self.rho(0), sample=False)
         n, d = batch.shape[0], self.model.latent_dim
-        return [("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
-                ("logits_b", out["logits_b"], (n, self.model.input_dim, 3)),
-                ("mu_a", out["mu_a"], (n, d)), ("mu_b", out["mu_b"], (n, d))]
+        return [
+            ("logits_a", out["logits_a"], (n, self.model.input_dim, 3)),
+            ("logits_b", out["logits_b"], (n, self.model.input_dim, 3)),
+            ("mu_a", out["mu_a"], (n, d)),
+            ("mu_b", out["mu_b"], (n, d)),
+        ]
 
     def figures(self, parts: list, epoch: int) -> dict[str, float]:
         total = {k: sum(p[k] for p in parts) for k in ("ok_a", "ok_b", "ok_a_mixed", "loss", "n")}
@@ -144,8 +165,9 @@ class TernaryVAETask(ExperimentTask):
         metrics.update(self.sampled_coverage(epoch))
         return metrics
 
-    def evaluation_files(self, parts: list, figures: dict[str, float], folder, epoch: int, during_training: bool,
-                         datamodule=None) -> None:
+    def evaluation_files(
+        self, parts: list, figures: dict[str, float], folder, epoch: int, during_training: bool, datamodule=None
+    ) -> None:
         """latent.png, at the end of training and in eval.py's results: where each operation sits in latent
         space."""
         self._last = (parts, epoch)
@@ -189,18 +211,29 @@ class TernaryVAETask(ExperimentTask):
         ops = batch.long()
         exact_a = (tm.trits_from_logits(self.model.decoder_a(enc["mu_a"])) == ops).all(-1)
         exact_b = (tm.trits_from_logits(self.model.decoder_b(enc["mu_b"])) == ops).all(-1)
-        return [{"operation": int(i), "trits": trits_text(t), "exact_a": bool(a), "exact_b": bool(b),
-                 "mu_a": ma.cpu(), "mu_b": mb.cpu()}
-                for i, t, a, b, ma, mb in zip(operation_index(ops), ops, exact_a, exact_b, enc["mu_a"], enc["mu_b"])]
+        return [
+            {
+                "operation": int(i),
+                "trits": trits_text(t),
+                "exact_a": bool(a),
+                "exact_b": bool(b),
+                "mu_a": ma.cpu(),
+                "mu_b": mb.cpu(),
+            }
+            for i, t, a, b, ma, mb in zip(operation_index(ops), ops, exact_a, exact_b, enc["mu_a"], enc["mu_b"])
+        ]
 
     def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
         """latent.csv and latent.png (the operations on the means' first two principal components)."""
         from experiments.families.ternary.predictions import write_latent_csv
 
         write_latent_csv(records, folder / "latent.csv")
-        part = {"mu_a": torch.stack([r["mu_a"] for r in records]), "mu_b": torch.stack([r["mu_b"] for r in records]),
-                "exact_a": torch.tensor([r["exact_a"] for r in records]),
-                "exact_b": torch.tensor([r["exact_b"] for r in records])}
+        part = {
+            "mu_a": torch.stack([r["mu_a"] for r in records]),
+            "mu_b": torch.stack([r["mu_b"] for r in records]),
+            "exact_a": torch.tensor([r["exact_a"] for r in records]),
+            "exact_b": torch.tensor([r["exact_b"] for r in records]),
+        }
         figures = {f"coverage/recon_{s}": part[f"exact_{s}"].float().mean().item() for s in ("a", "b")}
         draw_latent([part], figures, None, folder / "latent.png")
 
@@ -209,6 +242,7 @@ def draw_latent(parts: list, figures: dict, epoch: int | None, path: Path) -> No
     """Each encoder's means of every evaluated operation on its first two principal components, coloured by
     whether its decoder reconstructs the operation exactly: where the misses lie, not only how many."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -219,12 +253,26 @@ def draw_latent(parts: list, figures: dict, epoch: int | None, path: Path) -> No
         centred = mu - mu.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         xy = (centred @ v[:2].T).numpy()
-        ax.scatter(xy[exact.numpy(), 0], xy[exact.numpy(), 1], s=1, c="tab:green", alpha=0.4, linewidths=0,
-                   label=f"reconstructed ({int(exact.sum()):,})")
-        ax.scatter(xy[~exact.numpy(), 0], xy[~exact.numpy(), 1], s=3, c="tab:red", linewidths=0,
-                   label=f"missed ({int((~exact).sum()):,})")
-        ax.set_title(f"encoder {side.upper()}: coverage/recon_{side} {figures.get(f'coverage/recon_{side}', 0):.2%}",
-                     fontsize=9)
+        ax.scatter(
+            xy[exact.numpy(), 0],
+            xy[exact.numpy(), 1],
+            s=1,
+            c="tab:green",
+            alpha=0.4,
+            linewidths=0,
+            label=f"reconstructed ({int(exact.sum()):,})",
+        )
+        ax.scatter(
+            xy[~exact.numpy(), 0],
+            xy[~exact.numpy(), 1],
+            s=3,
+            c="tab:red",
+            linewidths=0,
+            label=f"missed ({int((~exact).sum()):,})",
+        )
+        ax.set_title(
+            f"encoder {side.upper()}: coverage/recon_{side} {figures.get(f'coverage/recon_{side}', 0):.2%}", fontsize=9
+        )
         ax.set_xlabel("principal component 1 of the means")
         ax.set_ylabel("principal component 2")
         ax.legend(fontsize=8, markerscale=4, loc="upper right")

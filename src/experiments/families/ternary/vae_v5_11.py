@@ -7,6 +7,7 @@ Poincare ball (README, "Ternary VAE v5.11, v5.11 partial freeze, v5.12").
 The parts keep the names and shapes of v5.5's (`encoder_a`, `encoder_b`, `decoder_a`), so their
 state-dict keys match a v5.5 checkpoint's. Which parts train is the task's business, not the model's.
 """
+
 import torch
 from torch import nn
 
@@ -18,8 +19,9 @@ class HyperbolicProjection(nn.Module):
         super().__init__()
         self.max_norm = max_norm
         self.direction_net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, latent_dim))
-        self.radius_net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
-                                        nn.SiLU(), nn.Linear(hidden, 1))
+        self.radius_net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         direction = nn.functional.normalize(z + self.direction_net(z), dim=-1)
@@ -27,8 +29,7 @@ class HyperbolicProjection(nn.Module):
 
 
 class HyperbolicTernaryVAE(nn.Module):
-    def __init__(self, input_dim: int = 9, latent_dim: int = 16, projection_hidden: int = 64,
-                 max_norm: float = 0.95):
+    def __init__(self, input_dim: int = 9, latent_dim: int = 16, projection_hidden: int = 64, max_norm: float = 0.95):
         super().__init__()
         self.input_dim, self.latent_dim = input_dim, latent_dim
         self.encoder_a = Encoder(input_dim, latent_dim)
@@ -41,5 +42,10 @@ class HyperbolicTernaryVAE(nn.Module):
         """Deterministic: the encoders' means are embedded (no sampling), as in v5.5's coverage."""
         mu_a, _ = self.encoder_a(x)
         mu_b, _ = self.encoder_b(x)
-        return {"mu_a": mu_a, "mu_b": mu_b, "logits_a": self.decoder_a(mu_a),
-                "z_hyp_a": self.proj_a(mu_a), "z_hyp_b": self.proj_b(mu_b)}
+        return {
+            "mu_a": mu_a,
+            "mu_b": mu_b,
+            "logits_a": self.decoder_a(mu_a),
+            "z_hyp_a": self.proj_a(mu_a),
+            "z_hyp_b": self.proj_b(mu_b),
+        }

@@ -2,6 +2,7 @@
 
 Input: trits in {-1, 0, 1}, shape (B, 9). Output: logits (B, 9, 3), class c means trit c - 1.
 """
+
 import torch
 from torch import nn
 

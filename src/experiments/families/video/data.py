@@ -9,6 +9,7 @@ frames, each frame's central square resized to `size` (files.py). The last `val_
 (sorted by name: a video's clips stay on one side) validate; `val_fraction=1`: all of them (eval.py on a
 folder of clips, predict.py). `folder` may also be one clip file or one folder of frames.
 """
+
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from experiments.families.video.files import clips_of, sources
-from experiments.family import batches_done, BatchLoader, EpochBatchSampler, shard
+from experiments.family import BatchLoader, EpochBatchSampler, batches_done, shard
 
 
 def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
@@ -31,8 +32,11 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
         disc = rng.random() < 0.5
         for t in range(frames):
             cy, cx = pos
-            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) if disc else \
-                ((np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r))
+            mask = (
+                ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+                if disc
+                else ((np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r))
+            )
             clip[:, t][:, mask] = colour[:, None]
             pos = pos + vel
             for k in range(2):  # bounce
@@ -42,8 +46,9 @@ def moving_shapes(index: int, seed: int, frames: int, size: int) -> np.ndarray:
     return clip
 
 
-def load_folder(folder: Path, frames: int = 8, size: int = 16, stride: int | None = None
-                ) -> tuple[torch.Tensor, list[str], list[int]]:
+def load_folder(
+    folder: Path, frames: int = 8, size: int = 16, stride: int | None = None
+) -> tuple[torch.Tensor, list[str], list[int]]:
     """Every clip of the folder's sources, their names, and which source (its index, by name) each came from."""
     if stride is not None and stride < 1:
         raise ValueError(f"data.stride must be >= 1 (or null: data.frames), got {stride}")
@@ -59,9 +64,18 @@ def load_folder(folder: Path, frames: int = 8, size: int = 16, stride: int | Non
 
 
 class VideoDataModule(L.LightningDataModule):
-    def __init__(self, frames: int = 8, size: int = 16, train_clips: int = 64, val_clips: int = 16,
-                 batch_size: int = 8, folder: str | None = None, val_fraction: float = 0.2, stride: int | None = None,
-                 seed: int = 0):
+    def __init__(
+        self,
+        frames: int = 8,
+        size: int = 16,
+        train_clips: int = 64,
+        val_clips: int = 16,
+        batch_size: int = 8,
+        folder: str | None = None,
+        val_fraction: float = 0.2,
+        stride: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.batch_size, self.seed = batch_size, seed
         if not 0 < val_fraction <= 1:
@@ -88,9 +102,11 @@ class VideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> BatchLoader:
         if not len(self.train):
-            raise ValueError(f"no training clips: whole sources (files, frame folders) are split, and all "
-                             f"{len(set(n.split('@')[0] for n in self.val_names))} validate "
-                             f"(data.val_fraction); give the folder more sources")
+            raise ValueError(
+                f"no training clips: whole sources (files, frame folders) are split, and all "
+                f"{len(set(n.split('@')[0] for n in self.val_names))} validate "
+                f"(data.val_fraction); give the folder more sources"
+            )
         return BatchLoader(self.train, shard(self.train_sampler, self.trainer))
 
     def val_dataloader(self) -> BatchLoader:
@@ -100,7 +116,10 @@ class VideoDataModule(L.LightningDataModule):
         """The validation clips in the validation's batches, each batch with its clips' names:
         {"clips": (B, C, T, H, W), "names": [...]}."""
         for start in range(0, len(self.val), self.batch_size):
-            yield {"clips": self.val[start:start + self.batch_size], "names": self.val_names[start:start + self.batch_size]}
+            yield {
+                "clips": self.val[start : start + self.batch_size],
+                "names": self.val_names[start : start + self.batch_size],
+            }
 
     def state_dict(self) -> dict:
         return {"train_sampler": self.train_sampler.state_dict(batches_done(self.trainer))}

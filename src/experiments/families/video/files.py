@@ -9,6 +9,7 @@ A video or a frame folder is cut into clips of `frames` frames, a new clip every
 frame is cropped to its central square and resized to `size` x `size` (area averaging), RGB in [0, 1].
 A `.npy` file is one clip as it is, shaped (C, T, H, W).
 """
+
 import os
 import re
 import stat
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.family import open_regular, UserError
+from experiments.family import UserError, open_regular
 
 VIDEO = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".gif")
 IMAGE = (".png", ".jpg", ".jpeg", ".bmp")
@@ -42,8 +43,13 @@ class DataFileError(UserError, ValueError):
     and a ValueError to the programs, which report a data module's ValueError as `data: ...` (exit 2)."""
 
 
-KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a device",
-         stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}
+KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def regular(path: Path) -> Path:
@@ -54,8 +60,10 @@ def regular(path: Path) -> Path:
     except OSError as e:  # a link to nothing, a folder one may not enter
         raise DataFileError(f"{path}: cannot be read ({e.strerror})")
     if not stat.S_ISREG(mode):
-        raise DataFileError(f"{path}: is {KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a file; "
-                            f"data.folder reads regular files only")
+        raise DataFileError(
+            f"{path}: is {KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a file; "
+            f"data.folder reads regular files only"
+        )
     return path
 
 
@@ -74,7 +82,9 @@ def read_clip(path: Path) -> np.ndarray:
         except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"{path}: not a .npy array ({e})")
         if dtype.hasobject or int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > os.fstat(f.fileno()).st_size:
-            raise ValueError(f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold")
+            raise ValueError(
+                f"{path}: its header claims a {dtype} array of shape {shape}, which the file does not hold"
+            )
         f.seek(0)
         try:
             return np.load(f, allow_pickle=False)
@@ -115,12 +125,16 @@ def sources(folder: Path) -> list[Path]:
     odd = [p.name for p in entries if p.suffix.lower() not in (".npy", *VIDEO) and not p.is_dir()]
     odd += [p.name + "/" for p in entries if p.is_dir() and not frame_files(p)]
     if odd:
-        raise ValueError(f"{folder} holds {', '.join(odd[:5])}{' and more' if len(odd) > 5 else ''}, which "
-                         f"are not clips: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and folders "
-                         f"of frames ({' '.join(IMAGE)}); move the others out")
+        raise ValueError(
+            f"{folder} holds {', '.join(odd[:5])}{' and more' if len(odd) > 5 else ''}, which "
+            f"are not clips: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and folders "
+            f"of frames ({' '.join(IMAGE)}); move the others out"
+        )
     if not entries:
-        raise ValueError(f"no clips in {folder}: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and "
-                         f"folders of frames ({' '.join(IMAGE)})")
+        raise ValueError(
+            f"no clips in {folder}: data.folder takes .npy clips, videos ({' '.join(VIDEO)}) and "
+            f"folders of frames ({' '.join(IMAGE)})"
+        )
     return entries
 
 
@@ -140,7 +154,7 @@ def square(frame: np.ndarray, size: int) -> torch.Tensor:
     h, w = frame.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    x = torch.from_numpy(np.array(frame[top:top + side, left:left + side, :3])).permute(2, 0, 1)  # a copy: writable
+    x = torch.from_numpy(np.array(frame[top : top + side, left : left + side, :3])).permute(2, 0, 1)  # a copy: writable
     x = x.float().div(255).unsqueeze(0)
     return F.interpolate(x, size=(size, size), mode="area")[0] if side != size else x[0]
 
@@ -149,13 +163,16 @@ def bounded(path: Path, frames: int, width: int, height: int, pixels: int | None
     """Refused when `frames` frames of width x height (`pixels` in all, when they differ) are past the bounds:
     a frame of more than MAX_PIXELS, more than MAX_FRAMES frames, more than MAX_SOURCE_PIXELS in all."""
     if width * height > MAX_PIXELS:
-        raise DataFileError(f"{path}: a frame of {width}x{height}, more than {MAX_PIXELS:,} pixels; scale it down "
-                            f"first")
+        raise DataFileError(
+            f"{path}: a frame of {width}x{height}, more than {MAX_PIXELS:,} pixels; scale it down first"
+        )
     if frames > MAX_FRAMES:
         raise DataFileError(f"{path}: more than {MAX_FRAMES:,} frames; cut it into shorter ones")
     if (frames * width * height if pixels is None else pixels) > MAX_SOURCE_PIXELS:
-        raise DataFileError(f"{path}: more than {MAX_SOURCE_PIXELS:,} pixels to decode ({frames:,} frames of "
-                            f"{width}x{height}); cut it into shorter ones or scale it down")
+        raise DataFileError(
+            f"{path}: more than {MAX_SOURCE_PIXELS:,} pixels to decode ({frames:,} frames of "
+            f"{width}x{height}); cut it into shorter ones or scale it down"
+        )
 
 
 def open_video(path: Path):
@@ -163,8 +180,7 @@ def open_video(path: Path):
     codec's frame size and, where the container gives it, the frame count."""
     import av
 
-    container = av.open(str(regular(path)), format=DEMUXER[path.suffix.lower()],
-                        options={"protocol_whitelist": "file"})
+    container = av.open(str(regular(path)), format=DEMUXER[path.suffix.lower()], options={"protocol_whitelist": "file"})
     if not container.streams.video:
         container.close()
         raise ValueError(f"{path}: has no video stream")
@@ -239,7 +255,7 @@ def cut(frames: list[torch.Tensor], length: int, stride: int, source: Path) -> l
     """Clips (3, length, size, size) starting every `stride` frames; refused when there is not one."""
     if len(frames) < length:
         raise ValueError(f"{source}: {len(frames)} frame(s), fewer than data.frames={length} of a clip")
-    return [torch.stack(frames[start:start + length], 1) for start in range(0, len(frames) - length + 1, stride)]
+    return [torch.stack(frames[start : start + length], 1) for start in range(0, len(frames) - length + 1, stride)]
 
 
 def clips_of(source: Path, frames: int, size: int, stride: int) -> tuple[list[torch.Tensor], list[str]]:

@@ -10,6 +10,7 @@ squared distance factorises per bit); entropy loss = mean per-sample entropy - e
 distribution over all 2^bits codes (exact; a per-bit average would call two opposite codes, used half
 the time each, a full codebook); commitment loss = ||z - sg(q)||^2.
 """
+
 import math
 
 import torch
@@ -47,7 +48,7 @@ class LFQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(z.device.type, enabled=False):  # under mixed precision too: in bf16 the entropies
-            return self._quantized(z.float())            # (logs of products over bits) went NaN within 2 epochs
+            return self._quantized(z.float())  # (logs of products over bits) went NaN within 2 epochs
 
     def _quantized(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         q = torch.where(z > 0, 1.0, -1.0).to(z.dtype)
@@ -56,15 +57,18 @@ class LFQ(nn.Module):
         per_sample = _bit_entropy(p).sum(-1).mean()
         codebook = self._codebook_entropy(p)
         codes = ((q > 0).long().movedim(1, -1) * self.powers).sum(-1)
-        return {"quantized": quantized, "codes": codes, "entropy_loss": per_sample - codebook,
-                "commitment_loss": F.mse_loss(z, q.detach())}
-
+        return {
+            "quantized": quantized,
+            "codes": codes,
+            "entropy_loss": per_sample - codebook,
+            "commitment_loss": F.mse_loss(z, q.detach()),
+        }
 
     def _codebook_entropy(self, p: torch.Tensor) -> torch.Tensor:
         """Entropy of the batch-mean distribution over all 2^bits codes (exact up to 12 bits)."""
         if self.bits > 12:  # 2^bits columns would not fit: the per-bit upper bound instead
             return _bit_entropy(p.mean(0)).sum()
-        signs = ((torch.arange(2 ** self.bits, device=p.device).unsqueeze(1) & self.powers) > 0).float()
+        signs = ((torch.arange(2**self.bits, device=p.device).unsqueeze(1) & self.powers) > 0).float()
         log_p = p.clamp_min(1e-6).log() @ signs.T + (1 - p).clamp_min(1e-6).log() @ (1 - signs).T
         mean = log_p.exp().mean(0)
         return -(mean * mean.clamp_min(1e-12).log()).sum()
@@ -76,8 +80,15 @@ def _bit_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 class MagVitV2(nn.Module):
-    def __init__(self, channels: int = 3, hidden: int = 32, bits: int = 10, space_factor: int = 4,
-                 time_factor: int = 2, tau: float = 1.0):
+    def __init__(
+        self,
+        channels: int = 3,
+        hidden: int = 32,
+        bits: int = 10,
+        space_factor: int = 4,
+        time_factor: int = 2,
+        tau: float = 1.0,
+    ):
         super().__init__()
         if space_factor not in (1, 2, 4, 8) or time_factor not in (1, 2, 4):
             raise ValueError("space_factor must be 1, 2, 4 or 8 and time_factor 1, 2 or 4")
@@ -92,8 +103,11 @@ class MagVitV2(nn.Module):
         self.encoder = nn.Sequential(*layers)
         layers = [CausalConv3d(bits, width), nn.SiLU()]
         for i in reversed(range(max(n_space, n_time))):
-            layers += [Upsample(2 if i < n_time else 1, 2 if i < n_space else 1), CausalConv3d(width, width // 2),
-                       nn.SiLU()]
+            layers += [
+                Upsample(2 if i < n_time else 1, 2 if i < n_space else 1),
+                CausalConv3d(width, width // 2),
+                nn.SiLU(),
+            ]
             width //= 2
         layers += [CausalConv3d(width, channels)]
         self.decoder = nn.Sequential(*layers)
@@ -101,13 +115,20 @@ class MagVitV2(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if (x.shape[2] - 1) % self.time_factor or x.shape[3] % self.space_factor or x.shape[4] % self.space_factor:
-            raise ValueError(f"clip shape {tuple(x.shape[2:])}: frames - 1 must be divisible by {self.time_factor} "
-                             f"(e.g. 9 or 17 frames) and height, width by {self.space_factor}")
+            raise ValueError(
+                f"clip shape {tuple(x.shape[2:])}: frames - 1 must be divisible by {self.time_factor} "
+                f"(e.g. 9 or 17 frames) and height, width by {self.space_factor}"
+            )
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.encode(x)  # latent j summarises frames <= j * time_factor; 1 + (T - 1) / time_factor of them
         q = self.quantizer(z)
         recon = self.decoder(q["quantized"])[:, :, : x.shape[2]]  # upsampling made time_factor frames each
-        return {"latent": z, "codes": q["codes"], "recon": recon,
-                "entropy_loss": q["entropy_loss"], "commitment_loss": q["commitment_loss"]}
+        return {
+            "latent": z,
+            "codes": q["codes"],
+            "recon": recon,
+            "entropy_loss": q["entropy_loss"],
+            "commitment_loss": q["commitment_loss"],
+        }

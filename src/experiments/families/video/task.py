@@ -12,9 +12,10 @@ reads), each clip's reconstruction as PNG frames (a frame folder the data module
 (a quantizer's codes; an autoencoder's latent) as `.npy`, its MSE, PSNR and SSIM against itself in
 `per_clip.csv`, and a picture of the first clips.
 """
+
 import io
-import re
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-from experiments.family import atomic_write_bytes, atomic_write_csv, epoch_number, ExperimentTask, UserError
+from experiments.family import ExperimentTask, UserError, atomic_write_bytes, atomic_write_csv, epoch_number
 
 UNSAFE = re.compile(r"[^\w.@=-]")  # what a clip's name may not carry into a file name
 
@@ -33,8 +34,16 @@ class VideoTask(ExperimentTask):
     lower_is_better = ("val/mse",)
     primary_metric = "val/psnr"
 
-    def __init__(self, model, lr: float = 1e-3, weight_decay: float = 0.0, entropy_weight: float = 0.1,
-                 commitment_weight: float = 0.25, pictures: int = 4, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        entropy_weight: float = 0.1,
+        commitment_weight: float = 0.25,
+        pictures: int = 4,
+        seed: int = 0,
+    ):
         super().__init__()
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.entropy_weight, self.commitment_weight = entropy_weight, commitment_weight
@@ -49,8 +58,9 @@ class VideoTask(ExperimentTask):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr,
-                                 weight_decay=self.weight_decay)
+        return torch.optim.AdamW(
+            [p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=self.weight_decay
+        )
 
     # ---- evaluation ----
     @torch.no_grad()
@@ -70,14 +80,15 @@ class VideoTask(ExperimentTask):
         metrics = figures_of(total)
         codes = [p["codes"] for p in parts if p["codes"] is not None]
         if codes:
-            counts = torch.bincount(torch.cat(codes), minlength=2 ** self.model.bits).float()
+            counts = torch.bincount(torch.cat(codes), minlength=2**self.model.bits).float()
             p = counts[counts > 0] / counts.sum()
             metrics["codes/used_fraction"] = (counts > 0).float().mean().item()
             metrics["codes/perplexity"] = math.exp(-(p * p.log()).sum().item())
         return metrics
 
-    def evaluation_files(self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool,
-                         datamodule=None) -> None:
+    def evaluation_files(
+        self, parts: list, figures: dict, folder: Path, epoch: int, during_training: bool, datamodule=None
+    ) -> None:
         """During training: the first `pictures` clips beside their reconstructions,
         `reconstructions/epoch=NNNN.png`. For eval.py: `per_clip.csv` (each clip's MSE, PSNR, SSIM, by name)
         and every clip's reconstruction, `pictures` clips per PNG (`reconstructions/clips_NNNN-MMMM.png`)."""
@@ -87,26 +98,34 @@ class VideoTask(ExperimentTask):
             if parts:
                 first = parts[0]
                 shown = [f"{k} {figures[k]:.4g}" for k in ("val/psnr", "val/ssim") if k in figures]
-                draw_reconstructions(first["clips"][: self.pictures], first["recon"][: self.pictures],
-                                     folder / "reconstructions" / f"epoch={epoch_number(epoch):04d}.png",
-                                     title=f"epoch {epoch_number(epoch)}: " + ", ".join(shown),
-                                     names=[f"validation clip {i}" for i in range(self.pictures)])
+                draw_reconstructions(
+                    first["clips"][: self.pictures],
+                    first["recon"][: self.pictures],
+                    folder / "reconstructions" / f"epoch={epoch_number(epoch):04d}.png",
+                    title=f"epoch {epoch_number(epoch)}: " + ", ".join(shown),
+                    names=[f"validation clip {i}" for i in range(self.pictures)],
+                )
             return
         names = getattr(datamodule, "val_names", None)
         rows, clip = [], 0
         for part in parts:
             for k, (c, r) in enumerate(zip(part["clips"], part["recon"])):
                 one = figures_of(sums(c[None], r[None]))
-                rows.append({"clip": names[clip + k] if names else clip + k,
-                             **{key.removeprefix("val/"): v for key, v in one.items()}})
+                rows.append(
+                    {
+                        "clip": names[clip + k] if names else clip + k,
+                        **{key.removeprefix("val/"): v for key, v in one.items()},
+                    }
+                )
             for start in range(0, len(part["clips"]), self.pictures):
                 last = min(start + self.pictures, len(part["clips"])) - 1
-                draw_reconstructions(part["clips"][start:start + self.pictures],
-                                     part["recon"][start:start + self.pictures],
-                                     folder / "reconstructions" / f"clips_{clip + start:04d}-{clip + last:04d}.png",
-                                     title=f"checkpoint epoch {epoch_number(epoch)}: clips {clip + start}-{clip + last}",
-                                     names=[str(names[clip + k]) if names else str(clip + k)
-                                            for k in range(start, last + 1)])
+                draw_reconstructions(
+                    part["clips"][start : start + self.pictures],
+                    part["recon"][start : start + self.pictures],
+                    folder / "reconstructions" / f"clips_{clip + start:04d}-{clip + last:04d}.png",
+                    title=f"checkpoint epoch {epoch_number(epoch)}: clips {clip + start}-{clip + last}",
+                    names=[str(names[clip + k]) if names else str(clip + k) for k in range(start, last + 1)],
+                )
             clip += len(part["clips"])
         atomic_write_csv(rows, folder / "per_clip.csv")
 
@@ -127,10 +146,17 @@ class VideoTask(ExperimentTask):
         recon = out["recon"].clamp(0, 1)
         records = []
         for k, name in enumerate(batch["names"]):
-            one = figures_of(sums(clips[k:k + 1], recon[k:k + 1]))
-            records.append({"clip": name, "input": clips[k].cpu(), "reconstruction": recon[k].cpu(),
-                            "tokens": out["codes"][k].cpu() if "codes" in out else None, "latent": out["latent"][k].cpu(),
-                            **{key.removeprefix("val/"): v for key, v in one.items()}})
+            one = figures_of(sums(clips[k : k + 1], recon[k : k + 1]))
+            records.append(
+                {
+                    "clip": name,
+                    "input": clips[k].cpu(),
+                    "reconstruction": recon[k].cpu(),
+                    "tokens": out["codes"][k].cpu() if "codes" in out else None,
+                    "latent": out["latent"][k].cpu(),
+                    **{key.removeprefix("val/"): v for key, v in one.items()},
+                }
+            )
         return records
 
     def prediction_files(self, records: list[dict], folder: Path, datamodule) -> None:
@@ -147,14 +173,27 @@ class VideoTask(ExperimentTask):
             buffer = io.BytesIO()
             np.save(buffer, codes.numpy(), allow_pickle=False)
             atomic_write_bytes(folder / "tokens" / f"{stem}.npy", buffer.getvalue())
-            rows.append({"clip": r["clip"], "folder": stem, "mse": r["mse"], "psnr": r["psnr"], "ssim": r["ssim"],
-                         "tokens": "codes" if r["tokens"] is not None else "latent", "token_shape": list(codes.shape)})
+            rows.append(
+                {
+                    "clip": r["clip"],
+                    "folder": stem,
+                    "mse": r["mse"],
+                    "psnr": r["psnr"],
+                    "ssim": r["ssim"],
+                    "tokens": "codes" if r["tokens"] is not None else "latent",
+                    "token_shape": list(codes.shape),
+                }
+            )
         atomic_write_csv(rows, folder / "per_clip.csv")
         first = records[: self.pictures]
         if first:
-            draw_reconstructions(torch.stack([r["input"] for r in first]), torch.stack([r["reconstruction"] for r in first]),
-                                 folder / "reconstructions.png", title=f"{len(records)} clips: the first {len(first)}",
-                                 names=[str(r["clip"]) for r in first])
+            draw_reconstructions(
+                torch.stack([r["input"] for r in first]),
+                torch.stack([r["reconstruction"] for r in first]),
+                folder / "reconstructions.png",
+                title=f"{len(records)} clips: the first {len(first)}",
+                names=[str(r["clip"]) for r in first],
+            )
 
     @torch.no_grad()
     def check_outputs(self, batch: torch.Tensor) -> list[tuple[str, torch.Tensor, tuple]]:
@@ -167,8 +206,12 @@ def sums(batch: torch.Tensor, recon: torch.Tensor) -> dict:
     """What the figures add up over clips: squared error and its count, SSIM summed over frames and their count."""
     frames = lambda x: x.movedim(2, 1).reshape(-1, x.shape[1], x.shape[3], x.shape[4])  # noqa: E731
     n = batch.shape[0] * batch.shape[2]
-    return {"se": F.mse_loss(recon, batch, reduction="sum").item(), "values": batch.numel(),
-            "ssim": ssim(frames(recon), frames(batch), data_range=1.0).item() * n, "frames": n}  # SSIM: a mean over frames
+    return {
+        "se": F.mse_loss(recon, batch, reduction="sum").item(),
+        "values": batch.numel(),
+        "ssim": ssim(frames(recon), frames(batch), data_range=1.0).item() * n,
+        "frames": n,
+    }  # SSIM: a mean over frames
 
 
 def png(frame: torch.Tensor) -> bytes:
@@ -183,5 +226,8 @@ def png(frame: torch.Tensor) -> bytes:
 
 def figures_of(total: dict) -> dict[str, float]:
     mse = total["se"] / total["values"]
-    return {"val/mse": mse, "val/psnr": 10 * math.log10(1.0 / max(mse, 1e-12)), "val/ssim": total["ssim"] / total["frames"]}
-
+    return {
+        "val/mse": mse,
+        "val/psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+        "val/ssim": total["ssim"] / total["frames"],
+    }

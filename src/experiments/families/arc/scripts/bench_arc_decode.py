@@ -14,6 +14,7 @@ the largest logit difference between them; last line: `ratio=<cached / full reco
 length): as evaluation now runs it (measured in full), and as the first version ran it (extrapolated from
 measured decoder passes; see `arc_full_workload`).
 """
+
 import argparse
 import sys
 import time
@@ -26,12 +27,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from experiments.assemble import build  # noqa: E402
 from experiments.cli import CONF_DIR, quiet_libraries  # noqa: E402
 from experiments.config_schema import register  # noqa: E402
 from experiments.families.arc import format as af  # noqa: E402
 from experiments.families.arc.data import augment, examples_of, load_tasks  # noqa: E402
 from experiments.families.arc.decoding import CachedSteps, FullRecomputation, first_token  # noqa: E402
-from experiments.assemble import build  # noqa: E402
 
 PUBLIC_SIZE = ["model.d_model=160", "model.decoder_layers=3", "model.d_ff=640"]
 
@@ -63,8 +64,12 @@ def decode_to_length(steps, fmt: str, examples: list) -> tuple[float, list[torch
 def test_pairs(side: int) -> list:
     """ARC-AGI-1 test pairs (training and evaluation tasks) whose output is side x side, with context."""
     training, evaluation = load_tasks("arcagi")
-    return [ex for task in sorted(list(training) + list(evaluation), key=lambda t: t.id)
-            for ex in examples_of(task, "test") if ex.query[1].shape == (side, side) and ex.context]
+    return [
+        ex
+        for arc_task in sorted(list(training) + list(evaluation), key=lambda t: t.id)
+        for ex in examples_of(arc_task, "test")
+        if ex.query[1].shape == (side, side) and ex.context
+    ]
 
 
 def views_of(example, n: int) -> list:
@@ -74,15 +79,19 @@ def views_of(example, n: int) -> list:
     return augmentations if example is None else [augment(example, a) for a in augmentations]
 
 
-def compare(task, fmt: str, batch: list) -> tuple[float, float, float]:
+def compare(lightning_task, fmt: str, batch: list) -> tuple[float, float, float]:
     """(cached seconds, full-recomputation seconds, largest logit difference) for one batch."""
-    cached_s, cached = decode_to_length(CachedSteps(task.model, fmt, batch, task.device), fmt, batch)
-    full_s, full = decode_to_length(FullRecomputation(task.model, fmt, batch, task.device), fmt, batch)
+    cached_s, cached = decode_to_length(
+        CachedSteps(lightning_task.model, fmt, batch, lightning_task.device), fmt, batch
+    )
+    full_s, full = decode_to_length(
+        FullRecomputation(lightning_task.model, fmt, batch, lightning_task.device), fmt, batch
+    )
     diff = max((a - b).abs().max().item() for a, b in zip(cached, full))
     return cached_s, full_s, diff
 
 
-def arc_full_workload(task, fmt: str, experiment: str) -> None:
+def arc_full_workload(lightning_task, fmt: str, experiment: str) -> None:
     """The arc_full evaluation (419 outputs x 8 views), each output decoded to its true length.
     Now (measured in full): the data module's evaluation batches (data.eval_batch_size outputs, by input
     length), all 8 views of a batch together through the cache, each sequence leaving at its end. Before
@@ -96,29 +105,33 @@ def arc_full_workload(task, fmt: str, experiment: str) -> None:
     t0 = time.perf_counter()
     for i, batch in enumerate(batches):
         jobs = [augment(ex, v) for ex in batch for v in views]
-        decode_to_length(CachedSteps(task.model, fmt, jobs, task.device), fmt, jobs)
-        print(f"  cached: batch {i + 1}/{len(batches)} ({len(jobs)} sequences), {time.perf_counter() - t0:.0f} s",
-              flush=True)
+        decode_to_length(CachedSteps(lightning_task.model, fmt, jobs, lightning_task.device), fmt, jobs)
+        print(
+            f"  cached: batch {i + 1}/{len(batches)} ({len(jobs)} sequences), {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     cached_total = time.perf_counter() - t0
     outputs, size = datamodule.eval_examples, datamodule.eval_batch_size
-    old = [outputs[i: i + size] for i in range(0, len(outputs), size)]
+    old = [outputs[i : i + size] for i in range(0, len(outputs), size)]
     longest = [max(len(af.grid_tokens(ex.query[1])[0]) for ex in b) for b in old]
     probe = old[int(np.argmax(longest))]
     lengths = [1, 50, 100, 200, 400, 600, af.MAX_SIDE * (af.MAX_SIDE + 1) + 1]
-    pass_s = [one_pass_seconds(task, fmt, probe, n) for n in lengths]
+    pass_s = [one_pass_seconds(lightning_task, fmt, probe, n) for n in lengths]
     per_batch = [float(np.interp(np.arange(1, n + 1), lengths, pass_s).sum()) for n in longest]
     full_total = len(views) * sum(per_batch)
     print(f"arc_full evaluation: {len(outputs)} outputs x 8 views, each decoded to its true length")
     print(f"  now, cached (measured in full): {cached_total:,.0f} s = {cached_total / 60:.1f} min")
-    print(f"  before, full recomputation (extrapolated from decoder passes over a batch of {size} at prefix "
-          f"lengths {lengths}: {', '.join(f'{x:.2f}' for x in pass_s)} s): {full_total:,.0f} s = "
-          f"{full_total / 3600:.1f} h")
+    print(
+        f"  before, full recomputation (extrapolated from decoder passes over a batch of {size} at prefix "
+        f"lengths {lengths}: {', '.join(f'{x:.2f}' for x in pass_s)} s): {full_total:,.0f} s = "
+        f"{full_total / 3600:.1f} h"
+    )
 
 
 @torch.no_grad()
-def one_pass_seconds(task, fmt: str, examples: list, length: int) -> float:
+def one_pass_seconds(lightning_task, fmt: str, examples: list, length: int) -> float:
     """One full-recomputation step: the decoder over a prefix of `length` tokens of each sequence."""
-    steps = FullRecomputation(task.model, fmt, examples, task.device)
+    steps = FullRecomputation(lightning_task.model, fmt, examples, lightning_task.device)
     n = len(examples)
     fed = torch.full((n,), af.BOS if fmt != "decoder_only" else af.SEP, dtype=torch.long)
     zeros = torch.zeros(n, dtype=torch.long)
@@ -142,26 +155,32 @@ def main() -> None:
     register()
     quiet_libraries()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={args.experiment}", "logger=none", *PUBLIC_SIZE,
-                                          *args.overrides])
+        cfg = compose(
+            "train", overrides=[f"experiment={args.experiment}", "logger=none", *PUBLIC_SIZE, *args.overrides]
+        )
     torch.manual_seed(0)
-    _, model, task = build(cfg)
-    task.eval()
+    _, model, lightning_task = build(cfg)
+    lightning_task.eval()
     fmt = cfg.data.format
-    print(f"{args.experiment}: {sum(p.numel() for p in model.parameters()):,} parameters; batch {args.batch}; "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"{args.experiment}: {sum(p.numel() for p in model.parameters()):,} parameters; batch {args.batch}; "
+        f"threads={torch.get_num_threads()}"
+    )
     rates = {}
     for side in (10, 30):
         pairs = test_pairs(side)
         batch = (pairs * args.batch)[: args.batch] if len(pairs) >= args.batch else views_of(pairs[0], args.batch)
-        cached_s, full_s, diff = compare(task, fmt, batch)
+        cached_s, full_s, diff = compare(lightning_task, fmt, batch)
         rates[side] = (args.batch / cached_s, args.batch / full_s)
-        print(f"{side}x{side} outputs ({len(af.grid_tokens(batch[0].query[1])[0])} steps): cached "
-              f"{rates[side][0]:.3f} outputs/s, full recomputation {rates[side][1]:.4f} outputs/s "
-              f"(x{rates[side][0] / rates[side][1]:.1f}); largest logit difference {diff:.1e}", flush=True)
+        print(
+            f"{side}x{side} outputs ({len(af.grid_tokens(batch[0].query[1])[0])} steps): cached "
+            f"{rates[side][0]:.3f} outputs/s, full recomputation {rates[side][1]:.4f} outputs/s "
+            f"(x{rates[side][0] / rates[side][1]:.1f}); largest logit difference {diff:.1e}",
+            flush=True,
+        )
     if args.arc_full:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            arc_full_workload(task, fmt, args.experiment)
+            arc_full_workload(lightning_task, fmt, args.experiment)
     print(f"ratio={rates[30][0] / rates[30][1]:.1f}")
 
 

@@ -9,7 +9,8 @@ Last line: `ratio=<ours / hand-written tokens per second>`.
 
 `--against padded`: training examples per second of our path (length-bucketed batches, packed: no padding
 computed, `model.packed`) against the same path, model and batches with every grid padded to 30x30 and
-computed padded (the public code's layout), at the public size (d_model 160, 3 decoder layers, d_ff 640), batch 8, on `data=arc_full`
+computed padded (the public code's layout), at the public size (d_model 160, 3 decoder layers, d_ff 640), batch 8,
+on `data=arc_full`
 (the ARC-AGI-1 training tasks and the evaluation tasks' demonstrations), epoch 0's order on both sides:
 ours over the whole epoch (--ours-steps to cut it), padded over its first --steps batches (a padded
 batch costs the same whatever it holds). Also prints the arithmetic: forward FLOPs per example, padded
@@ -18,6 +19,7 @@ and `ratio_to_bound`: our speed-up over the padded side divided by that bound. L
 `ratio_vs_padded=<ours / padded examples per second>`.
 
 Validation is off on every side."""
+
 import argparse
 import contextlib
 import sys
@@ -30,13 +32,13 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from bench_train_overhead import TrainingClock  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from bench_train_overhead import TrainingClock  # noqa: E402
+from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 from experiments.cli import CONF_DIR, quiet_libraries  # noqa: E402
 from experiments.config_schema import register  # noqa: E402
 from experiments.families.arc.format import PAD  # noqa: E402
-from experiments.assemble import build, build_trainer, plain_config  # noqa: E402
 
 
 def target_tokens(datamodule, epochs: int) -> int:
@@ -48,30 +50,33 @@ def target_tokens(datamodule, epochs: int) -> int:
 
 
 def ours(cfg, run_dir: Path) -> float:
-    datamodule, model, task = build(cfg)
-    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg), task)
+    datamodule, model, lightning_task = build(cfg)
+    trainer, _ = build_trainer(cfg, run_dir, plain_config(cfg), lightning_task)
     clock = TrainingClock()
     trainer.callbacks.append(clock)
-    trainer.fit(task, datamodule=datamodule)
+    trainer.fit(lightning_task, datamodule=datamodule)
     return clock.seconds
 
 
 def hand_written(cfg) -> float:
     """The same model, batches and optimizer in a plain loop, on the trainer's device and in its precision
     (bf16 autocast as Lightning's bf16-mixed)."""
-    datamodule, model, task = build(cfg)
+    datamodule, model, lightning_task = build(cfg)
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
-    task.to(device)
+    lightning_task.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.task.lr, weight_decay=cfg.task.weight_decay)
     model.train()
-    precision = torch.autocast(device.type, torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16") else (
-        contextlib.nullcontext())
+    precision = (
+        torch.autocast(device.type, torch.bfloat16)
+        if str(cfg.trainer.precision).startswith("bf16")
+        else (contextlib.nullcontext())
+    )
     t0 = time.perf_counter()
     for epoch in range(cfg.trainer.max_epochs):
         datamodule.train_sampler.set_epoch(epoch)
         for batch in datamodule.train_dataloader():
             with precision:
-                loss = task.training_loss({k: v.to(device) for k, v in batch.items()}, 0)
+                loss = lightning_task.training_loss({k: v.to(device) for k, v in batch.items()}, 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,8 +93,13 @@ def forward_flops(batch: dict, fmt: str, m, each: bool = False) -> float:
     (`each`) over each example's own lengths, as if nothing were padded. Attention: 4 Lq Lk d per layer."""
     d, ff = m.d_model, m.d_ff
     block = 2 * (4 * d * d + 2 * d * ff)  # self-attention projections and feed-forward, per token
-    lengths = lambda key: ((batch[key] != PAD).sum(1) if each else torch.full(  # noqa: E731
-        (batch[key].shape[0],), batch[key].shape[1])).double()
+    lengths = lambda key: (
+        (batch[key] != PAD).sum(1)
+        if each
+        else torch.full(  # noqa: E731
+            (batch[key].shape[0],), batch[key].shape[1]
+        )
+    ).double()
     if fmt == "decoder_only":
         n = lengths("tokens")
         return float((m.layers * (n * block + 4 * n * n * d)).sum())
@@ -122,25 +132,49 @@ def against_padded(args) -> None:
     padded batch has the same shapes, so it costs the same whatever examples it holds."""
     rates, measured = {}, {}
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        common = [f"experiment={args.experiment}", "data=arc_full", "data.batch_size=8", *PUBLIC_SIZE, "logger=none",
-                  "trainer.max_epochs=1", "+trainer.limit_val_batches=0", "checkpoint.save_top_k=0",
-                  "trainer.enable_progress_bar=false", f"paths.outputs={tmp}", *args.overrides]
-        for side, extra, steps in (("ours", [], args.ours_steps), ("padded", ["+data.full_size_padding=true", "model.packed=false"], args.steps)):
-            cfg = compose("train", overrides=common + extra + ([f"+trainer.limit_train_batches={steps}"] if steps else []))
+        common = [
+            f"experiment={args.experiment}",
+            "data=arc_full",
+            "data.batch_size=8",
+            *PUBLIC_SIZE,
+            "logger=none",
+            "trainer.max_epochs=1",
+            "+trainer.limit_val_batches=0",
+            "checkpoint.save_top_k=0",
+            "trainer.enable_progress_bar=false",
+            f"paths.outputs={tmp}",
+            *args.overrides,
+        ]
+        for side, extra, steps in (
+            ("ours", [], args.ours_steps),
+            ("padded", ["+data.full_size_padding=true", "model.packed=false"], args.steps),
+        ):
+            cfg = compose(
+                "train", overrides=common + extra + ([f"+trainer.limit_train_batches={steps}"] if steps else [])
+            )
             datamodule = build(cfg)[0]
             batches = datamodule.train_sampler.batch_indices(0)[: steps or None]
             examples, seconds = sum(len(b) for b in batches), ours(cfg, Path(tmp) / side)
             rates[side], measured[side] = examples / seconds, len(batches)
-            print(f"{side}: {len(batches)} batches, {examples} examples in {seconds:.1f} s = {rates[side]:.2f} "
-                  f"examples/s ({len(batches) / seconds:.3f} steps/s)", flush=True)
-    print(f"{args.experiment}: public size, batch 8, data=arc_full, epoch 0 in the same order on both sides; "
-          f"threads={torch.get_num_threads()}")
+            print(
+                f"{side}: {len(batches)} batches, {examples} examples in {seconds:.1f} s = {rates[side]:.2f} "
+                f"examples/s ({len(batches) / seconds:.3f} steps/s)",
+                flush=True,
+            )
+    print(
+        f"{args.experiment}: public size, batch 8, data=arc_full, epoch 0 in the same order on both sides; "
+        f"threads={torch.get_num_threads()}"
+    )
     bucketed, unpadded = arithmetic(cfg, args.ours_steps)
-    print(f"arithmetic (forward FLOPs per example) over the {measured['ours']} batches ours ran: padded / the same "
-          f"batches padded to their longest {bucketed:.1f}; padded / no token padding (the bound) {unpadded:.1f}")
+    print(
+        f"arithmetic (forward FLOPs per example) over the {measured['ours']} batches ours ran: padded / the same "
+        f"batches padded to their longest {bucketed:.1f}; padded / no token padding (the bound) {unpadded:.1f}"
+    )
     ratio = rates["ours"] / rates["padded"]
-    print(f"ratio_to_bound={ratio / unpadded:.2f} (ours / padded examples per second, over padded / no-padding "
-          f"FLOPs: {ratio:.2f} / {unpadded:.2f})")
+    print(
+        f"ratio_to_bound={ratio / unpadded:.2f} (ours / padded examples per second, over padded / no-padding "
+        f"FLOPs: {ratio:.2f} / {unpadded:.2f})"
+    )
     print(f"ratio_vs_padded={ratio:.1f}")
 
 
@@ -159,20 +193,33 @@ def main() -> None:
     if args.against == "padded":
         return against_padded(args)
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={args.experiment}", "logger=none",
-                                          f"trainer.max_epochs={args.epochs}", "+trainer.limit_val_batches=0",
-                                          "checkpoint.save_top_k=0", "trainer.enable_progress_bar=false",
-                                          f"paths.outputs={tmp}", *args.overrides])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={args.experiment}",
+                "logger=none",
+                f"trainer.max_epochs={args.epochs}",
+                "+trainer.limit_val_batches=0",
+                "checkpoint.save_top_k=0",
+                "trainer.enable_progress_bar=false",
+                f"paths.outputs={tmp}",
+                *args.overrides,
+            ],
+        )
         tokens = target_tokens(build(cfg)[0], args.epochs)
         best_ours = best_hand = 0.0
         for r in range(args.repeats):
             sec = ours(cfg, Path(tmp) / f"run{r}")
             sec_h = hand_written(cfg)
             best_ours, best_hand = max(best_ours, tokens / sec), max(best_hand, tokens / sec_h)
-            print(f"repeat {r}: ours {tokens / sec:,.0f} tokens/s | hand-written {tokens / sec_h:,.0f} tokens/s",
-                  flush=True)
-    print(f"{args.experiment}: {tokens:,} target tokens over {args.epochs} epochs; threads={torch.get_num_threads()}; "
-          f"ours={best_ours:,.0f} tokens/s hand={best_hand:,.0f} tokens/s")
+            print(
+                f"repeat {r}: ours {tokens / sec:,.0f} tokens/s | hand-written {tokens / sec_h:,.0f} tokens/s",
+                flush=True,
+            )
+    print(
+        f"{args.experiment}: {tokens:,} target tokens over {args.epochs} epochs; threads={torch.get_num_threads()}; "
+        f"ours={best_ours:,.0f} tokens/s hand={best_hand:,.0f} tokens/s"
+    )
     if torch.cuda.is_available():
         print(f"peak_memory_gib={torch.cuda.max_memory_allocated() / 2**30:.2f}")
     print(f"ratio={best_ours / best_hand:.3f}")

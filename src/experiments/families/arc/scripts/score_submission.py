@@ -11,6 +11,7 @@ submission leaves out scoring 0.
 The task set is chosen as `data.*` chooses it (defaults: the quick start's 18 tasks). Last line, for
 scripts: `prize_score=<float> solved=<int> outputs=<int> tasks=<int> missing=<int>`.
 """
+
 import argparse
 import json
 import sys
@@ -20,14 +21,18 @@ ROOT = Path(__file__).resolve().parents[5]  # the checkout: src/experiments/fami
 sys.path.insert(0, str(ROOT / "src"))
 
 from experiments.families.arc.data import load_tasks, select  # noqa: E402
-from experiments.family import read_text, shown, UserError  # noqa: E402
+from experiments.family import UserError, read_text, shown  # noqa: E402
 
 
 def truths_of(args) -> dict[str, list]:
     """Task id -> its test outputs as lists of rows, for the chosen set."""
     training, evaluation = load_tasks(args.version, args.folder)
-    tasks = select(evaluation if args.tasks_from == "evaluation" else training, args.max_tasks or None,
-                   args.max_side or None, args.task_ids)
+    tasks = select(
+        evaluation if args.tasks_from == "evaluation" else training,
+        args.max_tasks or None,
+        args.max_side or None,
+        args.task_ids,
+    )
     return {t.id: [[[int(c) for c in row] for row in output] for _, output in t.test] for t in tasks}
 
 
@@ -45,14 +50,21 @@ def score(submission: dict, truths: dict) -> dict:
         per_task[task] = sum(marks) / len(marks)
         hits += sum(marks)
     missing = sorted(t for t in truths if not isinstance(submission.get(t), list))
-    return {"prize_score": sum(per_task.values()) / max(1, len(per_task)), "solved": hits,
-            "outputs": sum(len(o) for o in truths.values()), "tasks": len(truths), "missing": len(missing),
-            "missing_ids": missing, "extra": sorted(set(submission) - set(truths))}
+    return {
+        "prize_score": sum(per_task.values()) / max(1, len(per_task)),
+        "solved": hits,
+        "outputs": sum(len(o) for o in truths.values()),
+        "tasks": len(truths),
+        "missing": len(missing),
+        "missing_ids": missing,
+        "extra": sorted(set(submission) - set(truths)),
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("submission", type=Path)
     parser.add_argument("--version", default="arcagi")
     parser.add_argument("--tasks-from", choices=("training", "evaluation"), default="training")
@@ -69,14 +81,20 @@ def main(argv=None) -> int:
     except (OSError, UserError, ValueError) as e:  # a missing or unreadable file, JSON that does not parse
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(f"ARC Prize score: {result['prize_score']:.2%} (mean over {result['tasks']} tasks of the share of each "
-          f"task's test outputs solved within 2 attempts; {result['missing']} task(s) missing from the "
-          f"submission count 0)")
-    print(f"outputs solved: {result['solved']}/{result['outputs']} ({result['solved'] / max(1, result['outputs']):.2%})")
+    print(
+        f"ARC Prize score: {result['prize_score']:.2%} (mean over {result['tasks']} tasks of the share of each "
+        f"task's test outputs solved within 2 attempts; {result['missing']} task(s) missing from the "
+        f"submission count 0)"
+    )
+    print(
+        f"outputs solved: {result['solved']}/{result['outputs']} ({result['solved'] / max(1, result['outputs']):.2%})"
+    )
     if result["extra"]:
         print(f"ignored: {len(result['extra'])} task(s) not in the set, e.g. {shown(result['extra'][0], 40)}")
-    print(f"prize_score={result['prize_score']:.6f} solved={result['solved']} outputs={result['outputs']} "
-          f"tasks={result['tasks']} missing={result['missing']}")
+    print(
+        f"prize_score={result['prize_score']:.6f} solved={result['solved']} outputs={result['outputs']} "
+        f"tasks={result['tasks']} missing={result['missing']}"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """ARC data contracts: formats, tokens, augmentation, leakage, scoring."""
+
 import re
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from experiments.families.arc import format as af
-from experiments.families.arc.data import FORMATS, ArcDataModule, collate
 from experiments.families.arc import metrics as am
+from experiments.families.arc.data import FORMATS, ArcDataModule, collate
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_grid_round_trips_and_carries_its_shape():
     r, c = af.positions_of(tokens)
     assert r.tolist() == rows.tolist() and c.tolist() == cols.tolist()
     assert af.tokens_to_grid([1, 2, af.EOL, 3, af.EOL, af.EOS]) is None  # ragged rows
-    assert af.tokens_to_grid([1, 2, af.EOL]) is None                    # no EOS
+    assert af.tokens_to_grid([1, 2, af.EOL]) is None  # no EOS
 
 
 def test_decoder_only_format_puts_loss_on_output_tokens_only(dm):
@@ -51,7 +52,7 @@ def test_encoder_decoder_format_shifts_the_target(dm):
     batch = collate([ex], "encoder_decoder")
     out, _, _ = af.grid_tokens(ex.query[1])
     assert batch["tgt_in"][0, 0].item() == af.BOS
-    assert batch["tgt_in"][0, 1: len(out)].tolist() == out[:-1].tolist()
+    assert batch["tgt_in"][0, 1 : len(out)].tolist() == out[:-1].tolist()
     assert batch["targets"][0, : len(out)].tolist() == out.tolist()
     assert batch["src"][0, : len(af.grid_tokens(ex.query[0])[0])].tolist() == af.grid_tokens(ex.query[0])[0].tolist()
 
@@ -74,14 +75,20 @@ def test_champion_context_holds_two_pairs_and_never_the_query(dm):
     for b, ex in enumerate(dm.train_examples + dm.eval_examples):
         real = batch["context"][b] != af.PAD
         assert real.sum() == sum(g.size for pair in ex.context for g in pair), "a context cell is missing"
-        assert not real[int(real.sum()):].any(), "padding only after the cells"
+        assert not real[int(real.sum()) :].any(), "padding only after the cells"
         grids = context_grids(batch, b)
-        assert all(g.shape == want.shape and (g == want).all() for g, want in
-                   zip(grids, [g for pair in ex.context for g in pair])), "the cells do not rebuild the context grids"
+        assert all(
+            g.shape == want.shape and (g == want).all()
+            for g, want in zip(grids, [g for pair in ex.context for g in pair])
+        ), "the cells do not rebuild the context grids"
         for ci, co in ex.context:
-            same = ci.shape == ex.query[0].shape and (ci == ex.query[0]).all() and \
-                co.shape == ex.query[1].shape and (co == ex.query[1]).all()
-            assert not same, f"{ex.task}: the query is one of its own context pairs"
+            same = (
+                ci.shape == ex.query[0].shape
+                and (ci == ex.query[0]).all()
+                and co.shape == ex.query[1].shape
+                and (co == ex.query[1]).all()
+            )
+            assert not same, f"{ex.task_id}: the query is one of its own context pairs"
 
 
 def test_no_context_query_leak_on_every_batch_of_an_epoch():
@@ -152,14 +159,22 @@ def test_exact_match_scores_the_attempts_as_submitted(tmp_path):
     from experiments.families.arc.task import write_submission
 
     zero, eight = np.array([[0]]), np.array([[8]])
-    results = [{"task": "a", "index": 0, "attempts": [eight, None], "target": zero},
-               {"task": "a", "index": 1, "attempts": [None, None], "target": zero},
-               {"task": "b", "index": 0, "attempts": [None, None], "target": eight}]
+    results = [
+        {"task": "a", "index": 0, "attempts": [eight, None], "target": zero},
+        {"task": "a", "index": 1, "attempts": [None, None], "target": zero},
+        {"task": "b", "index": 0, "attempts": [None, None], "target": eight},
+    ]
     assert [[g.tolist() for g in am.submitted(r["attempts"])] for r in results] == [
-        [[[8]], [[8]]], [[[0]], [[0]]], [[[0]], [[0]]]]
+        [[[8]], [[8]]],
+        [[[0]], [[0]]],
+        [[[0]], [[0]]],
+    ]
     rows = [am.output_record(r) for r in results]
     assert [(r["exact@1"], r["exact@2"], r["right_shape"], r["cell_accuracy"]) for r in rows] == [
-        (0, 0, 1, 0.0), (1, 1, 0, 0.0), (0, 0, 0, 0.0)]  # shape and cells: of the model's own grid (none)
+        (0, 0, 1, 0.0),
+        (1, 1, 0, 0.0),
+        (0, 0, 0, 0.0),
+    ]  # shape and cells: of the model's own grid (none)
     write_submission(results, tmp_path / "submission.json")
     written = json.loads((tmp_path / "submission.json").read_text())
     by_file = [int(any(a == r["target"].tolist() for a in written[r["task"]][r["index"]].values())) for r in results]
@@ -203,19 +218,39 @@ def test_arc_small_is_every_training_task_that_fits_10x10():
     conf = Path(arc.__file__).parent / "conf" / "data" / "arc_small.yaml"
     cfg = {k: v for k, v in OmegaConf.load(conf).items() if k != "defaults"}
     dm = ArcDataModule(**cfg)
-    assert len({e.task for e in dm.eval_examples}) == 178
+    assert len({e.task_id for e in dm.eval_examples}) == 178
     assert (len(dm.train_examples), len(dm.eval_examples)) == (587, 190)
     assert all(max(g.shape) <= 10 for e in dm.train_examples + dm.eval_examples for g in e.query)
 
 
 def test_per_output_record_of_one_result():
     target = np.array([[1, 2], [3, 4]])
-    row = am.output_record({"task": "t", "index": 1, "attempts": [np.array([[1, 2], [3, 0]]), target],
-                            "target": target, "nll_bits": 0.5, "tokens": 7})
-    assert row == {"task": "t", "index": 1, "exact@1": 0, "exact@2": 1, "right_shape": 1, "cell_accuracy": 0.75,
-                   "nll_bits": 0.5, "tokens": 7}
-    s = am.score([{"task": "t", "index": 0, "attempts": [target, None], "target": target, "nll_bits": 1.5},
-                  {"task": "t", "index": 1, "attempts": [None, None], "target": target, "nll_bits": 0.5}])
+    row = am.output_record(
+        {
+            "task": "t",
+            "index": 1,
+            "attempts": [np.array([[1, 2], [3, 0]]), target],
+            "target": target,
+            "nll_bits": 0.5,
+            "tokens": 7,
+        }
+    )
+    assert row == {
+        "task": "t",
+        "index": 1,
+        "exact@1": 0,
+        "exact@2": 1,
+        "right_shape": 1,
+        "cell_accuracy": 0.75,
+        "nll_bits": 0.5,
+        "tokens": 7,
+    }
+    s = am.score(
+        [
+            {"task": "t", "index": 0, "attempts": [target, None], "target": target, "nll_bits": 1.5},
+            {"task": "t", "index": 1, "attempts": [None, None], "target": target, "nll_bits": 0.5},
+        ]
+    )
     assert s["arc/test_nll"] == 1.0  # the mean over outputs of each output's bits per token
 
 
@@ -229,9 +264,9 @@ def test_a_subset_of_evaluation_tasks_holds_none_the_default_set_trains_on():
 
     training, evaluation = load_tasks("arcagi")
     dm = ArcDataModule(tasks_from="evaluation", max_tasks=18, max_side=10)
-    chosen = {e.task for e in dm.eval_examples}
+    chosen = {e.task_id for e in dm.eval_examples}
     assert len(chosen) == 18 and chosen <= {t.id for t in evaluation} and not chosen & {t.id for t in training}
-    assert chosen.isdisjoint({e.task for e in ArcDataModule(max_tasks=18, max_side=10).train_examples})
+    assert chosen.isdisjoint({e.task_id for e in ArcDataModule(max_tasks=18, max_side=10).train_examples})
     assert "selected from 400 evaluation tasks" in dm.describe()
 
 
@@ -242,7 +277,7 @@ def test_evaluation_batches_hold_every_output_once_in_order_of_input_length():
     batches = list(dm.val_dataloader())
     assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1)
     flat = [ex for b in batches for ex in b]
-    assert sorted((ex.task, ex.index) for ex in flat) == sorted((ex.task, ex.index) for ex in dm.eval_examples)
+    assert sorted((ex.task_id, ex.index) for ex in flat) == sorted((ex.task_id, ex.index) for ex in dm.eval_examples)
     lengths = [tokens_of(ex, "champion", output=False) for ex in flat]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
 
@@ -251,12 +286,27 @@ def test_prediction_pages_show_each_tasks_demonstrations_above_its_outputs():
     from experiments.families.arc.pictures import DEMOS, panel_rows
 
     grid = lambda v: np.full((2, 2), v)  # noqa: E731
-    rows = [{"task": "t", "index": i, "input": grid(1), "target": grid(2), "attempts": [grid(2), None],
-             "demos": [(grid(k), grid(k + 1)) for k in range(DEMOS + 1)]} for i in range(2)]
+    rows = [
+        {
+            "task": "t",
+            "index": i,
+            "input": grid(1),
+            "target": grid(2),
+            "attempts": [grid(2), None],
+            "demos": [(grid(k), grid(k + 1)) for k in range(DEMOS + 1)],
+        }
+        for i in range(2)
+    ]
     lines = panel_rows(rows)
     assert len(lines) == 3  # the task's demonstrations once, then its two outputs
-    assert [label for label, _ in lines[0]][:2] == [f"t demonstration 1 (of {DEMOS + 1}): input",
-                                                   "t demonstration 1: output"]
+    assert [label for label, _ in lines[0]][:2] == [
+        f"t demonstration 1 (of {DEMOS + 1}): input",
+        "t demonstration 1: output",
+    ]
     assert len(lines[0]) == 2 * DEMOS and (lines[0][1][1] == 1).all()
-    assert [label for label, _ in lines[1]] == ["t #0: input", "true output 2x2", "attempt 1: right",
-                                               "attempt 2: no grid"]
+    assert [label for label, _ in lines[1]] == [
+        "t #0: input",
+        "true output 2x2",
+        "attempt 1: right",
+        "attempt 2: no grid",
+    ]

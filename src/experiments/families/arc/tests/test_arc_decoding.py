@@ -1,29 +1,32 @@
 """Cached decoding makes exactly the decisions of full recomputation, for every model format, on real
 ARC tasks with models trained a few epochs (an untrained model stops after a token or two)."""
+
 import pytest
 import torch
 
 from experiments.families.arc import format as af
-from experiments.families.arc.data import ArcDataModule, collate
 from experiments.families.arc.champion import Champion
+from experiments.families.arc.data import ArcDataModule, collate
 from experiments.families.arc.decoder_only import DecoderOnly
 from experiments.families.arc.encoder_decoder import EncoderDecoder
-from experiments.families.arc.task import ArcTask
+from experiments.families.arc.task import ArcLightningTask
 
 MODELS = {
     "decoder_only": ("decoder_only", DecoderOnly),
     "encoder_decoder_1d": ("encoder_decoder", EncoderDecoder),
-    "encoder_decoder_grid2d_equivariant": ("encoder_decoder",
-                                           lambda: EncoderDecoder(positions="grid2d", colours="equivariant")),
+    "encoder_decoder_grid2d_equivariant": (
+        "encoder_decoder",
+        lambda: EncoderDecoder(positions="grid2d", colours="equivariant"),
+    ),
     "champion": ("champion", Champion),
 }
 
 
-def trained(name: str, epochs: int = 60) -> tuple[ArcTask, ArcDataModule]:
+def trained(name: str, epochs: int = 60) -> tuple[ArcLightningTask, ArcDataModule]:
     fmt, make = MODELS[name]
     torch.manual_seed(0)
     dm = ArcDataModule(format=fmt, max_tasks=4, max_side=6)
-    task = ArcTask(make(), format=fmt, eval_augmentations=2)
+    task = ArcLightningTask(make(), format=fmt, eval_augmentations=2)
     opt = torch.optim.AdamW(task.parameters(), lr=2e-3)
     for epoch in range(epochs):
         dm.train_sampler.set_epoch(epoch)

@@ -1,17 +1,26 @@
 """eval.py: a checkpoint on other data than its run's, through the same command a user types. ARC on a
 task set of its own (files in ARC's JSON format) checked by an independent scorer; bad input refused.
 predict.py and load_run on the same tasks without their test outputs: the same attempts."""
+
 import csv
 import json
 import subprocess
 
 import pytest
 
-from conftest import in_process, one_error_line, ROOT, run_program
+from conftest import ROOT, in_process, one_error_line, run_program
 
-ARC_RUN = ["experiment=exp0_encoder_decoder", "data=arc_tiny", "data.batch_size=4", "data.dihedral=false",
-           "data.colours=false", "trainer.max_epochs=60", "task.eval_every_n_epochs=60", "logger=none",
-           "trainer.enable_progress_bar=false"]
+ARC_RUN = [
+    "experiment=exp0_encoder_decoder",
+    "data=arc_tiny",
+    "data.batch_size=4",
+    "data.dihedral=false",
+    "data.colours=false",
+    "trainer.max_epochs=60",
+    "task.eval_every_n_epochs=60",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def run_eval(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -55,7 +64,8 @@ def run_scorer(submission, *args) -> dict:
     import io
 
     spec = importlib.util.spec_from_file_location(
-        "score_submission", ROOT / "src/experiments/families/arc/scripts/score_submission.py")
+        "score_submission", ROOT / "src/experiments/families/arc/scripts/score_submission.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = io.StringIO()
@@ -67,8 +77,11 @@ def run_scorer(submission, *args) -> dict:
 
 def independent_score(submission: dict, truths: dict) -> dict:
     """ARC Prize scoring from the files alone: an output is solved when either attempt equals it."""
-    solved = {(task, i): [att[f"attempt_{k}"] == truth["output"] for k in (1, 2)]
-              for task, tests in truths.items() for i, (att, truth) in enumerate(zip(submission[task], tests))}
+    solved = {
+        (task, i): [att[f"attempt_{k}"] == truth["output"] for k in (1, 2)]
+        for task, tests in truths.items()
+        for i, (att, truth) in enumerate(zip(submission[task], tests))
+    }
     assert all(len(submission[t]) == len(truths[t]) for t in truths) and set(submission) == set(truths)
     return solved
 
@@ -76,7 +89,9 @@ def independent_score(submission: dict, truths: dict) -> dict:
 def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_same(arc_run, tmp_path):
     root, run = arc_run
     truths = task_set(tmp_path / "tasks")
-    r = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", "data.max_side=null", "data.max_tasks=null", cwd=root)
+    r = run_eval(
+        f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", "data.max_side=null", "data.max_tasks=null", cwd=root
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (out,) = (run / "eval").glob("data.folder=*")
     out = out / "last"
@@ -95,8 +110,11 @@ def test_arc_on_another_task_set_writes_what_an_independent_scorer_reads_the_sam
     score = lambda path: run_scorer(path, "--folder", tmp_path / "tasks")  # noqa: E731
     figures = score(out / "submission.json")
     assert figures["prize_score"] == pytest.approx(metrics["arc/prize_score"], abs=1e-6)
-    assert (figures["solved"], figures["outputs"], figures["missing"]) == \
-        (sum(any(s) for s in solved.values()), len(solved), 0)
+    assert (figures["solved"], figures["outputs"], figures["missing"]) == (
+        sum(any(s) for s in solved.values()),
+        len(solved),
+        0,
+    )
     submission = json.loads((out / "submission.json").read_text())
     dropped = max(submission, key=lambda t: sum(any(solved[(t, i)]) for i in range(len(truths[t]))))
     share = sum(any(solved[(dropped, i)]) for i in range(len(truths[dropped]))) / len(truths[dropped])
@@ -128,11 +146,20 @@ def test_predict_on_tasks_without_outputs_gives_evals_attempts(arc_run, tmp_path
     truths = task_set(tmp_path / "tasks")
     blind = without_outputs(tmp_path / "tasks", tmp_path / "blind")
     settings = ["task.eval_augmentations=2", "task.ranking=poe", "task.ttt.steps=2"]
-    e = run_eval(f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", "data.max_side=null", "data.max_tasks=null",
-                 *settings, f"out={tmp_path / 'evaluated'}", cwd=root)
+    e = run_eval(
+        f"ckpt={run}",
+        f"data.folder={tmp_path / 'tasks'}",
+        "data.max_side=null",
+        "data.max_tasks=null",
+        *settings,
+        f"out={tmp_path / 'evaluated'}",
+        cwd=root,
+    )
     assert e.returncode == 0, e.stdout + e.stderr
     expected = json.loads((tmp_path / "evaluated" / "submission.json").read_text())
-    refused = run_eval(f"ckpt={run}", f"data.folder={blind}", cwd=root)  # eval.py needs the outputs: it says where to go
+    refused = run_eval(
+        f"ckpt={run}", f"data.folder={blind}", cwd=root
+    )  # eval.py needs the outputs: it says where to go
     assert refused.returncode == 2 and "python predict.py ckpt=RUN input=PATH" in one_error_line(refused)
     p = in_process("predict.py", f"ckpt={run}", f"input={blind}", *settings, cwd=root)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -156,7 +183,9 @@ def test_predict_on_tasks_without_outputs_gives_evals_attempts(arc_run, tmp_path
     records = load_run(run, settings={"eval_augmentations": 2, "ranking": "poe", "ttt": {"steps": 2}}).predict(blind)
     by_output = {}
     for r in records:
-        by_output.setdefault(r["task"], {})[r["index"]] = {f"attempt_{k + 1}": a.tolist() for k, a in enumerate(r["submitted"])}
+        by_output.setdefault(r["task"], {})[r["index"]] = {
+            f"attempt_{k + 1}": a.tolist() for k, a in enumerate(r["submitted"])
+        }
     assert {t: [v[i] for i in sorted(v)] for t, v in by_output.items()} == expected
     assert all(r["target"] is None and r["views"] == 2 and r["ranking"] == "poe" for r in records)
 
@@ -174,35 +203,57 @@ def test_data_group_keeps_what_the_preset_fixes_for_its_model(arc_run, tmp_path)
     """data=GROUP composes as train.py would for the run's experiment: the group's tasks, the preset's format;
     task.KEY=VALUE sets how the task evaluates (here with test-time training), in a folder of its own."""
     root, run = arc_run
-    r = run_eval(f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "data=arc_tiny", "data.max_tasks=2", "task.ttt.steps=2",
-                 "task.ranking=poe", cwd=root)
+    r = run_eval(
+        f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+        "data=arc_tiny",
+        "data.max_tasks=2",
+        "task.ttt.steps=2",
+        "task.ranking=poe",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     out = run / "eval" / "data.max_tasks=2,data=arc_tiny,task.ranking=poe,task.ttt.steps=2" / "last"
     result = json.loads((out / "metrics.json").read_text())
     assert result["data"]["config"]["format"] == "encoder_decoder" and result["data"]["config"]["max_tasks"] == 2
-    assert result["metrics"]["arc/tasks"] == 2.0 and result["task"]["arguments"] == ["task.ttt.steps=2", "task.ranking=poe"]
+    assert result["metrics"]["arc/tasks"] == 2.0 and result["task"]["arguments"] == [
+        "task.ttt.steps=2",
+        "task.ranking=poe",
+    ]
     assert result["metrics"]["time/ttt_s_per_task"] > 0 and "arc/ttt_train_exact" in result["metrics"]
-    assert {(row["ttt_steps"], row["ranking"]) for row in csv.DictReader(open(out / "per_output.csv"))} == {("2", "poe")}
+    assert {(row["ttt_steps"], row["ranking"]) for row in csv.DictReader(open(out / "per_output.csv"))} == {
+        ("2", "poe")
+    }
     assert "Evaluating" in r.stdout and "arc/cell_accuracy" in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["ckpt=nowhere.ckpt"], "nowhere.ckpt does not exist"),
-    (["data.task_ids=[nope]"], "unknown ARC task id(s) ['nope']"),
-    (["data.max_task=2"], "data.max_task is not a parameter of experiments.families.arc.data.ArcDataModule"),
-    (["data=no_such_group"], "Could not find 'data/no_such_group' Available options in 'data': arc arc_full"),
-    (["task._target_=os.system"], "task._target_ is not an evaluation setting of experiments.families.arc.task.ArcTask"),
-    (["task.format=decoder_only"], "task.format is not an evaluation setting of experiments.families.arc.task.ArcTask: "
-                                   "eval.py and predict.py may set task.eval_augmentations, task.ranking, task.ttt"),
-    (["task.rankng=poe"], "task.rankng is not an evaluation setting"),
-    (["task.ttt={_target_: os.system, command: id}"], "task.ttt._target_: eval.py and predict.py change how a checkpoint's task "
-                                                      "evaluates, never what it is"),
-    (["task.ttt[_target_]=os.getcwd"], "task.ttt._target_: eval.py and predict.py change how"),
-    (["task.ttt.lr=${oc.env:HOME}"], "task.ttt.lr: holds an interpolation"),
-    (["~task.ranking=vote"], "eval.py and predict.py set evaluation settings; they remove none"),
-    (["task.ttt=5"], "task.ttt=5 has type int, expected dict | None"),
-    (["task.ttt.step=3"], "task: ttt.step is not a test-time training setting"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ckpt=nowhere.ckpt"], "nowhere.ckpt does not exist"),
+        (["data.task_ids=[nope]"], "unknown ARC task id(s) ['nope']"),
+        (["data.max_task=2"], "data.max_task is not a parameter of experiments.families.arc.data.ArcDataModule"),
+        (["data=no_such_group"], "Could not find 'data/no_such_group' Available options in 'data': arc arc_full"),
+        (
+            ["task._target_=os.system"],
+            "task._target_ is not an evaluation setting of experiments.families.arc.task.ArcLightningTask",
+        ),
+        (
+            ["task.format=decoder_only"],
+            "task.format is not an evaluation setting of experiments.families.arc.task.ArcLightningTask: "
+            "eval.py and predict.py may set task.eval_augmentations, task.ranking, task.ttt",
+        ),
+        (["task.rankng=poe"], "task.rankng is not an evaluation setting"),
+        (
+            ["task.ttt={_target_: os.system, command: id}"],
+            "task.ttt._target_: eval.py and predict.py change how a checkpoint's task evaluates, never what it is",
+        ),
+        (["task.ttt[_target_]=os.getcwd"], "task.ttt._target_: eval.py and predict.py change how"),
+        (["task.ttt.lr=${oc.env:HOME}"], "task.ttt.lr: holds an interpolation"),
+        (["~task.ranking=vote"], "eval.py and predict.py set evaluation settings; they remove none"),
+        (["task.ttt=5"], "task.ttt=5 has type int, expected dict | None"),
+        (["task.ttt.step=3"], "task: ttt.step is not a test-time training setting"),
+    ],
+)
 def test_unusable_input_is_one_line_and_exit_2(arc_run, args, message):
     root, run = arc_run
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
@@ -226,8 +277,9 @@ def test_a_bad_task_file_is_one_line_naming_it(arc_run, tmp_path, case):
     grid, message = BAD_GRIDS[case]
     good = [[1, 2], [3, 4]]
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "t.json").write_text(json.dumps(
-        {"train": [{"input": good, "output": good}] * 2, "test": [{"input": grid, "output": good}]}))
+    (tmp_path / "tasks" / "t.json").write_text(
+        json.dumps({"train": [{"input": good, "output": good}] * 2, "test": [{"input": grid, "output": good}]})
+    )
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     r = in_process("eval.py", f"ckpt={run}", f"data.folder={tmp_path / 'tasks'}", cwd=root)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -249,10 +301,11 @@ def test_data_of_another_family_is_refused_before_the_model_runs(ternary_run, tm
     r = in_process("eval.py", f"ckpt={ternary_run}", "data=arc_tiny", cwd=tmp_path)
     assert r.returncode == 2, r.stdout + r.stderr
     line = one_error_line(r)
-    assert "data=arc_tiny is data for experiments.families.arc.data.ArcDataModule, but this checkpoint was trained on " \
-           "experiments.families.ternary.data.TernaryOpsDataModule data" in line, line
+    assert (
+        "data=arc_tiny is data for experiments.families.arc.data.ArcDataModule, but this checkpoint was trained on "
+        "experiments.families.ternary.data.TernaryOpsDataModule data" in line
+    ), line
     assert not (ternary_run / "eval").exists()
-
 
 
 def test_a_task_to_predict_is_read_as_data(tmp_path):
@@ -262,7 +315,9 @@ def test_a_task_to_predict_is_read_as_data(tmp_path):
     from experiments.families.arc.data import load_tasks
 
     good = [[1, 2], [3, 4]]
-    (tmp_path / "t.json").write_text(json.dumps({"train": [{"input": good, "output": good}], "test": [{"input": good}]}))
+    (tmp_path / "t.json").write_text(
+        json.dumps({"train": [{"input": good, "output": good}], "test": [{"input": good}]})
+    )
     (task,), _ = load_tasks("arcagi", str(tmp_path / "t.json"), outputs_optional=True)
     assert task.test[0][1] is None
     with pytest.raises(ValueError, match="predicted, not evaluated: python predict.py"):

@@ -1,6 +1,7 @@
 """A folder of ARC task files is untrusted (docs/SECURITY.md): a task of 300,000 pairs (10.5 MB, gigabytes
 at the model) or a FIFO named `t.json` is refused in one line naming the file (a UserError; exit 2 through
 the programs), before a grid is made of it or anything waits on it."""
+
 import json
 
 import pytest
@@ -33,6 +34,7 @@ def no_grids_of_t(monkeypatch):
     def made(value, where: str):
         assert "t.json" not in where, "a grid was made before the refusal"
         return grid_of(value, where)
+
     monkeypatch.setattr(arc_data, "grid_of", made)
 
 
@@ -41,8 +43,10 @@ def test_a_task_of_too_many_pairs_is_refused_before_its_grids_are_made(tmp_path,
     (tmp_path / "a.json").write_text(json.dumps(TASK))
     many = "[" + ",".join([json.dumps(PAIR)] * pairs) + "]"  # 300,000 pairs: 10.5 MB, under read_text's bound
     (tmp_path / "t.json").write_text(json.dumps({**TASK, split: None}).replace("null", many))
-    assert refusal(tmp_path) == (f"{tmp_path / 't.json'}: '{split}' holds {pairs:,} pairs, more than {MAX_PAIRS}; "
-                                 f"an ARC task has at most about 10 demonstrations and a few test pairs")
+    assert refusal(tmp_path) == (
+        f"{tmp_path / 't.json'}: '{split}' holds {pairs:,} pairs, more than {MAX_PAIRS}; "
+        f"an ARC task has at most about 10 demonstrations and a few test pairs"
+    )
 
 
 def test_a_task_of_as_many_pairs_as_the_bound_is_read(tmp_path):
@@ -73,8 +77,7 @@ def test_a_folder_or_a_link_to_nothing_named_as_a_task_is_refused(tmp_path):
 def test_the_programs_refuse_a_task_of_too_many_pairs_in_one_line(tmp_path):
     (data := tmp_path / "tasks").mkdir()
     (data / "t.json").write_text(json.dumps({**TASK, "test": [PAIR] * 1000}))
-    r = in_process("train.py", "experiment=exp0_encoder_decoder", "logger=none", f"data.folder={data}",
-                   cwd=tmp_path)
+    r = in_process("train.py", "experiment=exp0_encoder_decoder", "logger=none", f"data.folder={data}", cwd=tmp_path)
     assert r.returncode == 2
     assert one_error_line(r).startswith(f"error: data: {data / 't.json'}: 'test' holds 1,000 pairs, more than 100;")
     assert not (tmp_path / "outputs").exists()

@@ -1,11 +1,12 @@
 """ARC model properties, checked on real data with untrained models."""
+
 import numpy as np
 import pytest
 import torch
 
 from experiments.families.arc import format as af
-from experiments.families.arc.data import ArcDataModule, augment, collate
 from experiments.families.arc.champion import Champion
+from experiments.families.arc.data import ArcDataModule, augment, collate
 from experiments.families.arc.decoder_only import DecoderOnly
 from experiments.families.arc.encoder_decoder import EncoderDecoder
 from experiments.families.arc.layers import grid2d
@@ -34,10 +35,13 @@ def probs_permute(model, examples, fmt):
     return p, q[..., list(PERM) + list(range(10, af.VOCAB))]
 
 
-@pytest.mark.parametrize("make, fmt", [
-    (lambda: EncoderDecoder(positions="grid2d", colours="equivariant"), "encoder_decoder"),
-    (lambda: Champion(), "champion"),
-])
+@pytest.mark.parametrize(
+    "make, fmt",
+    [
+        (lambda: EncoderDecoder(positions="grid2d", colours="equivariant"), "encoder_decoder"),
+        (lambda: Champion(), "champion"),
+    ],
+)
 def test_equivariant_models_permute_their_output_distribution(examples, make, fmt):
     torch.manual_seed(1)
     p, q = probs_permute(make(), examples, fmt)
@@ -62,8 +66,9 @@ def test_grid2d_depends_on_row_and_column_only():
     _, r5, c5 = af.grid_tokens(np.zeros((2, 5), dtype=int))
     i3, i5 = 4, 6  # cell (1, 0) of each
     assert (r3[i3], c3[i3]) == (r5[i5], c5[i5]) == (1, 0)
-    assert torch.equal(grid2d(torch.tensor(r3)[i3], torch.tensor(c3)[i3], 64),
-                       grid2d(torch.tensor(r5)[i5], torch.tensor(c5)[i5], 64))
+    assert torch.equal(
+        grid2d(torch.tensor(r3)[i3], torch.tensor(c3)[i3], 64), grid2d(torch.tensor(r5)[i5], torch.tensor(c5)[i5], 64)
+    )
     assert not torch.allclose(enc[0, 1], enc[0, 2])  # (0, 1) and (1, 0) differ
     # the encoder-decoder uses the true (row, col) of each token: EOL of row r sits at (r, width)
     tokens, r, c = af.grid_tokens(np.zeros((2, 3), dtype=int))

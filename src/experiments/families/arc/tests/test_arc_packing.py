@@ -2,6 +2,7 @@
 example) against padded ones: the same logits and gradients for every format on real tasks of different
 sizes, and a training run that ends with the same per-output results and the same weights to float
 tolerance. The packed run's exact resume after a kill: test_arc_resume.py (the presets pack)."""
+
 import copy
 import csv
 
@@ -61,8 +62,16 @@ def test_packed_and_padded_passes_agree(examples, make, fmt, full_size):
         assert torch.allclose(g, want_grads[name], rtol=1e-4, atol=1e-6), (name, (g - want_grads[name]).abs().max())
 
 
-TRAIN = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "trainer.max_epochs=8",
-         "task.eval_every_n_epochs=8", "task.eval_augmentations=2", "logger=none", "trainer.enable_progress_bar=false"]
+TRAIN = [
+    "experiment=exp3_champion",
+    "data=arc_tiny",
+    "data.batch_size=4",
+    "trainer.max_epochs=8",
+    "task.eval_every_n_epochs=8",
+    "task.eval_augmentations=2",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def trained(root, *extra):
@@ -86,10 +95,11 @@ def test_packed_training_gives_unpacked_trainings_results(tmp_path):
         if name.endswith("in_proj_bias"):  # (queries, keys, values)' biases: the keys' one left out, as it
             # moves every score of a query alike, which softmax ignores: its gradient is zero up to rounding,
             # which AdamW scales up to whole steps, so it differs between any two summation orders
-            w, want = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3:]]) for t in (w, want))
+            w, want = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3 :]]) for t in (w, want))
         assert torch.allclose(w, want, rtol=1e-3, atol=1e-5), name
-    assert any(not torch.equal(w, padded["state_dict"][name]) for name, w in weights.items()), \
+    assert any(not torch.equal(w, padded["state_dict"][name]) for name, w in weights.items()), (
         "bit-identical weights: the two runs did not compute differently"
+    )
     for a, b in zip(packed["history"], padded["history"], strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
     # the per-output records: the same attempts, hence the same scores, output by output

@@ -2,16 +2,29 @@
 example), with evaluations in between; a run killed with SIGKILL and started again ends bit-identical to
 one never interrupted, test-time training at every evaluation included (the framework's resume itself is
 tested on the smallest family: tests/test_resume.py)."""
+
 import json
 
 import torch
 
 from conftest import assert_identical, in_process, killed_then_rerun, run_name, run_program
 
-ARGS = ["experiment=exp3_champion", "data=arc_tiny", "data.batch_size=4", "data.bucket_window=2",
-        "trainer.max_epochs=12", "checkpoint.last_every_n_epochs=1", "task.eval_every_n_epochs=4", "task.ttt.steps=4",
-        "task.ttt.periodic=true", "task.ranking=poe", "task.eval_augmentations=2", "task.train_exact=false",
-        "logger=none", "trainer.enable_progress_bar=false"]
+ARGS = [
+    "experiment=exp3_champion",
+    "data=arc_tiny",
+    "data.batch_size=4",
+    "data.bucket_window=2",
+    "trainer.max_epochs=12",
+    "checkpoint.last_every_n_epochs=1",
+    "task.eval_every_n_epochs=4",
+    "task.ttt.steps=4",
+    "task.ttt.periodic=true",
+    "task.ranking=poe",
+    "task.eval_augmentations=2",
+    "task.train_exact=false",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+]
 RUN = "outputs/exp3_champion/" + run_name(ARGS)
 
 

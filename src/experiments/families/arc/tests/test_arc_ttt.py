@@ -1,15 +1,16 @@
 """Test-time training, product-of-experts ranking, the demonstrations' fit and ARC Prize scoring, in the
 test process on the tiny task set (the programs run them in test_arc_presets.py and test_arc_resume.py)."""
+
 import numpy as np
 import pytest
 import torch
+from test_arc_decoding import trained
 
 from experiments.families.arc import format as af
 from experiments.families.arc import metrics as am
 from experiments.families.arc.data import Example
-from experiments.families.arc.task import ArcTask
+from experiments.families.arc.task import ArcLightningTask
 from experiments.families.arc.test_time import TestTimeTraining
-from test_arc_decoding import trained
 
 TTT = {"steps": 8, "lr": 3e-3, "batch_size": 4}
 
@@ -21,10 +22,11 @@ def champion():
     return task, dm
 
 
-def with_settings(task: ArcTask, **settings) -> ArcTask:
+def with_settings(task: ArcLightningTask, **settings) -> ArcLightningTask:
     """The same trained model under other evaluation settings."""
-    other = ArcTask(task.model, format=task.format, eval_augmentations=settings.pop("eval_augmentations", 2),
-                    **settings)
+    other = ArcLightningTask(
+        task.model, format=task.format, eval_augmentations=settings.pop("eval_augmentations", 2), **settings
+    )
     return other.eval()
 
 
@@ -35,8 +37,16 @@ def attempts(results: list[dict]) -> list:
 def scrambled(examples: list[Example]) -> list[Example]:
     """The same held-out outputs with their true outputs replaced by random grids of another shape."""
     rng = np.random.default_rng(5)
-    return [Example(ex.task, ex.index, (ex.query[0], rng.integers(0, 10, (ex.query[1].shape[0] + 1, 3))),
-                    ex.context, ex.demos) for ex in examples]
+    return [
+        Example(
+            ex.task_id,
+            ex.index,
+            (ex.query[0], rng.integers(0, 10, (ex.query[1].shape[0] + 1, 3))),
+            ex.context,
+            ex.demos,
+        )
+        for ex in examples
+    ]
 
 
 def test_test_time_training_changes_predictions_and_nothing_else(champion):
@@ -50,15 +60,15 @@ def test_test_time_training_changes_predictions_and_nothing_else(champion):
     assert all(torch.equal(v, task.state_dict()[k]) for k, v in before.items()), "the trained weights moved"
     assert torch.equal(torch.random.get_rng_state(), rng_before), "the global RNG moved"
     assert [r["ttt_steps"] for r in first.outputs] == [TTT["steps"]] * len(dm.eval_examples)
-    assert len(first.ttt_seconds) == len({ex.task for ex in dm.eval_examples})
+    assert len(first.ttt_seconds) == len({ex.task_id for ex in dm.eval_examples})
     # it learnt something of each task: the true outputs' likelihood moved, and so did some prediction
     assert all(abs(a["nll_bits"] - b["nll_bits"]) > 1e-3 for a, b in zip(plain, first.outputs))
     assert attempts(plain) != attempts(first.outputs)
     # deterministic from (seed, task): again the same, and a task evaluated alone as in the batch
     again = tuned.evaluation_step(dm.eval_examples, epoch=0).outputs
     assert attempts(again) == attempts(first.outputs)
-    last = dm.eval_examples[-1].task
-    alone = tuned.evaluation_step([ex for ex in dm.eval_examples if ex.task == last], epoch=0).outputs
+    last = dm.eval_examples[-1].task_id
+    alone = tuned.evaluation_step([ex for ex in dm.eval_examples if ex.task_id == last], epoch=0).outputs
     assert attempts(alone) == attempts([r for r in first.outputs if r["task"] == last])
     assert [r["nll_bits"] for r in alone] == [r["nll_bits"] for r in first.outputs if r["task"] == last]
     # another seed fine-tunes differently
@@ -85,9 +95,15 @@ def test_product_of_experts_picks_the_candidate_likelier_over_all_views():
     candidates = [a, b, a.copy(), None, a.copy()]
     grids, votes = am.distinct(candidates)
     assert [g.tolist() for g in grids] == [a.tolist(), b.tolist()] and votes == [3, 1]
-    assert [g.tolist() for g in am.rank_by_product(grids, votes, [[-5.0, -4.0], [-1.0, -2.0]])] == [b.tolist(), a.tolist()]
+    assert [g.tolist() for g in am.rank_by_product(grids, votes, [[-5.0, -4.0], [-1.0, -2.0]])] == [
+        b.tolist(),
+        a.tolist(),
+    ]
     assert [g.tolist() for g in am.rank_attempts(candidates)] == [a.tolist(), b.tolist()]
-    assert [g.tolist() for g in am.rank_by_product(grids, votes, [[-1.0, -2.0], [-2.0, -1.0]])] == [a.tolist(), b.tolist()]
+    assert [g.tolist() for g in am.rank_by_product(grids, votes, [[-1.0, -2.0], [-2.0, -1.0]])] == [
+        a.tolist(),
+        b.tolist(),
+    ]
     assert am.rank_by_product([c], [1], [[-3.0, -3.0]])[1] is None and am.rank_by_product([], [], []) == [None, None]
 
 
@@ -107,14 +123,16 @@ def test_product_of_experts_scores_each_candidate_in_every_view(champion, monkey
     views, key = poe.views(), lambda g: (g.shape, g.tobytes())  # noqa: E731
     assert any(r["candidates"] > 1 for r in results), "no output to rank"
     for r in results:
-        mine = [ex for ex in scored if (ex.task, ex.index) == (r["task"], r["index"])]
+        mine = [ex for ex in scored if (ex.task_id, ex.index) == (r["task"], r["index"])]
         assert len(mine) == r["candidates"] * 3
         total: dict = {}
         for k, ex in enumerate(mine):
             grid = views[k % 3].invert(ex.query[1])
             total[key(grid)] = total.get(key(grid), 0.0) + float(real([ex], poe.model)[0])
         best = sorted(total, key=lambda g: -total[g])[:2]
-        assert [key(a) for a in r["attempts"] if a is not None] == best[: len([a for a in r["attempts"] if a is not None])]
+        assert [key(a) for a in r["attempts"] if a is not None] == best[
+            : len([a for a in r["attempts"] if a is not None])
+        ]
 
 
 def test_train_exact_counts_each_task_demonstration_once(champion, monkeypatch):
@@ -122,18 +140,18 @@ def test_train_exact_counts_each_task_demonstration_once(champion, monkeypatch):
     fit is that task's share of all the tasks' demonstrations, each decoded once whatever the batch
     (a task's two test outputs do not decode its demonstrations twice)."""
     task, dm = champion
-    first = dm.eval_examples[0].task
+    first = dm.eval_examples[0].task_id
     decoded = []
 
     def oracle(examples, cached=True, record=None, model=None):
-        decoded.extend((ex.task, ex.index) for ex in examples)
-        return [list(af.grid_tokens(ex.query[1])[0]) if ex.task == first else [af.EOS] for ex in examples]
+        decoded.extend((ex.task_id, ex.index) for ex in examples)
+        return [list(af.grid_tokens(ex.query[1])[0]) if ex.task_id == first else [af.EOS] for ex in examples]
 
     plain = with_settings(task, eval_augmentations=1)
     monkeypatch.setattr(plain, "greedy", oracle)
     monkeypatch.setattr(plain, "predict", lambda examples, **_: [])
     parts = [plain.evaluation_step(batch, epoch=0) for batch in dm.val_dataloader()]
-    demos = {t: len(ex.demos) for ex in dm.eval_examples for t in [ex.task]}
+    demos = {t: len(ex.demos) for ex in dm.eval_examples for t in [ex.task_id]}
     assert sorted(decoded) == sorted((t, i) for t, n in demos.items() for i in range(n))
     expected = demos[first] / sum(demos.values())
     assert plain.figures(parts, 0)["arc/train_exact"] == pytest.approx(expected)
@@ -145,41 +163,46 @@ def test_prize_score_is_the_mean_over_all_tasks_of_their_solved_share():
     rows = [{"task": "a", "exact@2": 1}, {"task": "a", "exact@2": 0}, {"task": "b", "exact@2": 1}]
     assert am.prize_score(rows, ["a", "b", "c"]) == pytest.approx(0.5)
     g = lambda v: np.array([[v]])  # noqa: E731
-    results = [{"task": "a", "index": 0, "target": g(1), "attempts": [g(2), g(1)]},
-               {"task": "a", "index": 1, "target": g(1), "attempts": [g(2), None]},
-               {"task": "b", "index": 0, "target": g(3), "attempts": [g(3), None]}]
+    results = [
+        {"task": "a", "index": 0, "target": g(1), "attempts": [g(2), g(1)]},
+        {"task": "a", "index": 1, "target": g(1), "attempts": [g(2), None]},
+        {"task": "b", "index": 0, "target": g(3), "attempts": [g(3), None]},
+    ]
     figures = am.score(results)
     assert figures["arc/prize_score"] == pytest.approx(0.75) and figures["arc/exact_output@2"] == pytest.approx(2 / 3)
     assert figures["arc/exact_task@2"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"ttt": {"step": 3}}, "ttt.step is not a test-time training setting"),
-    ({"ttt": {"steps": -1}}, "ttt.steps must be an integer >= 0"),
-    ({"ttt": {"lr": 0}}, "ttt.lr must be > 0"),
-    ({"ttt": {"periodic": "no"}}, "ttt.augment and ttt.periodic must be true or false"),
-    ({"ttt": {"steps": True}}, "ttt.steps and ttt.batch_size must be integers"),
-    ({"ranking": "best"}, "ranking must be one of ('vote', 'poe')"),
-    ({"eval_augmentations": 0}, "eval_augmentations must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"ttt": {"step": 3}}, "ttt.step is not a test-time training setting"),
+        ({"ttt": {"steps": -1}}, "ttt.steps must be an integer >= 0"),
+        ({"ttt": {"lr": 0}}, "ttt.lr must be > 0"),
+        ({"ttt": {"periodic": "no"}}, "ttt.augment and ttt.periodic must be true or false"),
+        ({"ttt": {"steps": True}}, "ttt.steps and ttt.batch_size must be integers"),
+        ({"ranking": "best"}, "ranking must be one of ('vote', 'poe')"),
+        ({"eval_augmentations": 0}, "eval_augmentations must be an integer >= 1"),
+    ],
+)
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ArcTask(torch.nn.Linear(1, 1), **settings)
+        ArcLightningTask(torch.nn.Linear(1, 1), **settings)
 
 
 def test_periodic_evaluations_fine_tune_only_when_asked():
     from types import SimpleNamespace
 
-    task = ArcTask(torch.nn.Linear(1, 1), ttt={"steps": 2})
+    task = ArcLightningTask(torch.nn.Linear(1, 1), ttt={"steps": 2})
     assert task.tunes_at(0), "outside training (verify.py, eval.py): always"
-    assert not ArcTask(torch.nn.Linear(1, 1)).tunes_at(0), "steps=0: never"
+    assert not ArcLightningTask(torch.nn.Linear(1, 1)).tunes_at(0), "steps=0: never"
     task._trainer = SimpleNamespace(max_epochs=5)  # in training: the final evaluation only
     assert not task.tunes_at(1) and task.tunes_at(4)
     task._trainer = SimpleNamespace(max_epochs=-1, max_steps=-1, global_step=5000)  # no limit: no final evaluation
     assert not task.tunes_at(0) and not task.tunes_at(999)
     task._trainer = SimpleNamespace(max_epochs=-1, max_steps=100, global_step=100)  # a step limit reached: final
     assert task.tunes_at(7)
-    periodic = ArcTask(torch.nn.Linear(1, 1), ttt={"steps": 2, "periodic": True})
+    periodic = ArcLightningTask(torch.nn.Linear(1, 1), ttt={"steps": 2, "periodic": True})
     periodic._trainer = SimpleNamespace(max_epochs=5)
     assert periodic.tunes_at(1) and periodic.tunes_at(4)
     assert TestTimeTraining.of(None) == TestTimeTraining()
@@ -192,7 +215,9 @@ def test_the_curve_script_gives_what_an_evaluation_with_those_settings_gives(cha
 
     from conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("ttt_curves", ROOT / "src/experiments/families/arc/scripts/ttt_curves.py")
+    spec = importlib.util.spec_from_file_location(
+        "ttt_curves", ROOT / "src/experiments/families/arc/scripts/ttt_curves.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     task, dm = champion
@@ -202,5 +227,9 @@ def test_the_curve_script_gives_what_an_evaluation_with_those_settings_gives(cha
     for steps, views, ranking in [(8, 3, "poe"), (3, 1, "vote"), (0, 3, "vote")]:
         alone = with_settings(task, ttt={**TTT, "steps": steps}, eval_augmentations=views, ranking=ranking)
         parts = [alone.evaluation_step(batch, epoch=0) for batch in dm.val_dataloader()]
-        expected = {k: v for k, v in alone.figures(parts, 0).items() if k.startswith("arc/") and "train_exact" not in k and "demos" not in k}
+        expected = {
+            k: v
+            for k, v in alone.figures(parts, 0).items()
+            if k.startswith("arc/") and "train_exact" not in k and "demos" not in k
+        }
         assert figures[(steps, views, ranking)] == pytest.approx(expected), (steps, views, ranking)

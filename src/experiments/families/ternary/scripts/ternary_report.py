@@ -7,6 +7,7 @@ embeddings (boxes; deeper levels should sit nearer the centre). Right: coverage 
 epochs of the run's history. The checkpoint is read with weights_only=True and loaded strictly.
 Writes RUN_DIR/report/ternary_report.png unless --out says otherwise, and prints the path.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -60,8 +62,10 @@ def load_run(path: Path):
     except UserError as e:
         raise ValueError(str(e))
     if "frozen" not in ckpt:
-        raise ValueError(f"{path} is not a hyperbolic Ternary run (v5.11 and later): it has no frozen parts; "
-                         f"experiment {config.get('experiment')!r}")
+        raise ValueError(
+            f"{path} is not a hyperbolic Ternary run (v5.11 and later): it has no frozen parts; "
+            f"experiment {config.get('experiment')!r}"
+        )
     try:
         task = instantiate(config["task"], model=instantiate(config["model"]))
         if not hasattr(task, "radii_by_level"):
@@ -81,8 +85,14 @@ def draw_radii(ax, task, datamodule) -> None:
     for side, shift, color in (("a", -0.2, "tab:blue"), ("b", 0.2, "tab:orange")):
         levels, radius = task.radii_by_level(datamodule, side)
         groups = [radius[levels == v].numpy() for v in positions]
-        box = ax.boxplot(groups, positions=[p + shift for p in positions], widths=0.35, patch_artist=True,
-                         showfliers=False, manage_ticks=False)
+        box = ax.boxplot(
+            groups,
+            positions=[p + shift for p in positions],
+            widths=0.35,
+            patch_artist=True,
+            showfliers=False,
+            manage_ticks=False,
+        )
         for patch in box["boxes"]:
             patch.set_facecolor(color)
             patch.set_alpha(0.6)

@@ -1,5 +1,6 @@
 """The homeostasis controller of v5.11 partial freeze on a scripted coverage sequence, alone and as the
 Lightning callback acting on a real task."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 
 from experiments.errors import RunStopped
 from experiments.families.ternary.homeostasis import CoverageGuard, Homeostasis, HomeostasisController
-from experiments.families.ternary.vae_v5_11 import HyperbolicTernaryVAE
 from experiments.families.ternary.hyperbolic import HyperbolicTernaryTask
+from experiments.families.ternary.vae_v5_11 import HyperbolicTernaryVAE
 
 # epoch: 0-3 warm-up (no decision even at full coverage); 4 unfreeze (warm-up over, frozen since the
 # start); 5 freeze (below 0.995); 6-7 hysteresis holds it frozen although coverage is back; 8 unfreeze;
@@ -35,8 +36,9 @@ def test_controller_state_round_trips():
 
 
 def stub_trainer(epoch: int):
-    return SimpleNamespace(sanity_checking=False, current_epoch=epoch, logger=None, global_step=epoch * 10,
-                           progress_bar_callback=None)
+    return SimpleNamespace(
+        sanity_checking=False, current_epoch=epoch, logger=None, global_step=epoch * 10, progress_bar_callback=None
+    )
 
 
 def test_callback_freezes_and_unfreezes_encoder_a_of_a_real_task(capsys):
@@ -78,8 +80,9 @@ def test_callback_refuses_ddp():
 
 def test_a_frozen_encoder_does_not_move_under_adamw_weight_decay():
     torch.manual_seed(0)
-    task = HyperbolicTernaryTask(HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1,
-                                 encoder_a_lr_scale=0.05)
+    task = HyperbolicTernaryTask(
+        HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1, encoder_a_lr_scale=0.05
+    )
     opt = task.configure_optimizers()
     before = {k: v.clone() for k, v in task.model.encoder_a.state_dict().items()}
     x = torch.randint(-1, 2, (64, 9)).float()
@@ -102,8 +105,9 @@ def test_coverage_guard_warns_or_stops(capsys):
 
 def test_encoder_a_refrozen_after_training_stops_moving_despite_adam_state():
     torch.manual_seed(0)
-    task = HyperbolicTernaryTask(HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1,
-                                 encoder_a_lr_scale=0.05, ce_weight=1.0)
+    task = HyperbolicTernaryTask(
+        HyperbolicTernaryVAE(), weight_decay=0.1, encoder_b_lr_scale=0.1, encoder_a_lr_scale=0.05, ce_weight=1.0
+    )
     opt = task.configure_optimizers()
     x = torch.randint(-1, 2, (64, 9)).float()
 

@@ -1,12 +1,13 @@
 """Hyperbolic Ternary metrics and losses against hand-computed cases."""
+
 import math
 
 import pytest
 import torch
 
-from experiments.families.ternary.data import NUM_OPERATIONS
-from experiments.families.ternary import hyperbolic_metrics as hm
 from experiments.families.ternary import hyperbolic_losses as hl
+from experiments.families.ternary import hyperbolic_metrics as hm
+from experiments.families.ternary.data import NUM_OPERATIONS
 
 
 def test_valuation_by_hand_and_level_counts():
@@ -64,8 +65,9 @@ def test_losses_by_hand():
     assert hl.target_radius(torch.tensor([0, 9]), 0.3, 3.0).tolist() == pytest.approx([3.0, 0.3])
     # ((2 - 3)^2 + (0.3 - 0.3)^2) / 2
     assert hl.radial_loss(torch.tensor([2.0, 0.3]), torch.tensor([0, 9]), 0.3, 3.0).item() == pytest.approx(0.5)
-    rich = hl.rich_hierarchy_loss(torch.tensor([3.0, 2.8, 0.3]), torch.tensor([0, 0, 9]), 0.3, 3.0, margin=0.1,
-                                  richness_floor=0.002)
+    rich = hl.rich_hierarchy_loss(
+        torch.tensor([3.0, 2.8, 0.3]), torch.tensor([0, 0, 9]), 0.3, 3.0, margin=0.1, richness_floor=0.002
+    )
     # level means (2.9, 0.3), variances (0.01, 0): hierarchy ((2.9 - 3)^2 + 0) / 2; richness shortfall
     # (0 + 0.002) / 2; separation relu(0.3 - 2.9 + 0.1) = 0
     assert rich["hierarchy"].item() == pytest.approx(0.005, rel=1e-4)

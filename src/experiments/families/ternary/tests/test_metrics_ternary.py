@@ -1,10 +1,11 @@
 """Each metric against a case computed by hand."""
+
 import math
 
 import torch
 
-from experiments.families.ternary.data import all_operations, operation_index
 from experiments.families.ternary import metrics as tm
+from experiments.families.ternary.data import all_operations, operation_index
 
 
 def test_operations_formula_and_inverse():

@@ -2,6 +2,7 @@
 chain with frozen_checkpoint.path=auto, every refusal of the frozen_checkpoint / frozen_coverage preflight,
 frozen parts that never change, homeostasis in a real run, and the coverage guard; predict.py's latent means
 (v5.5 and v5.11), radii and valuation levels against the models' own."""
+
 import csv
 import json
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import env, in_process, one_error_line, ROOT, run_program
+from conftest import ROOT, env, in_process, one_error_line, run_program
 from experiments.checkpoint.io import save_checkpoint
 from experiments.families.ternary.data import all_operations
 from experiments.families.ternary.metrics import reconstruction_coverage, trits_from_logits
@@ -31,8 +32,9 @@ def source(tmp_path_factory):
     """A v5.5 run trained to full coverage and passed through verify.py, as the README chain has it."""
     root = tmp_path_factory.mktemp("chain")
     outputs = root / "outputs"
-    r = in_process("train.py", "experiment=ternary_v5_5", f"paths.outputs={outputs}", "trainer.max_epochs=5", *QUIET,
-                   cwd=root)
+    r = in_process(
+        "train.py", "experiment=ternary_v5_5", f"paths.outputs={outputs}", "trainer.max_epochs=5", *QUIET, cwd=root
+    )
     assert r.returncode == 0, r.stdout + r.stderr  # (coverage/recon_a 99.95% at epoch 5)
     run = outputs / "ternary_v5_5" / "trainer.max_epochs=5"
     v = verify(run, root)
@@ -93,14 +95,16 @@ def test_predict_writes_each_operations_latent_means(source):
     model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
     ops = all_operations().float()
     with torch.no_grad():  # the evaluation's batches of 4,096, as predict.py runs them
-        enc = [model.encode(ops[i:i + 4096]) for i in range(0, len(ops), 4096)]
+        enc = [model.encode(ops[i : i + 4096]) for i in range(0, len(ops), 4096)]
     assert [int(r["operation"]) for r in rows] == list(range(19683))
     for side in ("a", "b"):
         expected = torch.cat([e[f"mu_{side}"] for e in enc])
         assert torch.allclose(means(rows, side), expected, rtol=0, atol=1e-6), side
     exact_b = sum(r["exact_b"] == "True" for r in rows)
     assert exact_b == round(ckpt["history"][-1]["coverage/recon_b"] * 19683)
-    (source["root"] / "ops.txt").write_text("# three operations\n19682\n-1 -1 -1 -1 -1 -1 -1 -1 -1\n1,0,0,0,0,0,0,0,0\n")
+    (source["root"] / "ops.txt").write_text(
+        "# three operations\n19682\n-1 -1 -1 -1 -1 -1 -1 -1 -1\n1,0,0,0,0,0,0,0,0\n"
+    )
     r = in_process("predict.py", f"ckpt={source['run']}", f"input={source['root'] / 'ops.txt'}", cwd=source["root"])
     assert r.returncode == 0, r.stdout + r.stderr
     some = latent_rows(source["run"], "ops.txt")
@@ -123,11 +127,12 @@ def predicted_radii_are_the_models(run: Path, root: Path) -> None:
     model = load_run(run).model
     ops = all_operations().float()
     with torch.no_grad():
-        out = [model(ops[i:i + 4096]) for i in range(0, len(ops), 4096)]
+        out = [model(ops[i : i + 4096]) for i in range(0, len(ops), 4096)]
     for side in ("a", "b"):
         radius = hm.poincare_radius(torch.cat([o[f"z_hyp_{side}"] for o in out]).double())
-        assert torch.allclose(torch.tensor([float(r[f"radius_{side}"]) for r in rows], dtype=torch.float64), radius,
-                              rtol=0, atol=1e-6)
+        assert torch.allclose(
+            torch.tensor([float(r[f"radius_{side}"]) for r in rows], dtype=torch.float64), radius, rtol=0, atol=1e-6
+        )
         assert torch.allclose(means(rows, side), torch.cat([o[f"mu_{side}"] for o in out]), rtol=0, atol=1e-6)
     assert [int(r["valuation"]) for r in rows] == hm.valuation(torch.arange(19683)).tolist()
     assert (run / "predict" / "default" / "last" / "radii.png").stat().st_size > 10_000
@@ -139,8 +144,14 @@ def frozen_state(path: Path, prefixes=PARTS) -> dict:
 
 
 def train_v511(source, *overrides, experiment="ternary_v5_11"):
-    return in_process("train.py", f"experiment={experiment}", f"paths.outputs={source['outputs']}", *QUIET, *overrides,
-                     cwd=source["root"])
+    return in_process(
+        "train.py",
+        f"experiment={experiment}",
+        f"paths.outputs={source['outputs']}",
+        *QUIET,
+        *overrides,
+        cwd=source["root"],
+    )
 
 
 def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(source):
@@ -167,8 +178,17 @@ def test_chain_auto_starts_at_full_coverage_keeps_it_and_learns_the_hierarchy(so
     metrics = stages["metrics"]["metrics"]
     assert metrics["hierarchy/b"]["clearly_better"] and metrics["coverage/recon_a"]["untrained_control"] >= 0.99
     predicted_radii_are_the_models(run, source["root"])
-    rep = subprocess.run([sys.executable, str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"), str(run)], env=env(),
-                         capture_output=True, text=True, timeout=120)
+    rep = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "src" / "experiments" / "families" / "ternary" / "scripts" / "ternary_report.py"),
+            str(run),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rep.returncode == 0, rep.stderr
     png = run / "report" / "ternary_report.png"
     assert f"wrote {png}" in rep.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -180,8 +200,9 @@ def other_sources(source):
     other = source["root"] / "other"
     short = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "checkpoint.save_top_k=0"]
     for extra in ([], ["model.latent_dim=8"]):
-        r = in_process("train.py", "experiment=ternary_v5_5", f"paths.outputs={other}", *short, *extra, *QUIET,
-                       cwd=source["root"])
+        r = in_process(
+            "train.py", "experiment=ternary_v5_5", f"paths.outputs={other}", *short, *extra, *QUIET, cwd=source["root"]
+        )
         assert r.returncode == 0, r.stdout + r.stderr
     runs = {p.name: p for p in (other / "ternary_v5_5").iterdir()}
     family = source["root"] / "v5_12.ckpt"
@@ -191,27 +212,40 @@ def other_sources(source):
     narrow = next(p for name, p in runs.items() if "latent_dim=8" in name)
     untrained = next(p for name, p in runs.items() if "latent_dim" not in name)
     crafted = {}  # a file is data: a state_dict that is not names to tensors is bad input, not a crash
-    for name, state in (("listed", list(ckpt["state_dict"].values())),
-                        ("floats", {k: 0.5 for k in ckpt["state_dict"]})):
+    for name, state in (
+        ("listed", list(ckpt["state_dict"].values())),
+        ("floats", {k: 0.5 for k in ckpt["state_dict"]}),
+    ):
         crafted[name] = source["root"] / f"{name}.ckpt"
-        save_checkpoint({**ckpt, "config": {**ckpt["config"], "experiment": "ternary_v5_5"}, "state_dict": state},
-                        crafted[name])
+        save_checkpoint(
+            {**ckpt, "config": {**ckpt["config"], "experiment": "ternary_v5_5"}, "state_dict": state}, crafted[name]
+        )
     return {"family": family, "narrow": narrow / "checkpoints" / "last.ckpt", "untrained": untrained, **crafted}
 
 
 REFUSALS = {
     "null path": ([], [r"frozen_checkpoint\.path is null", r"allow_random=true", "compatible under"]),
     "missing file": (["frozen_checkpoint.path=/nowhere/v5_5.ckpt"], [r"/nowhere/v5_5\.ckpt does not exist"]),
-    "wrong family": (["frozen_checkpoint.path={family}"],
-                     [r"is a ternary_v5_12 checkpoint; ternary_v5_11 loads frozen parts only from ternary_v5_5 or ternary_v5_11"]),
-    "wrong shapes": (["frozen_checkpoint.path={narrow}"],
-                     [r"do not fit this model: model\.decoder_a\.net\.0\.weight \(32, 8\) in the checkpoint vs \(32, 16\) here"]),
-    "state_dict a list": (["frozen_checkpoint.path={listed}"],
-                          [r"listed\.ckpt is not a checkpoint of this framework: its state_dict is a list"]),
-    "state_dict of floats": (["frozen_checkpoint.path={floats}"],
-                             [r"floats\.ckpt is not a checkpoint of this framework: its state_dict holds float at"]),
-    "low coverage": (["frozen_checkpoint.path={untrained}"],
-                     [r"coverage of the frozen parts is \d+\.\d+%.*below frozen_checkpoint\.min_coverage=95%"]),
+    "wrong family": (
+        ["frozen_checkpoint.path={family}"],
+        [r"is a ternary_v5_12 checkpoint; ternary_v5_11 loads frozen parts only from ternary_v5_5 or ternary_v5_11"],
+    ),
+    "wrong shapes": (
+        ["frozen_checkpoint.path={narrow}"],
+        [r"do not fit this model: model\.decoder_a\.net\.0\.weight \(32, 8\) in the checkpoint vs \(32, 16\) here"],
+    ),
+    "state_dict a list": (
+        ["frozen_checkpoint.path={listed}"],
+        [r"listed\.ckpt is not a checkpoint of this framework: its state_dict is a list"],
+    ),
+    "state_dict of floats": (
+        ["frozen_checkpoint.path={floats}"],
+        [r"floats\.ckpt is not a checkpoint of this framework: its state_dict holds float at"],
+    ),
+    "low coverage": (
+        ["frozen_checkpoint.path={untrained}"],
+        [r"coverage of the frozen parts is \d+\.\d+%.*below frozen_checkpoint\.min_coverage=95%"],
+    ),
 }
 
 
@@ -221,8 +255,14 @@ def test_refusals_stop_before_training_with_one_line(case, source, other_sources
     overrides = [o.format(**other_sources) for o in overrides]
     written = lambda: sorted((source["outputs"] / "ternary_v5_11").glob("*/checkpoints/*"))  # noqa: E731
     before = written()
-    r = in_process("train.py", "experiment=ternary_v5_11", f"paths.outputs={source['outputs']}", *QUIET,
-                           *overrides, cwd=source["root"])
+    r = in_process(
+        "train.py",
+        "experiment=ternary_v5_11",
+        f"paths.outputs={source['outputs']}",
+        *QUIET,
+        *overrides,
+        cwd=source["root"],
+    )
     assert r.returncode == 2, r.stdout + r.stderr  # the frozen parts' source is bad input
     error = one_error_line(r)
     assert error.endswith("Nothing was trained."), error
@@ -237,14 +277,24 @@ def test_allow_random_trains_and_says_so(source):
     r = train_v511(source, "frozen_checkpoint.allow_random=true", "trainer.max_epochs=1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "frozen parts are RANDOM" in r.stdout and "not enforced" in r.stdout
-    ckpt = torch.load(source["outputs"] / "ternary_v5_11" / "frozen_checkpoint.allow_random=true,trainer.max_epochs=1"
-                      / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(
+        source["outputs"]
+        / "ternary_v5_11"
+        / "frozen_checkpoint.allow_random=true,trainer.max_epochs=1"
+        / "checkpoints"
+        / "last.ckpt",
+        weights_only=True,
+    )
     assert ckpt["frozen"]["source"]["allow_random"] is True
 
 
 def test_partial_freeze_homeostasis_in_a_real_run_and_verified(source):
-    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "trainer.max_epochs=10",
-                   experiment="ternary_v5_11_partial_freeze")
+    r = train_v511(
+        source,
+        f"frozen_checkpoint.path={source['ckpt']}",
+        "trainer.max_epochs=10",
+        experiment="ternary_v5_11_partial_freeze",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"homeostasis: epoch 5: coverage/recon_a [\d.]+% -> unfroze encoder A", r.stdout)
     run = next((source["outputs"] / "ternary_v5_11_partial_freeze").iterdir())
@@ -261,10 +311,17 @@ def test_partial_freeze_homeostasis_in_a_real_run_and_verified(source):
 
 def test_coverage_guard_stops_a_collapse_and_keeps_the_last_good_checkpoint(source):
     # Encoder A unfrozen after one epoch at 10 x lr with no cross-entropy to hold it: coverage collapses.
-    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "task.encoder_a_lr_scale=10",
-                   "task.ce_weight=0", "callbacks.homeostasis.warmup_epochs=1", "callbacks.homeostasis.hysteresis=0",
-                   "callbacks.coverage_guard.stop=true", "checkpoint.save_top_k=0",
-                   experiment="ternary_v5_11_partial_freeze")
+    r = train_v511(
+        source,
+        f"frozen_checkpoint.path={source['ckpt']}",
+        "task.encoder_a_lr_scale=10",
+        "task.ce_weight=0",
+        "callbacks.homeostasis.warmup_epochs=1",
+        "callbacks.homeostasis.hysteresis=0",
+        "callbacks.coverage_guard.stop=true",
+        "checkpoint.save_top_k=0",
+        experiment="ternary_v5_11_partial_freeze",
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     error = next(line for line in r.stdout.splitlines() if line.startswith("error:"))
     assert re.search(r"coverage/recon_a fell to \d+\.\d+% at epoch 2, below 95%; stopped", error)
@@ -276,8 +333,9 @@ def test_coverage_guard_stops_a_collapse_and_keeps_the_last_good_checkpoint(sour
 
 
 def test_v5_12_trains_with_its_rich_loss(source):
-    r = train_v511(source, f"frozen_checkpoint.path={source['ckpt']}", "trainer.max_epochs=3",
-                   experiment="ternary_v5_12")
+    r = train_v511(
+        source, f"frozen_checkpoint.path={source['ckpt']}", "trainer.max_epochs=3", experiment="ternary_v5_12"
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     run = next((source["outputs"] / "ternary_v5_12").iterdir())
     history = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["history"]

@@ -1,5 +1,6 @@
 """Video family: the seed's shape contract, causality of magvit_v2, data range, LFQ, and both presets
 end to end through train.py and verify.py."""
+
 import json
 
 import numpy as np
@@ -12,8 +13,13 @@ from experiments.families.video.data import VideoDataModule, load_folder
 from experiments.families.video.magvit import SEED_PARAMETERS, MagVit
 from experiments.families.video.magvit_v2 import LFQ, MagVitV2
 
-TINY = ["logger=none", "trainer.enable_progress_bar=false", "data.train_clips=16", "data.val_clips=8",
-        "data.batch_size=4"]
+TINY = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "data.train_clips=16",
+    "data.val_clips=8",
+    "data.batch_size=4",
+]
 
 
 def test_magvit_shape_contract_and_parameter_count():
@@ -40,7 +46,7 @@ def test_magvit_v2_is_causal_in_time(t):
     model = MagVitV2().eval()
     x = torch.rand(1, 3, 9, 16, 16)
     y = x.clone()
-    y[:, :, t + 1:] = torch.rand_like(y[:, :, t + 1:])  # change every frame after t
+    y[:, :, t + 1 :] = torch.rand_like(y[:, :, t + 1 :])  # change every frame after t
     with torch.no_grad():
         out_x, out_y = model(x), model(y)
     a, b = out_x["recon"], out_y["recon"]
@@ -76,8 +82,9 @@ def test_clips_are_in_unit_range_and_deterministic(tmp_path):
 @pytest.fixture(scope="module")
 def magvit_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("magvit")
-    r = in_process("train.py", "experiment=magvit", *TINY, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2",
-                   cwd=root)
+    r = in_process(
+        "train.py", "experiment=magvit", *TINY, "trainer.max_epochs=6", "checkpoint.every_n_epochs=2", cwd=root
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (rd,) = (root / "outputs" / "magvit").iterdir()
     return rd
@@ -87,8 +94,9 @@ def test_magvit_trains_beats_control_and_verifies(magvit_run, tmp_path):
     ckpt = torch.load(magvit_run / "checkpoints" / "last.ckpt", weights_only=True)
     history = ckpt["history"]
     assert history[-1]["val/mse"] < history[0]["val/mse"]
-    assert sorted(p.name for p in (magvit_run / "reconstructions").glob("*.png")) == \
-        [f"epoch={e:04d}.png" for e in range(1, 7)]
+    assert sorted(p.name for p in (magvit_run / "reconstructions").glob("*.png")) == [
+        f"epoch={e:04d}.png" for e in range(1, 7)
+    ]
     r = run_program("verify.py", f"ckpt={magvit_run}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((magvit_run / "checkpoints" / "verification" / "epoch=0006.json").read_text())
@@ -120,8 +128,10 @@ def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
     assert result["metrics"]["val/mse"] == pytest.approx(mse, rel=1e-5)
     assert result["metrics"]["val/psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-5)
     assert result["metrics"]["val/ssim"] == pytest.approx(np.mean([float(row["ssim"]) for row in rows]), rel=1e-5)
-    assert sorted(p.name for p in (out / "last" / "reconstructions").iterdir()) == \
-        ["clips_0000-0003.png", "clips_0004-0004.png"]  # 4 clips a picture (task.pictures)
+    assert sorted(p.name for p in (out / "last" / "reconstructions").iterdir()) == [
+        "clips_0000-0003.png",
+        "clips_0004-0004.png",
+    ]  # 4 clips a picture (task.pictures)
 
 
 def test_clips_holding_nan_are_refused_in_one_line(magvit_run, tmp_path):

@@ -1,6 +1,7 @@
 """data.folder with the files people have: videos (.mp4, .webm, .gif, written here with PyAV), folders of
 image frames and .npy clips side by side; cut into clips, resized, split by source; a file that cannot be
 read is named in one line; a folder of them trains and evaluates through the real programs."""
+
 import json
 
 import numpy as np
@@ -46,10 +47,10 @@ def write_frames(folder, n: int) -> None:
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("videos")
-    write_video(folder / "a.mp4", 20, "mpeg4")          # 20 frames: clips at 0, 4, 8, 12
-    write_video(folder / "b.gif", 10, "gif", "rgb8")    # 10 frames: a clip at 0
-    write_frames(folder / "c", 12)                      # 12 frames: clips at 0, 4
-    write_video(folder / "d.webm", 8, "libvpx")         # 8 frames: a clip at 0
+    write_video(folder / "a.mp4", 20, "mpeg4")  # 20 frames: clips at 0, 4, 8, 12
+    write_video(folder / "b.gif", 10, "gif", "rgb8")  # 10 frames: a clip at 0
+    write_frames(folder / "c", 12)  # 12 frames: clips at 0, 4
+    write_video(folder / "d.webm", 8, "libvpx")  # 8 frames: a clip at 0
     np.save(folder / "e.npy", np.full((3, 8, 16, 16), 128, dtype=np.uint8))  # one clip as it is
     return folder
 
@@ -73,10 +74,13 @@ def test_the_split_keeps_each_source_on_one_side(clip_folder):
     assert data.val_names == ["d.webm@0", "e.npy"] and len(data.train) == 7  # the last 2 of 5 sources
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("broken.mp4", b"not a video at all" * 10, "broken.mp4: cannot be read as a video"),
-    ("notes.txt", b"hello", "holds notes.txt, which are not clips"),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("broken.mp4", b"not a video at all" * 10, "broken.mp4: cannot be read as a video"),
+        ("notes.txt", b"hello", "holds notes.txt, which are not clips"),
+    ],
+)
 def test_a_file_that_is_not_a_clip_is_named(tmp_path, name, content, expected):
     write_video(tmp_path / "good.mp4", 8, "mpeg4")
     (tmp_path / name).write_bytes(content)
@@ -103,8 +107,14 @@ def test_a_video_shorter_than_a_clip_is_named(tmp_path):
 def folder_run(clip_folder, tmp_path_factory):
     """magvit trained 2 epochs on the folder of videos, frames and an array."""
     root = tmp_path_factory.mktemp("folder_run")
-    args = ["experiment=magvit", "logger=none", f"data.folder={clip_folder}", "data.stride=4", "data.batch_size=4",
-            "trainer.max_epochs=2"]
+    args = [
+        "experiment=magvit",
+        "logger=none",
+        f"data.folder={clip_folder}",
+        "data.stride=4",
+        "data.batch_size=4",
+        "trainer.max_epochs=2",
+    ]
     r = in_process("train.py", *args, cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = (root / "outputs" / "magvit").iterdir()
@@ -113,9 +123,12 @@ def folder_run(clip_folder, tmp_path_factory):
 
 def test_a_folder_of_videos_trains_and_evaluates(clip_folder, folder_run, tmp_path):
     _, run = folder_run
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2  # 7 clips, 4 a batch
-    r = in_process("eval.py", f"ckpt={run}", f"data.folder={clip_folder}", "data.stride=4", "data.val_fraction=1",
-                   cwd=tmp_path)
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2
+    )  # 7 clips, 4 a batch
+    r = in_process(
+        "eval.py", f"ckpt={run}", f"data.folder={clip_folder}", "data.stride=4", "data.val_fraction=1", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (out,) = (run / "eval").glob("data.folder=*")
     assert json.loads((out / "last" / "metrics.json").read_text())["metrics"]["val/psnr"] > 0
@@ -138,8 +151,9 @@ def test_predict_reconstructs_each_clip_as_eval_scores_it(clip_folder, folder_ru
     (new := tmp_path / "new").mkdir()
     for name in ("a.mp4", "b.gif", "c"):
         (shutil.copytree if (clip_folder / name).is_dir() else shutil.copy)(clip_folder / name, new / name)
-    e = in_process("eval.py", f"ckpt={run}", f"data.folder={new}", "data.val_fraction=1", f"out={tmp_path / 'eval'}",
-                   cwd=tmp_path)
+    e = in_process(
+        "eval.py", f"ckpt={run}", f"data.folder={new}", "data.val_fraction=1", f"out={tmp_path / 'eval'}", cwd=tmp_path
+    )
     assert e.returncode == 0, e.stdout + e.stderr
     evaluated = list(csv.DictReader(open(tmp_path / "eval" / "per_clip.csv")))
     p = in_process("predict.py", f"ckpt={run}", f"input={new}", cwd=tmp_path)
@@ -147,8 +161,11 @@ def test_predict_reconstructs_each_clip_as_eval_scores_it(clip_folder, folder_ru
     (out,) = (run / "predict").glob("new-*")
     out = out / "last"
     rows = list(csv.DictReader(open(out / "per_clip.csv")))
-    assert [r["clip"] for r in rows] == [r["clip"] for r in evaluated] == \
-        ["a.mp4@0", "a.mp4@4", "a.mp4@8", "a.mp4@12", "b.gif@0", "c@0", "c@4"]
+    assert (
+        [r["clip"] for r in rows]
+        == [r["clip"] for r in evaluated]
+        == ["a.mp4@0", "a.mp4@4", "a.mp4@8", "a.mp4@12", "b.gif@0", "c@0", "c@4"]
+    )
     assert [float(r["psnr"]) for r in rows] == [float(r["psnr"]) for r in evaluated]
     for n, row in enumerate(rows):
         frames = sorted((out / "reconstructions" / row["folder"]).glob("*.png"))
@@ -191,7 +208,9 @@ def test_pictures_leave_a_white_gap_between_frames_and_name_each_clip(tmp_path):
     img = strip(clip)
     assert img.shape == (2, 3 * 2 + 2, 3) and (img[:, [2, 5]] == 1).all() and (img[:, [0, 1, 3, 4, 6, 7]] == 0).all()
     assert psnr(torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 0.1)) == pytest.approx(20.0)  # MSE 0.01
-    draw_reconstructions(clip[None], clip[None] + 0.1, tmp_path / "x.png", title="epoch 1: val/psnr 20", names=["a.mp4@0"])
+    draw_reconstructions(
+        clip[None], clip[None] + 0.1, tmp_path / "x.png", title="epoch 1: val/psnr 20", names=["a.mp4@0"]
+    )
     assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
 
 

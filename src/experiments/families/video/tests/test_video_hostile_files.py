@@ -2,6 +2,7 @@
 9000x9000 image of 28 KB, a GIF of thousands of 24-byte frames on a 4096x4096 canvas) is refused in one line
 naming it (a UserError; exit 2 through the programs), before it can hang the reader, fill its memory or
 keep it decoding for hours."""
+
 import tracemalloc
 
 import numpy as np
@@ -28,9 +29,9 @@ def gif(width: int, height: int, frames: int) -> bytes:
     """A GIF of `frames` frames of 1x1 pixel on a width x height canvas, 24 bytes a frame: the decoder
     paints the whole canvas for each."""
     le = lambda n: n.to_bytes(2, "little")  # noqa: E731
-    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"                         # graphic control: no delay
-    image = b"\x2c" + le(0) + le(0) + le(1) + le(1) + b"\x00"             # a 1x1 image at (0, 0)
-    pixels = b"\x02\x02\x44\x01\x00"                                     # LZW: clear, colour 0, end
+    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"  # graphic control: no delay
+    image = b"\x2c" + le(0) + le(0) + le(1) + le(1) + b"\x00"  # a 1x1 image at (0, 0)
+    pixels = b"\x02\x02\x44\x01\x00"  # LZW: clear, colour 0, end
     screen = le(width) + le(height) + b"\xf0\x00\x00" + b"\x00\x00\x00\xff\xff\xff"  # 2 colours
     return b"GIF89a" + screen + (control + image + pixels) * frames + b"\x3b"
 
@@ -117,8 +118,10 @@ def test_only_png_jpeg_and_bmp_decoders_read_frames(tmp_path):
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fails the test when a frame of a video is converted: a refusal must come before."""
+
     def decoded(*args):
         raise AssertionError("a frame was decoded before the refusal")
+
     monkeypatch.setattr(files, "square", decoded)
 
 
@@ -126,8 +129,9 @@ def test_a_gif_of_many_frames_on_a_huge_canvas_is_refused_before_decoding(tmp_pa
     """10,000 frames of 24 bytes on a 4096x4096 canvas: 230 KB, 0.6 s a frame (hours). Its packets are
     counted before any is decoded: more than MAX_SOURCE_PIXELS in all."""
     (tmp_path / "x.gif").write_bytes(gif(4096, 4096, 10_000))
-    assert (f"{tmp_path / 'x.gif'}: more than 2,147,483,648 pixels to decode (10,000 frames of 4096x4096)"
-            in refusal(tmp_path))
+    assert f"{tmp_path / 'x.gif'}: more than 2,147,483,648 pixels to decode (10,000 frames of 4096x4096)" in refusal(
+        tmp_path
+    )
 
 
 def test_what_a_header_declares_is_refused_when_the_video_is_opened(tmp_path):
@@ -184,6 +188,7 @@ def test_the_programs_refuse_a_fifo_clip_in_one_line(tmp_path):
     with fifo(data / "b.mp4"):
         r = in_process("train.py", "experiment=magvit", "logger=none", f"data.folder={data}", cwd=tmp_path)
     assert r.returncode == 2
-    assert one_error_line(r) == (f"error: data: {data / 'b.mp4'}: is a FIFO (named pipe), not a file; data.folder "
-                                 f"reads regular files only")
+    assert one_error_line(r) == (
+        f"error: data: {data / 'b.mp4'}: is a FIFO (named pipe), not a file; data.folder reads regular files only"
+    )
     assert not (tmp_path / "outputs").exists()
