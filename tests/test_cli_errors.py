@@ -182,6 +182,7 @@ def test_trainer_gpu_without_a_gpu_is_refused_before_the_preflight(workdir):
     assert not (workdir / "outputs").exists()
 
 
+@pytest.mark.slow  # real processes, with and without a Slurm job's environment
 def test_lightnings_srun_hint_only_inside_a_slurm_job_and_once(tmp_path):
     """A machine with `srun` on its PATH (here a stand-in; a cluster's login node): outside a Slurm job,
     Lightning's hint to start with srun means nothing and is not shown; inside one it is shown once (Lightning

@@ -110,6 +110,7 @@ def arc_sweep(tmp_path_factory):
     return root, directory, r.stdout
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_sweep):
     import torch
 
@@ -181,6 +182,7 @@ def test_sweep_writes_per_output_records_and_comparisons_that_match_them(arc_swe
     assert headers[1] in stdout and {"arc/test_nll", "arc/train_exact"} <= set(headers[1].replace(" ", "").split("|"))
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_verify_reports_test_nll_beside_the_untrained_control(arc_sweep, tmp_path):
     root, directory, _ = arc_sweep
     job = json.loads((directory / "jobs" / "0003.json").read_text())
@@ -217,6 +219,7 @@ def jobs_of(directory):
     return [json.loads(p.read_text()) for p in sorted((directory / "jobs").glob("*.json"))]
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep):
     root, directory, _ = arc_sweep
     r = run_program("eval.py", f"ckpt={directory}", EVALUATION, cwd=root)
@@ -280,6 +283,7 @@ def test_eval_of_a_sweep_evaluates_each_job_compares_them_and_resumes(arc_sweep)
     assert not (directory / "eval" / "task.eval_augmentatons=2").exists()
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_eval_of_a_sweep_does_not_write_where_a_crafted_job_record_points(arc_sweep, tmp_path):
     import shutil
 

@@ -9,9 +9,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from conftest import SINE, env, run_program, run_train, train_cmd
+
+pytestmark = pytest.mark.slow  # two DDP processes over gloo, killed and resumed
 
 DDP = ["trainer=ddp", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
 STEPS_PER_EPOCH = 128  # 256 batches of 64, split over 2 processes

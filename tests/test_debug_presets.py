@@ -4,11 +4,14 @@ stopping ends a run as its last epoch would and resumes exactly (its wait count 
 import signal
 import time
 
+import pytest
 import torch
 import yaml
 from test_resume import with_signals
 
 from conftest import SINE, assert_identical, in_process, start_train
+
+pytestmark = pytest.mark.slow  # every debug preset run as a process
 
 
 def history_rows(run) -> int:

@@ -13,6 +13,8 @@ import torch
 from conftest import ROOT, one_error_line, run_program, run_train
 from experiments.checkpoint.io import save_checkpoint
 
+pytestmark = pytest.mark.slow  # the worked example trained, killed and resumed as processes
+
 CONF = ["--config-dir", str(ROOT / "examples" / "sine" / "conf")]
 ARGS = [*CONF, "experiment=sine", "logger=none", "trainer.enable_progress_bar=false"]
 

@@ -127,3 +127,10 @@ def test_a_family_imports_the_framework_only_through_its_public_module(family):
         }
     )
     assert not wrong, f"{family} imports private framework modules or another family: {wrong}"
+
+
+def test_a_family_written_against_an_earlier_public_name_still_imports():
+    from experiments import family
+
+    assert family.shown is family.excerpt  # `excerpt` was `shown` until 2026-12
+    assert family.excerpt("x" * 100, 10) == "'xxxxxxxxx...'"

@@ -7,7 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, InProcessTimeout, env, in_process
+
+pytestmark = pytest.mark.slow  # the GPU check's CPU path: every part run
 
 CHECK = [sys.executable, str(ROOT / "scripts" / "gpu_check.py")]
 

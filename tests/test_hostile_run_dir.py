@@ -262,6 +262,7 @@ def test_a_run_yaml_alias_bomb_is_refused_within_memory(plant):
 
 
 @pytest.mark.parametrize("key", ["config", "history"])
+@pytest.mark.slow  # checkpoints of a million shared references built and refused
 def test_a_checkpoint_of_shared_references_is_refused_within_memory(plant, key):
     cwd, run, _ = plant
     last = only_last(run)

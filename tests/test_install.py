@@ -11,6 +11,8 @@ import torch
 
 from conftest import ROOT, env
 
+pytestmark = pytest.mark.slow  # a wheel built and installed into a fresh environment
+
 
 def git_head() -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()

@@ -7,9 +7,12 @@ full precision."""
 
 import json
 
+import pytest
 import torch
 
 from conftest import SINE, assert_identical, in_process, killed_then_rerun, run_name
+
+pytestmark = pytest.mark.slow  # every family trained in bf16, killed and resumed
 
 BF16 = "trainer.precision=bf16-mixed"
 ARGS = [*SINE, f"data.train_points={128 * 64}", "trainer.max_epochs=3", "checkpoint.every_n_epochs=1", BF16]

@@ -6,11 +6,14 @@ import importlib.util
 import signal
 import time
 
+import pytest
 import torch
 import yaml
 
 from conftest import ROOT, in_process, one_error_line, run_train, start_train, wait_for
 from experiments.loggers import RUN_DIR_TAG, MLFlowLogger, stable_id
+
+pytestmark = pytest.mark.slow  # runs killed and resumed into an MLflow store
 
 ARGS = [
     "--config-dir",

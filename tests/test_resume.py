@@ -30,6 +30,8 @@ from conftest import (
 )
 from experiments.checkpoint.io import read_intact
 
+pytestmark = pytest.mark.slow  # real processes killed at every moment of a run, and resumed
+
 # The smallest family, 128 steps an epoch: long enough for a kill to land inside one.
 STEPS = 128
 ARGS = [*SINE, f"data.train_points={STEPS * 64}", "trainer.max_epochs=4", "checkpoint.every_n_epochs=1"]

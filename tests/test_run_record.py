@@ -1,6 +1,7 @@
 """What a run leaves to read: train.log (the console as plain lines), the composed config and overrides in
 .hydra/, and a closing summary that names every file; output that reads well when it is not a terminal."""
 
+import pytest
 import yaml
 
 from conftest import ROOT, run_train
@@ -66,6 +67,7 @@ def test_log_lines_of_libraries_reach_train_log(tmp_path):
     assert handler.stream is sys.stdout
 
 
+@pytest.mark.slow  # a run started three times as processes
 def test_a_run_keeps_its_console_config_and_overrides_and_names_its_files(tmp_path):
     r = run_train(*ARGS, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -174,6 +174,7 @@ def stopped_in_epoch_2(saved_line: str, steps: int = STEPS) -> int:
     return step
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_a_2x2_arc_sweep_runs_each_job_as_a_slurm_job_in_its_own_run_directory_with_paired_comparisons(
     cluster, tmp_path
 ):
@@ -243,6 +244,7 @@ def stopped_once(
     return job, text, stopped_in_epoch_2(saved, steps)
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_usr2_preemption_saves_mid_epoch_requeues_and_resumes_bit_identically(cluster, tmp_path, reference):
     """submitit's preemption signal, from Slurm: last.ckpt saved inside epoch 2, the job requeued by submitit
     (the same Slurm job, a second start), resumed in the same run directory, one wandb run across both starts."""
@@ -259,6 +261,7 @@ def test_usr2_preemption_saves_mid_epoch_requeues_and_resumes_bit_identically(cl
     assert row["status"] == "finished" and row["epochs"] == "2"
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_scontrol_requeue_sigterm_saves_mid_epoch_and_resumes_bit_identically(cluster, tmp_path, reference):
     """`scontrol requeue`: SIGTERM (SIGKILL after KillWait, 2 s here), Slurm requeues the job itself; the
     SIGTERM save inside epoch 2, the resume from it, one MLflow run across both starts."""
@@ -279,6 +282,7 @@ def test_scontrol_requeue_sigterm_saves_mid_epoch_and_resumes_bit_identically(cl
     assert len(runs) == 1, runs
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_killed_jobs_are_reported_and_rerunning_the_sweep_resumes_them_and_skips_the_finished(
     cluster, tmp_path, reference
 ):
@@ -345,6 +349,7 @@ def job_process(job: str) -> int:
     raise AssertionError(f"no process of Slurm job {job}")
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_a_time_limit_requeues_up_to_max_num_timeout_then_the_record_says_so(cluster, tmp_path):
     """A one-minute time limit, its warning 10 s before the end (Slurm sends it up to 30 s early, at its
     30-second checks: 20 to 50 s after the start): the job saves at the step it had reached (held there until
@@ -398,6 +403,7 @@ def test_a_time_limit_requeues_up_to_max_num_timeout_then_the_record_says_so(clu
     assert f"job 0 ({row['overrides']}): timed out: {row['error']}" in out.replace("Not finished: ", "")
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_a_job_failing_its_preflight_is_recorded_with_its_reason_and_the_others_finish(cluster, tmp_path):
     r = sweep("task.lr=0.0,0.003", cwd=tmp_path, cluster=cluster)
     assert r.returncode == 1, r.stdout + r.stderr  # the worst job's status (README, "Exit codes")
@@ -408,6 +414,7 @@ def test_a_job_failing_its_preflight_is_recorded_with_its_reason_and_the_others_
     assert "Nothing was trained" in failed["error"]
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_two_sweeps_submitting_the_same_job_at_once_one_trains_and_the_other_says_so(cluster, tmp_path, reference):
     first = start_sweep(*LONG, "seed=0", cwd=tmp_path, cluster=cluster, name="first")
     second = start_sweep(*LONG, "seed=0", cwd=tmp_path, cluster=cluster, name="second")
@@ -421,6 +428,7 @@ def test_two_sweeps_submitting_the_same_job_at_once_one_trains_and_the_other_say
     assert_same_run(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True), reference)
 
 
+@pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_ddp_inside_a_slurm_job_trains_and_resumes_bit_identically_after_a_preemption(cluster, tmp_path):
     """`tasks_per_node=2`: srun starts both DDP processes (gloo on CPU) and Lightning takes them. Both get the
     warning, each at its own moment; they agree to stop after the same batch, rank 0 saves every process's

@@ -20,6 +20,8 @@ import yaml
 from conftest import FAST, ROOT, SINE, SINE_CONF, env, in_process, run_train, start_train
 from experiments.sweep import mean_std
 
+pytestmark = pytest.mark.slow  # sweeps of real processes, killed and rerun
+
 SWEEP = ["-m", "seed=0,1", "task.lr=0.001,0.002", *SINE, "data.train_points=16384", "trainer.max_epochs=3"]
 
 

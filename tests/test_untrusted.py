@@ -91,6 +91,7 @@ def crafted(run, folder, marker, name):
 
 @pytest.mark.parametrize("program", ["verify.py", "eval.py", "predict.py"])
 @pytest.mark.parametrize("name", list(payloads("m")))
+@pytest.mark.slow  # every payload through each program as a process (load_run's test below is quick)
 def test_a_crafted_config_runs_nothing(ternary_run, tmp_path, program, name):
     marker = tmp_path / "MARKER"
     ckpt = crafted(ternary_run, tmp_path, marker, name)

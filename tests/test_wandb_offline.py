@@ -6,11 +6,14 @@ import json
 import signal
 import time
 
+import pytest
 import torch
 from wandb_records import records
 
 from conftest import ROOT, run_train, start_train, wait_for
 from experiments.loggers import stable_id
+
+pytestmark = pytest.mark.slow  # runs killed and resumed with wandb offline
 
 ARGS = [
     "--config-dir",

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from experiments.family import BatchLoader, EpochBatchSampler, batches_done, read_text, shard, shown
+from experiments.family import BatchLoader, EpochBatchSampler, batches_done, excerpt, read_text, shard
 
 
 def curve(x: torch.Tensor, frequency: float) -> torch.Tensor:
@@ -67,7 +67,8 @@ def read_points(path: Path) -> torch.Tensor:
         try:
             values.append(float(word))
         except ValueError:
-            raise ValueError(f"{path}: {shown(word, 24)} is not a number; give x values separated by commas or spaces")
+            what = excerpt(word, 24)
+            raise ValueError(f"{path}: {what} is not a number; give x values separated by commas or spaces")
     x = torch.tensor(values)
     if not len(x) or not torch.isfinite(x).all():
         raise ValueError(f"{path}: give at least one x value, every one finite")

@@ -1,45 +1,12 @@
-"""The contract between a family and the framework, in one place (docs/FAMILIES.md has it with types).
+"""The contract between a family and the framework, in one place.
 
-A family's task is a LightningModule that subclasses `ExperimentTask` and implements:
-
-- `training_loss(batch, batch_idx) -> Tensor`: the scalar one step minimises (the preflight runs exactly
-  this), calling `add_training_terms(terms, count)` with the batch's detached training figures (the
-  framework sums them over the epoch and the DDP processes and reports `train/<term>`; a loss that was
-  never counted stops the run at its first step, since `train/loss` would read 0);
-- `configure_optimizers()`;
-- evaluation, in two parts the framework runs for training's validation, `verify.py` and `eval.py` alike,
-  so their figures are equal by construction:
-  `evaluation_step(batch, epoch) -> part` (one validation batch, e.g. predictions beside targets, moved to
-  `self.device` by the family) and `figures(parts, epoch) -> {metric: float}` (the collected parts);
-  optionally `evaluation_files(parts, figures, folder, epoch, during_training, datamodule)` (pictures,
-  per-output records: during training into the run directory, for eval.py into its result folder) and
-  `evaluates(epoch)` (whether an epoch's validation evaluates at all; default every epoch);
-- `check_outputs(batch) -> [(name, output, expected shape)]`: a forward pass for verify.py's `predicts`.
-
-Class attributes say what the figures mean: `primary_metric` (the figure a run stands or falls by; the
-best checkpoint follows it unless `checkpoint.monitor` names another), `higher_is_better` /
-`lower_is_better` (how verify.py judges each against an untrained control, and the direction of a
-monitored metric), `summary_keys` / `percent_keys` / `count_keys` (the console's epoch line; a fraction
-shown as a count `3/18`: metric -> the figure holding its denominator), `paired_metrics` (metric ->
-column of the run's `per_output.csv`, which has `task` and `index` columns: a sweep's per-output
-comparisons) and `binary_metrics` (those that also get an exact McNemar test), `long_validation` (a
-progress bar for validation), `train_terms` (the names of what `add_training_terms` sums),
-`evaluation_settings` (the task's parameters that `eval.py task.KEY=VALUE` may set: how it evaluates).
-
-Predicting (optional: predict.py and `load_run(...).predict`): a family whose task implements
-`prediction_step` predicts; one that does not is refused by them in one line. It implements three methods:
-`prediction_data(data, path) -> dict` (the data config, a node of the run's own data module, that reads
-`path`, a file or folder of new inputs whose answers nobody has, with the checks its data gets;
-`path` None: the family's default input, or a UserError asking for one), `prediction_step(batch) ->
-list[dict]` (one batch of that data module's `predict_dataloader()`: one record per input, answers and
-what identifies the input; no targets needed) and `prediction_files(records, folder, datamodule)` (the
-family's files of them in `folder`).
-
-Optional: `preflight_stages` ({name: stage(ctx) -> StageResult}: the family's own checks, run after the
-framework's loading stages) and `frozen_parts` (submodules of `self.model` loaded from another run by the
-`frozen_checkpoint` preflight stage; the framework records where they came from in `frozen_source`, keeps
-them in every checkpoint as `checkpoint["frozen"]` and refuses to train when they were never loaded; a
-family that unfreezes a part on purpose calls `mark_trained(part)`).
+A family's task is a LightningModule that subclasses `ExperimentTask`. What it implements, what it may
+implement, what it gets and what its class attributes mean are the tables below (`IMPLEMENTS`,
+`MAY_IMPLEMENT`, `PREDICTS`, `PROVIDED`, `ATTRIBUTES`): the framework checks a task against them before
+training (`contract_gaps`, `prediction_gaps`), and docs/FAMILIES.md's tables are generated from them
+(`python -m experiments.contract_doc`; a test holds the page equal to what that prints). Evaluation is two
+parts the framework runs for training's validation, `verify.py` and `eval.py` alike, so their figures are
+equal by construction: `evaluation_step` per batch, `figures` over the collected parts.
 
 Everything else (the epoch sums over batches and DDP processes and their checkpoint state, the validation
 hooks, the frozen-part bookkeeping) is provided here, once.
@@ -62,13 +29,94 @@ from experiments.epoch_sampler import (
 )
 from experiments.errors import UserError
 
-REQUIRED = ("training_loss", "configure_optimizers", "evaluation_step", "figures", "check_outputs")
-PREDICTING = ("prediction_data", "prediction_step", "prediction_files")  # all three, or none
+# ---- the contract, as data: method -> (what it returns or does, who runs it) ----
+IMPLEMENTS = {
+    "training_loss": (
+        "scalar `Tensor`, the loss one step minimises; calls `add_training_terms(terms, count)` with the batch's "
+        "detached figures in `train_terms` order (a loss never counted stops the run: `train/loss` would read 0)",
+        "every training step, the preflight",
+    ),
+    "configure_optimizers": ("an optimizer (Lightning's forms)", "Lightning, the preflight's `optimizer_step`"),
+    "evaluation_step": (
+        "any part (e.g. predictions beside targets; picklable: under DDP the parts are gathered from the "
+        "processes, each of which evaluated every world_size-th batch); moves the batch to `self.device` itself",
+        "each validation batch, `verify.py`, `eval.py`",
+    ),
+    "figures": (
+        "`dict[str, float]`, the metrics of the parts",
+        "the end of each validation, `verify.py`'s `metrics`, `eval.py`",
+    ),
+    "check_outputs": (
+        "`list[tuple[name, output Tensor, expected shape]]`: a forward pass on the batch",
+        "`verify.py`'s `predicts`",
+    ),
+}
+MAY_IMPLEMENT = {
+    "evaluation_files": (
+        "`None`: the family's files of an evaluation (pictures, per-output records); during training `folder` is "
+        "the run directory, for `eval.py` its result folder",
+        "after `figures`, on rank 0",
+    ),
+    "evaluates": ("`bool`: whether this epoch's validation evaluates (default: every epoch)", "validation"),
+    "training_figures": (
+        "`dict[str, float]` from the epoch's means of `train_terms` (default: `train/<term>` each)",
+        "the end of each training epoch",
+    ),
+}
+PREDICTS = {  # all three, or none (predict.py and load_run(...).predict; the data module then has predict_dataloader())
+    "prediction_data": (
+        "the data config that reads `path` (a file or a folder of new inputs, answers unknown; `None` when `input=` "
+        "is not given: the family's default, or a `UserError` asking for one), as a node of the run's own data "
+        "module (`data`, its stored config), so the input gets the checks the family's data gets; its `_target_` "
+        "must stay the run's",
+        'once, before the data module is built (with the run\'s seed) and `setup("predict")`',
+    ),
+    "prediction_step": (
+        "`list[dict]`: one record per input of a batch of the data module's `predict_dataloader()`, with what "
+        "identifies the input (a task id, a clip's name, an operation's index) and the answers; no targets needed",
+        "each batch, in eval mode, without gradients",
+    ),
+    "prediction_files": (
+        "`None`: the family's files of the records in `folder` (atomic writers); `prediction.json` is the framework's",
+        "`predict.py`, after all batches",
+    ),
+}
+PROVIDED = {  # for a family's own use
+    "add_training_terms": ("sums the batch's training figures over the epoch and the DDP processes", "`training_loss`"),
+    "evaluation_parts": ("every validation batch's `evaluation_step`, in eval mode", "e.g. pictures of one evaluation"),
+    "evaluate": ("the figures of `evaluation_parts`", "a family's own scripts"),
+    "predictions": ("every batch's `prediction_step` records", "`predict.py`, `load_run(...).predict`"),
+    "monitor_of": ("`(metric, 'min' | 'max')` a checkpoint node monitors", "the checkpoint policy, `callbacks`"),
+    "mark_trained": ("records that a frozen part trains on purpose from now on", "a family that unfreezes a part"),
+}
+ATTRIBUTES = {  # class attribute -> what it means
+    "primary_metric": "the figure a run stands or falls by; the best checkpoint follows it unless "
+    "`checkpoint.monitor` names another",
+    "higher_is_better": "how `verify.py` judges each metric against an untrained control, and the direction of a "
+    "monitored metric (`checkpoint.mode` is derived from it)",
+    "lower_is_better": "as `higher_is_better`, for metrics where less is better",
+    "summary_keys": "the figures of the console's epoch line, when present",
+    "percent_keys": "... shown as a percentage",
+    "count_keys": "... shown as a count, `3/18`: metric -> the figure of the same evaluation holding its denominator",
+    "paired_metrics": "metric -> column of the run's `per_output.csv` (which has `task` and `index` columns): a "
+    "sweep's per-output paired comparisons",
+    "binary_metrics": "paired metrics that also get an exact McNemar test",
+    "long_validation": "validation is long work: a progress bar, and lines a minute when the console is not a terminal",
+    "frozen_parts": "submodules of `self.model` that the `frozen_checkpoint` stage loads from another run; the "
+    "framework refuses to train when they were never loaded",
+    "preflight_stages": "`{name: stage(ctx) -> StageResult}`: the family's own checks, run after the framework's "
+    "loading stages without being listed in `validation.preflight`",
+    "train_terms": 'the names of what `add_training_terms` sums (default `("loss",)`)',
+    "evaluation_settings": "the constructor parameters that `eval.py task.KEY=VALUE` may set: how the task "
+    "evaluates, never what it is",
+}
+REQUIRED = tuple(IMPLEMENTS)
+PREDICTING = tuple(PREDICTS)
 MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's mixed precisions: autocast dtype
 
 
 class ExperimentTask(L.LightningModule):
-    """A family's task: the contract is this module's docstring (with types: docs/FAMILIES.md)."""
+    """A family's task: the contract is this module's tables (docs/FAMILIES.md shows them with types)."""
 
     summary_keys: ClassVar[tuple[str, ...]] = ()  # shown in the epoch line, when present
     percent_keys: ClassVar[tuple[str, ...]] = ()  # ... as a percentage

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import run_dir as rd
 from experiments.assemble import build, build_trainer, ddp_children_as_this_job, plain_config
-from experiments.callbacks import shown
+from experiments.callbacks import format_figure
 from experiments.checkpoint.init_from import initialise
 from experiments.checkpoint.io import finish_interrupted_pairs
 from experiments.cli import COMMAND
@@ -258,13 +258,14 @@ def summary(experiment: str, history: list[dict], task, seconds: float) -> list[
         pick = max if metric in cls.higher_is_better else min
         best = pick(scored, key=lambda row: row[metric])
         lines.append(
-            f"{metric}: final {shown(metric, scored[-1], cls)} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
-            f"best {shown(metric, best, cls)} (epoch {rd.epoch_number(best['epoch'])})"
+            f"{metric}: final {format_figure(metric, scored[-1], cls)} (epoch {rd.epoch_number(scored[-1]['epoch'])}), "
+            f"best {format_figure(metric, best, cls)} (epoch {rd.epoch_number(best['epoch'])})"
         )
     evaluated = [row for row in history if any(k in row for k in cls.summary_keys if not k.startswith("train/"))]
     if evaluated:
         row = evaluated[-1]
-        figures = [f"{k} {shown(k, row, cls)}" for k in cls.summary_keys if k in row and not k.startswith("train/")]
+        shown = [k for k in cls.summary_keys if k in row and not k.startswith("train/")]
+        figures = [f"{k} {format_figure(k, row, cls)}" for k in shown]
         lines.append(f"last evaluation (epoch {rd.epoch_number(row['epoch'])}): " + " | ".join(figures))
     return lines
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from experiments.families.arc import format as af
-from experiments.family import EpochBatchSampler, UserError, batches_done, read_text, shard, shown
+from experiments.family import EpochBatchSampler, UserError, batches_done, excerpt, read_text, shard
 
 FORMATS = ("decoder_only", "encoder_decoder", "champion")
 # Pairs in a task's `train` or `test` list at most: real tasks have at most 10 demonstrations and 4 test
@@ -57,7 +57,7 @@ def grid_of(value, where: str) -> np.ndarray:
         raise ValueError(f"{where} has rows of different lengths")
     wrong = [c for row in value for c in row if type(c) is not int or not 0 <= c <= 9]
     if wrong:
-        raise ValueError(f"{where} holds the cell {shown(wrong[0], 24)}; ARC cells are integers 0-9")
+        raise ValueError(f"{where} holds the cell {excerpt(wrong[0], 24)}; ARC cells are integers 0-9")
     if len(value) > af.MAX_SIDE or len(value[0]) > af.MAX_SIDE:
         raise ValueError(f"{where} is {len(value)}x{len(value[0])}; ARC grids are at most {af.MAX_SIDE}x{af.MAX_SIDE}")
     return np.asarray(value, dtype=np.int64)

@@ -415,7 +415,7 @@ def in_task_order(results: list[dict]) -> list[dict]:
 
 
 def write_per_output(results: list[dict], path: Path) -> None:
-    """One row per held-out output (metrics/arc.py `output_record`), written atomically."""
+    """One row per held-out output (metrics.py `output_record`), written atomically."""
     atomic_write_csv([output_record(r) for r in results], path)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from experiments.family import BatchLoader, EpochBatchSampler, batches_done, read_text, shard, shown
+from experiments.family import BatchLoader, EpochBatchSampler, batches_done, excerpt, read_text, shard
 
 NUM_TRITS = 9
 NUM_OPERATIONS = 3**NUM_TRITS
@@ -52,7 +52,7 @@ def read_operations(path: Path) -> torch.Tensor:
             found.append(int(operation_index(torch.tensor(values))))
         else:
             raise ValueError(
-                f"{path}:{n}: {shown(line.strip(), 40)} is not an operation: give its index "
+                f"{path}:{n}: {excerpt(line.strip(), 40)} is not an operation: give its index "
                 f"(0-{NUM_OPERATIONS - 1}) or its {NUM_TRITS} trits (-1, 0 or 1)"
             )
     if not found:

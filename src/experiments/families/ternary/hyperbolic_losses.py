@@ -1,6 +1,6 @@
 """Losses of the hyperbolic Ternary VAE variants: pure functions of radii, embeddings and valuations.
 
-All radii are Poincare distances from the origin (metrics/hyperbolic.py). The target radius of level v
+All radii are Poincare distances from the origin (hyperbolic_metrics.py). The target radius of level v
 is r*(v) = outer - (v / 9) (outer - inner): level 0 (13,122 operations) on the outside, operation 0
 (v3 = 9) nearest the centre.
 """

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[5]  # the checkout: src/experiments/fami
 sys.path.insert(0, str(ROOT / "src"))
 
 from experiments.families.arc.data import load_tasks, select  # noqa: E402
-from experiments.family import UserError, read_text, shown  # noqa: E402
+from experiments.family import UserError, excerpt, read_text  # noqa: E402
 
 
 def truths_of(args) -> dict[str, list]:
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         f"outputs solved: {result['solved']}/{result['outputs']} ({result['solved'] / max(1, result['outputs']):.2%})"
     )
     if result["extra"]:
-        print(f"ignored: {len(result['extra'])} task(s) not in the set, e.g. {shown(result['extra'][0], 40)}")
+        print(f"ignored: {len(result['extra'])} task(s) not in the set, e.g. {excerpt(result['extra'][0], 40)}")
     print(
         f"prize_score={result['prize_score']:.6f} solved={result['solved']} outputs={result['outputs']} "
         f"tasks={result['tasks']} missing={result['missing']}"

@@ -11,6 +11,8 @@ from experiments.families.arc.decoder_only import DecoderOnly
 from experiments.families.arc.encoder_decoder import EncoderDecoder
 from experiments.families.arc.task import ArcLightningTask
 
+pytestmark = pytest.mark.slow  # four ARC formats trained 60 epochs each
+
 MODELS = {
     "decoder_only": ("decoder_only", DecoderOnly),
     "encoder_decoder_1d": ("encoder_decoder", EncoderDecoder),

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import ROOT, in_process, one_error_line, run_program
 
+pytestmark = pytest.mark.slow  # an ARC run trained, then evaluated on other task sets and scored
+
 ARC_RUN = [
     "experiment=exp0_encoder_decoder",
     "data=arc_tiny",

@@ -16,6 +16,8 @@ from experiments.families.arc.data import ArcDataModule, collate
 from experiments.families.arc.decoder_only import DecoderOnly
 from experiments.families.arc.encoder_decoder import EncoderDecoder
 
+pytestmark = pytest.mark.slow  # the champion trained packed and padded
+
 
 @pytest.fixture(scope="module")
 def examples():

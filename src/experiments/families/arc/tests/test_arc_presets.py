@@ -9,6 +9,8 @@ import torch
 
 from conftest import in_process
 
+pytestmark = pytest.mark.slow  # the ARC presets trained to their final evaluation
+
 PRESETS = ["exp_neg1_decoder_only", "exp0_encoder_decoder", "exp1_grid2d_pe", "exp2_perminv", "exp3_champion"]
 
 

@@ -5,9 +5,12 @@ tested on the smallest family: tests/test_resume.py)."""
 
 import json
 
+import pytest
 import torch
 
 from conftest import assert_identical, in_process, killed_then_rerun, run_name, run_program
+
+pytestmark = pytest.mark.slow  # ARC runs killed and resumed with test-time training
 
 ARGS = [
     "experiment=exp3_champion",

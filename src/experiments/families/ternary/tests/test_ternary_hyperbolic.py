@@ -19,6 +19,8 @@ from experiments.families.ternary.data import all_operations
 from experiments.families.ternary.metrics import reconstruction_coverage, trits_from_logits
 from experiments.families.ternary.vae_v5_5 import DualVAE
 
+pytestmark = pytest.mark.slow  # the v5.5 -> v5.11 chain trained and verified
+
 QUIET = ["logger=none", "trainer.enable_progress_bar=false"]
 PARTS = ("model.encoder_a.", "model.encoder_b.", "model.decoder_a.")
 

@@ -90,6 +90,7 @@ def magvit_run(tmp_path_factory):
     return rd
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_magvit_trains_beats_control_and_verifies(magvit_run, tmp_path):
     ckpt = torch.load(magvit_run / "checkpoints" / "last.ckpt", weights_only=True)
     history = ckpt["history"]
@@ -108,6 +109,7 @@ def test_magvit_trains_beats_control_and_verifies(magvit_run, tmp_path):
     assert psnr["clearly_better"] and psnr["trained"] > psnr["untrained_control"]
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
     """eval.py on .npy clips the run never saw: every clip measured and drawn, the totals from the clips."""
     import csv
@@ -134,6 +136,7 @@ def test_eval_on_a_folder_of_clips(magvit_run, tmp_path):
     ]  # 4 clips a picture (task.pictures)
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_clips_holding_nan_are_refused_in_one_line(magvit_run, tmp_path):
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -148,6 +151,7 @@ def test_clips_holding_nan_are_refused_in_one_line(magvit_run, tmp_path):
     assert sorted(magvit_run.rglob("*")) == before, "a refused evaluation writes nothing"
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_an_error_in_the_familys_code_is_one_line_with_the_command(magvit_run, tmp_path):
     """Grey clips (1 channel) into a 3-channel model: the model's own error, exit 1, one line naming the
     command that led to it; traceback=true shows the whole traceback."""
@@ -164,10 +168,12 @@ def test_an_error_in_the_familys_code_is_one_line_with_the_command(magvit_run, t
     assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_checkpoints_stay_near_the_minimum(magvit_run):
     assert checkpoint_size_report(magvit_run / "checkpoints" / "last.ckpt")["ratio"] <= 1.1
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_magvit_v2_trains_end_to_end(tmp_path):
     r = in_process("train.py", "experiment=magvit_v2", *TINY, "trainer.max_epochs=3", cwd=tmp_path)  # 9 frames
     assert r.returncode == 0, r.stdout + r.stderr
@@ -177,6 +183,7 @@ def test_magvit_v2_trains_end_to_end(tmp_path):
     assert checkpoint_size_report(rd / "checkpoints" / "last.ckpt")["ratio"] <= 1.1
 
 
+@pytest.mark.slow  # a real run trained for it
 def test_eval_writes_no_picture_through_a_link_in_its_results(magvit_run, tmp_path):
     """A results folder from an earlier eval.py whose `reconstructions/` is now a link outside the run: the
     pictures are not drawn there; one line, exit 2."""

@@ -11,6 +11,8 @@ import torch
 from conftest import in_process, one_error_line
 from experiments.families.video.data import VideoDataModule, load_folder
 
+pytestmark = pytest.mark.slow  # video files written and a model trained on them
+
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (220, 220, 60)]
 
 
