@@ -1,4 +1,4 @@
-"""Train one experiment: `python train.py experiment=ternary_v5_5` (see README)."""
+"""Train one experiment: `python train.py experiment=ternary_v5_5` (docs/training.md)."""
 
 import sys
 from pathlib import Path

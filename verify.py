@@ -1,4 +1,4 @@
-"""Verify and certify a checkpoint or a run directory: `python verify.py ckpt=PATH` (see README)."""
+"""Verify and certify a checkpoint or a run directory: `python verify.py ckpt=PATH` (docs/verify.md)."""
 
 import sys
 from pathlib import Path

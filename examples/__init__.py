@@ -1,1 +1,1 @@
-"""Worked examples of families that live outside the framework (README: "Add your own experiment")."""
+"""Worked examples of families that live outside the framework (docs/own-family.md)."""

@@ -104,6 +104,7 @@ def test_misspelled_key_names_the_right_key_at_once(workdir):
         (["experiment=magvit", "data.folder={empty}"], "data: no clips in"),  # refused by the family's data module
     ],
 )
+@pytest.mark.slow  # five refused starts, each a program run
 def test_a_refused_start_leaves_nothing_behind(workdir, overrides, expected):
     (workdir / "a_file").write_text("")
     (workdir / "empty").mkdir()
@@ -153,6 +154,7 @@ def test_a_misspelled_top_level_key_or_group_says_which_was_meant(workdir, args,
         (["+lr=0.01", "preflight_only=true"], "did you mean task.lr=0.01?"),
     ],
 )
+@pytest.mark.slow  # six refused starts, each a program run
 def test_a_top_level_key_nothing_reads_is_refused_naming_the_key_meant(workdir, args, expected):
     r = train("experiment=exp0_encoder_decoder", *args, cwd=workdir)
     assert r.returncode == 2, r.stdout + r.stderr

@@ -16,6 +16,8 @@ import torch
 from conftest import SINE, in_process, one_error_line
 from experiments.checkpoint.io import save_checkpoint
 
+pytestmark = pytest.mark.slow  # links, FIFOs and crafted checkpoints planted in real runs, each program run on them
+
 ARGS = [*SINE, "trainer.max_epochs=2", "checkpoint.every_n_epochs=1"]
 HEADROOM = 2**30  # a rerun, verify.py or init_from in a process that has imported torch takes far less; every plant
 # below took 2.5-5.5 GB before it was refused
@@ -262,7 +264,6 @@ def test_a_run_yaml_alias_bomb_is_refused_within_memory(plant):
 
 
 @pytest.mark.parametrize("key", ["config", "history"])
-@pytest.mark.slow  # checkpoints of a million shared references built and refused
 def test_a_checkpoint_of_shared_references_is_refused_within_memory(plant, key):
     cwd, run, _ = plant
     last = only_last(run)

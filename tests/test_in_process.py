@@ -8,6 +8,7 @@ import pytest
 from conftest import FAST, InProcessTimeout, in_process
 
 
+@pytest.mark.slow  # waits out a time limit on purpose
 def test_a_program_past_its_time_is_stopped_and_the_process_put_back(tmp_path):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     with pytest.raises(InProcessTimeout, match=r"train.py .* ran past 3 s inside the test process"):

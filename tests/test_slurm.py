@@ -406,7 +406,7 @@ def test_a_time_limit_requeues_up_to_max_num_timeout_then_the_record_says_so(clu
 @pytest.mark.slow  # a real Slurm cluster: jobs submitted, signalled, requeued
 def test_a_job_failing_its_preflight_is_recorded_with_its_reason_and_the_others_finish(cluster, tmp_path):
     r = sweep("task.lr=0.0,0.003", cwd=tmp_path, cluster=cluster)
-    assert r.returncode == 1, r.stdout + r.stderr  # the worst job's status (README, "Exit codes")
+    assert r.returncode == 1, r.stdout + r.stderr  # the worst job's status (docs/training.md, exit status)
     directory = next((tmp_path / "outputs" / "sweeps").iterdir())
     failed, done = csv.DictReader(open(directory / "summary.csv"))
     assert failed["status"] == "failed" and done["status"] == "finished"

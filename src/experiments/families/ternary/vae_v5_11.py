@@ -1,6 +1,6 @@
 """Ternary VAE v5.11 (also v5.11 partial freeze and v5.12): the encoders and decoder A of v5.5, loaded from
 a v5.5-compatible checkpoint, plus a trained hyperbolic projection of each encoder's mean into the
-Poincare ball (README, "Ternary VAE v5.11, v5.11 partial freeze, v5.12").
+Poincare ball (docs/families/ternary.md).
 
     z_hyp = normalize(z + direction_net(z)) * sigmoid(radius_net(z)) * max_norm
 

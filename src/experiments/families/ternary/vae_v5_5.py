@@ -1,4 +1,4 @@
-"""Ternary VAE v5.5: two VAEs over 9-trit operations with cross-injection (README, "Ternary VAE v5.5").
+"""Ternary VAE v5.5: two VAEs over 9-trit operations with cross-injection (docs/families/ternary.md).
 
 Input: trits in {-1, 0, 1}, shape (B, 9). Output: logits (B, 9, 3), class c means trit c - 1.
 """

@@ -88,7 +88,7 @@ def test_presets_differ_only_in_their_component(tmp_path):
 
 def test_the_cpu_preset_is_the_champion_on_arc_small_with_its_budget():
     """experiment=exp3_champion_ttt: the champion's model and format unchanged, data=arc_small (every task that
-    fits 10x10), and the budget the README measures: 240 epochs, 64 test-time steps, 8 views, poe."""
+    fits 10x10), and the budget docs/families/arc.md measures: 240 epochs, 64 test-time steps, 8 views, poe."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 

@@ -31,7 +31,7 @@ def verify(target: Path, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    """A v5.5 run trained to full coverage and passed through verify.py, as the README chain has it."""
+    """A v5.5 run trained to full coverage and passed through verify.py, as docs/families/ternary.md's chain has it."""
     root = tmp_path_factory.mktemp("chain")
     outputs = root / "outputs"
     r = in_process(
