@@ -1,6 +1,6 @@
 """Checkpoints and run directories written before the families moved into their folders (their classes
 under the old paths, `experiments.models...`, `experiments.tasks...`) still verify, evaluate and resume:
-each family's `conf/renamed_targets.yaml` maps the old paths to the current ones, through the same check
+each family's `families/<name>/conf/renamed_targets.yaml` maps the old paths to the current ones, through the same check
 every stored config passes (untrusted.py)."""
 
 import shutil

@@ -84,7 +84,7 @@ PREDICTS = {  # all three, or none (predict.py and load_run(...).predict; the da
 PROVIDED = {  # for a family's own use
     "add_training_terms": ("sums the batch's training figures over the epoch and the DDP processes", "`training_loss`"),
     "evaluation_parts": ("every validation batch's `evaluation_step`, in eval mode", "e.g. pictures of one evaluation"),
-    "evaluate": ("the figures of `evaluation_parts`", "a family's own scripts"),
+    "evaluate": ("the figures of `evaluation_parts`", "`verify.py`'s `metrics`, a family's own stages and scripts"),
     "predictions": ("every batch's `prediction_step` records", "`predict.py`, `load_run(...).predict`"),
     "monitor_of": ("`(metric, 'min' | 'max')` a checkpoint node monitors", "the checkpoint policy, `callbacks`"),
     "mark_trained": ("records that a frozen part trains on purpose from now on", "a family that unfreezes a part"),
@@ -107,8 +107,8 @@ ATTRIBUTES = {  # class attribute -> what it means
     "preflight_stages": "`{name: stage(ctx) -> StageResult}`: the family's own checks, run after the framework's "
     "loading stages without being listed in `validation.preflight`",
     "train_terms": 'the names of what `add_training_terms` sums (default `("loss",)`)',
-    "evaluation_settings": "the constructor parameters that `eval.py task.KEY=VALUE` may set: how the task "
-    "evaluates, never what it is",
+    "evaluation_settings": "the constructor parameters that `task.KEY=VALUE` of `eval.py` and `predict.py` may set: "
+    "how the task evaluates, never what it is",
 }
 REQUIRED = tuple(IMPLEMENTS)
 PREDICTING = tuple(PREDICTS)

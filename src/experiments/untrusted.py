@@ -256,7 +256,7 @@ def registry(sources: list[str]) -> Registry:
     """The targets and experiment names that these config folders register (read as text, nothing imported)."""
     from hydra.plugins.config_source import ConfigSource
 
-    targets, experiments, renamed = {}, set(), {}
+    targets, presets, renamed = {}, set(), {}
     for source in sources:
         root = _folder(source)
         if not root.is_dir():
@@ -268,7 +268,7 @@ def registry(sources: list[str]) -> Registry:
                 renamed.update(_renamed(text))
                 continue
             if group == "experiment" or group.startswith("experiment/"):  # experiment=sub/name for nested presets
-                experiments.add(f"{group.removeprefix('experiment').strip('/')}/{stem}".lstrip("/"))
+                presets.add(f"{group.removeprefix('experiment').strip('/')}/{stem}".lstrip("/"))
             try:
                 content = yaml.safe_load(text)
                 header = ConfigSource._get_header_dict(text).get("package")
@@ -277,7 +277,7 @@ def registry(sources: list[str]) -> Registry:
             if isinstance(content, dict):  # the defaults list composes other files; it is not config
                 content = {k: v for k, v in content.items() if k != "defaults"}
             _targets_in(content, _package(header, group, stem), targets)
-    return Registry({k: frozenset(v) for k, v in targets.items()}, frozenset(experiments), tuple(sources), renamed)
+    return Registry({k: frozenset(v) for k, v in targets.items()}, frozenset(presets), tuple(sources), renamed)
 
 
 def program_registry(hydra_node=None) -> Registry:

@@ -1,7 +1,8 @@
 """ARC evaluation speed: decoding through the key/value cache against full recomputation of the decoder
 over the whole prefix at every step (how the first version decoded), same model, same inputs, one run.
 
-    python scripts/bench_arc_decode.py [--experiment exp3_champion] [--batch 32] [--arc-full] [override ...]
+    python src/experiments/families/arc/scripts/bench_arc_decode.py \
+        [--experiment exp3_champion] [--batch 32] [--arc-full] [override ...]
 
 The model is the preset at the public size (d_model 160, 3 decoder layers, d_ff 640; overrides may
 change it). Inputs: real ARC-AGI-1 test pairs whose output is 10x10, and 30x30. Each output is decoded

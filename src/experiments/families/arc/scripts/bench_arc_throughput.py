@@ -1,7 +1,9 @@
 """ARC training throughput.
 
-    python scripts/bench_arc_throughput.py [--experiment exp3_champion] [--epochs 40] [--repeats 4] [override ...]
-    python scripts/bench_arc_throughput.py --against padded [--steps 48] [--ours-steps 0] [override ...]
+    python src/experiments/families/arc/scripts/bench_arc_throughput.py \
+        [--experiment exp3_champion] [--epochs 40] [--repeats 4] [override ...]
+    python src/experiments/families/arc/scripts/bench_arc_throughput.py --against padded \
+        [--steps 48] [--ours-steps 0] [override ...]
 
 Default (`--against hand`): target tokens per second of our train.py code path against a hand-written
 torch loop over the same model, the same batches (same loader, augmentation and collation) and AdamW.

@@ -1,6 +1,6 @@
 """Picture of a hyperbolic Ternary run (v5.11, v5.11 partial freeze, v5.12):
 
-    python scripts/ternary_report.py RUN_DIR [--ckpt last.ckpt] [--out FILE.png]
+    python src/experiments/families/ternary/scripts/ternary_report.py RUN_DIR [--ckpt last.ckpt] [--out FILE.png]
 
 Left: Poincare radius of every one of the 19,683 operations by 3-adic valuation level, for the A and B
 embeddings (boxes; deeper levels should sit nearer the centre). Right: coverage and hierarchy over the
