@@ -243,8 +243,17 @@ def resume(check: Check) -> dict:
     rc, _, reference = check.train(*args, f"paths.outputs={runs['reference']}", env=env)
     if rc != 0 or reference is None:
         return {"reference_rc": rc}
-    first_checkpoint = lambda: any(runs["stopped"].glob("*/*/checkpoints/last.ckpt"))  # noqa: E731
-    stop_rc, _, _ = check.train(*args, f"paths.outputs={runs['stopped']}", env=env, stop_when=first_checkpoint)
+    # SIGTERM half an epoch after the first checkpoint appears (the reference's epochs timed it): inside the
+    # second epoch, not in the first one's closing work, however slow the machine is
+    epoch_s = sorted(row["time/epoch_s"] for row in stored(reference)["history"])[0]
+    seen = []
+
+    def mid_second_epoch() -> bool:
+        if not seen and any(runs["stopped"].glob("*/*/checkpoints/last.ckpt")):
+            seen.append(time.monotonic())
+        return bool(seen) and time.monotonic() - seen[0] >= epoch_s / 2
+
+    stop_rc, _, _ = check.train(*args, f"paths.outputs={runs['stopped']}", env=env, stop_when=mid_second_epoch)
     (stopped,) = [p.parents[1] for p in runs["stopped"].glob("*/*/checkpoints/last.ckpt")]
     at = stored(stopped)
     rerun_rc, _, _ = check.train(*args, f"paths.outputs={runs['stopped']}", env=env)
