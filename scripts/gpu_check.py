@@ -246,12 +246,13 @@ def resume(check: Check) -> dict:
     # SIGTERM half an epoch after the first checkpoint appears (the reference's epochs timed it): inside the
     # second epoch, not in the first one's closing work, however slow the machine is
     epoch_s = sorted(row["time/epoch_s"] for row in stored(reference)["history"])[0]
-    seen = []
+    seen_at = None
 
     def mid_second_epoch() -> bool:
-        if not seen and any(runs["stopped"].glob("*/*/checkpoints/last.ckpt")):
-            seen.append(time.monotonic())
-        return bool(seen) and time.monotonic() - seen[0] >= epoch_s / 2
+        nonlocal seen_at
+        if seen_at is None and any(runs["stopped"].glob("*/*/checkpoints/last.ckpt")):
+            seen_at = time.monotonic()
+        return seen_at is not None and time.monotonic() - seen_at >= epoch_s / 2
 
     stop_rc, _, _ = check.train(*args, f"paths.outputs={runs['stopped']}", env=env, stop_when=mid_second_epoch)
     (stopped,) = [p.parents[1] for p in runs["stopped"].glob("*/*/checkpoints/last.ckpt")]

@@ -8,7 +8,6 @@ import re
 import shlex
 import subprocess
 import sys
-import unicodedata
 from functools import cache
 from pathlib import Path
 
@@ -17,13 +16,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
+from markdown.extensions.toc import slugify
 
 from experiments.cli import CONF_DIR, quote_path_values
 from experiments.config_schema import register
+from experiments.untrusted import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples.sine, as the root's scripts import it
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+FAMILIES = sorted((ROOT / "src/experiments/families").glob("*/")) + [ROOT / "examples/sine"]
 PROGRAMS = {"train.py": "train", "verify.py": "verify", "eval.py": "eval", "predict.py": "predict"}
 CONSOLE_SCRIPTS = {f"experiments-{name}": f"{name}.py" for name in PROGRAMS.values()}
 # What a placeholder stands for, where one real value checks the rest of the command (word by word)
@@ -48,12 +50,12 @@ register()
 # ---- the commands the docs show ----
 def fenced_and_inline(text: str) -> tuple[list[str], str]:
     """The lines of the fenced code blocks (continuations joined) and the text outside them."""
-    lines, outside, block = [], [], None
+    lines, outside, in_block = [], [], False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
-            block = None if block is not None else []
+            in_block = not in_block
             continue
-        if block is None:
+        if not in_block:
             outside.append(line)
         elif lines and lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1] + " " + line.strip()
@@ -118,9 +120,10 @@ def documented_commands() -> list[tuple[str, str]]:
 
 
 # ---- composing them as the programs would ----
-def experiments_available() -> set[str]:
-    folders = [ROOT / "src/experiments/families", ROOT / "examples"]
-    return {p.stem for folder in folders for p in folder.glob("*/conf/experiment/*.yaml")}
+@cache
+def experiments_available() -> frozenset[str]:
+    """The experiment presets every config folder registers, as the programs read them."""
+    return registry([str(family / "conf") for family in FAMILIES]).experiments
 
 
 COMPOSED: dict = {}  # many commands compose the same config: once each
@@ -356,7 +359,6 @@ data.batch_size=8` in a sentence."""
 # ---- the files and modules they name ----
 PATH = re.compile(r"(?<![\w./~=,-])((?:\.{1,2}/)?(?:[\w.-]+/)+[\w.-]+\.(?:py|md|yaml|sh|toml|png))\b")
 MODULE = re.compile(r"(?<![\w./])((?:experiments|hydra_plugins|examples)\.[a-z_][\w.]*[\w])(?!\w)")
-FAMILIES = sorted((ROOT / "src/experiments/families").glob("*/")) + [ROOT / "examples/sine"]
 # Where a path may be named from, besides the folders holding the file that names it: the repository, the
 # package (as its modules name each other), the config folders (as configs name their groups' files)
 BASES = [ROOT, ROOT / "src", ROOT / "src/experiments", CONF_DIR, *(f / "conf" for f in FAMILIES)]
@@ -454,9 +456,8 @@ def test_a_stale_name_is_caught():
 
 
 def slug(heading: str) -> str:
-    """The anchor Python-Markdown's table of contents gives a heading (mkdocs' default)."""
-    text = unicodedata.normalize("NFKD", heading).encode("ascii", "ignore").decode()
-    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower())
+    """The anchor mkdocs gives a heading (Python-Markdown's table of contents)."""
+    return slugify(heading, "-")
 
 
 def test_the_readmes_links_and_anchors_resolve():
